@@ -1,0 +1,153 @@
+"""Tasks every server has: `http` (a sidecar's way to get work done by calling its own app
+back), and `echo` and `sleep` for trying jobserver out."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urljoin
+
+import aiohttp
+from yarl import URL
+
+from . import codec
+from .errors import PermanentError, Retry
+from .models import Backoff
+from .tasks import TaskSpec
+
+DEFAULT_ALLOWED_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+MAX_REDIRECTS = 5
+MAX_BODY_KEPT = 64 * 1024
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+
+async def echo(*args: Any, **kwargs: Any) -> Any:
+    """Returns what it was given: one positional argument as itself, otherwise all of them."""
+    if len(args) == 1 and not kwargs:
+        return args[0]
+    return {"args": list(args), "kwargs": kwargs}
+
+
+async def sleep(seconds: float = 1.0) -> float:
+    """Sleeps, then returns how long it slept; for trying timeouts and cancellation."""
+    if not isinstance(seconds, int | float) or seconds < 0:
+        raise PermanentError("seconds must be a number >= 0")
+    await asyncio.sleep(seconds)
+    return float(seconds)
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class HttpTask:
+    """`http`: one HTTP request; 2xx succeeds, 5xx / 429 / network errors retry (honouring
+    Retry-After), any other status fails for good. Only hosts on the allow-list are reached,
+    redirects included."""
+
+    def __init__(self, allowed_hosts: Iterable[str] = DEFAULT_ALLOWED_HOSTS) -> None:
+        self.allowed_hosts = frozenset(h.lower().strip("[]") for h in allowed_hosts)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _check_url(self, url: str) -> URL:
+        parsed = URL(url)
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise PermanentError(f"url must be an absolute http(s) URL, got {url!r}")
+        host = parsed.host.lower().strip("[]")
+        if host not in self.allowed_hosts:
+            raise PermanentError(
+                f"host {host!r} is not on the http task's allow-list"
+                f" ({', '.join(sorted(self.allowed_hosts))})"
+            )
+        return parsed
+
+    async def __call__(
+        self,
+        url: str,
+        method: str = "POST",
+        headers: dict[str, str] | None = None,
+        json: Any = None,
+        body: str | None = None,
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
+        method = str(method).upper()
+        if method not in METHODS:
+            raise PermanentError(f"method must be one of {sorted(METHODS)}")
+        if json is not None and body is not None:
+            raise PermanentError("give json or body, not both")
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        target = self._check_url(url)
+        try:
+            for _ in range(MAX_REDIRECTS + 1):
+                async with self._session.request(
+                    method,
+                    target,
+                    headers=headers,
+                    json=json,
+                    data=body,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=timeout),
+                ) as resp:
+                    if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
+                        target = self._check_url(urljoin(str(target), resp.headers["Location"]))
+                        if resp.status == 303:
+                            method, json, body = "GET", None, None
+                        continue
+                    text = (await resp.read())[:MAX_BODY_KEPT].decode("utf-8", "replace")
+                    return self._verdict(resp.status, resp.headers, text)
+            raise PermanentError(f"more than {MAX_REDIRECTS} redirects")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ConnectionError(f"{method} {target}: {type(exc).__name__}: {exc}") from exc
+
+    @staticmethod
+    def _verdict(status: int, headers: Any, text: str) -> dict[str, Any]:
+        if 200 <= status < 300:
+            content_type = headers.get("Content-Type", "")
+            body: Any = text
+            if content_type.startswith("application/json") and text:
+                try:
+                    body = codec.loads(text)
+                except codec.JSONDecodeError:
+                    body = text
+            return {"status": status, "body": body}
+        summary = f"HTTP {status}: {text[:500]}"
+        if status == 429 or status >= 500:
+            delay = retry_after_s(headers.get("Retry-After"))
+            if delay is not None:
+                raise Retry(delay_s=delay, message=summary)
+            raise ConnectionError(summary)
+        raise PermanentError(summary)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def builtin_specs(http_task: HttpTask) -> list[TaskSpec]:
+    return [
+        TaskSpec(name="echo", fn=echo, is_async=True, wants_ctx=False),
+        TaskSpec(name="sleep", fn=sleep, is_async=True, wants_ctx=False),
+        TaskSpec(
+            name="http",
+            fn=http_task,
+            is_async=True,
+            wants_ctx=False,
+            max_retries=5,
+            backoff=Backoff(base_s=1.0, factor=2.0, cap_s=300.0),
+        ),
+    ]

@@ -1,0 +1,38 @@
+"""JSON encoding in one place (orjson)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+JSONDecodeError = orjson.JSONDecodeError
+
+
+def dumps(value: Any, default: Callable[[Any], Any] | None = None) -> bytes:
+    """Serialise to JSON bytes; raises TypeError for values JSON cannot hold (unless `default`)."""
+    return orjson.dumps(value, default=default)
+
+
+def loads(data: bytes | str) -> Any:
+    return orjson.loads(data)
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """How deeply lists/objects nest in a decoded value; stops counting past `limit`."""
+    depth = 0
+    level = [value]
+    while depth <= limit:
+        containers = [v for v in level if isinstance(v, dict | list)]
+        if not containers:
+            break
+        depth += 1
+        level = [child for c in containers for child in (c.values() if isinstance(c, dict) else c)]
+    return depth
+
+
+def fingerprint(value: Any) -> str:
+    """A stable digest of a JSON value (keys sorted): tells two requests' payloads apart."""
+    return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()

@@ -1,0 +1,142 @@
+"""Settings for `jobserver serve`, from flags and `JOBSERVER_*` environment variables.
+
+Precedence: a flag beats its environment variable, which beats the default. A bad value is
+refused with an error naming both the flag and the variable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .builtin_tasks import DEFAULT_ALLOWED_HOSTS
+
+
+class ConfigError(ValueError):
+    """A setting has a value jobserver cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    db: str = "jobserver.db"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    tasks: tuple[str, ...] = ()
+    concurrency: int = 16
+    durability: str = "full"
+    grace_period: float = 30.0
+    lease_ttl: float = 30.0
+    log_format: str = "text"
+    log_level: str = "info"
+    http_allow_hosts: tuple[str, ...] = field(default=tuple(sorted(DEFAULT_ALLOWED_HOSTS)))
+    max_body_bytes: int = 1024 * 1024
+
+
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"must be an integer, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    return convert
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"must be a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        value = text.lower()
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}, got {text!r}")
+        return value
+
+    return convert
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        raise ValueError("must name at least one entry")
+    return names
+
+
+def _text(text: str) -> str:
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+# setting -> (converter, help)
+SETTINGS: dict[str, tuple[Callable[[str], Any], str]] = {
+    "db": (_text, "SQLite database file (default ./jobserver.db)"),
+    "host": (_text, "address to listen on (default 127.0.0.1)"),
+    "port": (_int_in(0, 65535), "port to listen on (default 8000)"),
+    "tasks": (_names, "module(s) with @task functions to import; repeatable / comma-separated"),
+    "concurrency": (_int_in(1, 10_000), "jobs run at once (default 16)"),
+    "durability": (
+        _choice("full", "normal"),
+        "full: fsync every commit (default); normal: faster, the last commits may be lost"
+        " on power loss",
+    ),
+    "grace_period": (
+        _positive_float,
+        "seconds running jobs get at shutdown (default 30)",
+    ),
+    "lease_ttl": (_positive_float, "seconds a job's lease lasts without renewal (default 30)"),
+    "log_format": (_choice("text", "json"), "log lines as text (default) or JSON"),
+    "log_level": (_choice("debug", "info", "warning", "error"), "log level (default info)"),
+    "http_allow_hosts": (_names, "hosts the http task may call (default: loopback only)"),
+    "max_body_bytes": (_int_in(1024, 1024**3), "largest request body accepted (default 1 MiB)"),
+}
+
+
+def flag_name(setting: str) -> str:
+    return "--" + setting.replace("_", "-")
+
+
+def env_name(setting: str) -> str:
+    return "JOBSERVER_" + setting.upper()
+
+
+def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
+    """Settings from parsed flags (None where not given) and the environment."""
+    values: dict[str, Any] = {}
+    for setting, (convert, _help) in SETTINGS.items():
+        flag_value = flags.get(setting)
+        if flag_value is not None and flag_value != []:
+            # a repeatable flag gives a list
+            raw = ",".join(flag_value) if isinstance(flag_value, list) else str(flag_value)
+            source = flag_name(setting)
+        elif env_name(setting) in environ:
+            raw = environ[env_name(setting)]
+            source = env_name(setting)
+        else:
+            continue
+        try:
+            values[setting] = convert(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    return Settings(**values)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,101 @@
+"""Run one job: find its task, apply the timeout, run sync tasks in a thread, and turn
+whatever happened into an `Outcome` the worker can record."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+from concurrent.futures import Executor as ThreadPool
+from dataclasses import dataclass
+from typing import Any
+
+from . import codec
+from .errors import PermanentError, Retry
+from .models import Job, error_info
+from .tasks import JobContext, Registry, bind_current_job
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Succeeded:
+    result: bytes  # JSON
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    error: dict[str, Any]
+    retryable: bool
+    retry_delay_s: float | None = None  # asked for by the task with `raise Retry(delay_s=...)`
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    reason: str  # "cancelled" (asked by a client) | "shutdown" | "lease_lost"
+
+
+Outcome = Succeeded | Failed | Cancelled
+
+
+class Executor:
+    def __init__(self, registry: Registry, thread_pool: ThreadPool) -> None:
+        self.registry = registry
+        self.thread_pool = thread_pool
+
+    async def run(self, job: Job, ctx: JobContext) -> Outcome:
+        spec = self.registry.get(job.task)
+        if spec is None:
+            return Failed(
+                error_info(None, type_="UnknownTask", message=f"no task named {job.task!r}"),
+                retryable=False,
+            )
+        timeout_s = job.timeout_s if job.timeout_s is not None else spec.timeout_s
+        kwargs = dict(job.kwargs)
+        if spec.wants_ctx:
+            kwargs["ctx"] = ctx
+        bind_current_job(ctx)  # this coroutine runs in its own asyncio task: a private context
+        deadline = asyncio.timeout(timeout_s)
+        try:
+            async with deadline:
+                if spec.is_async:
+                    result = await spec.fn(*job.args, **kwargs)
+                else:
+                    call = functools.partial(spec.fn, *job.args, **kwargs)
+                    run_in_context = functools.partial(contextvars.copy_context().run, call)
+                    loop = asyncio.get_running_loop()
+                    result = await loop.run_in_executor(self.thread_pool, run_in_context)
+        except TimeoutError as exc:
+            if not deadline.expired():
+                return self._failure(exc, spec.is_retryable(exc))  # the task's own TimeoutError
+            ctx.request_cancel("timeout")  # a sync task, still in its thread, sees ctx.cancelled
+            return Failed(
+                error_info(None, type_="timeout", message=f"timeout: gave up after {timeout_s} s"),
+                retryable=True,
+            )
+        except asyncio.CancelledError:
+            if ctx.cancel_reason is None:
+                raise  # not ours to swallow
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            ctx.request_cancel(ctx.cancel_reason)
+            return Cancelled(ctx.cancel_reason)
+        except Retry as exc:
+            return Failed(error_info(exc), retryable=True, retry_delay_s=exc.delay_s)
+        except PermanentError as exc:
+            return self._failure(exc, retryable=False)
+        except Exception as exc:
+            return self._failure(exc, spec.is_retryable(exc))
+        try:
+            return Succeeded(codec.dumps(result))
+        except TypeError as exc:
+            return Failed(
+                error_info(exc, message=f"the task's result is not JSON serialisable: {exc}"),
+                retryable=False,
+            )
+
+    @staticmethod
+    def _failure(exc: BaseException, retryable: bool) -> Failed:
+        return Failed(error_info(exc), retryable=retryable)

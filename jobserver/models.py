@@ -1,0 +1,155 @@
+"""Jobs, their states, and the moves between states. Pure: no I/O.
+
+    enqueue ──> PENDING ──claim──> RUNNING ──ok──────────────> SUCCEEDED
+                  ^  │               │ │ └──failed for good──> FAILED (+ dead letter)
+                  │  └──cancel──┐    │ └──cancel───────────┐
+                  │             v    │                     v
+                  │          CANCELLED <───────────────────┘
+                  └── retry / lease lost / released at shutdown ──┘
+
+Who moves a job: the API enqueues and cancels; the worker claims, finishes, retries and
+dead-letters; the lease rescuer puts back jobs whose worker stopped renewing.
+"""
+
+from __future__ import annotations
+
+import traceback as tb
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from .errors import IllegalTransition
+
+MAX_ERROR_MESSAGE = 2_000
+MAX_TRACEBACK = 8_000
+
+
+class JobState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.PENDING: frozenset({JobState.RUNNING, JobState.CANCELLED}),
+    JobState.RUNNING: frozenset(
+        {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.PENDING}
+    ),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+
+
+def is_legal(src: JobState, dst: JobState) -> bool:
+    return dst in TRANSITIONS[src]
+
+
+def check_transition(src: JobState, dst: JobState) -> None:
+    """Raise IllegalTransition unless the state machine allows `src -> dst`."""
+    if not is_legal(src, dst):
+        raise IllegalTransition(f"a job cannot go from {src} to {dst}")
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with full jitter: delay in [0, min(cap, base * factor**(n-1))]."""
+
+    base_s: float = 1.0
+    factor: float = 2.0
+    cap_s: float = 300.0
+
+
+DEFAULT_BACKOFF = Backoff()
+
+
+@dataclass(slots=True)
+class NewJob:
+    """What a client asks for; validated before it reaches the store."""
+
+    task: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    queue: str = "default"
+    priority: int = 0
+    run_at: float | None = None  # None: due at once
+    max_retries: int = 3
+    timeout_s: float | None = None
+    backoff: Backoff | None = None  # None: the task's policy
+    idempotency_key: str | None = None
+
+
+@dataclass(slots=True)
+class Job:
+    id: int
+    task: str
+    queue: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    priority: int
+    status: JobState
+    attempts: int
+    max_retries: int
+    timeout_s: float | None
+    backoff: Backoff | None
+    created_at: float
+    run_at: float
+    started_at: float | None = None
+    completed_at: float | None = None
+    result: Any = None
+    error: dict[str, Any] | None = None
+    progress: float | None = None
+    progress_message: str | None = None
+    lease_token: str | None = None
+    lease_expires_at: float | None = None
+    cancel_requested: bool = False
+    idempotency_key: str | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATES
+
+    @property
+    def retries_left(self) -> int:
+        return self.max_retries + 1 - self.attempts
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    id: int
+    job_id: int
+    task: str
+    queue: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    error: dict[str, Any] | None
+    attempts: int
+    failed_at: float
+
+
+def _cap(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[: limit - 20] + f"... [{len(text) - limit + 20} chars cut]"
+
+
+def error_info(
+    exc: BaseException | None, *, type_: str | None = None, message: str = ""
+) -> dict[str, Any]:
+    """The error record kept on a job: type, message and traceback, each capped in size."""
+    if exc is None:
+        return {
+            "type": type_ or "Error",
+            "message": _cap(message, MAX_ERROR_MESSAGE),
+            "traceback": None,
+        }
+    trace = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+    return {
+        "type": type_ or type(exc).__name__,
+        "message": _cap(message or str(exc), MAX_ERROR_MESSAGE),
+        "traceback": _cap(trace, MAX_TRACEBACK),
+    }

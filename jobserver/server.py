@@ -1,0 +1,304 @@
+"""`JobServer`, the composition root: wires the store, the worker pool and the HTTP API,
+and is the API for programs that embed jobserver.
+
+    async with JobServer(db="jobs.db", tasks=["myapp.tasks"]) as server:
+        job = await server.enqueue("send_email", args=["a@example.com"])
+        done = await server.wait_for(job.id, timeout_s=10)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from types import ModuleType
+from typing import Any
+
+from aiohttp import web
+
+from .builtin_tasks import DEFAULT_ALLOWED_HOSTS, HttpTask, builtin_specs
+from .clock import Clock, SystemClock
+from .errors import NotFound, ValidationError
+from .executor import Executor
+from .models import Backoff, DeadLetter, Job, JobState, NewJob
+from .store.base import Enqueued, JobFilter, Store
+from .store.sqlite import SQLiteStore
+from .tasks import Registry, TaskSpec, default_registry, load_task_modules
+from .worker import Worker
+
+log = logging.getLogger(__name__)
+transitions_log = logging.getLogger("jobserver.transitions")
+
+
+def open_store(db: str | os.PathLike[str], durability: str = "full") -> Store:
+    """The store a `--db` value names: a SQLite file path (the default)."""
+    text = os.fspath(db)
+    if text.startswith(("postgres://", "postgresql://")):
+        raise ValidationError("db", "PostgreSQL support is not in this build yet")
+    return SQLiteStore(text, durability=durability)
+
+
+class JobServer:
+    def __init__(
+        self,
+        db: str | os.PathLike[str] = "jobserver.db",
+        *,
+        tasks: Iterable[str | ModuleType | TaskSpec] = (),
+        concurrency: int = 16,
+        durability: str = "full",
+        lease_ttl_s: float = 30.0,
+        rescue_interval_s: float = 5.0,
+        grace_period_s: float = 30.0,
+        http_allowed_hosts: Iterable[str] = DEFAULT_ALLOWED_HOSTS,
+        max_body_bytes: int = 1024 * 1024,
+        clock: Clock | None = None,
+        store: Store | None = None,
+    ) -> None:
+        self.clock = clock or SystemClock()
+        self.store = store or open_store(db, durability)
+        self.grace_period_s = grace_period_s
+        self.max_body_bytes = max_body_bytes
+        self._http_task = HttpTask(http_allowed_hosts)
+        self.registry = self._build_registry(tasks)
+        self._thread_pool = ThreadPoolExecutor(
+            max_workers=concurrency, thread_name_prefix="jobserver-task"
+        )
+        self.executor = Executor(self.registry, self._thread_pool)
+        self.worker = Worker(
+            self.store,
+            self.executor,
+            self.clock,
+            concurrency=concurrency,
+            lease_ttl_s=lease_ttl_s,
+            rescue_interval_s=rescue_interval_s,
+            on_transition=self._on_transition,
+        )
+        self._waiters: dict[int, list[asyncio.Future[None]]] = {}
+        self._runner: web.AppRunner | None = None
+        self._started = False
+
+    def _build_registry(self, tasks: Iterable[str | ModuleType | TaskSpec]) -> Registry:
+        items = list(tasks)
+        load_task_modules(t for t in items if isinstance(t, str | ModuleType))
+        registry = Registry(builtin_specs(self._http_task))
+        for spec in default_registry:
+            registry.add(spec)
+        for item in items:
+            if isinstance(item, TaskSpec):
+                registry.add(item)
+        return registry
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.store.open()
+        report = await self.store.recover_orphans(self.clock.now())
+        if report.requeued or report.dead_lettered:
+            log.warning(
+                "recovered jobs left running by a previous process: requeued %d, dead-lettered %d",
+                len(report.requeued),
+                len(report.dead_lettered),
+            )
+        self.worker.start()
+        self._started = True
+
+    async def stop(self, grace_period_s: float | None = None) -> None:
+        """Refuse new requests, let running jobs finish (then release them), close the store."""
+        if not self._started:
+            return
+        self._started = False
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        grace = self.grace_period_s if grace_period_s is None else grace_period_s
+        await self.worker.stop(grace)
+        await self._http_task.close()
+        await self.store.close()
+        self._thread_pool.shutdown(wait=False, cancel_futures=True)
+        for futures in self._waiters.values():
+            for fut in futures:
+                if not fut.done():
+                    fut.cancel()
+        self._waiters.clear()
+
+    async def __aenter__(self) -> JobServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def create_app(self) -> web.Application:
+        """The HTTP API as an aiohttp application; mount it with `app.add_subapp(...)`."""
+        from .api import create_app
+
+        return create_app(self)
+
+    async def serve(self, host: str = "127.0.0.1", port: int = 8000) -> list[str]:
+        """Serve the HTTP API; returns the addresses it listens on."""
+        app = self.create_app()
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, backlog=1024)
+        await site.start()
+        return [f"http://{a[0]}:{a[1]}" for a in self._runner.addresses]
+
+    # -- jobs -------------------------------------------------------------------------------------
+    def task_spec(self, name: str) -> TaskSpec:
+        spec = self.registry.get(name)
+        if spec is None:
+            raise ValidationError("task", f"unknown task {name!r}")
+        return spec
+
+    async def enqueue(
+        self,
+        task: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Job:
+        """Enqueue one job; returns once it is committed to disk.
+
+        Options: queue, priority, delay_s or run_at (epoch seconds), max_retries, timeout_s,
+        backoff, idempotency_key."""
+        return (await self.submit(task, args, kwargs, **options)).job
+
+    async def submit(
+        self,
+        task: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        delay_s: float | None = None,
+        run_at: float | None = None,
+        max_retries: int | None = None,
+        timeout_s: float | None = None,
+        backoff: Backoff | None = None,
+        idempotency_key: str | None = None,
+    ) -> Enqueued:
+        """Enqueue one job; `created` is False when an idempotency key matched an earlier job."""
+        spec = self.task_spec(task)
+        if delay_s is not None and run_at is not None:
+            raise ValidationError("delay", "give delay or run_at, not both")
+        if delay_s is not None:
+            run_at = self.clock.now() + delay_s
+        new = NewJob(
+            task=task,
+            args=list(args),
+            kwargs=dict(kwargs or {}),
+            queue=queue,
+            priority=priority,
+            run_at=run_at,
+            max_retries=spec.max_retries if max_retries is None else max_retries,
+            timeout_s=timeout_s,
+            backoff=backoff,
+            idempotency_key=idempotency_key,
+        )
+        return (await self.enqueue_many([new]))[0]
+
+    async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
+        for job in jobs:
+            self.task_spec(job.task)
+        results = await self.store.enqueue(jobs, self.clock.now())
+        for r in results:
+            if r.created:
+                self._log_transition(r.job, JobState.PENDING, {"event": "enqueued"})
+        self.worker.wake()
+        return results
+
+    async def get_job(self, job_id: int) -> Job:
+        job = await self.store.get_job(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        return job
+
+    async def list_jobs(self, flt: JobFilter, limit: int, before_id: int | None) -> list[Job]:
+        return await self.store.list_jobs(flt, limit, before_id)
+
+    async def cancel(self, job_id: int) -> Job:
+        """Pending: cancelled at once. Running: the task is cancelled. Terminal: Conflict."""
+        job = await self.store.request_cancel(job_id, self.clock.now())
+        if job.status == JobState.CANCELLED:
+            self._log_transition(job, JobState.CANCELLED, {"event": "cancelled while pending"})
+            self._notify(job.id)
+        elif job.status == JobState.RUNNING:
+            self.worker.cancel_running(job_id)
+        return job
+
+    async def wait_for(self, job_id: int, timeout_s: float | None = None) -> Job:
+        """The job once it is terminal, or as it stands when `timeout_s` runs out."""
+        job = await self.get_job(job_id)
+        if job.is_terminal or timeout_s == 0:
+            return job
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(job_id, []).append(fut)
+        try:
+            job = await self.get_job(job_id)  # it may have ended while we registered
+            if not job.is_terminal:
+                await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+        except TimeoutError:
+            pass
+        finally:
+            waiters = self._waiters.get(job_id)
+            if waiters is not None and fut in waiters:
+                waiters.remove(fut)
+                if not waiters:
+                    del self._waiters[job_id]
+        return await self.get_job(job_id)
+
+    # -- dead letters -----------------------------------------------------------------------------
+    async def list_dead_letters(self, limit: int, before_id: int | None) -> list[DeadLetter]:
+        return await self.store.list_dead_letters(limit, before_id)
+
+    async def get_dead_letter(self, dead_letter_id: int) -> DeadLetter:
+        dl = await self.store.get_dead_letter(dead_letter_id)
+        if dl is None:
+            raise NotFound(f"no dead letter {dead_letter_id}")
+        return dl
+
+    async def requeue_dead_letter(self, dead_letter_id: int) -> Job:
+        job = await self.store.requeue_dead_letter(dead_letter_id, self.clock.now())
+        self._log_transition(
+            job, JobState.PENDING, {"event": "requeued", "dead_letter": dead_letter_id}
+        )
+        self.worker.wake()
+        return job
+
+    async def delete_dead_letter(self, dead_letter_id: int) -> None:
+        if not await self.store.delete_dead_letter(dead_letter_id):
+            raise NotFound(f"no dead letter {dead_letter_id}")
+
+    async def check_ready(self) -> None:
+        await self.store.check_writable()
+
+    # -- transitions ------------------------------------------------------------------------------
+    def _on_transition(self, job: Job, state: JobState, detail: dict[str, Any]) -> None:
+        self._log_transition(job, state, detail)
+        if state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
+            self._notify(job.id)
+
+    def _notify(self, job_id: int) -> None:
+        for fut in self._waiters.pop(job_id, []):
+            if not fut.done():
+                fut.set_result(None)
+
+    @staticmethod
+    def _log_transition(job: Job, state: JobState, detail: dict[str, Any]) -> None:
+        if transitions_log.isEnabledFor(logging.INFO):
+            transitions_log.info(
+                "job %s %s -> %s",
+                job.id,
+                job.task,
+                state.value,
+                extra={
+                    "job_id": job.id,
+                    "task": job.task,
+                    "queue": job.queue,
+                    "state": state.value,
+                    "attempt": job.attempts,
+                    **detail,
+                },
+            )

@@ -1,0 +1,130 @@
+"""The storage interface every backend meets (SQLite by default, PostgreSQL for scale-out).
+
+Each method is one transaction. Methods that move a running job take its lease token and
+change nothing (returning False) when the token is no longer the current one, so a worker
+that lost its lease cannot overwrite the work of the worker that took over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..models import DeadLetter, Job, JobState, NewJob
+
+
+@dataclass(slots=True)
+class Enqueued:
+    job: Job
+    created: bool  # False: an earlier job with the same idempotency key was returned
+
+
+@dataclass(slots=True)
+class LeaseReport:
+    lost: list[int] = field(default_factory=list)  # leases that are no longer ours
+    cancel_requested: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class RescueReport:
+    requeued: list[int] = field(default_factory=list)
+    dead_lettered: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class JobFilter:
+    status: JobState | None = None
+    queue: str | None = None
+    task: str | None = None
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    # -- enqueue and read -------------------------------------------------------------------
+    async def enqueue(self, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
+        """Insert jobs in one transaction; returns once it has committed."""
+        ...
+
+    async def get_job(self, job_id: int) -> Job | None: ...
+
+    async def list_jobs(
+        self, flt: JobFilter, limit: int, before_id: int | None = None
+    ) -> list[Job]:
+        """Newest first; `before_id` is the keyset cursor."""
+        ...
+
+    async def next_run_at(self) -> float | None:
+        """When the earliest pending job becomes due."""
+        ...
+
+    async def count_by_status(self) -> dict[str, int]: ...
+
+    # -- the worker's side --------------------------------------------------------------------
+    async def claim(self, limit: int, now: float, lease_ttl_s: float) -> list[Job]:
+        """Take up to `limit` due jobs (priority, then run_at), counting an attempt on each."""
+        ...
+
+    async def renew_leases(
+        self, leases: Sequence[tuple[int, str]], now: float, lease_ttl_s: float
+    ) -> LeaseReport: ...
+
+    async def complete(self, job_id: int, token: str, result: bytes, now: float) -> bool:
+        """running -> succeeded; `result` is JSON bytes."""
+        ...
+
+    async def schedule_retry(
+        self, job_id: int, token: str, error: dict[str, Any], run_at: float, now: float
+    ) -> bool:
+        """running -> pending, due at `run_at`."""
+        ...
+
+    async def dead_letter(self, job_id: int, token: str, error: dict[str, Any], now: float) -> bool:
+        """running -> failed, and a dead-letter row, in one transaction."""
+        ...
+
+    async def mark_cancelled(self, job_id: int, token: str, now: float) -> bool:
+        """running -> cancelled, after the task saw its cancellation."""
+        ...
+
+    async def release(self, job_id: int, token: str) -> bool:
+        """running -> pending at shutdown; the attempt is given back."""
+        ...
+
+    async def update_progress(
+        self, job_id: int, token: str, fraction: float, message: str | None
+    ) -> bool: ...
+
+    async def rescue_expired(self, now: float) -> RescueReport:
+        """Jobs whose lease ran out go back to pending (or fail if no attempts are left)."""
+        ...
+
+    async def recover_orphans(self, now: float) -> RescueReport:
+        """At start: take back running jobs that no live process can be holding."""
+        ...
+
+    # -- the client's side ---------------------------------------------------------------------
+    async def request_cancel(self, job_id: int, now: float) -> Job:
+        """pending -> cancelled at once; running -> flagged for the worker to cancel.
+
+        Raises NotFound, or Conflict for a job already in a terminal state."""
+        ...
+
+    async def list_dead_letters(
+        self, limit: int, before_id: int | None = None
+    ) -> list[DeadLetter]: ...
+
+    async def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None: ...
+
+    async def requeue_dead_letter(self, dead_letter_id: int, now: float) -> Job:
+        """A new pending job from a dead letter, which is removed. Raises NotFound."""
+        ...
+
+    async def delete_dead_letter(self, dead_letter_id: int) -> bool: ...
+
+    async def check_writable(self) -> None:
+        """Raise StorageUnavailable unless a write transaction can start now."""
+        ...

@@ -1,0 +1,797 @@
+"""The SQLite store: all of jobserver's SQLite SQL lives here.
+
+One writer connection takes every write. Writes that arrive while a transaction is running
+wait in a queue and go into the next transaction together (group commit): one fsync and one
+hop to the database thread for many enqueues, claims and completions. Each write is a function
+run on the database thread inside a savepoint, so one failed write does not undo the others.
+Reads use a second connection; WAL lets them run beside the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import fcntl
+import os
+import secrets
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from .. import codec
+from ..errors import (
+    Conflict,
+    DatabaseInUse,
+    JobServerError,
+    NotFound,
+    SchemaError,
+    StorageUnavailable,
+    StoreError,
+)
+from ..models import Backoff, DeadLetter, Job, JobState, NewJob, error_info
+from .base import Enqueued, JobFilter, LeaseReport, RescueReport
+
+T = TypeVar("T")
+Op = Callable[[sqlite3.Connection], Any]
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY,
+            task TEXT NOT NULL CHECK (length(task) BETWEEN 1 AND 200),
+            queue TEXT NOT NULL CHECK (length(queue) BETWEEN 1 AND 100),
+            args BLOB NOT NULL,
+            kwargs BLOB NOT NULL,
+            priority INTEGER NOT NULL,
+            status TEXT NOT NULL
+                CHECK (status IN ('pending', 'running', 'succeeded', 'failed', 'cancelled')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            max_retries INTEGER NOT NULL CHECK (max_retries >= 0),
+            timeout_s REAL CHECK (timeout_s IS NULL OR timeout_s > 0),
+            backoff BLOB,
+            created_at REAL NOT NULL,
+            run_at REAL NOT NULL,
+            started_at REAL,
+            completed_at REAL,
+            result BLOB,
+            error BLOB,
+            progress REAL CHECK (progress IS NULL OR (progress >= 0 AND progress <= 1)),
+            progress_message TEXT,
+            lease_token TEXT,
+            lease_expires_at REAL,
+            cancel_requested INTEGER NOT NULL DEFAULT 0 CHECK (cancel_requested IN (0, 1)),
+            idempotency_key TEXT,
+            payload_hash TEXT,
+            CHECK (attempts >= 0 AND attempts <= max_retries + 1),
+            -- a running job, and only a running job, holds a lease
+            CHECK ((status = 'running') = (lease_token IS NOT NULL)),
+            CHECK ((status = 'running') = (lease_expires_at IS NOT NULL)),
+            CHECK (status <> 'running' OR (started_at IS NOT NULL AND attempts >= 1)),
+            -- terminal states, and only those, carry a completion time
+            CHECK ((status IN ('succeeded', 'failed', 'cancelled')) = (completed_at IS NOT NULL)),
+            CHECK (status <> 'succeeded' OR attempts >= 1)
+        ) STRICT;
+        -- claiming: due pending jobs by priority then run_at, read from a small partial index
+        CREATE INDEX jobs_claim ON jobs (priority DESC, run_at, id) WHERE status = 'pending';
+        CREATE INDEX jobs_next_due ON jobs (run_at) WHERE status = 'pending';
+        CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE status = 'running';
+        CREATE INDEX jobs_status ON jobs (status, id);
+        CREATE UNIQUE INDEX jobs_idempotency ON jobs (idempotency_key)
+            WHERE idempotency_key IS NOT NULL;
+
+        CREATE TABLE dead_letters (
+            id INTEGER PRIMARY KEY,
+            job_id INTEGER NOT NULL,
+            task TEXT NOT NULL,
+            queue TEXT NOT NULL,
+            args BLOB NOT NULL,
+            kwargs BLOB NOT NULL,
+            error BLOB,
+            attempts INTEGER NOT NULL CHECK (attempts >= 0),
+            failed_at REAL NOT NULL
+        ) STRICT;
+        CREATE INDEX dead_letters_job ON dead_letters (job_id);
+        """,
+    ),
+]
+
+JOB_COLUMNS = (
+    "id, task, queue, args, kwargs, priority, status, attempts, max_retries, timeout_s, backoff,"
+    " created_at, run_at, started_at, completed_at, result, error, progress, progress_message,"
+    " lease_token, lease_expires_at, cancel_requested, idempotency_key"
+)
+DEAD_LETTER_COLUMNS = "id, job_id, task, queue, args, kwargs, error, attempts, failed_at"
+
+LEASE_LOST = "worker stopped renewing its lease (crashed or stalled)"
+
+_UNAVAILABLE_MARKERS = ("disk is full", "database is locked", "disk i/o error", "database is busy")
+
+
+def _row_to_job(r: Sequence[Any]) -> Job:
+    backoff = codec.loads(r[10]) if r[10] is not None else None
+    return Job(
+        id=r[0],
+        task=r[1],
+        queue=r[2],
+        args=codec.loads(r[3]),
+        kwargs=codec.loads(r[4]),
+        priority=r[5],
+        status=JobState(r[6]),
+        attempts=r[7],
+        max_retries=r[8],
+        timeout_s=r[9],
+        backoff=Backoff(**backoff) if backoff is not None else None,
+        created_at=r[11],
+        run_at=r[12],
+        started_at=r[13],
+        completed_at=r[14],
+        result=codec.loads(r[15]) if r[15] is not None else None,
+        error=codec.loads(r[16]) if r[16] is not None else None,
+        progress=r[17],
+        progress_message=r[18],
+        lease_token=r[19],
+        lease_expires_at=r[20],
+        cancel_requested=bool(r[21]),
+        idempotency_key=r[22],
+    )
+
+
+def _row_to_dead_letter(r: Sequence[Any]) -> DeadLetter:
+    return DeadLetter(
+        id=r[0],
+        job_id=r[1],
+        task=r[2],
+        queue=r[3],
+        args=codec.loads(r[4]),
+        kwargs=codec.loads(r[5]),
+        error=codec.loads(r[6]) if r[6] is not None else None,
+        attempts=r[7],
+        failed_at=r[8],
+    )
+
+
+def _storage_error(exc: sqlite3.Error) -> StoreError:
+    text = str(exc).lower()
+    if any(marker in text for marker in _UNAVAILABLE_MARKERS):
+        return StorageUnavailable(f"database cannot take writes now: {exc}")
+    return StoreError(f"database error: {exc}")
+
+
+@dataclass(slots=True)
+class _PendingWrite:
+    op: Op
+    future: asyncio.Future[Any]
+
+
+class _GroupCommitWriter:
+    """Runs queued writes in shared transactions on the writer connection's thread."""
+
+    def __init__(self, conn: aiosqlite.Connection, max_batch: int = 2_000) -> None:
+        self._conn = conn
+        self._max_batch = max_batch
+        self._queue: collections.deque[_PendingWrite] = collections.deque()
+        self._has_work = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.writes = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="jobserver-sqlite-writer")
+
+    async def submit(self, op: Op) -> Any:
+        if self._closing:
+            raise StorageUnavailable("the store is closing")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append(_PendingWrite(op, fut))
+        self._has_work.set()
+        return await fut
+
+    async def close(self) -> None:
+        """Finish every write already queued, then stop."""
+        self._closing = True
+        self._has_work.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await self._has_work.wait()
+            self._has_work.clear()
+            while self._queue:
+                batch = [
+                    self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))
+                ]
+                await self._commit(batch)
+            if self._closing and not self._queue:
+                return
+
+    async def _commit(self, batch: list[_PendingWrite]) -> None:
+        ops = [w.op for w in batch]
+        try:
+            outcomes = await _on_db_thread(self._conn, _apply_batch, ops)
+        except BaseException as exc:
+            failure = _storage_error(exc) if isinstance(exc, sqlite3.Error) else exc
+            for w in batch:
+                if not w.future.done():
+                    w.future.set_exception(failure)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self.batches += 1
+        self.writes += len(batch)
+        for w, (ok, value) in zip(batch, outcomes, strict=True):
+            if w.future.done():  # the caller went away; the write has committed all the same
+                continue
+            if ok:
+                w.future.set_result(value)
+            else:
+                w.future.set_exception(value)
+
+
+def _apply_batch(conn: sqlite3.Connection, ops: list[Op]) -> list[tuple[bool, Any]]:
+    """On the database thread: every op in one transaction, each in its own savepoint."""
+    outcomes: list[tuple[bool, Any]] = []
+    use_savepoints = len(ops) > 1
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for op in ops:
+            if use_savepoints:
+                conn.execute("SAVEPOINT op")
+            try:
+                value = op(conn)
+            except (JobServerError, sqlite3.IntegrityError, ValueError, TypeError) as exc:
+                # This write alone is refused; the rest of the batch goes on.
+                if use_savepoints:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                outcomes.append((False, exc))
+                continue
+            if use_savepoints:
+                conn.execute("RELEASE op")
+            outcomes.append((True, value))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return outcomes
+
+
+async def _on_db_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
+    """Run `fn(sqlite3_connection, *args)` on the connection's own thread: one await in all.
+
+    aiosqlite's public calls cost a thread hop each; its `_execute` runs a whole function
+    there, which is what group commit needs. pyproject pins the aiosqlite versions it is tested on.
+    """
+    raw = conn._conn
+    result: T = await conn._execute(fn, raw, *args)  # type: ignore[no-untyped-call]
+    return result
+
+
+class SQLiteStore:
+    """The default store: one SQLite file in WAL mode, owned by one process at a time."""
+
+    def __init__(self, path: str | os.PathLike[str], *, durability: str = "full") -> None:
+        if durability not in ("full", "normal"):
+            raise ValueError("durability must be 'full' or 'normal'")
+        self.path = Path(path)
+        self.durability = durability
+        self._writer_conn: aiosqlite.Connection | None = None
+        self._reader_conn: aiosqlite.Connection | None = None
+        self._writer: _GroupCommitWriter | None = None
+        self._lock_fd: int | None = None
+
+    # -- opening and closing ----------------------------------------------------------------------
+    async def open(self) -> None:
+        self._take_process_lock()
+        try:
+            self._writer_conn = await self._connect()
+            await _on_db_thread(self._writer_conn, self._configure_writer)
+            await _on_db_thread(self._writer_conn, _migrate)
+            self._reader_conn = await self._connect()
+            await _on_db_thread(self._reader_conn, _configure_reader)
+        except BaseException:
+            await self._close_connections()
+            self._drop_process_lock()
+            raise
+        self._writer = _GroupCommitWriter(self._writer_conn)
+        self._writer.start()
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await self._writer.close()
+            self._writer = None
+        if self._writer_conn is not None:
+            # A failed checkpoint loses nothing: the WAL is replayed at the next open.
+            with contextlib.suppress(sqlite3.Error):
+                await _on_db_thread(self._writer_conn, _checkpoint)
+        await self._close_connections()
+        self._drop_process_lock()
+
+    @property
+    def writer_stats(self) -> tuple[int, int]:
+        """(transactions committed, writes in them): shows group commit at work."""
+        if self._writer is None:
+            return (0, 0)
+        return (self._writer.batches, self._writer.writes)
+
+    async def _connect(self) -> aiosqlite.Connection:
+        try:
+            conn = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise SchemaError(f"cannot open database {self.path}: {exc}") from exc
+        return conn
+
+    async def _close_connections(self) -> None:
+        for conn in (self._reader_conn, self._writer_conn):
+            if conn is not None:
+                await conn.close()
+        self._reader_conn = None
+        self._writer_conn = None
+
+    def _take_process_lock(self) -> None:
+        """One process per database file: the workers recover every `running` row at start."""
+        lock_path = f"{self.path}-lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DatabaseInUse(
+                f"{self.path} is in use by another jobserver process (lock file {lock_path})"
+            ) from None
+        self._lock_fd = fd
+
+    def _drop_process_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _configure_writer(self, conn: sqlite3.Connection) -> None:
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise SchemaError(f"{self.path} is not a usable SQLite database: {exc}") from exc
+        if str(mode).lower() != "wal":
+            raise SchemaError(f"{self.path}: could not switch to WAL mode (got {mode})")
+        conn.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'full' else 'NORMAL'}")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA temp_store=MEMORY")
+        conn.execute("PRAGMA cache_size=-16000")
+
+    def _reader(self) -> aiosqlite.Connection:
+        if self._reader_conn is None:
+            raise StorageUnavailable("the store is not open")
+        return self._reader_conn
+
+    async def _write(self, op: Op) -> Any:
+        if self._writer is None:
+            raise StorageUnavailable("the store is not open")
+        return await self._writer.submit(op)
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await _on_db_thread(self._reader(), fn, *args)
+        except sqlite3.Error as exc:
+            raise _storage_error(exc) from exc
+
+    # -- enqueue and read -------------------------------------------------------------------------
+    async def enqueue(self, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
+        rows = [_insert_params(j, now) for j in jobs]
+
+        def op(conn: sqlite3.Connection) -> list[Enqueued]:
+            return [_insert_one(conn, params) for params in rows]
+
+        result: list[Enqueued] = await self._write(op)
+        return result
+
+    async def get_job(self, job_id: int) -> Job | None:
+        def fn(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return _row_to_job(row) if row else None
+
+        return await self._read(fn)
+
+    async def list_jobs(
+        self, flt: JobFilter, limit: int, before_id: int | None = None
+    ) -> list[Job]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if flt.status is not None:
+            clauses.append("status = ?")
+            params.append(str(flt.status))
+        if flt.queue is not None:
+            clauses.append("queue = ?")
+            params.append(flt.queue)
+        if flt.task is not None:
+            clauses.append("task = ?")
+            params.append(flt.task)
+        if before_id is not None:
+            clauses.append("id < ?")
+            params.append(before_id)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY id DESC LIMIT ?"
+        params.append(limit)
+
+        def fn(conn: sqlite3.Connection) -> list[Job]:
+            return [_row_to_job(r) for r in conn.execute(sql, params)]
+
+        return await self._read(fn)
+
+    async def next_run_at(self) -> float | None:
+        def fn(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute("SELECT min(run_at) FROM jobs WHERE status = 'pending'").fetchone()
+            return row[0] if row else None
+
+        return await self._read(fn)
+
+    async def count_by_status(self) -> dict[str, int]:
+        def fn(conn: sqlite3.Connection) -> dict[str, int]:
+            counts = {s.value: 0 for s in JobState}
+            for status, n in conn.execute("SELECT status, count(*) FROM jobs GROUP BY status"):
+                counts[status] = n
+            return counts
+
+        return await self._read(fn)
+
+    # -- the worker's side -----------------------------------------------------------------------
+    async def claim(self, limit: int, now: float, lease_ttl_s: float) -> list[Job]:
+        token = secrets.token_hex(8)
+
+        def op(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                f"""UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = :now,
+                       lease_token = :token, lease_expires_at = :expires, cancel_requested = 0
+                    WHERE id IN (SELECT id FROM jobs WHERE status = 'pending' AND run_at <= :now
+                                 ORDER BY priority DESC, run_at, id LIMIT :limit)
+                    RETURNING {JOB_COLUMNS}""",
+                {"now": now, "token": token, "expires": now + lease_ttl_s, "limit": limit},
+            ).fetchall()
+            jobs = [_row_to_job(r) for r in rows]
+            jobs.sort(key=lambda j: (-j.priority, j.run_at, j.id))
+            return jobs
+
+        result: list[Job] = await self._write(op)
+        return result
+
+    async def renew_leases(
+        self, leases: Sequence[tuple[int, str]], now: float, lease_ttl_s: float
+    ) -> LeaseReport:
+        def op(conn: sqlite3.Connection) -> LeaseReport:
+            report = LeaseReport()
+            for job_id, token in leases:
+                row = conn.execute(
+                    """UPDATE jobs SET lease_expires_at = ?
+                       WHERE id = ? AND status = 'running' AND lease_token = ?
+                       RETURNING cancel_requested""",
+                    (now + lease_ttl_s, job_id, token),
+                ).fetchone()
+                if row is None:
+                    report.lost.append(job_id)
+                elif row[0]:
+                    report.cancel_requested.append(job_id)
+            return report
+
+        result: LeaseReport = await self._write(op)
+        return result
+
+    async def complete(self, job_id: int, token: str, result: bytes, now: float) -> bool:
+        return await self._guarded_update(
+            """UPDATE jobs SET status = 'succeeded', result = ?, completed_at = ?, progress = 1.0,
+                   progress_message = NULL, lease_token = NULL, lease_expires_at = NULL
+               WHERE id = ? AND status = 'running' AND lease_token = ?""",
+            (result, now, job_id, token),
+        )
+
+    async def schedule_retry(
+        self, job_id: int, token: str, error: dict[str, Any], run_at: float, now: float
+    ) -> bool:
+        return await self._guarded_update(
+            """UPDATE jobs SET status = 'pending', run_at = ?, error = ?,
+                   lease_token = NULL, lease_expires_at = NULL
+               WHERE id = ? AND status = 'running' AND lease_token = ?""",
+            (run_at, codec.dumps(error), job_id, token),
+        )
+
+    async def dead_letter(self, job_id: int, token: str, error: dict[str, Any], now: float) -> bool:
+        error_json = codec.dumps(error)
+
+        def op(conn: sqlite3.Connection) -> bool:
+            return (
+                _fail_for_good(
+                    conn,
+                    "id = ? AND status = 'running' AND lease_token = ?",
+                    (job_id, token),
+                    error_json,
+                    now,
+                )
+                > 0
+            )
+
+        result: bool = await self._write(op)
+        return result
+
+    async def mark_cancelled(self, job_id: int, token: str, now: float) -> bool:
+        return await self._guarded_update(
+            """UPDATE jobs SET status = 'cancelled', completed_at = ?,
+                   lease_token = NULL, lease_expires_at = NULL
+               WHERE id = ? AND status = 'running' AND lease_token = ?""",
+            (now, job_id, token),
+        )
+
+    async def release(self, job_id: int, token: str) -> bool:
+        return await self._guarded_update(
+            """UPDATE jobs SET status = 'pending', attempts = attempts - 1,
+                   lease_token = NULL, lease_expires_at = NULL
+               WHERE id = ? AND status = 'running' AND lease_token = ?""",
+            (job_id, token),
+        )
+
+    async def update_progress(
+        self, job_id: int, token: str, fraction: float, message: str | None
+    ) -> bool:
+        return await self._guarded_update(
+            """UPDATE jobs SET progress = ?, progress_message = ?
+               WHERE id = ? AND status = 'running' AND lease_token = ?""",
+            (fraction, message, job_id, token),
+        )
+
+    async def rescue_expired(self, now: float) -> RescueReport:
+        def op(conn: sqlite3.Connection) -> RescueReport:
+            return _rescue(conn, "status = 'running' AND lease_expires_at <= ?", (now,), now)
+
+        result: RescueReport = await self._write(op)
+        return result
+
+    async def recover_orphans(self, now: float) -> RescueReport:
+        # The process lock makes this process the database's only user, so every running
+        # row was left by a process that died: take them all back now, not after the TTL.
+        def op(conn: sqlite3.Connection) -> RescueReport:
+            return _rescue(conn, "status = 'running'", (), now)
+
+        result: RescueReport = await self._write(op)
+        return result
+
+    async def _guarded_update(self, sql: str, params: tuple[Any, ...]) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute(sql, params).rowcount > 0
+
+        result: bool = await self._write(op)
+        return result
+
+    # -- the client's side ------------------------------------------------------------------------
+    async def request_cancel(self, job_id: int, now: float) -> Job:
+        def op(conn: sqlite3.Connection) -> Job:
+            row = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no job {job_id}")
+            job = _row_to_job(row)
+            if job.status == JobState.PENDING:
+                conn.execute(
+                    "UPDATE jobs SET status = 'cancelled', completed_at = ? WHERE id = ?",
+                    (now, job_id),
+                )
+            elif job.status == JobState.RUNNING:
+                conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+            elif job.status == JobState.CANCELLED:
+                return job  # cancelling twice is fine
+            else:
+                raise Conflict(f"job {job_id} is already {job.status}")
+            return _row_to_job(
+                conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            )
+
+        result: Job = await self._write(op)
+        return result
+
+    async def list_dead_letters(self, limit: int, before_id: int | None = None) -> list[DeadLetter]:
+        def fn(conn: sqlite3.Connection) -> list[DeadLetter]:
+            if before_id is None:
+                rows = conn.execute(
+                    f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters ORDER BY id DESC LIMIT ?",
+                    (limit,),
+                )
+            else:
+                rows = conn.execute(
+                    f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id < ?"
+                    " ORDER BY id DESC LIMIT ?",
+                    (before_id, limit),
+                )
+            return [_row_to_dead_letter(r) for r in rows]
+
+        return await self._read(fn)
+
+    async def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
+        def fn(conn: sqlite3.Connection) -> DeadLetter | None:
+            row = conn.execute(
+                f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?", (dead_letter_id,)
+            ).fetchone()
+            return _row_to_dead_letter(row) if row else None
+
+        return await self._read(fn)
+
+    async def requeue_dead_letter(self, dead_letter_id: int, now: float) -> Job:
+        def op(conn: sqlite3.Connection) -> Job:
+            row = conn.execute(
+                """DELETE FROM dead_letters WHERE id = ?
+                   RETURNING job_id, task, queue, args, kwargs""",
+                (dead_letter_id,),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no dead letter {dead_letter_id}")
+            job_id, task, queue, args, kwargs = row
+            # Copy what the original job asked for; the new job starts with fresh attempts.
+            orig = conn.execute(
+                "SELECT priority, max_retries, timeout_s, backoff FROM jobs WHERE id = ?",
+                (job_id,),
+            ).fetchone()
+            priority, max_retries, timeout_s, backoff = orig if orig else (0, 3, None, None)
+            new_id = conn.execute(
+                """INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries,
+                       timeout_s, backoff, created_at, run_at)
+                   VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?) RETURNING id""",
+                (task, queue, args, kwargs, priority, max_retries, timeout_s, backoff, now, now),
+            ).fetchone()[0]
+            return _row_to_job(
+                conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (new_id,)).fetchone()
+            )
+
+        result: Job = await self._write(op)
+        return result
+
+    async def delete_dead_letter(self, dead_letter_id: int) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("DELETE FROM dead_letters WHERE id = ?", (dead_letter_id,))
+            return cur.rowcount > 0
+
+        result: bool = await self._write(op)
+        return result
+
+    async def check_writable(self) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("SELECT 1")
+
+        await self._write(op)
+
+
+# -- SQL run on the database thread -------------------------------------------------------------
+
+
+def _configure_reader(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute("PRAGMA query_only=ON")
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Apply the numbered migrations this database has not seen, each in its own transaction."""
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version"
+            " (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+        )
+        current = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        raise SchemaError(f"not a usable jobserver database: {exc}") from exc
+    latest = MIGRATIONS[-1][0]
+    if current > latest:
+        raise SchemaError(
+            f"the database is at schema version {current}; this jobserver knows up to {latest}"
+        )
+    for version, sql in MIGRATIONS:
+        if version <= current:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in sql.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES (?, unixepoch())",
+                (version,),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def _insert_params(job: NewJob, now: float) -> dict[str, Any]:
+    payload = {"task": job.task, "args": job.args, "kwargs": job.kwargs, "queue": job.queue}
+    backoff = job.backoff
+    return {
+        "task": job.task,
+        "queue": job.queue,
+        "args": codec.dumps(job.args),
+        "kwargs": codec.dumps(job.kwargs),
+        "priority": job.priority,
+        "max_retries": job.max_retries,
+        "timeout_s": job.timeout_s,
+        "backoff": codec.dumps(
+            {"base_s": backoff.base_s, "factor": backoff.factor, "cap_s": backoff.cap_s}
+        )
+        if backoff is not None
+        else None,
+        "created_at": now,
+        "run_at": job.run_at if job.run_at is not None else now,
+        "idempotency_key": job.idempotency_key,
+        "payload_hash": codec.fingerprint(payload) if job.idempotency_key is not None else None,
+    }
+
+
+def _insert_one(conn: sqlite3.Connection, params: dict[str, Any]) -> Enqueued:
+    key = params["idempotency_key"]
+    if key is not None:
+        row = conn.execute(
+            f"SELECT {JOB_COLUMNS}, payload_hash FROM jobs WHERE idempotency_key = ?", (key,)
+        ).fetchone()
+        if row is not None:
+            if row[-1] != params["payload_hash"]:
+                raise Conflict(
+                    f"idempotency key {key!r} was used for job {row[0]} with a different payload"
+                )
+            return Enqueued(_row_to_job(row[:-1]), created=False)
+    row = conn.execute(
+        f"""INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries, timeout_s,
+               backoff, created_at, run_at, idempotency_key, payload_hash)
+           VALUES (:task, :queue, :args, :kwargs, :priority, 'pending', :max_retries, :timeout_s,
+               :backoff, :created_at, :run_at, :idempotency_key, :payload_hash)
+           RETURNING {JOB_COLUMNS}""",
+        params,
+    ).fetchone()
+    return Enqueued(_row_to_job(row), created=True)
+
+
+def _fail_for_good(
+    conn: sqlite3.Connection, where: str, params: tuple[Any, ...], error_json: bytes, now: float
+) -> int:
+    """running -> failed plus a dead-letter row for each job matching `where`."""
+    rows = conn.execute(
+        f"""UPDATE jobs SET status = 'failed', error = ?, completed_at = ?,
+               lease_token = NULL, lease_expires_at = NULL
+            WHERE {where}
+            RETURNING id, task, queue, args, kwargs, attempts""",
+        (error_json, now, *params),
+    ).fetchall()
+    conn.executemany(
+        """INSERT INTO dead_letters (job_id, task, queue, args, kwargs, error, attempts, failed_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+        [(*r, error_json, now) for r in rows],
+    )
+    return len(rows)
+
+
+def _rescue(
+    conn: sqlite3.Connection, where: str, params: tuple[Any, ...], now: float
+) -> RescueReport:
+    """Running jobs matching `where` lost their worker: back to pending, or failed if spent."""
+    report = RescueReport()
+    error = codec.dumps(error_info(None, type_="LeaseExpired", message=LEASE_LOST))
+    report.requeued = [
+        r[0]
+        for r in conn.execute(
+            f"""UPDATE jobs SET status = 'pending', run_at = ?, error = ?,
+                   lease_token = NULL, lease_expires_at = NULL
+                WHERE {where} AND attempts <= max_retries
+                RETURNING id""",
+            (now, error, *params),
+        ).fetchall()
+    ]
+    spent = conn.execute(
+        f"SELECT id FROM jobs WHERE {where} AND attempts > max_retries", params
+    ).fetchall()
+    for (job_id,) in spent:
+        _fail_for_good(conn, "id = ? AND status = 'running'", (job_id,), error, now)
+        report.dead_lettered.append(job_id)
+    return report

@@ -1,0 +1,190 @@
+"""`@task`, the task registry, and the context a running task can see."""
+
+from __future__ import annotations
+
+import contextvars
+import importlib
+import inspect
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, TypeVar, overload
+
+from .errors import PermanentError
+from .models import Backoff
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_MAX_RETRIES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    name: str
+    fn: Callable[..., Any]
+    is_async: bool
+    wants_ctx: bool  # the function takes a `ctx` parameter
+    timeout_s: float | None = None
+    max_retries: int = DEFAULT_MAX_RETRIES
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    backoff: Backoff = field(default_factory=Backoff)
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        return not isinstance(exc, PermanentError) and isinstance(exc, self.retry_on)
+
+
+class Registry:
+    """Task names to their functions."""
+
+    def __init__(self, specs: Iterable[TaskSpec] = ()) -> None:
+        self._tasks: dict[str, TaskSpec] = {}
+        for spec in specs:
+            self.add(spec)
+
+    def add(self, spec: TaskSpec) -> None:
+        existing = self._tasks.get(spec.name)
+        if existing is not None and _origin(existing.fn) != _origin(spec.fn):
+            raise ValueError(
+                f"task name {spec.name!r} is taken by {_origin(existing.fn)};"
+                f" give {_origin(spec.fn)} another name with @task(name=...)"
+            )
+        self._tasks[spec.name] = spec
+
+    def get(self, name: str) -> TaskSpec | None:
+        return self._tasks.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+    def __iter__(self) -> Iterator[TaskSpec]:
+        return iter(self._tasks.values())
+
+    def names(self) -> list[str]:
+        return sorted(self._tasks)
+
+
+def _origin(fn: Callable[..., Any]) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+# Every @task lands here; a JobServer copies it when it starts.
+default_registry = Registry()
+
+
+@overload
+def task(fn: F, /) -> F: ...
+
+
+@overload
+def task(
+    *,
+    name: str | None = None,
+    timeout: float | None = None,
+    max_retries: int | None = None,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    backoff: Backoff | None = None,
+    registry: Registry | None = None,
+) -> Callable[[F], F]: ...
+
+
+def task(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    timeout: float | None = None,
+    max_retries: int | None = None,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    backoff: Backoff | None = None,
+    registry: Registry | None = None,
+) -> Any:
+    """Register an async or sync function as a task; the function itself is returned unchanged.
+
+    `timeout` (seconds) and `max_retries` are defaults a job may override; only exceptions in
+    `retry_on` are retried; a function with a `ctx` parameter receives the JobContext.
+    """
+
+    def register(f: F) -> F:
+        if timeout is not None and timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if max_retries is not None and max_retries < 0:
+            raise ValueError("max_retries must be 0 or more")
+        spec = TaskSpec(
+            name=name or f.__name__,
+            fn=f,
+            is_async=inspect.iscoroutinefunction(f),
+            wants_ctx="ctx" in inspect.signature(f).parameters,
+            timeout_s=timeout,
+            max_retries=DEFAULT_MAX_RETRIES if max_retries is None else max_retries,
+            retry_on=retry_on if isinstance(retry_on, tuple) else (retry_on,),
+            backoff=backoff or Backoff(),
+        )
+        (registry or default_registry).add(spec)
+        f.task_spec = spec  # type: ignore[attr-defined]
+        return f
+
+    if fn is not None:
+        return register(fn)
+    return register
+
+
+def load_task_modules(modules: Iterable[str | ModuleType]) -> None:
+    """Import task modules named on the command line so their @task decorators run."""
+    for module in modules:
+        if isinstance(module, str):
+            importlib.import_module(module)
+
+
+class JobContext:
+    """What a running task may know and do: its job id, attempt, progress, cancellation.
+
+    A task gets it as a `ctx` parameter, or from `current_job()` anywhere in its call stack.
+    Sync tasks run in a thread: they should check `ctx.cancelled` in long loops.
+    """
+
+    def __init__(
+        self,
+        *,
+        job_id: int,
+        task: str,
+        queue: str,
+        attempt: int,
+        max_retries: int,
+        report_progress: Callable[[float, str | None], None],
+    ) -> None:
+        self.job_id = job_id
+        self.task = task
+        self.queue = queue
+        self.attempt = attempt
+        self.max_retries = max_retries
+        self._report_progress = report_progress
+        self._cancel_event = threading.Event()
+        self.cancel_reason: str | None = None  # "cancelled" | "timeout" | "shutdown" | "lease_lost"
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel_event.is_set()
+
+    def request_cancel(self, reason: str) -> None:
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+        self._cancel_event.set()
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Report progress in [0, 1]; safe to call from sync tasks' threads."""
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError("progress fraction must be between 0 and 1")
+        self._report_progress(float(fraction), message)
+
+
+_current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("jobserver_current_job")
+
+
+def current_job() -> JobContext:
+    """The context of the job the calling code runs in; LookupError outside a job."""
+    return _current.get()
+
+
+def bind_current_job(ctx: JobContext) -> contextvars.Token[JobContext]:
+    return _current.set(ctx)

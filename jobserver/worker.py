@@ -1,0 +1,339 @@
+"""The worker pool: claims due jobs, runs them, records how each attempt ended.
+
+Three loops run beside the jobs themselves:
+- the dispatcher claims as many due jobs as there are free slots, then sleeps until an
+  enqueue or a finished job wakes it, or until the next scheduled job is due;
+- the heartbeat renews the leases of the jobs this process runs, and cancels those whose
+  lease was lost or whose cancellation a client asked for;
+- the rescuer puts back jobs whose lease expired (their worker died or stalled).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from . import retry
+from .clock import Clock
+from .executor import Cancelled, Executor, Failed, Outcome, Succeeded
+from .models import Backoff, Job, JobState
+from .store.base import Store
+from .tasks import JobContext
+
+log = logging.getLogger(__name__)
+
+# Called after each transition this worker makes: (job, new state, detail for the log).
+TransitionHook = Callable[[Job, JobState, dict[str, Any]], None]
+
+
+@dataclass(slots=True)
+class _Running:
+    job: Job
+    ctx: JobContext
+    task: asyncio.Task[None]
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        executor: Executor,
+        clock: Clock,
+        *,
+        concurrency: int = 16,
+        lease_ttl_s: float = 30.0,
+        rescue_interval_s: float = 5.0,
+        progress_interval_s: float = 0.5,
+        rng: random.Random | None = None,
+        on_transition: TransitionHook | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.store = store
+        self.executor = executor
+        self.clock = clock
+        self.concurrency = concurrency
+        self.lease_ttl_s = lease_ttl_s
+        self.rescue_interval_s = rescue_interval_s
+        self.progress_interval_s = progress_interval_s
+        self.rng = rng or random.Random()
+        self.on_transition = on_transition or (lambda job, state, detail: None)
+        self._running: dict[int, _Running] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loops: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- control ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._loops = [
+            self._spawn(self._dispatch_loop(), "dispatcher"),
+            self._spawn(self._heartbeat_loop(), "heartbeat"),
+            self._spawn(self._rescue_loop(), "rescuer"),
+        ]
+
+    def wake(self) -> None:
+        """A job may be due now: claim at once rather than at the next timer."""
+        self._wake.set()
+
+    @property
+    def running_ids(self) -> list[int]:
+        return list(self._running)
+
+    def cancel_running(self, job_id: int) -> bool:
+        """Deliver a client's cancellation to a job this process runs."""
+        running = self._running.get(job_id)
+        if running is None:
+            return False
+        self._cancel(running, "cancelled")
+        return True
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop claiming; let running jobs finish for `grace_s`, then release the rest."""
+        self._stopping = True
+        self._wake.set()
+        dispatcher = self._loops[0] if self._loops else None
+        if dispatcher is not None:
+            await dispatcher
+        tasks = [r.task for r in self._running.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_s)
+        for running in list(self._running.values()):
+            self._cancel(running, "shutdown")
+        tasks = [r.task for r in self._running.values()]
+        if tasks:
+            await asyncio.wait(tasks)
+        for loop_task in self._loops[1:]:
+            loop_task.cancel()
+        for loop_task in self._loops[1:]:
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop_task
+        self._loops = []
+
+    def _cancel(self, running: _Running, reason: str) -> None:
+        running.ctx.request_cancel(reason)
+        running.task.cancel()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        return asyncio.create_task(coro, name=f"jobserver-{name}")
+
+    # -- the dispatcher ---------------------------------------------------------------------------
+    async def _dispatch_loop(self) -> None:
+        while not self._stopping:
+            try:
+                await self._dispatch_once()
+            except Exception:
+                # A store hiccup (disk full, say) must not kill the pool: back off, then retry.
+                log.exception("claiming jobs failed; trying again in 1 s")
+                await self._sleep_or_wake(1.0)
+
+    async def _dispatch_once(self) -> None:
+        free = self.concurrency - len(self._running)
+        if free <= 0:
+            self._wake.clear()
+            await self._wake.wait()
+            return
+        self._wake.clear()  # before claiming: an enqueue that commits meanwhile sets it again
+        jobs = await self.store.claim(free, self.clock.now(), self.lease_ttl_s)
+        for job in jobs:
+            self._start_job(job)
+        if len(jobs) == free or self._stopping:
+            return
+        next_due = await self.store.next_run_at()
+        delay = None if next_due is None else next_due - self.clock.now()
+        if delay is not None and delay <= 0:
+            return  # due already (a retry scheduled meanwhile): claim again
+        await self._sleep_or_wake(delay)
+
+    async def _sleep_or_wake(self, delay_s: float | None) -> None:
+        waiter = asyncio.ensure_future(self._wake.wait())
+        if delay_s is None:
+            await waiter
+            return
+        timer = asyncio.ensure_future(self.clock.sleep(delay_s))
+        try:
+            await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            timer.cancel()
+
+    def _start_job(self, job: Job) -> None:
+        ctx = JobContext(
+            job_id=job.id,
+            task=job.task,
+            queue=job.queue,
+            attempt=job.attempts,
+            max_retries=job.max_retries,
+            report_progress=self._progress_reporter(job),
+        )
+        task = self._spawn(self._run_job(job, ctx), f"job-{job.id}")
+        self._running[job.id] = _Running(job, ctx, task)
+        self.on_transition(job, JobState.RUNNING, {"attempt": job.attempts})
+
+    async def _run_job(self, job: Job, ctx: JobContext) -> None:
+        try:
+            outcome = await self.executor.run(job, ctx)
+            await self._record(job, outcome)
+        except asyncio.CancelledError:
+            # Cancelled outside the task itself (shutdown while recording): the lease
+            # expires and the job runs again; at-least-once.
+            pass
+        except Exception:
+            log.exception("recording the end of job %s failed; its lease will expire", job.id)
+        finally:
+            self._running.pop(job.id, None)
+            self._wake.set()
+
+    async def _record(self, job: Job, outcome: Outcome) -> None:
+        assert job.lease_token is not None
+        token = job.lease_token
+        now = self.clock.now()
+        if isinstance(outcome, Succeeded):
+            if await self.store.complete(job.id, token, outcome.result, now):
+                self.on_transition(job, JobState.SUCCEEDED, {})
+            else:
+                self._stale(job)
+        elif isinstance(outcome, Cancelled):
+            if outcome.reason == "shutdown":
+                if await self.store.release(job.id, token):
+                    self.on_transition(job, JobState.PENDING, {"reason": "released at shutdown"})
+            elif outcome.reason == "lease_lost":
+                self._stale(job)
+            elif await self.store.mark_cancelled(job.id, token, now):
+                self.on_transition(job, JobState.CANCELLED, {})
+            else:
+                self._stale(job)
+        else:
+            await self._record_failure(job, token, outcome, now)
+
+    async def _record_failure(self, job: Job, token: str, outcome: Failed, now: float) -> None:
+        spec = self.executor.registry.get(job.task)
+        policy = job.backoff or (spec.backoff if spec else Backoff())
+        decision = retry.decide(
+            attempts=job.attempts,
+            max_retries=job.max_retries,
+            retryable=outcome.retryable,
+            requested_delay_s=outcome.retry_delay_s,
+            policy=policy,
+            rng=self.rng,
+        )
+        detail = {"error": outcome.error.get("type"), "attempt": job.attempts}
+        if isinstance(decision, retry.RetryAt):
+            run_at = now + decision.delay_s
+            if await self.store.schedule_retry(job.id, token, outcome.error, run_at, now):
+                self.on_transition(
+                    job, JobState.PENDING, {**detail, "retry_in_s": decision.delay_s}
+                )
+            else:
+                self._stale(job)
+        else:
+            if await self.store.dead_letter(job.id, token, outcome.error, now):
+                self.on_transition(job, JobState.FAILED, {**detail, "reason": decision.reason})
+            else:
+                self._stale(job)
+
+    def _stale(self, job: Job) -> None:
+        log.warning(
+            "job %s: the outcome of attempt %s was discarded; its lease is no longer current",
+            job.id,
+            job.attempts,
+        )
+
+    # -- progress ---------------------------------------------------------------------------------
+    def _progress_reporter(self, job: Job) -> Callable[[float, str | None], None]:
+        """Progress writes are throttled: at most one per interval, the latest value wins."""
+        loop = asyncio.get_running_loop()
+        state: dict[str, Any] = {"last": float("-inf"), "pending": None, "scheduled": False}
+
+        def flush() -> None:
+            state["scheduled"] = False
+            value = state["pending"]
+            if value is None or job.id not in self._running:
+                return
+            state["pending"] = None
+            state["last"] = loop.time()
+            assert job.lease_token is not None
+            write = loop.create_task(self._write_progress(job, job.lease_token, *value))
+            self._background.add(write)
+            write.add_done_callback(self._background.discard)
+
+        def on_loop(fraction: float, message: str | None) -> None:
+            state["pending"] = (fraction, message)
+            if state["scheduled"]:
+                return
+            wait = state["last"] + self.progress_interval_s - loop.time()
+            state["scheduled"] = True
+            if wait <= 0:
+                flush()
+            else:
+                loop.call_later(wait, flush)
+
+        def report(fraction: float, message: str | None) -> None:
+            try:
+                running_loop = asyncio.get_running_loop()
+            except RuntimeError:
+                running_loop = None
+            if running_loop is loop:
+                on_loop(fraction, message)
+            else:  # a sync task in its thread
+                loop.call_soon_threadsafe(on_loop, fraction, message)
+
+        return report
+
+    async def _write_progress(self, job: Job, token: str, fraction: float, msg: str | None) -> None:
+        try:
+            await self.store.update_progress(job.id, token, fraction, msg)
+        except Exception:
+            log.warning("job %s: progress not saved", job.id, exc_info=True)
+
+    # -- leases -----------------------------------------------------------------------------------
+    async def _heartbeat_loop(self) -> None:
+        interval = self.lease_ttl_s / 3
+        while True:
+            await self.clock.sleep(interval)
+            leases = [
+                (r.job.id, r.job.lease_token)
+                for r in self._running.values()
+                if r.job.lease_token is not None
+            ]
+            if not leases:
+                continue
+            try:
+                report = await self.store.renew_leases(leases, self.clock.now(), self.lease_ttl_s)
+            except Exception:
+                log.warning("renewing leases failed", exc_info=True)
+                continue
+            for job_id in report.lost:
+                running = self._running.get(job_id)
+                if running is not None:
+                    log.warning("job %s lost its lease; stopping this run of it", job_id)
+                    self._cancel(running, "lease_lost")
+            for job_id in report.cancel_requested:
+                self.cancel_running(job_id)
+
+    async def _rescue_loop(self) -> None:
+        while True:
+            await self.clock.sleep(self.rescue_interval_s)
+            try:
+                report = await self.store.rescue_expired(self.clock.now())
+            except Exception:
+                log.warning("rescuing expired leases failed", exc_info=True)
+                continue
+            if report.requeued or report.dead_lettered:
+                log.warning(
+                    "rescued jobs whose lease expired: requeued %s, dead-lettered %s",
+                    report.requeued,
+                    report.dead_lettered,
+                )
+                self.wake()
+
+    async def rescue_now(self) -> None:
+        """Run the rescuer once, at once (tests and start-up)."""
+        report = await self.store.rescue_expired(self.clock.now())
+        if report.requeued:
+            self.wake()
