@@ -767,7 +767,7 @@ def _fail_for_good(
     conn.executemany(
         """INSERT INTO dead_letters (job_id, task, queue, args, kwargs, error, attempts, failed_at)
            VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
-        [(*r, error_json, now) for r in rows],
+        [(*r[:5], error_json, r[5], now) for r in rows],
     )
     return len(rows)
 

@@ -1,0 +1,344 @@
+"""The store conformance suite: every backend must pass these (see STORE_BACKENDS)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from jobserver.errors import Conflict, NotFound
+from jobserver.models import Backoff, JobState, NewJob
+from jobserver.store.base import JobFilter, Store
+
+T0 = 1_800_000_000.0
+TTL = 30.0
+
+
+def new(task: str = "t", **kw: object) -> NewJob:
+    return NewJob(task=task, **kw)  # type: ignore[arg-type]
+
+
+async def enqueue_one(store: Store, now: float = T0, **kw: object) -> int:
+    return (await store.enqueue([new(**kw)], now))[0].job.id
+
+
+async def test_enqueue_round_trips_every_field(store: Store) -> None:
+    args = [1, "zwei", {"drei": [3.5, None, True]}, "ünïcødé ✓"]
+    kwargs = {"k": {"nested": ["x"]}}
+    [res] = await store.enqueue(
+        [
+            new(
+                "send",
+                args=args,
+                kwargs=kwargs,
+                queue="mail",
+                priority=7,
+                max_retries=5,
+                timeout_s=2.5,
+                backoff=Backoff(base_s=0.5, factor=3.0, cap_s=60.0),
+                run_at=T0 + 10,
+            )
+        ],
+        T0,
+    )
+    assert res.created
+    job = await store.get_job(res.job.id)
+    assert job is not None
+    assert (job.task, job.args, job.kwargs, job.queue) == ("send", args, kwargs, "mail")
+    assert (job.priority, job.max_retries, job.timeout_s) == (7, 5, 2.5)
+    assert job.backoff == Backoff(base_s=0.5, factor=3.0, cap_s=60.0)
+    assert job.status == JobState.PENDING
+    assert job.attempts == 0
+    assert (job.created_at, job.run_at) == (T0, T0 + 10)
+    assert await store.get_job(job.id + 1000) is None
+
+
+async def test_enqueue_of_many_is_one_call_with_ids_in_order(store: Store) -> None:
+    results = await store.enqueue([new(args=[i]) for i in range(50)], T0)
+    ids = [r.job.id for r in results]
+    assert ids == sorted(ids) and len(set(ids)) == 50
+    assert [r.job.args for r in results] == [[i] for i in range(50)]
+
+
+async def test_claim_orders_by_priority_then_run_at(store: Store) -> None:
+    low = await enqueue_one(store, priority=0, run_at=T0 - 30)
+    high_late = await enqueue_one(store, priority=5, run_at=T0 - 10)
+    high_early = await enqueue_one(store, priority=5, run_at=T0 - 20)
+    jobs = await store.claim(10, T0, TTL)
+    assert [j.id for j in jobs] == [high_early, high_late, low]
+
+
+async def test_claim_never_takes_a_job_before_it_is_due(store: Store) -> None:
+    later = await enqueue_one(store, run_at=T0 + 60)
+    assert await store.claim(10, T0 + 59.999, TTL) == []
+    assert await store.next_run_at() == T0 + 60
+    jobs = await store.claim(10, T0 + 60, TTL)
+    assert [j.id for j in jobs] == [later]
+    assert await store.next_run_at() is None
+
+
+async def test_claim_counts_the_attempt_and_takes_a_lease(store: Store) -> None:
+    job_id = await enqueue_one(store)
+    [job] = await store.claim(1, T0, TTL)
+    assert job.id == job_id
+    assert job.status == JobState.RUNNING
+    assert job.attempts == 1
+    assert job.lease_token
+    assert job.lease_expires_at == T0 + TTL
+    assert job.started_at == T0
+    assert await store.claim(1, T0, TTL) == []  # a running job is not claimed twice
+
+
+async def test_claim_respects_the_limit(store: Store) -> None:
+    await store.enqueue([new() for _ in range(7)], T0)
+    assert len(await store.claim(3, T0, TTL)) == 3
+    assert len(await store.claim(10, T0, TTL)) == 4
+
+
+async def test_complete_needs_the_current_lease_token(store: Store) -> None:
+    await enqueue_one(store)
+    [job] = await store.claim(1, T0, TTL)
+    assert not await store.complete(job.id, "not-the-token", b'"x"', T0 + 1)
+    still = await store.get_job(job.id)
+    assert still is not None and still.status == JobState.RUNNING
+    assert job.lease_token is not None
+    assert await store.complete(job.id, job.lease_token, b'{"ok": 1}', T0 + 1)
+    done = await store.get_job(job.id)
+    assert done is not None
+    assert done.status == JobState.SUCCEEDED
+    assert done.result == {"ok": 1}
+    assert done.completed_at == T0 + 1
+    assert done.lease_token is None
+    # A second completion (a duplicate delivery) changes nothing.
+    assert not await store.complete(job.id, job.lease_token, b'"again"', T0 + 2)
+    again = await store.get_job(job.id)
+    assert again is not None and again.result == {"ok": 1}
+
+
+async def test_a_stale_token_from_before_a_reclaim_is_rejected(store: Store) -> None:
+    await enqueue_one(store)
+    [first] = await store.claim(1, T0, TTL)
+    await store.rescue_expired(T0 + TTL)  # lease ran out: back to pending
+    [second] = await store.claim(1, T0 + TTL, TTL)
+    assert second.id == first.id and second.lease_token != first.lease_token
+    assert first.lease_token is not None and second.lease_token is not None
+    assert not await store.complete(first.id, first.lease_token, b"1", T0 + TTL + 1)
+    assert not await store.schedule_retry(first.id, first.lease_token, {}, T0, T0)
+    assert not await store.dead_letter(first.id, first.lease_token, {}, T0)
+    assert not await store.release(first.id, first.lease_token)
+    assert await store.complete(second.id, second.lease_token, b"2", T0 + TTL + 1)
+
+
+async def test_schedule_retry_returns_the_job_to_pending_later(store: Store) -> None:
+    await enqueue_one(store)
+    [job] = await store.claim(1, T0, TTL)
+    assert job.lease_token is not None
+    error = {"type": "ValueError", "message": "boom", "traceback": None}
+    assert await store.schedule_retry(job.id, job.lease_token, error, T0 + 5, T0)
+    after = await store.get_job(job.id)
+    assert after is not None
+    assert (after.status, after.run_at, after.attempts) == (JobState.PENDING, T0 + 5, 1)
+    assert after.error == error
+    assert await store.claim(1, T0 + 4, TTL) == []
+    [again] = await store.claim(1, T0 + 5, TTL)
+    assert again.attempts == 2
+
+
+async def test_dead_letter_fails_the_job_and_records_it(store: Store) -> None:
+    await enqueue_one(store, args=[1, 2], kwargs={"a": "b"}, queue="q1", max_retries=0)
+    [job] = await store.claim(1, T0, TTL)
+    assert job.lease_token is not None
+    error = {"type": "KeyError", "message": "'x'", "traceback": "Traceback..."}
+    assert await store.dead_letter(job.id, job.lease_token, error, T0 + 3)
+    failed = await store.get_job(job.id)
+    assert failed is not None and failed.status == JobState.FAILED and failed.error == error
+    [dl] = await store.list_dead_letters(10)
+    assert (dl.job_id, dl.task, dl.queue, dl.args, dl.kwargs) == (job.id, "t", "q1", [1, 2], {"a": "b"})
+    assert (dl.error, dl.attempts, dl.failed_at) == (error, 1, T0 + 3)
+    assert await store.get_dead_letter(dl.id) == dl
+
+
+async def test_requeue_dead_letter_makes_a_fresh_job_and_removes_the_letter(store: Store) -> None:
+    await enqueue_one(store, args=["a"], priority=3, max_retries=0, timeout_s=9.0)
+    [job] = await store.claim(1, T0, TTL)
+    assert job.lease_token is not None
+    await store.dead_letter(job.id, job.lease_token, {"type": "E"}, T0)
+    [dl] = await store.list_dead_letters(10)
+    fresh = await store.requeue_dead_letter(dl.id, T0 + 100)
+    assert fresh.id != job.id
+    assert (fresh.status, fresh.attempts, fresh.args) == (JobState.PENDING, 0, ["a"])
+    assert (fresh.priority, fresh.max_retries, fresh.timeout_s) == (3, 0, 9.0)
+    assert await store.list_dead_letters(10) == []
+    old = await store.get_job(job.id)
+    assert old is not None and old.status == JobState.FAILED  # terminal stays terminal
+    with pytest.raises(NotFound):
+        await store.requeue_dead_letter(dl.id, T0)
+
+
+async def test_delete_dead_letter(store: Store) -> None:
+    await enqueue_one(store, max_retries=0)
+    [job] = await store.claim(1, T0, TTL)
+    assert job.lease_token is not None
+    await store.dead_letter(job.id, job.lease_token, {"type": "E"}, T0)
+    [dl] = await store.list_dead_letters(10)
+    assert await store.delete_dead_letter(dl.id)
+    assert not await store.delete_dead_letter(dl.id)
+    assert await store.get_dead_letter(dl.id) is None
+
+
+async def test_dead_letters_page_by_cursor(store: Store) -> None:
+    await store.enqueue([new(max_retries=0) for _ in range(5)], T0)
+    for job in await store.claim(5, T0, TTL):
+        assert job.lease_token is not None
+        await store.dead_letter(job.id, job.lease_token, {"type": "E"}, T0)
+    first = await store.list_dead_letters(2)
+    second = await store.list_dead_letters(2, before_id=first[-1].id)
+    third = await store.list_dead_letters(2, before_id=second[-1].id)
+    ids = [d.id for d in first + second + third]
+    assert len(ids) == 5 and ids == sorted(ids, reverse=True)
+
+
+async def test_release_gives_the_attempt_back(store: Store) -> None:
+    await enqueue_one(store)
+    [job] = await store.claim(1, T0, TTL)
+    assert job.lease_token is not None
+    assert await store.release(job.id, job.lease_token)
+    after = await store.get_job(job.id)
+    assert after is not None
+    assert (after.status, after.attempts, after.lease_token) == (JobState.PENDING, 0, None)
+
+
+async def test_mark_cancelled_ends_a_running_job(store: Store) -> None:
+    await enqueue_one(store)
+    [job] = await store.claim(1, T0, TTL)
+    assert job.lease_token is not None
+    assert await store.mark_cancelled(job.id, job.lease_token, T0 + 1)
+    after = await store.get_job(job.id)
+    assert after is not None and after.status == JobState.CANCELLED
+
+
+async def test_request_cancel_in_each_state(store: Store) -> None:
+    pending = await enqueue_one(store, run_at=T0 + 100)
+    cancelled = await store.request_cancel(pending, T0)
+    assert cancelled.status == JobState.CANCELLED and cancelled.completed_at == T0
+    again = await store.request_cancel(pending, T0 + 1)  # idempotent
+    assert again.status == JobState.CANCELLED and again.completed_at == T0
+
+    await enqueue_one(store)
+    [running] = await store.claim(1, T0, TTL)
+    flagged = await store.request_cancel(running.id, T0)
+    assert flagged.status == JobState.RUNNING and flagged.cancel_requested
+
+    assert running.lease_token is not None
+    await store.complete(running.id, running.lease_token, b"1", T0)
+    with pytest.raises(Conflict):
+        await store.request_cancel(running.id, T0)
+    with pytest.raises(NotFound):
+        await store.request_cancel(999_999, T0)
+
+
+async def test_renew_leases_extends_and_reports(store: Store) -> None:
+    await store.enqueue([new(), new()], T0)
+    a, b = await store.claim(2, T0, TTL)
+    assert a.lease_token is not None and b.lease_token is not None
+    await store.request_cancel(b.id, T0)
+    report = await store.renew_leases(
+        [(a.id, a.lease_token), (b.id, b.lease_token), (a.id, "stale")], T0 + 20, TTL
+    )
+    assert report.lost == [a.id]  # the entry with the stale token
+    assert report.cancel_requested == [b.id]
+    renewed = await store.get_job(a.id)
+    assert renewed is not None and renewed.lease_expires_at == T0 + 20 + TTL
+    # The renewal moved the expiry: the old deadline no longer frees the job.
+    assert (await store.rescue_expired(T0 + TTL)).requeued == []
+
+
+async def test_rescue_waits_for_the_lease_to_expire(store: Store) -> None:
+    job_id = await enqueue_one(store)
+    await store.claim(1, T0, TTL)
+    early = await store.rescue_expired(T0 + TTL - 0.001)
+    assert early.requeued == [] and early.dead_lettered == []
+    report = await store.rescue_expired(T0 + TTL)
+    assert report.requeued == [job_id]
+    job = await store.get_job(job_id)
+    assert job is not None
+    assert (job.status, job.attempts, job.run_at) == (JobState.PENDING, 1, T0 + TTL)
+    assert job.error is not None and job.error["type"] == "LeaseExpired"
+
+
+async def test_rescue_dead_letters_a_job_with_no_attempts_left(store: Store) -> None:
+    job_id = await enqueue_one(store, max_retries=1)
+    await store.claim(1, T0, TTL)
+    await store.rescue_expired(T0 + TTL)
+    await store.claim(1, T0 + TTL, TTL)  # second and last attempt
+    report = await store.rescue_expired(T0 + 2 * TTL)
+    assert report.dead_lettered == [job_id] and report.requeued == []
+    job = await store.get_job(job_id)
+    assert job is not None and job.status == JobState.FAILED and job.attempts == 2
+    [dl] = await store.list_dead_letters(10)
+    assert dl.job_id == job_id and dl.attempts == 2
+
+
+async def test_recover_orphans_takes_back_every_running_job_at_once(store: Store) -> None:
+    await store.enqueue([new(), new(max_retries=0)], T0)
+    retryable, spent = await store.claim(2, T0, TTL)
+    report = await store.recover_orphans(T0 + 1)  # long before the lease would expire
+    assert report.requeued == [retryable.id]
+    assert report.dead_lettered == [spent.id]
+    counts = await store.count_by_status()
+    assert counts["running"] == 0 and counts["pending"] == 1 and counts["failed"] == 1
+
+
+async def test_update_progress(store: Store) -> None:
+    await enqueue_one(store)
+    [job] = await store.claim(1, T0, TTL)
+    assert job.lease_token is not None
+    assert await store.update_progress(job.id, job.lease_token, 0.25, "a quarter")
+    assert not await store.update_progress(job.id, "stale", 0.5, None)
+    seen = await store.get_job(job.id)
+    assert seen is not None and (seen.progress, seen.progress_message) == (0.25, "a quarter")
+
+
+async def test_idempotency_key_returns_the_first_job_or_refuses_a_different_payload(
+    store: Store,
+) -> None:
+    [first] = await store.enqueue([new(args=[1], idempotency_key="k1")], T0)
+    [again] = await store.enqueue([new(args=[1], idempotency_key="k1")], T0 + 5)
+    assert first.created and not again.created
+    assert again.job.id == first.job.id
+    with pytest.raises(Conflict):
+        await store.enqueue([new(args=[2], idempotency_key="k1")], T0)
+    assert (await store.count_by_status())["pending"] == 1
+
+
+async def test_one_refused_write_does_not_undo_its_neighbours(store: Store) -> None:
+    await store.enqueue([new(args=[1], idempotency_key="dup")], T0)
+    results = await asyncio.gather(
+        *[store.enqueue([new(args=[i])], T0) for i in range(20)],
+        store.enqueue([new(args=["other"], idempotency_key="dup")], T0),
+        *[store.enqueue([new(args=[i])], T0) for i in range(20)],
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, Conflict) for r in results) == 1
+    assert sum(isinstance(r, list) for r in results) == 40
+    assert (await store.count_by_status())["pending"] == 41
+
+
+async def test_list_jobs_filters_and_pages(store: Store) -> None:
+    await store.enqueue([new("a", queue="q1") for _ in range(3)], T0)
+    await store.enqueue([new("b", queue="q2") for _ in range(4)], T0)
+    [claimed] = await store.claim(1, T0, TTL)
+    assert len(await store.list_jobs(JobFilter(), 100)) == 7
+    assert len(await store.list_jobs(JobFilter(queue="q2"), 100)) == 4
+    assert len(await store.list_jobs(JobFilter(task="a"), 100)) == 3
+    running = await store.list_jobs(JobFilter(status=JobState.RUNNING), 100)
+    assert [j.id for j in running] == [claimed.id]
+    page1 = await store.list_jobs(JobFilter(), 3)
+    page2 = await store.list_jobs(JobFilter(), 3, before_id=page1[-1].id)
+    page3 = await store.list_jobs(JobFilter(), 3, before_id=page2[-1].id)
+    ids = [j.id for j in page1 + page2 + page3]
+    assert len(ids) == 7 and ids == sorted(ids, reverse=True)
+
+
+async def test_check_writable_passes_on_an_open_store(store: Store) -> None:
+    await store.check_writable()

@@ -1,0 +1,408 @@
+"""The worker pool, driven through an embedded JobServer on a real SQLite file.
+
+Time is a ManualClock: it never moves unless a test moves it, so a job that runs proves the
+worker was woken, and a retry that waits proves it waits for the clock, not for a poll."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+from jobserver import Backoff, JobContext, JobServer, JobState, ManualClock, PermanentError, Retry
+from jobserver.errors import Conflict
+from jobserver.models import NewJob
+from jobserver.store.sqlite import SQLiteStore
+from jobserver.tasks import Registry, current_job, task
+
+from .conftest import ServerFactory, eventually
+
+reg = Registry()
+calls: dict[str, list[Any]] = {}
+gates: dict[str, asyncio.Event] = {}
+
+
+def record(name: str, value: Any) -> None:
+    calls.setdefault(name, []).append(value)
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    calls.clear()
+    gates.clear()
+
+
+@task(registry=reg)
+async def add(a: int, b: int) -> int:
+    return a + b
+
+
+@task(registry=reg)
+def sync_add(a: int, b: int) -> dict[str, Any]:
+    return {"sum": a + b, "thread": threading.current_thread().name, "job": current_job().job_id}
+
+
+@task(registry=reg, timeout=0.05, max_retries=0)
+async def too_slow() -> None:
+    await asyncio.sleep(30)
+
+
+@task(registry=reg, max_retries=3, backoff=Backoff(base_s=10, factor=2, cap_s=100))
+async def flaky(ctx: JobContext) -> int:
+    record("flaky", ctx.attempt)
+    if ctx.attempt < 3:
+        raise ValueError(f"attempt {ctx.attempt} fails")
+    return ctx.attempt
+
+
+@task(registry=reg, max_retries=1, backoff=Backoff(base_s=1, factor=1, cap_s=1))
+async def fails_while_flagged() -> str:
+    if calls.get("broken"):
+        raise RuntimeError("still broken")
+    return "fixed"
+
+
+@task(registry=reg, max_retries=5)
+async def permanent() -> None:
+    record("permanent", 1)
+    raise PermanentError("bad input, no point retrying")
+
+
+@task(registry=reg, max_retries=5, retry_on=(ValueError,))
+async def raises_key_error() -> None:
+    raise KeyError("not a ValueError")
+
+
+@task(registry=reg, max_retries=5)
+async def asks_for_retry(ctx: JobContext) -> str:
+    if ctx.attempt == 1:
+        raise Retry(delay_s=50)
+    return "second time lucky"
+
+
+@task(registry=reg)
+async def waits_forever(ctx: JobContext) -> None:
+    try:
+        ctx.progress(0.5, "half way")
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        record("saw_cancel", ctx.job_id)
+        raise
+
+
+@task(registry=reg)
+def sync_waits_for_cancel(ctx: JobContext) -> str:
+    while not ctx.cancelled:
+        threading.Event().wait(0.005)
+    record("sync_saw_cancel", ctx.cancel_reason)
+    return "stopped"
+
+
+@task(registry=reg)
+async def gated(name: str) -> str:
+    await gates.setdefault(name, asyncio.Event()).wait()
+    return name
+
+
+@task(registry=reg)
+async def unserialisable() -> object:
+    return object()
+
+
+async def start(make_server: ServerFactory, **kwargs: Any) -> JobServer:
+    kwargs.setdefault("tasks", list(reg))
+    return await make_server(**kwargs)
+
+
+async def status_of(server: JobServer, job_id: int) -> JobState:
+    return (await server.get_job(job_id)).status
+
+
+async def test_an_enqueued_job_runs_at_once_without_the_clock_moving(
+    make_server: ServerFactory, clock: ManualClock
+) -> None:
+    server = await start(make_server)
+    before = clock.now()
+    job = await server.enqueue("add", [2, 3])
+    done = await server.wait_for(job.id, timeout_s=5)
+    assert done.status == JobState.SUCCEEDED
+    assert done.result == 5
+    assert done.attempts == 1
+    assert clock.now() == before  # woken by the enqueue, not by a timer
+
+
+async def test_sync_tasks_run_in_the_thread_pool(make_server: ServerFactory) -> None:
+    server = await start(make_server)
+    job = await server.enqueue("sync_add", [1, 2])
+    done = await server.wait_for(job.id, timeout_s=5)
+    assert done.status == JobState.SUCCEEDED
+    assert done.result["sum"] == 3
+    assert done.result["thread"].startswith("jobserver-task")
+    assert done.result["job"] == job.id  # current_job() reaches into the thread
+
+
+async def test_a_timed_out_attempt_is_a_failure_that_says_timeout(
+    make_server: ServerFactory,
+) -> None:
+    server = await start(make_server)
+    job = await server.enqueue("too_slow")
+    done = await server.wait_for(job.id, timeout_s=5)
+    assert done.status == JobState.FAILED
+    assert done.error is not None and done.error["type"] == "timeout"
+    assert "timeout" in done.error["message"]
+    [dl] = await server.list_dead_letters(10, None)
+    assert dl.job_id == job.id
+
+
+async def test_a_per_job_timeout_overrides_the_task_default(make_server: ServerFactory) -> None:
+    server = await start(make_server)
+    job = await server.enqueue("gated", ["never"], timeout_s=0.05, max_retries=0)
+    done = await server.wait_for(job.id, timeout_s=5)
+    assert done.status == JobState.FAILED
+    assert done.error is not None and done.error["type"] == "timeout"
+
+
+async def test_retries_back_off_then_succeed(make_server: ServerFactory, clock: ManualClock) -> None:
+    server = await start(make_server)
+    job = await server.enqueue("flaky")
+    for attempt in (1, 2):
+        waiting = await eventually(
+            lambda: server.get_job(job.id),
+            lambda j, n=attempt: j.status == JobState.PENDING and j.attempts == n,  # type: ignore[misc]
+        )
+        delay = waiting.run_at - clock.now()
+        ceiling = min(100, 10 * 2 ** (attempt - 1))
+        assert 0 <= delay <= ceiling  # full jitter within the exponential ceiling
+        assert waiting.error is not None and waiting.error["type"] == "ValueError"
+        clock.advance(ceiling)
+    done = await server.wait_for(job.id, timeout_s=5)
+    assert done.status == JobState.SUCCEEDED
+    assert done.result == 3
+    assert calls["flaky"] == [1, 2, 3]
+
+
+async def test_exhausted_retries_dead_letter_then_requeue_succeeds(
+    make_server: ServerFactory, clock: ManualClock
+) -> None:
+    calls["broken"] = [True]
+    server = await start(make_server)
+    job = await server.enqueue("fails_while_flagged")
+    await eventually(lambda: server.get_job(job.id), lambda j: j.attempts == 1 and not j.lease_token)
+    clock.advance(1)
+    done = await server.wait_for(job.id, timeout_s=5)
+    assert done.status == JobState.FAILED
+    assert done.attempts == 2  # max_retries=1: two attempts in all
+    [dl] = await server.list_dead_letters(10, None)
+    assert (dl.job_id, dl.attempts, dl.task) == (job.id, 2, "fails_while_flagged")
+    assert dl.error is not None and dl.error["message"] == "still broken"
+
+    calls.pop("broken")
+    fresh = await server.requeue_dead_letter(dl.id)
+    again = await server.wait_for(fresh.id, timeout_s=5)
+    assert again.status == JobState.SUCCEEDED and again.result == "fixed"
+    assert await server.list_dead_letters(10, None) == []
+
+
+async def test_a_permanent_error_is_never_retried(make_server: ServerFactory) -> None:
+    server = await start(make_server)
+    job = await server.enqueue("permanent")
+    done = await server.wait_for(job.id, timeout_s=5)
+    assert done.status == JobState.FAILED and done.attempts == 1
+    assert calls["permanent"] == [1]
+    assert done.error is not None and done.error["type"] == "PermanentError"
+
+
+async def test_only_exceptions_in_retry_on_are_retried(make_server: ServerFactory) -> None:
+    server = await start(make_server)
+    job = await server.enqueue("raises_key_error")
+    done = await server.wait_for(job.id, timeout_s=5)
+    assert done.status == JobState.FAILED and done.attempts == 1
+
+
+async def test_a_task_can_ask_for_a_retry_after_a_delay(
+    make_server: ServerFactory, clock: ManualClock
+) -> None:
+    server = await start(make_server)
+    job = await server.enqueue("asks_for_retry")
+    waiting = await eventually(
+        lambda: server.get_job(job.id), lambda j: j.status == JobState.PENDING and j.attempts == 1
+    )
+    assert waiting.run_at == clock.now() + 50
+    clock.advance(49)
+    assert (await server.get_job(job.id)).status == JobState.PENDING
+    clock.advance(1)
+    done = await server.wait_for(job.id, timeout_s=5)
+    assert done.result == "second time lucky" and done.attempts == 2
+
+
+async def test_cancelling_a_running_async_task_cancels_it(make_server: ServerFactory) -> None:
+    server = await start(make_server)
+    job = await server.enqueue("waits_forever")
+    await eventually(lambda: server.get_job(job.id), lambda j: j.progress == 0.5)
+    seen = await server.get_job(job.id)
+    assert seen.status == JobState.RUNNING and seen.progress_message == "half way"
+    await server.cancel(job.id)
+    done = await server.wait_for(job.id, timeout_s=5)
+    assert done.status == JobState.CANCELLED
+    assert calls["saw_cancel"] == [job.id]
+    assert await server.list_dead_letters(10, None) == []  # cancelled is not failed
+    assert (await server.cancel(job.id)).status == JobState.CANCELLED  # idempotent
+
+
+async def test_cancelling_a_finished_job_is_a_conflict(make_server: ServerFactory) -> None:
+    server = await start(make_server)
+    job = await server.enqueue("add", [1, 1])
+    await server.wait_for(job.id, timeout_s=5)
+    with pytest.raises(Conflict):
+        await server.cancel(job.id)
+
+
+async def test_a_sync_task_sees_its_cancellation_flag(make_server: ServerFactory) -> None:
+    server = await start(make_server)
+    job = await server.enqueue("sync_waits_for_cancel")
+    await eventually(lambda: status_of(server, job.id), lambda s: s == JobState.RUNNING)
+    await server.cancel(job.id)
+    done = await server.wait_for(job.id, timeout_s=5)
+    assert done.status == JobState.CANCELLED
+    await eventually(lambda: _value(calls, "sync_saw_cancel"), lambda v: v == ["cancelled"])
+
+
+async def _value(d: dict[str, Any], key: str) -> Any:
+    return d.get(key)
+
+
+async def test_cancelling_a_pending_job_is_immediate_and_idempotent(
+    make_server: ServerFactory,
+) -> None:
+    server = await start(make_server)
+    job = await server.enqueue("add", [1, 2], delay_s=3600)
+    assert (await server.cancel(job.id)).status == JobState.CANCELLED
+    assert (await server.cancel(job.id)).status == JobState.CANCELLED
+    assert (await server.wait_for(job.id, timeout_s=0)).status == JobState.CANCELLED
+
+
+async def test_delayed_jobs_wait_for_the_clock(make_server: ServerFactory, clock: ManualClock) -> None:
+    server = await start(make_server)
+    job = await server.enqueue("add", [1, 1], delay_s=30)
+    clock.advance(29.9)
+    assert (await server.wait_for(job.id, timeout_s=0.05)).status == JobState.PENDING
+    clock.advance(0.1)
+    assert (await server.wait_for(job.id, timeout_s=5)).status == JobState.SUCCEEDED
+
+
+async def test_concurrency_caps_jobs_running_at_once(make_server: ServerFactory) -> None:
+    server = await start(make_server, concurrency=2)
+    jobs = [await server.enqueue("gated", [f"g{i}"]) for i in range(4)]
+    await eventually(lambda: server.store.count_by_status(), lambda c: c["running"] == 2)
+    assert sorted(server.worker.running_ids) == [jobs[0].id, jobs[1].id]
+    for i in range(4):
+        gates.setdefault(f"g{i}", asyncio.Event()).set()
+    for job in jobs:
+        assert (await server.wait_for(job.id, timeout_s=5)).status == JobState.SUCCEEDED
+
+
+async def test_a_result_that_is_not_json_fails_the_job(make_server: ServerFactory) -> None:
+    server = await start(make_server)
+    job = await server.enqueue("unserialisable", max_retries=3)
+    done = await server.wait_for(job.id, timeout_s=5)
+    assert done.status == JobState.FAILED and done.attempts == 1
+    assert done.error is not None and "JSON" in done.error["message"]
+
+
+async def test_a_job_whose_task_is_gone_fails_for_good(make_server: ServerFactory) -> None:
+    server = await start(make_server)
+    [res] = await server.store.enqueue([NewJob(task="renamed_long_ago")], server.clock.now())
+    server.worker.wake()
+    done = await server.wait_for(res.job.id, timeout_s=5)
+    assert done.status == JobState.FAILED
+    assert done.error is not None and done.error["type"] == "UnknownTask"
+
+
+async def test_shutdown_releases_unfinished_jobs_without_using_an_attempt(
+    make_server: ServerFactory,
+) -> None:
+    server = await start(make_server)
+    job = await server.enqueue("gated", ["held"])
+    await eventually(lambda: status_of(server, job.id), lambda s: s == JobState.RUNNING)
+    await server.stop(grace_period_s=0.05)
+    store = SQLiteStore(server.store.path)  # type: ignore[attr-defined]
+    await store.open()
+    try:
+        after = await store.get_job(job.id)
+        assert after is not None
+        assert (after.status, after.attempts, after.lease_token) == (JobState.PENDING, 0, None)
+    finally:
+        await store.close()
+
+
+async def test_shutdown_lets_running_jobs_finish_within_the_grace_period(
+    make_server: ServerFactory,
+) -> None:
+    server = await start(make_server)
+    job = await server.enqueue("gated", ["soon"])
+    await eventually(lambda: status_of(server, job.id), lambda s: s == JobState.RUNNING)
+    stopping = asyncio.create_task(server.stop(grace_period_s=5))
+    await asyncio.sleep(0)  # let stop() begin: no new claims from here on
+    gates.setdefault("soon", asyncio.Event()).set()
+    await stopping
+    store = SQLiteStore(server.store.path)  # type: ignore[attr-defined]
+    await store.open()
+    try:
+        after = await store.get_job(job.id)
+        assert after is not None and after.status == JobState.SUCCEEDED
+    finally:
+        await store.close()
+
+
+async def test_a_restart_recovers_jobs_left_running_by_a_crash(
+    tmp_path: Any, make_server: ServerFactory, clock: ManualClock
+) -> None:
+    db = tmp_path / "crash.db"
+    crashed = SQLiteStore(db)
+    await crashed.open()
+    await crashed.enqueue([NewJob(task="add", args=[20, 22])], clock.now())
+    [held] = await crashed.claim(1, clock.now(), 30)
+    await crashed.close()  # the "crashed" process never finished its job
+
+    server = await start(make_server, db=db)
+    done = await server.wait_for(held.id, timeout_s=5)
+    assert done.status == JobState.SUCCEEDED and done.result == 42
+    assert done.attempts == 2  # the crashed attempt counted
+
+
+async def test_a_lease_that_expires_is_rescued_and_run_again(
+    make_server: ServerFactory, clock: ManualClock
+) -> None:
+    server = await start(make_server, lease_ttl_s=30, rescue_interval_s=5)
+    # A job claimed by "another worker" that then stops renewing its lease; it is due only
+    # in a second, so this server's own worker cannot take it first.
+    start_at = clock.now() + 1
+    await server.store.enqueue([NewJob(task="add", args=[1, 1], run_at=start_at)], clock.now())
+    [held] = await server.store.claim(1, start_at, 30)
+    clock.advance(1 + 25)  # lease not yet expired: the rescuer leaves it alone
+    await asyncio.sleep(0.05)
+    assert (await server.get_job(held.id)).status == JobState.RUNNING
+    clock.advance(5)
+    done = await server.wait_for(held.id, timeout_s=5)
+    assert done.status == JobState.SUCCEEDED and done.attempts == 2
+
+
+async def test_a_healthy_lease_is_renewed_and_never_rescued(
+    make_server: ServerFactory, clock: ManualClock
+) -> None:
+    server = await start(make_server, lease_ttl_s=30, rescue_interval_s=5)
+    job = await server.enqueue("gated", ["long"])
+    await eventually(lambda: status_of(server, job.id), lambda s: s == JobState.RUNNING)
+    for _ in range(12):  # two minutes of clock time, four lease lifetimes
+        first = (await server.get_job(job.id)).lease_expires_at
+        clock.advance(10)
+        await eventually(
+            lambda: server.get_job(job.id),
+            lambda j, f=first: j.lease_expires_at is not None and j.lease_expires_at > f,  # type: ignore[misc]
+        )
+    seen = await server.get_job(job.id)
+    assert seen.status == JobState.RUNNING and seen.attempts == 1
+    gates["long"].set()
+    assert (await server.wait_for(job.id, timeout_s=5)).status == JobState.SUCCEEDED
