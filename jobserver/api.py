@@ -184,13 +184,15 @@ async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, An
     try:
         body = codec.loads(raw)
     except codec.JSONDecodeError as exc:
-        if "recursion" in str(exc).lower():
+        if "depth" in str(exc).lower() or "recursion" in str(exc).lower():
             raise ValidationError("body", f"JSON nests deeper than {MAX_NESTING} levels") from None
-        try:
+        try:  # say so when the only fault is a NaN or Infinity, which JSON has no words for
             json.loads(raw, parse_constant=_reject_nan)
         except ValueError as nan_exc:
             if "is not a valid JSON number" in str(nan_exc):
                 raise ValidationError("body", str(nan_exc)) from None
+        except RecursionError:
+            pass
         raise RequestError(400, "bad_json", f"the body is not valid JSON: {exc}", "body") from None
     if not isinstance(body, dict):
         raise ValidationError("body", "the body must be a JSON object")

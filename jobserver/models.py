@@ -134,7 +134,8 @@ class DeadLetter:
 def _cap(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
-    return text[: limit - 20] + f"... [{len(text) - limit + 20} chars cut]"
+    suffix = f"... [{len(text)} chars, cut]"
+    return text[: limit - len(suffix)] + suffix
 
 
 def error_info(

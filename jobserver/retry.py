@@ -10,7 +10,10 @@ from .models import Backoff
 
 def delay_for(attempt: int, policy: Backoff, rng: random.Random) -> float:
     """Full-jitter delay before the retry that follows failed attempt number `attempt` (1-based)."""
-    ceiling = min(policy.cap_s, policy.base_s * policy.factor ** max(0, attempt - 1))
+    try:
+        ceiling = min(policy.cap_s, policy.base_s * policy.factor ** max(0, attempt - 1))
+    except OverflowError:  # factor ** attempt past a float's range: the cap applies anyway
+        ceiling = policy.cap_s
     return rng.uniform(0.0, ceiling)
 
 

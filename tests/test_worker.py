@@ -164,7 +164,9 @@ async def test_a_per_job_timeout_overrides_the_task_default(make_server: ServerF
     assert done.error is not None and done.error["type"] == "timeout"
 
 
-async def test_retries_back_off_then_succeed(make_server: ServerFactory, clock: ManualClock) -> None:
+async def test_retries_back_off_then_succeed(
+    make_server: ServerFactory, clock: ManualClock
+) -> None:
     server = await start(make_server)
     job = await server.enqueue("flaky")
     for attempt in (1, 2):
@@ -189,7 +191,9 @@ async def test_exhausted_retries_dead_letter_then_requeue_succeeds(
     calls["broken"] = [True]
     server = await start(make_server)
     job = await server.enqueue("fails_while_flagged")
-    await eventually(lambda: server.get_job(job.id), lambda j: j.attempts == 1 and not j.lease_token)
+    await eventually(
+        lambda: server.get_job(job.id), lambda j: j.attempts == 1 and not j.lease_token
+    )
     clock.advance(1)
     done = await server.wait_for(job.id, timeout_s=5)
     assert done.status == JobState.FAILED
@@ -283,7 +287,9 @@ async def test_cancelling_a_pending_job_is_immediate_and_idempotent(
     assert (await server.wait_for(job.id, timeout_s=0)).status == JobState.CANCELLED
 
 
-async def test_delayed_jobs_wait_for_the_clock(make_server: ServerFactory, clock: ManualClock) -> None:
+async def test_delayed_jobs_wait_for_the_clock(
+    make_server: ServerFactory, clock: ManualClock
+) -> None:
     server = await start(make_server)
     job = await server.enqueue("add", [1, 1], delay_s=30)
     clock.advance(29.9)

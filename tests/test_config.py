@@ -1,0 +1,54 @@
+"""Settings from flags and environment: precedence and errors that name the setting."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobserver.cli import build_parser
+from jobserver.config import ConfigError, Settings, is_loopback, load_settings
+
+
+def settings(argv: list[str], env: dict[str, str] | None = None) -> Settings:
+    return load_settings(vars(build_parser().parse_args(["serve", *argv])), env or {})
+
+
+def test_defaults() -> None:
+    s = settings([])
+    assert (s.db, s.host, s.port, s.concurrency, s.durability) == (
+        "jobserver.db", "127.0.0.1", 8000, 16, "full",
+    )  # fmt: skip
+
+
+def test_a_flag_beats_the_environment_which_beats_the_default() -> None:
+    env = {"JOBSERVER_PORT": "9001", "JOBSERVER_CONCURRENCY": "4"}
+    s = settings(["--port", "9002"], env)
+    assert s.port == 9002  # flag
+    assert s.concurrency == 4  # environment
+
+
+def test_repeatable_and_comma_separated_lists() -> None:
+    s = settings(["--tasks", "a.tasks", "--tasks", "b.tasks,c.tasks"])
+    assert s.tasks == ("a.tasks", "b.tasks", "c.tasks")
+    assert settings([], {"JOBSERVER_TASKS": "x, y"}).tasks == ("x", "y")
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "named"),
+    [
+        (["--port", "http"], {}, "--port"),
+        (["--port", "70000"], {}, "--port"),
+        ([], {"JOBSERVER_CONCURRENCY": "0"}, "JOBSERVER_CONCURRENCY"),
+        ([], {"JOBSERVER_DURABILITY": "sometimes"}, "JOBSERVER_DURABILITY"),
+        (["--grace-period", "-1"], {}, "--grace-period"),
+        (["--lease-ttl", "nan"], {}, "--lease-ttl"),
+        (["--log-format", "xml"], {}, "--log-format"),
+    ],
+)
+def test_bad_values_name_the_setting(argv: list[str], env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        settings(argv, env)
+
+
+def test_is_loopback() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1")
