@@ -153,7 +153,13 @@ async def test_dead_letter_fails_the_job_and_records_it(store: Store) -> None:
     failed = await store.get_job(job.id)
     assert failed is not None and failed.status == JobState.FAILED and failed.error == error
     [dl] = await store.list_dead_letters(10)
-    assert (dl.job_id, dl.task, dl.queue, dl.args, dl.kwargs) == (job.id, "t", "q1", [1, 2], {"a": "b"})
+    assert (dl.job_id, dl.task, dl.queue, dl.args, dl.kwargs) == (
+        job.id,
+        "t",
+        "q1",
+        [1, 2],
+        {"a": "b"},
+    )
     assert (dl.error, dl.attempts, dl.failed_at) == (error, 1, T0 + 3)
     assert await store.get_dead_letter(dl.id) == dl
 
