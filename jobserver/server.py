@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any
@@ -127,6 +127,16 @@ class JobServer:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def lifespan(self, app: web.Application) -> AsyncIterator[None]:
+        """For `app.cleanup_ctx`: start with the host application, stop with it.
+
+        app.add_subapp("/jobs-api", server.create_app())
+        app.cleanup_ctx.append(server.lifespan)
+        """
+        await self.start()
+        yield
         await self.stop()
 
     def create_app(self) -> web.Application:

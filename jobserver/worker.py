@@ -234,6 +234,15 @@ class Worker:
         else:
             if await self.store.dead_letter(job.id, token, outcome.error, now):
                 self.on_transition(job, JobState.FAILED, {**detail, "reason": decision.reason})
+                log.warning(
+                    "job %s (%s) failed for good after %s attempt(s), %s: %s\n%s",
+                    job.id,
+                    job.task,
+                    job.attempts,
+                    decision.reason,
+                    outcome.error.get("message"),
+                    outcome.error.get("traceback") or "",
+                )
             else:
                 self._stale(job)
 

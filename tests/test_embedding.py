@@ -1,0 +1,69 @@
+"""Embedding: `async with JobServer(...)`, and the API mounted inside a host aiohttp app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from jobserver import JobServer, JobState
+from jobserver.tasks import Registry, task
+
+from .conftest import eventually
+
+reg = Registry()
+
+
+@task(registry=reg)
+async def shout(word: str) -> str:
+    return word.upper()
+
+
+async def test_async_with_runs_jobs_and_closes_the_database(tmp_path: Path) -> None:
+    async with JobServer(db=tmp_path / "e.db", tasks=list(reg)) as server:
+        job = await server.enqueue("shout", ["hey"])
+        done = await server.wait_for(job.id, timeout_s=5)
+        assert done.status == JobState.SUCCEEDED and done.result == "HEY"
+    # closed: the file lock is free, so a new server can open the same file
+    async with JobServer(db=tmp_path / "e.db", tasks=list(reg)) as again:
+        assert (await again.get_job(job.id)).result == "HEY"
+
+
+async def test_mounted_in_a_host_app(tmp_path: Path) -> None:
+    server = JobServer(db=tmp_path / "m.db", tasks=list(reg))
+    app = web.Application()
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="the host app")
+
+    app.router.add_get("/", hello)
+    app.add_subapp("/jobs-api", server.create_app())
+    app.cleanup_ctx.append(server.lifespan)
+    runner = web.AppRunner(app)
+    await runner.setup()  # runs the lifespan: the server starts with the host app
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    base = f"http://{host}:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(base + "/") as resp:
+                assert await resp.text() == "the host app"
+            async with session.post(
+                base + "/jobs-api/jobs", json={"task": "shout", "args": ["mounted"]}
+            ) as resp:
+                assert resp.status == 202
+                created = await resp.json()
+            assert created["poll_url"] == f"/jobs-api/jobs/{created['id']}"
+
+            async def poll() -> dict[str, object]:
+                async with session.get(base + created["poll_url"]) as r:
+                    return await r.json()  # type: ignore[no-any-return]
+
+            done = await eventually(poll, lambda j: bool(j["is_terminal"]))
+            assert done["result"] == "MOUNTED"
+    finally:
+        await runner.cleanup()  # and stops with it: the database file is free again
+    async with JobServer(db=tmp_path / "m.db", tasks=list(reg)) as again:
+        assert (await again.get_job(created["id"])).status == JobState.SUCCEEDED
