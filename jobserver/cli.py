@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from .config import SETTINGS, ConfigError, Settings, env_name, flag_name, load_settings
@@ -38,16 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def serve(settings: Settings) -> int:
-    server = JobServer(
-        settings.db,
-        tasks=settings.tasks,
-        concurrency=settings.concurrency,
-        durability=settings.durability,
-        lease_ttl_s=settings.lease_ttl,
-        grace_period_s=settings.grace_period,
-        http_allowed_hosts=settings.http_allow_hosts,
-        max_body_bytes=settings.max_body_bytes,
-    )
+    try:
+        server = JobServer(
+            settings.db,
+            tasks=settings.tasks,
+            concurrency=settings.concurrency,
+            durability=settings.durability,
+            lease_ttl_s=settings.lease_ttl,
+            grace_period_s=settings.grace_period,
+            http_allowed_hosts=settings.http_allow_hosts,
+            max_body_bytes=settings.max_body_bytes,
+        )
+    except (ImportError, ValueError) as exc:
+        log.error("cannot load tasks: %s: %s", type(exc).__name__, exc)
+        return EXIT_STARTUP
     try:
         await server.start()
     except (StoreError, ValidationError) as exc:
@@ -106,7 +111,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `--tasks myapp.tasks` names modules the way `python -m` does: from the current directory.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    return run(settings)
+    code = run(settings)
+    stuck = [t.name for t in threading.enumerate() if t.name.startswith("jobserver-task")]
+    if stuck:
+        # Sync tasks still running in threads past the grace period: their jobs were released
+        # and will run again, so nothing is lost by not waiting for them.
+        log.warning("exiting without waiting for %d sync task thread(s)", len(stuck))
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

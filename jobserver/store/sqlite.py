@@ -340,7 +340,10 @@ class SQLiteStore:
     def _take_process_lock(self) -> None:
         """One process per database file: the workers recover every `running` row at start."""
         lock_path = f"{self.path}-lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot open the lock file {lock_path}: {exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
