@@ -9,19 +9,20 @@ import math
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
 from . import codec
 from .errors import Conflict, NotFound, StorageUnavailable, ValidationError
-from .models import Backoff, DeadLetter, Job, JobState
+from .models import DeadLetter, Job, JobState
 from .store.base import JobFilter
 
 if TYPE_CHECKING:
     from .server import JobServer
 
 log = logging.getLogger(__name__)
+T = TypeVar("T", Job, DeadLetter)
 
 SERVER_KEY: web.AppKey[JobServer] = web.AppKey("jobserver")
 MAX_NESTING = 32
@@ -252,7 +253,8 @@ def parse_rfc3339(name: str, value: Any) -> float:
     return when.timestamp()
 
 
-def parse_backoff(value: Any) -> Backoff | None:
+def parse_backoff(value: Any) -> dict[str, float] | None:
+    """The backoff fields a request gives; the rest come from the task's own policy."""
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -260,15 +262,12 @@ def parse_backoff(value: Any) -> Backoff | None:
     unknown = set(value) - {"base", "factor", "cap"}
     if unknown:
         raise ValidationError(f"backoff.{sorted(unknown)[0]}", "unknown field")
-    base = _number(value, "base", 0.0, 3600.0, open_lo=True)
-    factor = _number(value, "factor", 1.0, 10.0)
-    cap = _number(value, "cap", 0.0, 86400.0, open_lo=True)
-    default = Backoff()
-    return Backoff(
-        base_s=default.base_s if base is None else base,
-        factor=default.factor if factor is None else factor,
-        cap_s=default.cap_s if cap is None else cap,
-    )
+    fields = {
+        "base_s": _number(value, "base", 0.0, 3600.0, open_lo=True),
+        "factor": _number(value, "factor", 1.0, 10.0),
+        "cap_s": _number(value, "cap", 0.0, 86400.0, open_lo=True),
+    }
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def parse_enqueue(body: dict[str, Any], header_key: str | None) -> dict[str, Any]:
@@ -346,8 +345,12 @@ def _path_id(request: web.Request, kind: str) -> int:
     return int(text)
 
 
-def _next_cursor(items: list[Any], limit: int) -> str | None:
-    return str(items[-1].id) if len(items) == limit else None
+def _page_of(items: list[T], limit: int) -> tuple[list[T], str | None]:
+    """Trim a list fetched with limit + 1 rows; the cursor is set only if more remain."""
+    if len(items) > limit:
+        items = items[:limit]
+        return items, str(items[-1].id)
+    return items, None
 
 
 # -- handlers -------------------------------------------------------------------------------------
@@ -388,10 +391,8 @@ async def list_jobs(request: web.Request) -> web.Response:
                 "status", f"must be one of {', '.join(s.value for s in JobState)}"
             ) from None
     flt = JobFilter(status=status, queue=query.get("queue"), task=query.get("task"))
-    jobs = await _server(request).list_jobs(flt, limit, cursor)
-    return json_response(
-        {"items": [job_to_dict(j) for j in jobs], "next_cursor": _next_cursor(jobs, limit)}
-    )
+    jobs, next_cursor = _page_of(await _server(request).list_jobs(flt, limit + 1, cursor), limit)
+    return json_response({"items": [job_to_dict(j) for j in jobs], "next_cursor": next_cursor})
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -401,12 +402,10 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 async def list_dead_letters(request: web.Request) -> web.Response:
     limit, cursor = _page(_query(request, {"limit", "cursor"}))
-    items = await _server(request).list_dead_letters(limit, cursor)
+    fetched = await _server(request).list_dead_letters(limit + 1, cursor)
+    items, next_cursor = _page_of(fetched, limit)
     return json_response(
-        {
-            "items": [dead_letter_to_dict(d) for d in items],
-            "next_cursor": _next_cursor(items, limit),
-        }
+        {"items": [dead_letter_to_dict(d) for d in items], "next_cursor": next_cursor}
     )
 
 

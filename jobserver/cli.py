@@ -11,7 +11,15 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from .config import SETTINGS, ConfigError, Settings, env_name, flag_name, load_settings
+from .config import (
+    SETTINGS,
+    ConfigError,
+    Settings,
+    env_name,
+    flag_name,
+    is_loopback,
+    load_settings,
+)
 from .errors import StoreError, ValidationError
 from .logs import configure_logging
 from .server import JobServer
@@ -64,6 +72,12 @@ async def serve(settings: Settings) -> int:
         log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc)
         await server.stop(0)
         return EXIT_STARTUP
+    if not is_loopback(settings.host):
+        log.warning(
+            "listening on %s, beyond this machine: the API has no authentication yet,"
+            " so put it behind a proxy or firewall that does",
+            settings.host,
+        )
     log.info(
         "jobserver listening on %s (tasks: %s)",
         ", ".join(addresses),

@@ -9,6 +9,7 @@ and is the API for programs that embed jobserver.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -186,7 +187,7 @@ class JobServer:
         run_at: float | None = None,
         max_retries: int | None = None,
         timeout_s: float | None = None,
-        backoff: Backoff | None = None,
+        backoff: Backoff | dict[str, float] | None = None,
         idempotency_key: str | None = None,
     ) -> Enqueued:
         """Enqueue one job; `created` is False when an idempotency key matched an earlier job."""
@@ -203,8 +204,11 @@ class JobServer:
             priority=priority,
             run_at=run_at,
             max_retries=spec.max_retries if max_retries is None else max_retries,
-            timeout_s=timeout_s,
-            backoff=backoff,
+            timeout_s=spec.timeout_s if timeout_s is None else timeout_s,
+            # a partial policy (some of base_s, factor, cap_s) fills in from the task's own
+            backoff=dataclasses.replace(spec.backoff, **backoff)
+            if isinstance(backoff, dict)
+            else backoff,
             idempotency_key=idempotency_key,
         )
         return (await self.enqueue_many([new]))[0]
@@ -230,8 +234,8 @@ class JobServer:
 
     async def cancel(self, job_id: int) -> Job:
         """Pending: cancelled at once. Running: the task is cancelled. Terminal: Conflict."""
-        job = await self.store.request_cancel(job_id, self.clock.now())
-        if job.status == JobState.CANCELLED:
+        job, before = await self.store.request_cancel(job_id, self.clock.now())
+        if before == JobState.PENDING:
             self._log_transition(job, JobState.CANCELLED, {"event": "cancelled while pending"})
             self._notify(job.id)
         elif job.status == JobState.RUNNING:

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from jobserver import JobServer, JobState, ManualClock
+from jobserver import Backoff, JobServer, JobState, ManualClock
 from jobserver.tasks import Registry, task
 
 from .conftest import ServerFactory, eventually
@@ -20,6 +20,11 @@ reg = Registry()
 @task(registry=reg, max_retries=0)
 async def explode() -> None:
     raise RuntimeError("kaboom")
+
+
+@task(registry=reg, timeout=8, backoff=Backoff(base_s=3, factor=2, cap_s=30))
+async def slow_to_give_up() -> None:
+    raise RuntimeError("never works")
 
 
 class Api:
@@ -102,6 +107,14 @@ async def test_enqueue_with_every_option(api: Api, clock: ManualClock) -> None:
     assert stored.backoff is not None and stored.backoff.factor == 3
 
 
+async def test_a_partial_backoff_and_no_timeout_come_from_the_task(api: Api) -> None:
+    created = await api.post_job(task="slow_to_give_up", backoff={"factor": 5})
+    stored = await api.server.get_job(created["id"])
+    assert stored.backoff is not None
+    assert (stored.backoff.base_s, stored.backoff.factor, stored.backoff.cap_s) == (3, 5, 30)
+    assert stored.timeout_s == 8
+
+
 async def test_run_at_is_read_as_rfc3339(api: Api) -> None:
     created = await api.post_job(task="echo", args=[1], run_at="2030-01-02T03:04:05+01:00")
     stored = await api.server.get_job(created["id"])
@@ -130,6 +143,8 @@ async def test_list_filters_and_pages(api: Api) -> None:
         _, page, _ = await api.call("GET", f"/jobs?queue=q1&limit=2&cursor={page['next_cursor']}")
         seen += [j["id"] for j in page["items"]]
     assert seen == ids[::-1]
+    _, exact, _ = await api.call("GET", "/jobs?queue=q1&limit=5")
+    assert len(exact["items"]) == 5 and exact["next_cursor"] is None  # no empty last page
     _, pending, _ = await api.call("GET", "/jobs?status=pending&task=echo")
     assert len(pending["items"]) == 6
 

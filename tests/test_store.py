@@ -225,14 +225,17 @@ async def test_mark_cancelled_ends_a_running_job(store: Store) -> None:
 
 async def test_request_cancel_in_each_state(store: Store) -> None:
     pending = await enqueue_one(store, run_at=T0 + 100)
-    cancelled = await store.request_cancel(pending, T0)
+    cancelled, before = await store.request_cancel(pending, T0)
+    assert before == JobState.PENDING
     assert cancelled.status == JobState.CANCELLED and cancelled.completed_at == T0
-    again = await store.request_cancel(pending, T0 + 1)  # idempotent
+    again, before = await store.request_cancel(pending, T0 + 1)  # idempotent
+    assert before == JobState.CANCELLED
     assert again.status == JobState.CANCELLED and again.completed_at == T0
 
     await enqueue_one(store)
     [running] = await store.claim(1, T0, TTL)
-    flagged = await store.request_cancel(running.id, T0)
+    flagged, before = await store.request_cancel(running.id, T0)
+    assert before == JobState.RUNNING
     assert flagged.status == JobState.RUNNING and flagged.cancel_requested
 
     assert running.lease_token is not None
@@ -348,3 +351,46 @@ async def test_list_jobs_filters_and_pages(store: Store) -> None:
 
 async def test_check_writable_passes_on_an_open_store(store: Store) -> None:
     await store.check_writable()
+
+
+async def test_a_refused_write_leaves_nothing_behind(store: Store) -> None:
+    await store.enqueue([new(args=[1], idempotency_key="same")], T0)
+    with pytest.raises(Conflict):  # a batch whose second job clashes: the first is undone too
+        await store.enqueue([new(args=[2]), new(args=[3], idempotency_key="same")], T0)
+    assert (await store.count_by_status())["pending"] == 1
+
+
+async def test_ids_are_never_reused(store: Store) -> None:
+    await store.enqueue([new(max_retries=0), new(max_retries=0)], T0)
+    for job in await store.claim(2, T0, TTL):
+        assert job.lease_token is not None
+        await store.dead_letter(job.id, job.lease_token, {"type": "E"}, T0)
+    newest = (await store.list_dead_letters(10))[0]
+    assert await store.delete_dead_letter(newest.id)
+    await enqueue_one(store, max_retries=0)
+    [job] = await store.claim(1, T0, TTL)
+    assert job.lease_token is not None
+    await store.dead_letter(job.id, job.lease_token, {"type": "E"}, T0)
+    assert (await store.list_dead_letters(10))[0].id > newest.id
+
+
+async def test_success_clears_the_error_of_an_earlier_attempt(store: Store) -> None:
+    await enqueue_one(store)
+    [job] = await store.claim(1, T0, TTL)
+    assert job.lease_token is not None
+    await store.schedule_retry(job.id, job.lease_token, {"type": "E"}, T0, T0)
+    [job] = await store.claim(1, T0, TTL)
+    assert job.error == {"type": "E"} and job.lease_token is not None
+    await store.complete(job.id, job.lease_token, b"1", T0)
+    done = await store.get_job(job.id)
+    assert done is not None and done.error is None
+
+
+async def test_idempotency_compares_every_option_but_the_start_time(store: Store) -> None:
+    await store.enqueue([new(args=[1], priority=1, idempotency_key="opt")], T0)
+    with pytest.raises(Conflict):
+        await store.enqueue([new(args=[1], priority=2, idempotency_key="opt")], T0)
+    [again] = await store.enqueue(
+        [new(args=[1], priority=1, run_at=T0 + 9, idempotency_key="opt")], T0
+    )
+    assert not again.created

@@ -107,10 +107,11 @@ class Store(Protocol):
         ...
 
     # -- the client's side ---------------------------------------------------------------------
-    async def request_cancel(self, job_id: int, now: float) -> Job:
+    async def request_cancel(self, job_id: int, now: float) -> tuple[Job, JobState]:
         """pending -> cancelled at once; running -> flagged for the worker to cancel.
 
-        Raises NotFound, or Conflict for a job already in a terminal state."""
+        Returns the job after and its state before. Cancelling a cancelled job changes
+        nothing; NotFound for no such job, Conflict for one that succeeded or failed."""
         ...
 
     async def list_dead_letters(

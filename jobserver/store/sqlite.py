@@ -44,7 +44,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         1,
         """
         CREATE TABLE jobs (
-            id INTEGER PRIMARY KEY,
+            id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reuse an id a client may hold
             task TEXT NOT NULL CHECK (length(task) BETWEEN 1 AND 200),
             queue TEXT NOT NULL CHECK (length(queue) BETWEEN 1 AND 100),
             args BLOB NOT NULL,
@@ -87,7 +87,7 @@ MIGRATIONS: list[tuple[int, str]] = [
             WHERE idempotency_key IS NOT NULL;
 
         CREATE TABLE dead_letters (
-            id INTEGER PRIMARY KEY,
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
             job_id INTEGER NOT NULL,
             task TEXT NOT NULL,
             queue TEXT NOT NULL,
@@ -239,25 +239,25 @@ class _GroupCommitWriter:
 def _apply_batch(conn: sqlite3.Connection, ops: list[Op]) -> list[tuple[bool, Any]]:
     """On the database thread: every op in one transaction, each in its own savepoint."""
     outcomes: list[tuple[bool, Any]] = []
-    use_savepoints = len(ops) > 1
+    alone = len(ops) == 1  # a lone write needs no savepoint: its refusal rolls back everything
     conn.execute("BEGIN IMMEDIATE")
     try:
         for op in ops:
-            if use_savepoints:
+            if not alone:
                 conn.execute("SAVEPOINT op")
             try:
                 value = op(conn)
             except (JobServerError, sqlite3.IntegrityError, ValueError, TypeError) as exc:
-                # This write alone is refused; the rest of the batch goes on.
-                if use_savepoints:
+                # This write alone is refused, with whatever it had done; the rest go on.
+                if not alone:
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                 outcomes.append((False, exc))
                 continue
-            if use_savepoints:
+            if not alone:
                 conn.execute("RELEASE op")
             outcomes.append((True, value))
-        conn.execute("COMMIT")
+        conn.execute("ROLLBACK" if alone and not outcomes[0][0] else "COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
@@ -489,7 +489,8 @@ class SQLiteStore:
     async def complete(self, job_id: int, token: str, result: bytes, now: float) -> bool:
         return await self._guarded_update(
             """UPDATE jobs SET status = 'succeeded', result = ?, completed_at = ?, progress = 1.0,
-                   progress_message = NULL, lease_token = NULL, lease_expires_at = NULL
+                   progress_message = NULL, error = NULL,
+                   lease_token = NULL, lease_expires_at = NULL
                WHERE id = ? AND status = 'running' AND lease_token = ?""",
             (result, now, job_id, token),
         )
@@ -571,8 +572,8 @@ class SQLiteStore:
         return result
 
     # -- the client's side ------------------------------------------------------------------------
-    async def request_cancel(self, job_id: int, now: float) -> Job:
-        def op(conn: sqlite3.Connection) -> Job:
+    async def request_cancel(self, job_id: int, now: float) -> tuple[Job, JobState]:
+        def op(conn: sqlite3.Connection) -> tuple[Job, JobState]:
             row = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise NotFound(f"no job {job_id}")
@@ -585,14 +586,13 @@ class SQLiteStore:
             elif job.status == JobState.RUNNING:
                 conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
             elif job.status == JobState.CANCELLED:
-                return job  # cancelling twice is fine
+                return job, job.status  # cancelling twice is fine
             else:
                 raise Conflict(f"job {job_id} is already {job.status}")
-            return _row_to_job(
-                conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            )
+            after = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+            return _row_to_job(after.fetchone()), job.status
 
-        result: Job = await self._write(op)
+        result: tuple[Job, JobState] = await self._write(op)
         return result
 
     async def list_dead_letters(self, limit: int, before_id: int | None = None) -> list[DeadLetter]:
@@ -711,8 +711,19 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 
 def _insert_params(job: NewJob, now: float) -> dict[str, Any]:
-    payload = {"task": job.task, "args": job.args, "kwargs": job.kwargs, "queue": job.queue}
     backoff = job.backoff
+    # What makes two requests "the same job" for an idempotency key: all but the start time
+    # (a retried request with `delay` names a different instant for the same intent).
+    payload = {
+        "task": job.task,
+        "args": job.args,
+        "kwargs": job.kwargs,
+        "queue": job.queue,
+        "priority": job.priority,
+        "max_retries": job.max_retries,
+        "timeout_s": job.timeout_s,
+        "backoff": None if backoff is None else [backoff.base_s, backoff.factor, backoff.cap_s],
+    }
     return {
         "task": job.task,
         "queue": job.queue,
