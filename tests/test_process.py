@@ -107,6 +107,17 @@ class ServerProcess:
                 pytest.fail(f"server not ready after {READY_TIMEOUT_S} s:\n{self.output()}")
             await asyncio.sleep(0.05)
 
+    async def wait_running(self, session: aiohttp.ClientSession, timeout_s: float = 10) -> None:
+        """Poll until some job is running (shows the server log if none does in time)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            async with session.get(f"{self.url}/jobs?status=running&limit=1") as resp:
+                if (await resp.json())["items"]:
+                    return
+            if time.monotonic() > deadline:
+                pytest.fail(f"no job running after {timeout_s} s:\n{self.output()}")
+            await asyncio.sleep(0.01)
+
     async def wait_exit(self, timeout_s: float = EXIT_TIMEOUT_S) -> int:
         deadline = time.monotonic() + timeout_s
         while self.proc.poll() is None:
@@ -241,11 +252,11 @@ async def test_sigkill_under_load_loses_no_acknowledged_job(tmp_path: Path, spaw
     db = tmp_path / "j.db"
     exec_log = tmp_path / "executions.log"
     env = {EXEC_LOG_ENV: str(exec_log)}
-    # Few slots and 20 ms jobs: enqueueing outruns the workers, so at the kill there is a
+    # Few slots and 100 ms jobs: enqueueing outruns the workers, so at the kill there is a
     # backlog and jobs mid-run. A long lease: only start-up recovery can requeue the jobs
     # that were running in time, not lease expiry.
-    flags = ["--concurrency", "4", "--lease-ttl", "120", "--log-level", "warning"]
-    body = {"task": "record_execution", "args": [0.02]}
+    flags = ["--concurrency", "8", "--lease-ttl", "120", "--log-level", "warning"]
+    body = {"task": "record_execution", "args": [0.1]}
 
     acked: set[int] = set()
     errors_before_kill: list[BaseException] = []
@@ -280,6 +291,7 @@ async def test_sigkill_under_load_loses_no_acknowledged_job(tmp_path: Path, spaw
         enqueuers = [asyncio.create_task(enqueuer()) for _ in range(ENQUEUERS)]
         try:
             await asyncio.wait_for(enough.wait(), 30)
+            await server.wait_running(session)  # slots busy, so the kill catches jobs mid-run
             server.proc.kill()  # SIGKILL while the enqueuers keep posting
             killed = True
             assert await server.wait_exit() == -signal.SIGKILL
