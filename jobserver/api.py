@@ -15,7 +15,7 @@ from aiohttp import web
 
 from . import codec
 from .errors import Conflict, NotFound, StorageUnavailable, ValidationError
-from .models import DeadLetter, Job, JobState
+from .models import DeadLetter, Job, JobState, NewJob
 from .store.base import JobFilter
 
 if TYPE_CHECKING:
@@ -34,6 +34,9 @@ MAX_DELAY_S = 366 * 86400.0
 MAX_TIMEOUT_S = 7 * 86400.0
 QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,99}")
 MAX_KEY_LEN = 200
+MAX_WAIT_S = 60.0
+MAX_BATCH = 10_000
+MAX_ITEM_ERRORS = 100
 JOB_FIELDS = frozenset(
     {
         "task",
@@ -174,14 +177,27 @@ def _reject_nan(name: str) -> Any:
     raise ValueError(f"{name} is not a valid JSON number")
 
 
+async def read_body(request: web.Request, max_bytes: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `max_bytes` (never buffered past)."""
+    too_large = RequestError(413, "too_large", f"the body is over the limit of {max_bytes} bytes")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise RequestError(
             415, "unsupported_media_type", "send the body as application/json", "Content-Type"
         )
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise RequestError(413, "too_large", f"the body is over the limit of {max_bytes} bytes")
-    raw = await request.read()  # aiohttp stops reading past client_max_size (413)
+    raw = await read_body(request, max_bytes)
     try:
         body = codec.loads(raw)
     except codec.JSONDecodeError as exc:
@@ -338,6 +354,18 @@ def _page(query: dict[str, str]) -> tuple[int, int | None]:
     return limit, cursor
 
 
+def _wait_s(query: dict[str, str]) -> float | None:
+    if "wait" not in query:
+        return None
+    try:
+        wait = float(query["wait"])
+    except ValueError:
+        wait = -1.0
+    if not 0 <= wait <= MAX_WAIT_S:  # also refuses nan
+        raise ValidationError("wait", f"must be a number of seconds from 0 to {MAX_WAIT_S:g}")
+    return wait
+
+
 def _path_id(request: web.Request, kind: str) -> int:
     text = request.match_info["id"]
     if not text.isdigit() or len(text) > 18:
@@ -362,20 +390,67 @@ def _poll_url(request: web.Request, job_id: int) -> str:
     return f"{request.app.router['get_job'].url_for(id=str(job_id))}"
 
 
+def _accepted(request: web.Request, job: Job) -> dict[str, Any]:
+    return {"id": job.id, "status": job.status.value, "poll_url": _poll_url(request, job.id)}
+
+
 async def post_job(request: web.Request) -> web.Response:
     server = _server(request)
+    wait_s = _wait_s(_query(request, {"wait"}))
     body = await read_json_object(request, server.max_body_bytes)
     fields = parse_enqueue(body, request.headers.get("Idempotency-Key"))
     enqueued = await server.submit(**fields)
     job = enqueued.job
-    return json_response(
-        {"id": job.id, "status": job.status.value, "poll_url": _poll_url(request, job.id)},
-        status=202 if enqueued.created else 200,
-    )
+    if wait_s:
+        job = await server.wait_for(job.id, wait_s)
+        if job.is_terminal:
+            return json_response(job_to_dict(job))
+    return json_response(_accepted(request, job), status=202 if enqueued.created else 200)
+
+
+async def post_jobs_batch(request: web.Request) -> web.Response:
+    """Up to MAX_BATCH jobs in one transaction: every item valid, or nothing enqueued."""
+    server = _server(request)
+    body = await read_json_object(request, server.max_batch_body_bytes)
+    unknown = set(body) - {"jobs"}
+    if unknown:
+        raise ValidationError(sorted(unknown)[0], "unknown field")
+    items = body.get("jobs")
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+        raise ValidationError("jobs", f"must be an array of 1 to {MAX_BATCH} jobs")
+    new_jobs: list[NewJob] = []
+    problems: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        try:
+            if not isinstance(item, dict):
+                raise ValidationError(None, "must be a JSON object")
+            new_jobs.append(server.new_job(**parse_enqueue(item, None)))
+        except ValidationError as exc:
+            problems.append({"index": index, "field": exc.field, "message": exc.message})
+    if problems:
+        first = problems[0]
+        where = f"jobs[{first['index']}]" + (f".{first['field']}" if first["field"] else "")
+        return json_response(
+            {
+                "error": {
+                    "code": "invalid",
+                    "message": f"{len(problems)} of {len(items)} jobs are invalid; none was"
+                    f" enqueued. First: {where}: {first['message']}",
+                    "field": where,
+                    "items": problems[:MAX_ITEM_ERRORS],
+                }
+            },
+            status=422,
+        )
+    results = await server.enqueue_many(new_jobs)
+    return json_response({"ids": [r.job.id for r in results]}, status=202)
 
 
 async def get_job(request: web.Request) -> web.Response:
-    job = await _server(request).get_job(_path_id(request, "job"))
+    server = _server(request)
+    wait_s = _wait_s(_query(request, {"wait"}))
+    job_id = _path_id(request, "job")
+    job = await (server.wait_for(job_id, wait_s) if wait_s else server.get_job(job_id))
     return json_response(job_to_dict(job))
 
 
@@ -416,10 +491,7 @@ async def get_dead_letter(request: web.Request) -> web.Response:
 
 async def requeue_dead_letter(request: web.Request) -> web.Response:
     job = await _server(request).requeue_dead_letter(_path_id(request, "dead letter"))
-    return json_response(
-        {"id": job.id, "status": job.status.value, "poll_url": _poll_url(request, job.id)},
-        status=202,
-    )
+    return json_response(_accepted(request, job), status=202)
 
 
 async def delete_dead_letter(request: web.Request) -> web.Response:
@@ -438,6 +510,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 ROUTES: list[tuple[str, str, Handler, str]] = [
     ("POST", "/jobs", post_job, "enqueue"),
+    ("POST", "/jobs/batch", post_jobs_batch, "enqueue_batch"),
     ("GET", "/jobs", list_jobs, "list_jobs"),
     ("GET", "/jobs/{id}", get_job, "get_job"),
     ("POST", "/jobs/{id}/cancel", cancel_job, "cancel_job"),
@@ -451,7 +524,7 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
 
 
 def create_app(server: JobServer) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=server.max_body_bytes)
+    app = web.Application(middlewares=[error_middleware])
     app[SERVER_KEY] = server
     for method, path, handler, name in ROUTES:
         app.router.add_route(method, path, handler, name=name)

@@ -54,6 +54,7 @@ class JobServer:
         grace_period_s: float = 30.0,
         http_allowed_hosts: Iterable[str] = DEFAULT_ALLOWED_HOSTS,
         max_body_bytes: int = 1024 * 1024,
+        max_batch_body_bytes: int = 32 * 1024 * 1024,
         clock: Clock | None = None,
         store: Store | None = None,
     ) -> None:
@@ -61,6 +62,7 @@ class JobServer:
         self.store = store or open_store(db, durability)
         self.grace_period_s = grace_period_s
         self.max_body_bytes = max_body_bytes
+        self.max_batch_body_bytes = max(max_batch_body_bytes, max_body_bytes)
         self._http_task = HttpTask(http_allowed_hosts)
         self.registry = self._build_registry(tasks)
         self._thread_pool = ThreadPoolExecutor(
@@ -175,7 +177,11 @@ class JobServer:
         backoff, idempotency_key."""
         return (await self.submit(task, args, kwargs, **options)).job
 
-    async def submit(
+    async def submit(self, task: str, *args: Any, **options: Any) -> Enqueued:
+        """Enqueue one job; `created` is False when an idempotency key matched an earlier job."""
+        return (await self.enqueue_many([self.new_job(task, *args, **options)]))[0]
+
+    def new_job(
         self,
         task: str,
         args: Sequence[Any] = (),
@@ -189,14 +195,14 @@ class JobServer:
         timeout_s: float | None = None,
         backoff: Backoff | dict[str, float] | None = None,
         idempotency_key: str | None = None,
-    ) -> Enqueued:
-        """Enqueue one job; `created` is False when an idempotency key matched an earlier job."""
+    ) -> NewJob:
+        """A job request with the task's defaults filled in; ValidationError for bad values."""
         spec = self.task_spec(task)
         if delay_s is not None and run_at is not None:
             raise ValidationError("delay", "give delay or run_at, not both")
         if delay_s is not None:
             run_at = self.clock.now() + delay_s
-        new = NewJob(
+        return NewJob(
             task=task,
             args=list(args),
             kwargs=dict(kwargs or {}),
@@ -211,9 +217,9 @@ class JobServer:
             else backoff,
             idempotency_key=idempotency_key,
         )
-        return (await self.enqueue_many([new]))[0]
 
     async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
+        """Enqueue jobs in one transaction: all of them or none."""
         for job in jobs:
             self.task_spec(job.task)
         results = await self.store.enqueue(jobs, self.clock.now())

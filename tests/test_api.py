@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -348,3 +349,88 @@ async def test_a_job_enqueued_over_http_is_committed_before_the_reply(api: Api) 
     finally:
         conn.close()
     assert row == (JobState.PENDING.value,)
+
+
+async def test_batch_enqueue_is_one_transaction(api: Api) -> None:
+    jobs = [{"task": "echo", "args": [i], "delay": 999} for i in range(2_000)]
+    status, body, _ = await api.call("POST", "/jobs/batch", {"jobs": jobs})
+    assert status == 202
+    ids = body["ids"]
+    assert len(ids) == 2_000 and ids == sorted(ids)
+    assert (await api.server.get_job(ids[1234])).args == [1234]
+    assert await job_count(api) == 2_000
+
+
+async def test_a_batch_with_bad_items_enqueues_nothing_and_names_each(api: Api) -> None:
+    jobs: list[Any] = [{"task": "echo", "args": [i]} for i in range(10)]
+    jobs[3]["priority"] = "high"
+    jobs[7] = {"task": "no_such_task"}
+    jobs.append("not an object")
+    status, body, _ = await api.call("POST", "/jobs/batch", {"jobs": jobs})
+    assert status == 422
+    assert body["error"]["field"] == "jobs[3].priority"
+    assert [(p["index"], p["field"]) for p in body["error"]["items"]] == [
+        (3, "priority"),
+        (7, "task"),
+        (10, None),
+    ]
+    assert await job_count(api) == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"jobs": []}, "jobs"),
+        ({"jobs": {"task": "echo"}}, "jobs"),
+        ({"jobs": [{"task": "echo"}] * 10_001}, "jobs"),
+        ({"jobs": [{"task": "echo"}], "extra": 1}, "extra"),
+    ],
+)
+async def test_bad_batches_name_the_field(api: Api, body: Any, field: str) -> None:
+    status, reply, _ = await api.call("POST", "/jobs/batch", body)
+    assert status == 422 and reply["error"]["field"] == field
+    assert await job_count(api) == 0
+
+
+async def test_long_poll_returns_when_the_job_ends(api: Api) -> None:
+    gate = await api.post_job(task="echo", args=["x"], delay=30)
+    # the clock is manual: the job becomes due only when the test moves it
+    clock: ManualClock = api.server.clock  # type: ignore[assignment]
+
+    async def finish_later() -> None:
+        await eventually(lambda: _waiters(api), lambda n: n > 0)
+        clock.advance(30)
+
+    mover = asyncio.create_task(finish_later())
+    status, job, _ = await api.call("GET", f"/jobs/{gate['id']}?wait=30")
+    await mover
+    assert status == 200 and job["status"] == "succeeded"  # woken by the transition
+
+
+async def _waiters(api: Api) -> int:
+    return len(api.server._waiters)
+
+
+async def test_long_poll_that_runs_out_returns_the_current_state(api: Api) -> None:
+    created = await api.post_job(task="echo", args=["x"], delay=999)
+    status, job, _ = await api.call("GET", f"/jobs/{created['id']}?wait=0.05")
+    assert status == 200 and job["status"] == "pending"
+
+
+async def test_enqueue_and_wait_for_the_result(api: Api) -> None:
+    status, job, _ = await api.call("POST", "/jobs?wait=10", {"task": "echo", "args": ["now"]})
+    assert status == 200 and job["status"] == "succeeded" and job["result"] == "now"
+    status, job, _ = await api.call(
+        "POST", "/jobs?wait=0.05", {"task": "echo", "args": [1], "delay": 999}
+    )
+    assert status == 202 and job["status"] == "pending"
+
+
+@pytest.mark.parametrize("wait", ["-1", "61", "soon", "nan"])
+async def test_a_bad_wait_is_refused(api: Api, wait: str) -> None:
+    created = await api.post_job(task="echo", args=["x"], delay=999)
+    status, body, _ = await api.call("GET", f"/jobs/{created['id']}?wait={wait}")
+    assert status == 422 and body["error"]["field"] == "wait"
+    status, body, _ = await api.call("POST", f"/jobs?wait={wait}", {"task": "echo"})
+    assert status == 422 and body["error"]["field"] == "wait"
+    assert await job_count(api) == 1
