@@ -34,10 +34,16 @@ transitions_log = logging.getLogger("jobserver.transitions")
 
 
 def open_store(db: str | os.PathLike[str], durability: str = "full") -> Store:
-    """The store a `--db` value names: a SQLite file path (the default)."""
+    """The store a `--db` value names: a postgresql:// URL, else a SQLite file path."""
     text = os.fspath(db)
     if text.startswith(("postgres://", "postgresql://")):
-        raise ValidationError("db", "PostgreSQL support is not in this build yet")
+        try:
+            from .store.postgres import PostgresStore
+        except ImportError:
+            raise ValidationError(
+                "db", "PostgreSQL needs asyncpg: pip install 'jobserver[postgres]'"
+            ) from None
+        return PostgresStore(text)
     return SQLiteStore(text, durability=durability)
 
 
@@ -95,6 +101,7 @@ class JobServer:
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
+        self.store.subscribe(on_due=self.worker.wake, on_done=self._notify)
         await self.store.open()
         report = await self.store.recover_orphans(self.clock.now())
         if report.requeued or report.dead_lettered:

@@ -7,10 +7,11 @@ that lost its lease cannot overwrite the work of the worker that took over.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .. import codec
 from ..models import DeadLetter, Job, JobState, NewJob
 
 
@@ -39,10 +40,35 @@ class JobFilter:
     task: str | None = None
 
 
+def payload_fingerprint(job: NewJob) -> str:
+    """What makes two requests "the same job" for an idempotency key: every option but the
+    start time (a retried request with `delay` names a different instant for the same intent)."""
+    backoff = job.backoff
+    return codec.fingerprint(
+        {
+            "task": job.task,
+            "args": job.args,
+            "kwargs": job.kwargs,
+            "queue": job.queue,
+            "priority": job.priority,
+            "max_retries": job.max_retries,
+            "timeout_s": job.timeout_s,
+            "backoff": None if backoff is None else [backoff.base_s, backoff.factor, backoff.cap_s],
+        }
+    )
+
+
 class Store(Protocol):
+    # True when one process owns the database, so at start every `running` row is an orphan.
+    exclusive: bool
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    def subscribe(self, on_due: Callable[[], None], on_done: Callable[[int], None]) -> None:
+        """Hear about other processes' work: jobs that became due, jobs that ended."""
+        ...
 
     # -- enqueue and read -------------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:

@@ -34,7 +34,7 @@ from ..errors import (
     StoreError,
 )
 from ..models import Backoff, DeadLetter, Job, JobState, NewJob, error_info
-from .base import Enqueued, JobFilter, LeaseReport, RescueReport
+from .base import Enqueued, JobFilter, LeaseReport, RescueReport, payload_fingerprint
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
@@ -279,6 +279,8 @@ async def _on_db_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args:
 class SQLiteStore:
     """The default store: one SQLite file in WAL mode, owned by one process at a time."""
 
+    exclusive = True  # one process owns the file (its lock)
+
     def __init__(self, path: str | os.PathLike[str], *, durability: str = "full") -> None:
         if durability not in ("full", "normal"):
             raise ValueError("durability must be 'full' or 'normal'")
@@ -315,6 +317,9 @@ class SQLiteStore:
                 await _on_db_thread(self._writer_conn, _checkpoint)
         await self._close_connections()
         self._drop_process_lock()
+
+    def subscribe(self, on_due: Callable[[], None], on_done: Callable[[int], None]) -> None:
+        """Nothing to hear: one process owns the file, and it tells itself."""
 
     @property
     def writer_stats(self) -> tuple[int, int]:
@@ -712,18 +717,6 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 def _insert_params(job: NewJob, now: float) -> dict[str, Any]:
     backoff = job.backoff
-    # What makes two requests "the same job" for an idempotency key: all but the start time
-    # (a retried request with `delay` names a different instant for the same intent).
-    payload = {
-        "task": job.task,
-        "args": job.args,
-        "kwargs": job.kwargs,
-        "queue": job.queue,
-        "priority": job.priority,
-        "max_retries": job.max_retries,
-        "timeout_s": job.timeout_s,
-        "backoff": None if backoff is None else [backoff.base_s, backoff.factor, backoff.cap_s],
-    }
     return {
         "task": job.task,
         "queue": job.queue,
@@ -740,7 +733,7 @@ def _insert_params(job: NewJob, now: float) -> dict[str, Any]:
         "created_at": now,
         "run_at": job.run_at if job.run_at is not None else now,
         "idempotency_key": job.idempotency_key,
-        "payload_hash": codec.fingerprint(payload) if job.idempotency_key is not None else None,
+        "payload_hash": payload_fingerprint(job) if job.idempotency_key is not None else None,
     }
 
 

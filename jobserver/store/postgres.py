@@ -1,0 +1,769 @@
+"""The PostgreSQL store, for several jobserver nodes on one database: all its SQL lives here.
+
+Same contract as the SQLite store, with what many nodes need:
+- claims take due jobs with `FOR UPDATE SKIP LOCKED` in one statement, so nodes never
+  block on or double-claim each other's rows;
+- writes are group-committed on one connection per node, like SQLite's writer;
+- `NOTIFY` tells every node when jobs become due (so idle nodes wake at once) and when a job
+  ends (so a long-poll on one node sees a job finished by another);
+- a node that dies leaves its jobs `running` with a lease that expires; any other node's
+  rescuer takes them back. Nothing is recovered "at once" at start: other nodes may be alive.
+
+Everything lives in one PostgreSQL schema, created on first start: `jobserver`, or the one a
+`?schema=name` parameter on the URL names (several independent jobservers on one database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from .. import codec
+from ..errors import Conflict, JobServerError, NotFound, SchemaError, StorageUnavailable
+from ..models import Backoff, DeadLetter, Job, JobState, NewJob, error_info
+from .base import Enqueued, JobFilter, LeaseReport, RescueReport, payload_fingerprint
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Op = Callable[[asyncpg.Connection], Awaitable[Any]]
+
+DUE_CHANNEL = "jobserver_due"
+DONE_CHANNEL = "jobserver_done"
+MIGRATION_LOCK = 7_362_001  # pg_advisory_lock key: one node migrates at a time
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE jobs (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            task TEXT NOT NULL CHECK (length(task) BETWEEN 1 AND 200),
+            queue TEXT NOT NULL CHECK (length(queue) BETWEEN 1 AND 100),
+            args JSONB NOT NULL,
+            kwargs JSONB NOT NULL,
+            priority INTEGER NOT NULL,
+            status TEXT NOT NULL
+                CHECK (status IN ('pending', 'running', 'succeeded', 'failed', 'cancelled')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            max_retries INTEGER NOT NULL CHECK (max_retries >= 0),
+            timeout_s DOUBLE PRECISION CHECK (timeout_s IS NULL OR timeout_s > 0),
+            backoff JSONB,
+            created_at DOUBLE PRECISION NOT NULL,
+            run_at DOUBLE PRECISION NOT NULL,
+            started_at DOUBLE PRECISION,
+            completed_at DOUBLE PRECISION,
+            result JSONB,
+            error JSONB,
+            progress DOUBLE PRECISION CHECK (progress IS NULL OR (progress >= 0 AND progress <= 1)),
+            progress_message TEXT,
+            lease_token TEXT,
+            lease_expires_at DOUBLE PRECISION,
+            cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
+            idempotency_key TEXT,
+            payload_hash TEXT,
+            CHECK (attempts >= 0 AND attempts <= max_retries + 1),
+            CHECK ((status = 'running') = (lease_token IS NOT NULL)),
+            CHECK ((status = 'running') = (lease_expires_at IS NOT NULL)),
+            CHECK (status <> 'running' OR (started_at IS NOT NULL AND attempts >= 1)),
+            CHECK ((status IN ('succeeded', 'failed', 'cancelled')) = (completed_at IS NOT NULL)),
+            CHECK (status <> 'succeeded' OR attempts >= 1)
+        );
+        CREATE INDEX jobs_claim ON jobs (priority DESC, run_at, id) WHERE status = 'pending';
+        CREATE INDEX jobs_next_due ON jobs (run_at) WHERE status = 'pending';
+        CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE status = 'running';
+        CREATE INDEX jobs_status ON jobs (status, id);
+        CREATE UNIQUE INDEX jobs_idempotency ON jobs (idempotency_key)
+            WHERE idempotency_key IS NOT NULL;
+
+        CREATE TABLE dead_letters (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            job_id BIGINT NOT NULL,
+            task TEXT NOT NULL,
+            queue TEXT NOT NULL,
+            args JSONB NOT NULL,
+            kwargs JSONB NOT NULL,
+            error JSONB,
+            attempts INTEGER NOT NULL CHECK (attempts >= 0),
+            failed_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX dead_letters_job ON dead_letters (job_id);
+        """,
+    ),
+]
+
+JOB_COLUMNS = (
+    "id, task, queue, args, kwargs, priority, status, attempts, max_retries, timeout_s, backoff,"
+    " created_at, run_at, started_at, completed_at, result, error, progress, progress_message,"
+    " lease_token, lease_expires_at, cancel_requested, idempotency_key"
+)
+DEAD_LETTER_COLUMNS = "id, job_id, task, queue, args, kwargs, error, attempts, failed_at"
+LEASE_LOST = "worker stopped renewing its lease (node crashed or stalled)"
+
+
+def split_schema(dsn: str) -> tuple[str, str | None]:
+    """`postgresql://host/db?schema=name` -> (the DSN without it, name): our own parameter."""
+    parts = urlsplit(dsn)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in query if k == "schema"), None)
+    rest = urlencode([(k, v) for k, v in query if k != "schema"])
+    return urlunsplit(parts._replace(query=rest)), schema
+
+
+def _record_to_job(r: Mapping[str, Any]) -> Job:
+    backoff = r["backoff"]
+    return Job(
+        id=r["id"],
+        task=r["task"],
+        queue=r["queue"],
+        args=r["args"],
+        kwargs=r["kwargs"],
+        priority=r["priority"],
+        status=JobState(r["status"]),
+        attempts=r["attempts"],
+        max_retries=r["max_retries"],
+        timeout_s=r["timeout_s"],
+        backoff=Backoff(**backoff) if backoff is not None else None,
+        created_at=r["created_at"],
+        run_at=r["run_at"],
+        started_at=r["started_at"],
+        completed_at=r["completed_at"],
+        result=r["result"],
+        error=r["error"],
+        progress=r["progress"],
+        progress_message=r["progress_message"],
+        lease_token=r["lease_token"],
+        lease_expires_at=r["lease_expires_at"],
+        cancel_requested=r["cancel_requested"],
+        idempotency_key=r["idempotency_key"],
+    )
+
+
+def _record_to_dead_letter(r: Mapping[str, Any]) -> DeadLetter:
+    return DeadLetter(**{k: r[k] for k in DEAD_LETTER_COLUMNS.split(", ")})
+
+
+def _encode_json(value: Any) -> str:
+    # bytes arrive already encoded (a task's result); anything else is encoded here.
+    if isinstance(value, bytes):
+        return value.decode()
+    return codec.dumps(value).decode()
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb", encoder=_encode_json, decoder=codec.loads, schema="pg_catalog"
+    )
+
+
+def _unavailable(exc: BaseException) -> StorageUnavailable:
+    return StorageUnavailable(f"PostgreSQL cannot take writes now: {exc}")
+
+
+_OP_ERRORS = (JobServerError, asyncpg.IntegrityConstraintViolationError, ValueError, TypeError)
+
+
+@dataclass(slots=True)
+class _PendingWrite:
+    op: Op
+    future: asyncio.Future[Any]
+
+
+class _GroupCommitWriter:
+    """Runs queued writes in shared transactions on one connection, each in a savepoint."""
+
+    def __init__(self, pool: asyncpg.Pool, max_batch: int = 500) -> None:
+        self._pool = pool
+        self._max_batch = max_batch
+        self._queue: collections.deque[_PendingWrite] = collections.deque()
+        self._has_work = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="jobserver-postgres-writer")
+
+    async def submit(self, op: Op) -> Any:
+        if self._closing:
+            raise StorageUnavailable("the store is closing")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append(_PendingWrite(op, fut))
+        self._has_work.set()
+        return await fut
+
+    async def close(self) -> None:
+        self._closing = True
+        self._has_work.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await self._has_work.wait()
+            self._has_work.clear()
+            while self._queue:
+                count = min(len(self._queue), self._max_batch)
+                await self._commit([self._queue.popleft() for _ in range(count)])
+            if self._closing and not self._queue:
+                return
+
+    async def _commit(self, batch: list[_PendingWrite]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                alone = len(batch) == 1
+                for w in batch:
+                    try:
+                        if alone:
+                            value = await w.op(conn)
+                        else:
+                            async with conn.transaction():  # a savepoint
+                                value = await w.op(conn)
+                    except _OP_ERRORS as exc:
+                        if alone:
+                            raise
+                        outcomes.append((False, exc))
+                    else:
+                        outcomes.append((True, value))
+        except _OP_ERRORS as exc:  # the lone write was refused; its transaction rolled back
+            outcomes = [(False, exc)]
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            failure = _unavailable(exc)
+            for w in batch:
+                if not w.future.done():
+                    w.future.set_exception(failure)
+            return
+        for w, (ok, value) in zip(batch, outcomes, strict=True):
+            if w.future.done():
+                continue
+            if ok:
+                w.future.set_result(value)
+            else:
+                w.future.set_exception(value)
+
+
+class PostgresStore:
+    """A store on PostgreSQL: several jobserver processes may share one database."""
+
+    exclusive = False  # many nodes share the database
+
+    def __init__(self, dsn: str, *, schema: str | None = None, pool_size: int = 8) -> None:
+        dsn, schema_in_dsn = split_schema(dsn)
+        schema = schema or schema_in_dsn or "jobserver"
+        if not schema.replace("_", "").isalnum():
+            raise ValueError("schema must be letters, digits and underscores")
+        self.dsn = dsn
+        self.schema = schema
+        self.pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._writer: _GroupCommitWriter | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._on_due: list[Callable[[], None]] = []
+        self._on_done: list[Callable[[int], None]] = []
+
+    # -- opening and closing -----------------------------------------------------------------
+    async def open(self) -> None:
+        try:
+            admin = await asyncpg.connect(self.dsn)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise SchemaError(f"cannot connect to PostgreSQL: {exc}") from exc
+        try:
+            await admin.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            await admin.execute(f'SET search_path TO "{self.schema}"')
+            await _migrate(admin)
+        finally:
+            await admin.close()
+        settings = {"search_path": f'"{self.schema}"'}
+        self._pool = await asyncpg.create_pool(
+            self.dsn,
+            min_size=2,
+            max_size=self.pool_size,
+            init=_init_connection,
+            server_settings=settings,
+        )
+        self._listener = await asyncpg.connect(self.dsn, server_settings=settings)
+        await self._listener.add_listener(self._channel(DUE_CHANNEL), self._heard_due)
+        await self._listener.add_listener(self._channel(DONE_CHANNEL), self._heard_done)
+        self._writer = _GroupCommitWriter(self._pool)
+        self._writer.start()
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await self._writer.close()
+            self._writer = None
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+            self._listener = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    def subscribe(self, on_due: Callable[[], None], on_done: Callable[[int], None]) -> None:
+        self._on_due.append(on_due)
+        self._on_done.append(on_done)
+
+    def _channel(self, name: str) -> str:
+        return f"{name}_{self.schema}"
+
+    def _heard_due(self, *args: Any) -> None:
+        for callback in self._on_due:
+            callback()
+
+    def _heard_done(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        for job_id in payload.split(","):
+            if job_id.isdigit():
+                for callback in self._on_done:
+                    callback(int(job_id))
+
+    async def _write(self, op: Op) -> Any:
+        if self._writer is None:
+            raise StorageUnavailable("the store is not open")
+        return await self._writer.submit(op)
+
+    async def _read(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        if self._pool is None:
+            raise StorageUnavailable("the store is not open")
+        try:
+            async with self._pool.acquire() as conn:
+                return await fn(conn)
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            raise _unavailable(exc) from exc
+
+    async def _notify_due(self, conn: asyncpg.Connection) -> None:
+        await conn.execute("SELECT pg_notify($1, '')", self._channel(DUE_CHANNEL))
+
+    async def _notify_done(self, conn: asyncpg.Connection, job_ids: Sequence[int]) -> None:
+        if job_ids:
+            payload = ",".join(str(i) for i in job_ids)
+            await conn.execute("SELECT pg_notify($1, $2)", self._channel(DONE_CHANNEL), payload)
+
+    # -- enqueue and read ----------------------------------------------------------------------
+    async def enqueue(self, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
+        rows = [_insert_params(j, now) for j in jobs]
+
+        async def op(conn: asyncpg.Connection) -> list[Enqueued]:
+            results = [await _insert_one(conn, row) for row in rows]
+            await self._notify_due(conn)
+            return results
+
+        result: list[Enqueued] = await self._write(op)
+        return result
+
+    async def get_job(self, job_id: int) -> Job | None:
+        async def fn(conn: asyncpg.Connection) -> Job | None:
+            row = await conn.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)
+            return _record_to_job(row) if row else None
+
+        return await self._read(fn)
+
+    async def list_jobs(
+        self, flt: JobFilter, limit: int, before_id: int | None = None
+    ) -> list[Job]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("status", None if flt.status is None else str(flt.status)),
+            ("queue", flt.queue),
+            ("task", flt.task),
+        ):
+            if value is not None:
+                params.append(value)
+                clauses.append(f"{column} = ${len(params)}")
+        if before_id is not None:
+            params.append(before_id)
+            clauses.append(f"id < ${len(params)}")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        params.append(limit)
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY id DESC LIMIT ${len(params)}"
+
+        async def fn(conn: asyncpg.Connection) -> list[Job]:
+            return [_record_to_job(r) for r in await conn.fetch(sql, *params)]
+
+        return await self._read(fn)
+
+    async def next_run_at(self) -> float | None:
+        async def fn(conn: asyncpg.Connection) -> float | None:
+            value: float | None = await conn.fetchval(
+                "SELECT min(run_at) FROM jobs WHERE status = 'pending'"
+            )
+            return value
+
+        return await self._read(fn)
+
+    async def count_by_status(self) -> dict[str, int]:
+        async def fn(conn: asyncpg.Connection) -> dict[str, int]:
+            counts = {s.value: 0 for s in JobState}
+            for r in await conn.fetch("SELECT status, count(*) AS n FROM jobs GROUP BY status"):
+                counts[r["status"]] = r["n"]
+            return counts
+
+        return await self._read(fn)
+
+    # -- the worker's side -------------------------------------------------------------------
+    async def claim(self, limit: int, now: float, lease_ttl_s: float) -> list[Job]:
+        token = secrets.token_hex(8)
+
+        async def op(conn: asyncpg.Connection) -> list[Job]:
+            rows = await conn.fetch(
+                f"""WITH due AS (
+                        SELECT id FROM jobs WHERE status = 'pending' AND run_at <= $1
+                        ORDER BY priority DESC, run_at, id LIMIT $2
+                        FOR UPDATE SKIP LOCKED)
+                    UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = $1,
+                        lease_token = $3, lease_expires_at = $4, cancel_requested = FALSE
+                    FROM due WHERE jobs.id = due.id
+                    RETURNING {", ".join("jobs." + c for c in JOB_COLUMNS.split(", "))}""",
+                now,
+                limit,
+                token,
+                now + lease_ttl_s,
+            )
+            jobs = [_record_to_job(r) for r in rows]
+            jobs.sort(key=lambda j: (-j.priority, j.run_at, j.id))
+            return jobs
+
+        result: list[Job] = await self._write(op)
+        return result
+
+    async def renew_leases(
+        self, leases: Sequence[tuple[int, str]], now: float, lease_ttl_s: float
+    ) -> LeaseReport:
+        async def op(conn: asyncpg.Connection) -> LeaseReport:
+            report = LeaseReport()
+            for job_id, token in leases:
+                flag = await conn.fetchval(
+                    """UPDATE jobs SET lease_expires_at = $1
+                       WHERE id = $2 AND status = 'running' AND lease_token = $3
+                       RETURNING cancel_requested""",
+                    now + lease_ttl_s,
+                    job_id,
+                    token,
+                )
+                if flag is None:
+                    report.lost.append(job_id)
+                elif flag:
+                    report.cancel_requested.append(job_id)
+            return report
+
+        result: LeaseReport = await self._write(op)
+        return result
+
+    async def complete(self, job_id: int, token: str, result: bytes, now: float) -> bool:
+        return await self._guarded(
+            """UPDATE jobs SET status = 'succeeded', result = $3, completed_at = $4,
+                   progress = 1.0, progress_message = NULL, error = NULL,
+                   lease_token = NULL, lease_expires_at = NULL
+               WHERE id = $1 AND status = 'running' AND lease_token = $2""",
+            (job_id, token, result, now),
+            done=job_id,
+        )
+
+    async def schedule_retry(
+        self, job_id: int, token: str, error: dict[str, Any], run_at: float, now: float
+    ) -> bool:
+        return await self._guarded(
+            """UPDATE jobs SET status = 'pending', run_at = $3, error = $4,
+                   lease_token = NULL, lease_expires_at = NULL
+               WHERE id = $1 AND status = 'running' AND lease_token = $2""",
+            (job_id, token, run_at, error),
+            due=True,
+        )
+
+    async def dead_letter(self, job_id: int, token: str, error: dict[str, Any], now: float) -> bool:
+        async def op(conn: asyncpg.Connection) -> bool:
+            failed = await _fail_for_good(
+                conn,
+                "id = $3 AND status = 'running' AND lease_token = $4",
+                (job_id, token),
+                error,
+                now,
+            )
+            await self._notify_done(conn, failed)
+            return bool(failed)
+
+        result: bool = await self._write(op)
+        return result
+
+    async def mark_cancelled(self, job_id: int, token: str, now: float) -> bool:
+        return await self._guarded(
+            """UPDATE jobs SET status = 'cancelled', completed_at = $3,
+                   lease_token = NULL, lease_expires_at = NULL
+               WHERE id = $1 AND status = 'running' AND lease_token = $2""",
+            (job_id, token, now),
+            done=job_id,
+        )
+
+    async def release(self, job_id: int, token: str) -> bool:
+        return await self._guarded(
+            """UPDATE jobs SET status = 'pending', attempts = attempts - 1,
+                   lease_token = NULL, lease_expires_at = NULL
+               WHERE id = $1 AND status = 'running' AND lease_token = $2""",
+            (job_id, token),
+            due=True,
+        )
+
+    async def update_progress(
+        self, job_id: int, token: str, fraction: float, message: str | None
+    ) -> bool:
+        return await self._guarded(
+            """UPDATE jobs SET progress = $3, progress_message = $4
+               WHERE id = $1 AND status = 'running' AND lease_token = $2""",
+            (job_id, token, fraction, message),
+        )
+
+    async def rescue_expired(self, now: float) -> RescueReport:
+        async def op(conn: asyncpg.Connection) -> RescueReport:
+            report = await _rescue(conn, now)
+            if report.requeued:
+                await self._notify_due(conn)
+            await self._notify_done(conn, report.dead_lettered)
+            return report
+
+        result: RescueReport = await self._write(op)
+        return result
+
+    async def recover_orphans(self, now: float) -> RescueReport:
+        # Other nodes may be alive and holding their leases: only expired ones are orphans.
+        return await self.rescue_expired(now)
+
+    async def _guarded(
+        self, sql: str, params: tuple[Any, ...], *, due: bool = False, done: int | None = None
+    ) -> bool:
+        async def op(conn: asyncpg.Connection) -> bool:
+            status: str = await conn.execute(sql, *params)
+            changed = status.split()[-1] != "0"
+            if changed and due:
+                await self._notify_due(conn)
+            if changed and done is not None:
+                await self._notify_done(conn, [done])
+            return changed
+
+        result: bool = await self._write(op)
+        return result
+
+    # -- the client's side -----------------------------------------------------------------------
+    async def request_cancel(self, job_id: int, now: float) -> tuple[Job, JobState]:
+        async def op(conn: asyncpg.Connection) -> tuple[Job, JobState]:
+            row = await conn.fetchrow(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE", job_id
+            )
+            if row is None:
+                raise NotFound(f"no job {job_id}")
+            job = _record_to_job(row)
+            if job.status == JobState.PENDING:
+                await conn.execute(
+                    "UPDATE jobs SET status = 'cancelled', completed_at = $2 WHERE id = $1",
+                    job_id,
+                    now,
+                )
+                await self._notify_done(conn, [job_id])
+            elif job.status == JobState.RUNNING:
+                await conn.execute("UPDATE jobs SET cancel_requested = TRUE WHERE id = $1", job_id)
+            elif job.status == JobState.CANCELLED:
+                return job, job.status
+            else:
+                raise Conflict(f"job {job_id} is already {job.status}")
+            after = await conn.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)
+            return _record_to_job(after), job.status
+
+        result: tuple[Job, JobState] = await self._write(op)
+        return result
+
+    async def list_dead_letters(self, limit: int, before_id: int | None = None) -> list[DeadLetter]:
+        async def fn(conn: asyncpg.Connection) -> list[DeadLetter]:
+            rows = await conn.fetch(
+                f"""SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters
+                    WHERE $1::bigint IS NULL OR id < $1 ORDER BY id DESC LIMIT $2""",
+                before_id,
+                limit,
+            )
+            return [_record_to_dead_letter(r) for r in rows]
+
+        return await self._read(fn)
+
+    async def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
+        async def fn(conn: asyncpg.Connection) -> DeadLetter | None:
+            row = await conn.fetchrow(
+                f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = $1", dead_letter_id
+            )
+            return _record_to_dead_letter(row) if row else None
+
+        return await self._read(fn)
+
+    async def requeue_dead_letter(self, dead_letter_id: int, now: float) -> Job:
+        async def op(conn: asyncpg.Connection) -> Job:
+            row = await conn.fetchrow(
+                """DELETE FROM dead_letters WHERE id = $1
+                   RETURNING job_id, task, queue, args, kwargs""",
+                dead_letter_id,
+            )
+            if row is None:
+                raise NotFound(f"no dead letter {dead_letter_id}")
+            orig = await conn.fetchrow(
+                "SELECT priority, max_retries, timeout_s, backoff FROM jobs WHERE id = $1",
+                row["job_id"],
+            )
+            new = await conn.fetchrow(
+                f"""INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries,
+                        timeout_s, backoff, created_at, run_at)
+                    VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $9)
+                    RETURNING {JOB_COLUMNS}""",
+                row["task"],
+                row["queue"],
+                row["args"],
+                row["kwargs"],
+                orig["priority"] if orig else 0,
+                orig["max_retries"] if orig else 3,
+                orig["timeout_s"] if orig else None,
+                orig["backoff"] if orig else None,
+                now,
+            )
+            await self._notify_due(conn)
+            return _record_to_job(new)
+
+        result: Job = await self._write(op)
+        return result
+
+    async def delete_dead_letter(self, dead_letter_id: int) -> bool:
+        async def op(conn: asyncpg.Connection) -> bool:
+            status: str = await conn.execute(
+                "DELETE FROM dead_letters WHERE id = $1", dead_letter_id
+            )
+            return status.split()[-1] != "0"
+
+        result: bool = await self._write(op)
+        return result
+
+    async def check_writable(self) -> None:
+        async def op(conn: asyncpg.Connection) -> None:
+            await conn.execute("SELECT 1")
+
+        await self._write(op)
+
+
+# -- SQL ----------------------------------------------------------------------------------------
+
+
+async def _migrate(conn: asyncpg.Connection) -> None:
+    """Apply missing migrations; an advisory lock keeps nodes starting together in line."""
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version"
+            " (version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+        )
+        current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
+        latest = MIGRATIONS[-1][0]
+        if current > latest:
+            raise SchemaError(
+                f"the database is at schema version {current}; this jobserver knows up to {latest}"
+            )
+        for version, sql in MIGRATIONS:
+            if version <= current:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute(
+                    "INSERT INTO schema_version VALUES ($1, extract(epoch from now()))", version
+                )
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+
+
+def _insert_params(job: NewJob, now: float) -> tuple[Any, ...]:
+    backoff = job.backoff
+    return (
+        job.task,
+        job.queue,
+        job.args,
+        job.kwargs,
+        job.priority,
+        job.max_retries,
+        job.timeout_s,
+        None
+        if backoff is None
+        else {"base_s": backoff.base_s, "factor": backoff.factor, "cap_s": backoff.cap_s},
+        now,
+        job.run_at if job.run_at is not None else now,
+        job.idempotency_key,
+        payload_fingerprint(job) if job.idempotency_key is not None else None,
+    )
+
+
+async def _insert_one(conn: asyncpg.Connection, params: tuple[Any, ...]) -> Enqueued:
+    key, fingerprint = params[-2], params[-1]
+    row = await conn.fetchrow(
+        f"""INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries, timeout_s,
+                backoff, created_at, run_at, idempotency_key, payload_hash)
+            VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10, $11, $12)
+            ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+            RETURNING {JOB_COLUMNS}""",
+        *params,
+    )
+    if row is not None:
+        return Enqueued(_record_to_job(row), created=True)
+    existing = await conn.fetchrow(
+        f"SELECT {JOB_COLUMNS}, payload_hash FROM jobs WHERE idempotency_key = $1", key
+    )
+    if existing["payload_hash"] != fingerprint:
+        raise Conflict(
+            f"idempotency key {key!r} was used for job {existing['id']} with a different payload"
+        )
+    return Enqueued(_record_to_job(existing), created=False)
+
+
+async def _fail_for_good(
+    conn: asyncpg.Connection,
+    where: str,
+    params: tuple[Any, ...],
+    error: dict[str, Any],
+    now: float,
+) -> list[int]:
+    """running -> failed plus a dead-letter row for each job matching `where` ($3, $4, ...)."""
+    rows = await conn.fetch(
+        f"""WITH failed AS (
+                UPDATE jobs SET status = 'failed', error = $1, completed_at = $2,
+                    lease_token = NULL, lease_expires_at = NULL
+                WHERE {where}
+                RETURNING id, task, queue, args, kwargs, attempts)
+            INSERT INTO dead_letters (job_id, task, queue, args, kwargs, error, attempts, failed_at)
+            SELECT id, task, queue, args, kwargs, $1, attempts, $2 FROM failed
+            RETURNING job_id""",
+        error,
+        now,
+        *params,
+    )
+    return [r["job_id"] for r in rows]
+
+
+async def _rescue(conn: asyncpg.Connection, now: float) -> RescueReport:
+    error = error_info(None, type_="LeaseExpired", message=LEASE_LOST)
+    requeued = await conn.fetch(
+        """WITH lost AS (
+               SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at <= $1
+                   AND attempts <= max_retries
+               FOR UPDATE SKIP LOCKED)
+           UPDATE jobs SET status = 'pending', run_at = $1, error = $2,
+               lease_token = NULL, lease_expires_at = NULL
+           FROM lost WHERE jobs.id = lost.id RETURNING jobs.id""",
+        now,
+        error,
+    )
+    spent = await _fail_for_good(
+        conn,
+        "id IN (SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at <= $3"
+        " AND attempts > max_retries FOR UPDATE SKIP LOCKED)",
+        (now,),
+        error,
+        now,
+    )
+    return RescueReport(requeued=sorted(r["id"] for r in requeued), dead_lettered=sorted(spent))
