@@ -54,6 +54,17 @@ class Conflict(JobServerError):
     """The request conflicts with the current state of the job."""
 
 
+class QueueFull(JobServerError):
+    """The queue holds its maximum number of pending jobs; try again later."""
+
+    def __init__(self, queue: str, max_depth: int, retry_after_s: int = 1) -> None:
+        super().__init__(
+            f"queue {queue!r} is full: it holds its maximum of {max_depth} pending jobs"
+        )
+        self.queue = queue
+        self.retry_after_s = retry_after_s
+
+
 class ValidationError(JobServerError):
     """Input was refused; `field` names what was wrong."""
 

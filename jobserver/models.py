@@ -1,14 +1,16 @@
 """Jobs, their states, and the moves between states. Pure: no I/O.
 
     enqueue ──> PENDING ──claim──> RUNNING ──ok──────────────> SUCCEEDED
-                  ^  │               │ │ └──failed for good──> FAILED (+ dead letter)
+                  ^  │ │             │ │ └──failed for good──> FAILED (+ dead letter)
+                  │  │ └─deadline passed (expired)─────────> FAILED (+ dead letter)
                   │  └──cancel──┐    │ └──cancel───────────┐
                   │             v    │                     v
                   │          CANCELLED <───────────────────┘
                   └── retry / lease lost / released at shutdown ──┘
 
 Who moves a job: the API enqueues and cancels; the worker claims, finishes, retries and
-dead-letters; the lease rescuer puts back jobs whose worker stopped renewing.
+dead-letters; the rescuer puts back jobs whose worker stopped renewing, and fails pending jobs
+whose deadline passed.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class JobState(StrEnum):
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.PENDING: frozenset({JobState.RUNNING, JobState.CANCELLED}),
+    JobState.PENDING: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
     JobState.RUNNING: frozenset(
         {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.PENDING}
     ),
@@ -81,6 +83,9 @@ class NewJob:
     timeout_s: float | None = None
     backoff: Backoff | None = None  # None: the task's policy
     idempotency_key: str | None = None
+    idempotency_window_s: float = 86_400.0  # after this the key may be used again
+    deadline: float | None = None  # do not start after this (epoch s): it fails as `expired`
+    unique_key: str | None = None  # at most one pending or running job holds it
 
 
 @dataclass(slots=True)
@@ -108,6 +113,8 @@ class Job:
     lease_expires_at: float | None = None
     cancel_requested: bool = False
     idempotency_key: str | None = None
+    deadline: float | None = None
+    unique_key: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -154,3 +161,45 @@ def error_info(
         "message": _cap(message or str(exc), MAX_ERROR_MESSAGE),
         "traceback": _cap(trace, MAX_TRACEBACK),
     }
+
+
+@dataclass(slots=True)
+class QueueSettings:
+    """Limits an operator sets on a queue; None: no limit."""
+
+    paused: bool = False
+    concurrency_limit: int | None = None  # running at once, across all nodes
+    rate_limit: float | None = None  # jobs started per second (token bucket)
+    rate_burst: float | None = None  # bucket size; None: one second's worth (at least 1)
+    max_depth: int | None = None  # pending jobs; enqueue past it is refused (429)
+
+
+@dataclass(slots=True)
+class QueueInfo:
+    name: str
+    settings: QueueSettings
+    counts: dict[str, int]  # jobs by state
+    oldest_due_age_s: float | None  # how long the oldest due pending job has waited
+    rate_tokens: float | None  # tokens in the bucket now, for a rate-limited queue
+
+
+MISSED_TICK_POLICIES = ("skip", "catch_up")
+
+
+@dataclass(slots=True)
+class Schedule:
+    """A cron schedule: one job per tick, each tick claimed once in the database."""
+
+    name: str
+    task: str
+    cron: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    queue: str = "default"
+    priority: int = 0
+    timezone: str = "UTC"
+    missed: str = "skip"  # "skip": missed ticks are dropped; "catch_up": each one runs
+    paused: bool = False
+    next_tick_at: float = 0.0
+    last_tick_at: float | None = None
+    source: str = "api"  # "api" or "task" (declared with @task(cron=...))

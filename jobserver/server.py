@@ -23,10 +23,24 @@ from .builtin_tasks import DEFAULT_ALLOWED_HOSTS, HttpTask, builtin_specs
 from .clock import Clock, SystemClock
 from .errors import NotFound, ValidationError
 from .executor import Executor
-from .models import Backoff, DeadLetter, Job, JobState, NewJob
+from . import flow
+from .models import (
+    MISSED_TICK_POLICIES,
+    Backoff,
+    DeadLetter,
+    Job,
+    JobState,
+    NewJob,
+    QueueInfo,
+    QueueSettings,
+    Schedule,
+)
 from .store.base import Enqueued, JobFilter, Store
 from .store.sqlite import SQLiteStore
 from .tasks import Registry, TaskSpec, default_registry, load_task_modules
+from .retention import DAY_S, Retention
+from .schedule import check_cron, next_tick
+from .scheduler import Scheduler
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -61,6 +75,9 @@ class JobServer:
         http_allowed_hosts: Iterable[str] = DEFAULT_ALLOWED_HOSTS,
         max_body_bytes: int = 1024 * 1024,
         max_batch_body_bytes: int = 32 * 1024 * 1024,
+        idempotency_window_s: float = 86_400.0,
+        keep_finished_s: float = 7 * DAY_S,
+        keep_failed_s: float = 30 * DAY_S,
         clock: Clock | None = None,
         store: Store | None = None,
     ) -> None:
@@ -69,6 +86,7 @@ class JobServer:
         self.grace_period_s = grace_period_s
         self.max_body_bytes = max_body_bytes
         self.max_batch_body_bytes = max(max_batch_body_bytes, max_body_bytes)
+        self.idempotency_window_s = idempotency_window_s
         self._http_task = HttpTask(http_allowed_hosts)
         self.registry = self._build_registry(tasks)
         self._thread_pool = ThreadPoolExecutor(
@@ -83,6 +101,13 @@ class JobServer:
             lease_ttl_s=lease_ttl_s,
             rescue_interval_s=rescue_interval_s,
             on_transition=self._on_transition,
+            on_ended=self._notify,
+        )
+        self.scheduler = Scheduler(
+            self.store, self.clock, job_for_tick=self._job_for_tick, on_fired=self._on_fired
+        )
+        self.retention = Retention(
+            self.store, self.clock, keep_finished_s=keep_finished_s, keep_failed_s=keep_failed_s
         )
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._runner: web.AppRunner | None = None
@@ -110,7 +135,10 @@ class JobServer:
                 len(report.requeued),
                 len(report.dead_lettered),
             )
+        await self._sync_task_schedules()
         self.worker.start()
+        self.scheduler.start()
+        self.retention.start()
         self._started = True
 
     async def stop(self, grace_period_s: float | None = None) -> None:
@@ -122,6 +150,8 @@ class JobServer:
             await self._runner.cleanup()
             self._runner = None
         grace = self.grace_period_s if grace_period_s is None else grace_period_s
+        await self.scheduler.stop()
+        await self.retention.stop()
         await self.worker.stop(grace)
         await self._http_task.close()
         await self.store.close()
@@ -202,13 +232,25 @@ class JobServer:
         timeout_s: float | None = None,
         backoff: Backoff | dict[str, float] | None = None,
         idempotency_key: str | None = None,
+        deadline_s: float | None = None,
+        deadline: float | None = None,
+        unique_key: str | None = None,
     ) -> NewJob:
-        """A job request with the task's defaults filled in; ValidationError for bad values."""
+        """A job request with the task's defaults filled in; ValidationError for bad values.
+
+        `delay_s` / `deadline_s` are seconds from now; `run_at` / `deadline` epoch seconds."""
         spec = self.task_spec(task)
         if delay_s is not None and run_at is not None:
             raise ValidationError("delay", "give delay or run_at, not both")
+        if deadline_s is not None and deadline is not None:
+            raise ValidationError("deadline", "give deadline or deadline_in, not both")
+        now = self.clock.now()
         if delay_s is not None:
-            run_at = self.clock.now() + delay_s
+            run_at = now + delay_s
+        if deadline_s is not None:
+            deadline = now + deadline_s
+        if deadline is not None and deadline < (run_at if run_at is not None else now):
+            raise ValidationError("deadline", "is before the job would start")
         return NewJob(
             task=task,
             args=list(args),
@@ -223,6 +265,9 @@ class JobServer:
             if isinstance(backoff, dict)
             else backoff,
             idempotency_key=idempotency_key,
+            idempotency_window_s=self.idempotency_window_s,
+            deadline=deadline,
+            unique_key=unique_key,
         )
 
     async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
@@ -254,6 +299,125 @@ class JobServer:
         elif job.status == JobState.RUNNING:
             self.worker.cancel_running(job_id)
         return job
+
+    async def delete_job(self, job_id: int) -> None:
+        await self.store.delete_job(job_id)
+
+    async def why_waiting(self, job: Job) -> dict[str, Any] | None:
+        """For a pending job: why it has not started (scheduled, paused, at a limit...)."""
+        if job.status != JobState.PENDING:
+            return None
+        now = self.clock.now()
+        info = await self.store.get_queue(job.queue, now)
+        if info is None:
+            return flow.waiting_reason(job, QueueSettings(), 0, None, now)
+        return flow.waiting_reason(
+            job, info.settings, info.counts[JobState.RUNNING.value], info.rate_tokens, now
+        )
+
+    # -- queues -----------------------------------------------------------------------------------
+    async def list_queues(self) -> list[QueueInfo]:
+        return await self.store.list_queues(self.clock.now())
+
+    async def get_queue(self, name: str) -> QueueInfo:
+        info = await self.store.get_queue(name, self.clock.now())
+        if info is None:
+            raise NotFound(f"no queue {name!r}")
+        return info
+
+    async def configure_queue(self, name: str, **changes: Any) -> QueueInfo:
+        """Set some of paused, concurrency_limit, rate_limit, rate_burst, max_depth."""
+        info = await self.store.configure_queue(name, changes, self.clock.now())
+        log.info("queue %r: %s", name, changes)
+        self.worker.wake()
+        return info
+
+    # -- schedules --------------------------------------------------------------------------------
+    async def save_schedule(
+        self,
+        name: str,
+        task: str,
+        cron: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        timezone: str = "UTC",
+        missed: str = "skip",
+        paused: bool = False,
+    ) -> Schedule:
+        self.task_spec(task)
+        check_cron(cron, timezone)
+        if missed not in MISSED_TICK_POLICIES:
+            raise ValidationError("missed", f"must be one of {', '.join(MISSED_TICK_POLICIES)}")
+        schedule = Schedule(
+            name=name,
+            task=task,
+            cron=cron,
+            args=list(args),
+            kwargs=dict(kwargs or {}),
+            queue=queue,
+            priority=priority,
+            timezone=timezone,
+            missed=missed,
+            paused=paused,
+            next_tick_at=next_tick(cron, self.clock.now(), timezone),
+            source="api",
+        )
+        saved = await self.store.save_schedule(schedule, keep_next_tick=True)
+        self.scheduler.wake()
+        return saved
+
+    async def list_schedules(self) -> list[Schedule]:
+        return await self.store.list_schedules()
+
+    async def get_schedule(self, name: str) -> Schedule:
+        schedule = await self.store.get_schedule(name)
+        if schedule is None:
+            raise NotFound(f"no schedule {name!r}")
+        return schedule
+
+    async def delete_schedule(self, name: str) -> None:
+        if not await self.store.delete_schedule(name):
+            raise NotFound(f"no schedule {name!r}")
+
+    async def _sync_task_schedules(self) -> None:
+        """Schedules declared with @task(cron=...): saved at start (keeping their next tick
+        across restarts); those of tasks that no longer declare one are removed."""
+        now = self.clock.now()
+        declared = {f"task:{spec.name}": spec for spec in self.registry if spec.cron}
+        for name, spec in declared.items():
+            assert spec.cron is not None
+            await self.store.save_schedule(
+                Schedule(
+                    name=name,
+                    task=spec.name,
+                    cron=spec.cron,
+                    timezone=spec.cron_timezone,
+                    missed=spec.cron_missed,
+                    next_tick_at=next_tick(spec.cron, now, spec.cron_timezone),
+                    source="task",
+                ),
+                keep_next_tick=True,
+            )
+        for schedule in await self.store.list_schedules():
+            if schedule.source == "task" and schedule.name not in declared:
+                await self.store.delete_schedule(schedule.name)
+
+    def _job_for_tick(self, schedule: Schedule, tick: float) -> NewJob:
+        # The key makes a tick's job unique even if two processes were to fire it.
+        return self.new_job(
+            schedule.task,
+            schedule.args,
+            schedule.kwargs,
+            queue=schedule.queue,
+            priority=schedule.priority,
+            idempotency_key=f"schedule:{schedule.name}:{tick:.3f}",
+        )
+
+    def _on_fired(self, job_ids: list[int]) -> None:
+        self.worker.wake()
 
     async def wait_for(self, job_id: int, timeout_s: float | None = None) -> Job:
         """The job once it is terminal, or as it stands when `timeout_s` runs out."""

@@ -12,7 +12,8 @@ from types import ModuleType
 from typing import Any, TypeVar, overload
 
 from .errors import PermanentError
-from .models import Backoff
+from .models import MISSED_TICK_POLICIES, Backoff
+from .schedule import check_cron
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,6 +30,9 @@ class TaskSpec:
     max_retries: int = DEFAULT_MAX_RETRIES
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     backoff: Backoff = field(default_factory=Backoff)
+    cron: str | None = None  # run on this schedule, with no arguments
+    cron_timezone: str = "UTC"
+    cron_missed: str = "skip"  # ticks missed while down: "skip" or "catch_up"
 
     def is_retryable(self, exc: BaseException) -> bool:
         return not isinstance(exc, PermanentError) and isinstance(exc, self.retry_on)
@@ -84,6 +88,9 @@ def task(
     max_retries: int | None = None,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
     backoff: Backoff | None = None,
+    cron: str | None = None,
+    cron_timezone: str = "UTC",
+    cron_missed: str = "skip",
     registry: Registry | None = None,
 ) -> Callable[[F], F]: ...
 
@@ -97,12 +104,17 @@ def task(
     max_retries: int | None = None,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
     backoff: Backoff | None = None,
+    cron: str | None = None,
+    cron_timezone: str = "UTC",
+    cron_missed: str = "skip",
     registry: Registry | None = None,
 ) -> Any:
     """Register an async or sync function as a task; the function itself is returned unchanged.
 
     `timeout` (seconds) and `max_retries` are defaults a job may override; only exceptions in
     `retry_on` are retried; a function with a `ctx` parameter receives the JobContext.
+    `cron` ("*/5 * * * *") also runs it on that schedule, in `cron_timezone`; ticks missed while
+    the server was down are skipped, or all run with `cron_missed="catch_up"`.
     """
 
     def register(f: F) -> F:
@@ -110,6 +122,10 @@ def task(
             raise ValueError("timeout must be positive")
         if max_retries is not None and max_retries < 0:
             raise ValueError("max_retries must be 0 or more")
+        if cron is not None:
+            check_cron(cron, cron_timezone)
+        if cron_missed not in MISSED_TICK_POLICIES:
+            raise ValueError(f"cron_missed must be one of {MISSED_TICK_POLICIES}")
         spec = TaskSpec(
             name=name or f.__name__,
             fn=f,
@@ -119,6 +135,9 @@ def task(
             max_retries=DEFAULT_MAX_RETRIES if max_retries is None else max_retries,
             retry_on=retry_on if isinstance(retry_on, tuple) else (retry_on,),
             backoff=backoff or Backoff(),
+            cron=cron,
+            cron_timezone=cron_timezone,
+            cron_missed=cron_missed,
         )
         (registry or default_registry).add(spec)
         f.task_spec = spec  # type: ignore[attr-defined]

@@ -51,6 +51,7 @@ class Worker:
         progress_interval_s: float = 0.5,
         rng: random.Random | None = None,
         on_transition: TransitionHook | None = None,
+        on_ended: Callable[[int], None] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -63,6 +64,7 @@ class Worker:
         self.progress_interval_s = progress_interval_s
         self.rng = rng or random.Random()
         self.on_transition = on_transition or (lambda job, state, detail: None)
+        self.on_ended = on_ended or (lambda job_id: None)  # for jobs ended by the rescuer
         self._running: dict[int, _Running] = {}
         self._wake = asyncio.Event()
         self._stopping = False
@@ -144,7 +146,7 @@ class Worker:
             self._start_job(job)
         if len(jobs) == free or self._stopping:
             return
-        next_due = await self.store.next_run_at()
+        next_due = await self.store.next_wake_at(self.clock.now())
         delay = None if next_due is None else next_due - self.clock.now()
         if delay is not None and delay <= 0:
             return  # due already (a retry scheduled meanwhile): claim again
@@ -340,9 +342,7 @@ class Worker:
                     report.dead_lettered,
                 )
                 self.wake()
-
-    async def rescue_now(self) -> None:
-        """Run the rescuer once, at once (tests and start-up)."""
-        report = await self.store.rescue_expired(self.clock.now())
-        if report.requeued:
-            self.wake()
+            if report.expired:
+                log.warning("jobs past their deadline, failed as expired: %s", report.expired)
+            for job_id in report.dead_lettered + report.expired:
+                self.on_ended(job_id)

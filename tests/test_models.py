@@ -20,6 +20,7 @@ from jobserver.models import (
 LEGAL = {
     (JobState.PENDING, JobState.RUNNING),
     (JobState.PENDING, JobState.CANCELLED),
+    (JobState.PENDING, JobState.FAILED),  # deadline passed: expired
     (JobState.RUNNING, JobState.SUCCEEDED),
     (JobState.RUNNING, JobState.FAILED),
     (JobState.RUNNING, JobState.CANCELLED),

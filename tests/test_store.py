@@ -71,10 +71,10 @@ async def test_claim_orders_by_priority_then_run_at(store: Store) -> None:
 async def test_claim_never_takes_a_job_before_it_is_due(store: Store) -> None:
     later = await enqueue_one(store, run_at=T0 + 60)
     assert await store.claim(10, T0 + 59.999, TTL) == []
-    assert await store.next_run_at() == T0 + 60
+    assert await store.next_wake_at(T0) == T0 + 60
     jobs = await store.claim(10, T0 + 60, TTL)
     assert [j.id for j in jobs] == [later]
-    assert await store.next_run_at() is None
+    assert await store.next_wake_at(T0 + 60) is None
 
 
 async def test_claim_counts_the_attempt_and_takes_a_lease(store: Store) -> None:

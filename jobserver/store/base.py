@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .. import codec
-from ..models import DeadLetter, Job, JobState, NewJob
+from ..models import DeadLetter, Job, JobState, NewJob, QueueInfo, Schedule
 
 
 @dataclass(slots=True)
@@ -31,6 +31,7 @@ class LeaseReport:
 class RescueReport:
     requeued: list[int] = field(default_factory=list)
     dead_lettered: list[int] = field(default_factory=list)
+    expired: list[int] = field(default_factory=list)  # pending past their deadline: failed
 
 
 @dataclass(slots=True)
@@ -83,8 +84,9 @@ class Store(Protocol):
         """Newest first; `before_id` is the keyset cursor."""
         ...
 
-    async def next_run_at(self) -> float | None:
-        """When the earliest pending job becomes due."""
+    async def next_wake_at(self, now: float) -> float | None:
+        """When a claim may next find work: the next run_at, a rate-limited queue's next
+        token, a recheck of a queue held by its concurrency limit; None: only an enqueue."""
         ...
 
     async def count_by_status(self) -> dict[str, int]: ...
@@ -125,7 +127,8 @@ class Store(Protocol):
     ) -> bool: ...
 
     async def rescue_expired(self, now: float) -> RescueReport:
-        """Jobs whose lease ran out go back to pending (or fail if no attempts are left)."""
+        """Jobs whose lease ran out go back to pending (or fail if no attempts are left);
+        pending jobs past their deadline fail as `expired`."""
         ...
 
     async def recover_orphans(self, now: float) -> RescueReport:
@@ -152,6 +155,47 @@ class Store(Protocol):
 
     async def delete_dead_letter(self, dead_letter_id: int) -> bool: ...
 
+    async def delete_job(self, job_id: int) -> None:
+        """Delete a finished job; NotFound, or Conflict for one still pending or running."""
+        ...
+
     async def check_writable(self) -> None:
         """Raise StorageUnavailable unless a write transaction can start now."""
         ...
+
+    # -- queues ---------------------------------------------------------------------------------
+    async def list_queues(self, now: float) -> list[QueueInfo]: ...
+
+    async def get_queue(self, name: str, now: float) -> QueueInfo | None: ...
+
+    async def configure_queue(self, name: str, changes: dict[str, Any], now: float) -> QueueInfo:
+        """Set some of paused, concurrency_limit, rate_limit, rate_burst, max_depth."""
+        ...
+
+    # -- schedules ------------------------------------------------------------------------------
+    async def save_schedule(self, schedule: Schedule, *, keep_next_tick: bool) -> Schedule: ...
+
+    async def list_schedules(self) -> list[Schedule]: ...
+
+    async def get_schedule(self, name: str) -> Schedule | None: ...
+
+    async def delete_schedule(self, name: str) -> bool: ...
+
+    async def due_schedules(self, now: float) -> list[Schedule]: ...
+
+    async def next_schedule_at(self) -> float | None: ...
+
+    async def fire_schedule(
+        self, name: str, expected_tick: float, next_tick: float, jobs: Sequence[NewJob], now: float
+    ) -> list[int]:
+        """Move a schedule on from `expected_tick` and enqueue its jobs, in one transaction;
+        nothing if another process already did (each tick is claimed once, in the database)."""
+        ...
+
+    # -- retention ------------------------------------------------------------------------------
+    async def prune(self, finished_before: float, failed_before: float, limit: int) -> int:
+        """Delete up to `limit` succeeded/cancelled jobs finished before `finished_before`, as
+        many failed ones before `failed_before`, and dead letters before it; returns the count."""
+        ...
+
+    async def reclaim_space(self, pages: int) -> None: ...

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -27,9 +28,26 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from .. import codec
-from ..errors import Conflict, JobServerError, NotFound, SchemaError, StorageUnavailable
-from ..models import Backoff, DeadLetter, Job, JobState, NewJob, error_info
+from .. import codec, flow
+from ..errors import (
+    Conflict,
+    JobServerError,
+    NotFound,
+    QueueFull,
+    SchemaError,
+    StorageUnavailable,
+)
+from ..models import (
+    Backoff,
+    DeadLetter,
+    Job,
+    JobState,
+    NewJob,
+    QueueInfo,
+    QueueSettings,
+    Schedule,
+    error_info,
+)
 from .base import Enqueued, JobFilter, LeaseReport, RescueReport, payload_fingerprint
 
 log = logging.getLogger(__name__)
@@ -69,7 +87,10 @@ MIGRATIONS: list[tuple[int, str]] = [
             lease_expires_at DOUBLE PRECISION,
             cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
             idempotency_key TEXT,
+            idempotency_expires_at DOUBLE PRECISION,
             payload_hash TEXT,
+            deadline DOUBLE PRECISION,
+            unique_key TEXT,
             CHECK (attempts >= 0 AND attempts <= max_retries + 1),
             CHECK ((status = 'running') = (lease_token IS NOT NULL)),
             CHECK ((status = 'running') = (lease_expires_at IS NOT NULL)),
@@ -77,12 +98,47 @@ MIGRATIONS: list[tuple[int, str]] = [
             CHECK ((status IN ('succeeded', 'failed', 'cancelled')) = (completed_at IS NOT NULL)),
             CHECK (status <> 'succeeded' OR attempts >= 1)
         );
-        CREATE INDEX jobs_claim ON jobs (priority DESC, run_at, id) WHERE status = 'pending';
+        CREATE INDEX jobs_claim ON jobs (queue, priority DESC, run_at, id)
+            WHERE status = 'pending';
         CREATE INDEX jobs_next_due ON jobs (run_at) WHERE status = 'pending';
+        CREATE INDEX jobs_deadline ON jobs (deadline)
+            WHERE status = 'pending' AND deadline IS NOT NULL;
         CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE status = 'running';
         CREATE INDEX jobs_status ON jobs (status, id);
+        CREATE INDEX jobs_finished ON jobs (completed_at)
+            WHERE status IN ('succeeded', 'failed', 'cancelled');
         CREATE UNIQUE INDEX jobs_idempotency ON jobs (idempotency_key)
             WHERE idempotency_key IS NOT NULL;
+        CREATE UNIQUE INDEX jobs_unique_live ON jobs (unique_key)
+            WHERE unique_key IS NOT NULL AND status IN ('pending', 'running');
+
+        CREATE TABLE queues (
+            name TEXT PRIMARY KEY,
+            paused BOOLEAN NOT NULL DEFAULT FALSE,
+            concurrency_limit INTEGER CHECK (concurrency_limit IS NULL OR concurrency_limit > 0),
+            rate_limit DOUBLE PRECISION CHECK (rate_limit IS NULL OR rate_limit > 0),
+            rate_burst DOUBLE PRECISION CHECK (rate_burst IS NULL OR rate_burst >= 1),
+            max_depth INTEGER CHECK (max_depth IS NULL OR max_depth > 0),
+            tokens DOUBLE PRECISION,
+            tokens_at DOUBLE PRECISION
+        );
+
+        CREATE TABLE schedules (
+            name TEXT PRIMARY KEY,
+            task TEXT NOT NULL,
+            args JSONB NOT NULL,
+            kwargs JSONB NOT NULL,
+            queue TEXT NOT NULL,
+            priority INTEGER NOT NULL,
+            cron TEXT NOT NULL,
+            timezone TEXT NOT NULL,
+            missed TEXT NOT NULL CHECK (missed IN ('skip', 'catch_up')),
+            paused BOOLEAN NOT NULL DEFAULT FALSE,
+            next_tick_at DOUBLE PRECISION NOT NULL,
+            last_tick_at DOUBLE PRECISION,
+            source TEXT NOT NULL CHECK (source IN ('api', 'task'))
+        );
+        CREATE INDEX schedules_due ON schedules (next_tick_at) WHERE NOT paused;
 
         CREATE TABLE dead_letters (
             id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -96,6 +152,7 @@ MIGRATIONS: list[tuple[int, str]] = [
             failed_at DOUBLE PRECISION NOT NULL
         );
         CREATE INDEX dead_letters_job ON dead_letters (job_id);
+        CREATE INDEX dead_letters_failed_at ON dead_letters (failed_at);
         """,
     ),
 ]
@@ -103,8 +160,18 @@ MIGRATIONS: list[tuple[int, str]] = [
 JOB_COLUMNS = (
     "id, task, queue, args, kwargs, priority, status, attempts, max_retries, timeout_s, backoff,"
     " created_at, run_at, started_at, completed_at, result, error, progress, progress_message,"
-    " lease_token, lease_expires_at, cancel_requested, idempotency_key"
+    " lease_token, lease_expires_at, cancel_requested, idempotency_key, deadline, unique_key"
 )
+QUEUE_COLUMNS = (
+    "name, paused, concurrency_limit, rate_limit, rate_burst, max_depth, tokens, tokens_at"
+)
+SCHEDULE_COLUMNS = (
+    "name, task, args, kwargs, queue, priority, cron, timezone, missed, paused, next_tick_at,"
+    " last_tick_at, source"
+)
+QUEUE_SETTINGS = ("paused", "concurrency_limit", "rate_limit", "rate_burst", "max_depth")
+CONCURRENCY_RECHECK_S = 1.0
+EXPIRED = "expired: its deadline passed before it could start"
 DEAD_LETTER_COLUMNS = "id, job_id, task, queue, args, kwargs, error, attempts, failed_at"
 LEASE_LOST = "worker stopped renewing its lease (node crashed or stalled)"
 
@@ -144,6 +211,8 @@ def _record_to_job(r: Mapping[str, Any]) -> Job:
         lease_expires_at=r["lease_expires_at"],
         cancel_requested=r["cancel_requested"],
         idempotency_key=r["idempotency_key"],
+        deadline=r["deadline"],
+        unique_key=r["unique_key"],
     )
 
 
@@ -268,6 +337,7 @@ class PostgresStore:
         self._listener: asyncpg.Connection | None = None
         self._on_due: list[Callable[[], None]] = []
         self._on_done: list[Callable[[int], None]] = []
+        self._turn = itertools.count()  # which queue goes first in a claim: rotates for fairness
 
     # -- opening and closing -----------------------------------------------------------------
     async def open(self) -> None:
@@ -351,7 +421,8 @@ class PostgresStore:
         rows = [_insert_params(j, now) for j in jobs]
 
         async def op(conn: asyncpg.Connection) -> list[Enqueued]:
-            results = [await _insert_one(conn, row) for row in rows]
+            await _admit(conn, [r[1] for r in rows])
+            results = [await _insert_one(conn, row, now) for row in rows]
             await self._notify_due(conn)
             return results
 
@@ -390,12 +461,9 @@ class PostgresStore:
 
         return await self._read(fn)
 
-    async def next_run_at(self) -> float | None:
+    async def next_wake_at(self, now: float) -> float | None:
         async def fn(conn: asyncpg.Connection) -> float | None:
-            value: float | None = await conn.fetchval(
-                "SELECT min(run_at) FROM jobs WHERE status = 'pending'"
-            )
-            return value
+            return await _next_wake_at(conn, now)
 
         return await self._read(fn)
 
@@ -412,24 +480,10 @@ class PostgresStore:
     async def claim(self, limit: int, now: float, lease_ttl_s: float) -> list[Job]:
         token = secrets.token_hex(8)
 
+        start = next(self._turn)
+
         async def op(conn: asyncpg.Connection) -> list[Job]:
-            rows = await conn.fetch(
-                f"""WITH due AS (
-                        SELECT id FROM jobs WHERE status = 'pending' AND run_at <= $1
-                        ORDER BY priority DESC, run_at, id LIMIT $2
-                        FOR UPDATE SKIP LOCKED)
-                    UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = $1,
-                        lease_token = $3, lease_expires_at = $4, cancel_requested = FALSE
-                    FROM due WHERE jobs.id = due.id
-                    RETURNING {", ".join("jobs." + c for c in JOB_COLUMNS.split(", "))}""",
-                now,
-                limit,
-                token,
-                now + lease_ttl_s,
-            )
-            jobs = [_record_to_job(r) for r in rows]
-            jobs.sort(key=lambda j: (-j.priority, j.run_at, j.id))
-            return jobs
+            return await _claim(conn, limit, now, token, now + lease_ttl_s, start)
 
         result: list[Job] = await self._write(op)
         return result
@@ -523,6 +577,15 @@ class PostgresStore:
     async def rescue_expired(self, now: float) -> RescueReport:
         async def op(conn: asyncpg.Connection) -> RescueReport:
             report = await _rescue(conn, now)
+            report.expired = await _fail_for_good(
+                conn,
+                "id IN (SELECT id FROM jobs WHERE status = 'pending' AND deadline < $3"
+                " FOR UPDATE SKIP LOCKED)",
+                (now,),
+                error_info(None, type_="expired", message=EXPIRED),
+                now,
+            )
+            await self._notify_done(conn, report.expired)
             if report.requeued:
                 await self._notify_due(conn)
             await self._notify_done(conn, report.dead_lettered)
@@ -643,6 +706,188 @@ class PostgresStore:
         result: bool = await self._write(op)
         return result
 
+    # -- queues -------------------------------------------------------------------------------
+    async def list_queues(self, now: float) -> list[QueueInfo]:
+        async def fn(conn: asyncpg.Connection) -> list[QueueInfo]:
+            return await _queue_infos(conn, now, None)
+
+        return await self._read(fn)
+
+    async def get_queue(self, name: str, now: float) -> QueueInfo | None:
+        async def fn(conn: asyncpg.Connection) -> QueueInfo | None:
+            infos = await _queue_infos(conn, now, name)
+            return infos[0] if infos else None
+
+        return await self._read(fn)
+
+    async def configure_queue(self, name: str, changes: dict[str, Any], now: float) -> QueueInfo:
+        unknown = set(changes) - set(QUEUE_SETTINGS)
+        if unknown:
+            raise ValueError(f"not queue settings: {sorted(unknown)}")
+
+        async def op(conn: asyncpg.Connection) -> QueueInfo:
+            await conn.execute("INSERT INTO queues (name) VALUES ($1) ON CONFLICT DO NOTHING", name)
+            if changes:
+                sets = ", ".join(f"{column} = ${i + 2}" for i, column in enumerate(changes))
+                await conn.execute(
+                    f"UPDATE queues SET {sets} WHERE name = $1", name, *changes.values()
+                )
+            await self._notify_due(conn)  # a resumed or widened queue may have work now
+            return (await _queue_infos(conn, now, name))[0]
+
+        result: QueueInfo = await self._write(op)
+        return result
+
+    # -- schedules ---------------------------------------------------------------------------
+    async def save_schedule(self, schedule: Schedule, *, keep_next_tick: bool) -> Schedule:
+        async def op(conn: asyncpg.Connection) -> Schedule:
+            old = await conn.fetchrow(
+                "SELECT cron, timezone, next_tick_at, last_tick_at FROM schedules"
+                " WHERE name = $1 FOR UPDATE",
+                schedule.name,
+            )
+            next_tick, last_tick = schedule.next_tick_at, schedule.last_tick_at
+            if (
+                old is not None
+                and keep_next_tick
+                and (old["cron"], old["timezone"]) == (schedule.cron, schedule.timezone)
+            ):
+                next_tick, last_tick = old["next_tick_at"], old["last_tick_at"]
+            row = await conn.fetchrow(
+                f"""INSERT INTO schedules ({SCHEDULE_COLUMNS})
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                    ON CONFLICT (name) DO UPDATE SET task = $2, args = $3, kwargs = $4,
+                        queue = $5, priority = $6, cron = $7, timezone = $8, missed = $9,
+                        paused = $10, next_tick_at = $11, last_tick_at = $12, source = $13
+                    RETURNING {SCHEDULE_COLUMNS}""",
+                schedule.name,
+                schedule.task,
+                schedule.args,
+                schedule.kwargs,
+                schedule.queue,
+                schedule.priority,
+                schedule.cron,
+                schedule.timezone,
+                schedule.missed,
+                schedule.paused,
+                next_tick,
+                last_tick,
+                schedule.source,
+            )
+            return Schedule(**dict(row))
+
+        result: Schedule = await self._write(op)
+        return result
+
+    async def list_schedules(self) -> list[Schedule]:
+        async def fn(conn: asyncpg.Connection) -> list[Schedule]:
+            rows = await conn.fetch(f"SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY name")
+            return [Schedule(**dict(r)) for r in rows]
+
+        return await self._read(fn)
+
+    async def get_schedule(self, name: str) -> Schedule | None:
+        async def fn(conn: asyncpg.Connection) -> Schedule | None:
+            row = await conn.fetchrow(
+                f"SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = $1", name
+            )
+            return Schedule(**dict(row)) if row else None
+
+        return await self._read(fn)
+
+    async def delete_schedule(self, name: str) -> bool:
+        async def op(conn: asyncpg.Connection) -> bool:
+            status: str = await conn.execute("DELETE FROM schedules WHERE name = $1", name)
+            return status.split()[-1] != "0"
+
+        result: bool = await self._write(op)
+        return result
+
+    async def due_schedules(self, now: float) -> list[Schedule]:
+        async def fn(conn: asyncpg.Connection) -> list[Schedule]:
+            rows = await conn.fetch(
+                f"SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE NOT paused AND next_tick_at <= $1",
+                now,
+            )
+            return [Schedule(**dict(r)) for r in rows]
+
+        return await self._read(fn)
+
+    async def next_schedule_at(self) -> float | None:
+        async def fn(conn: asyncpg.Connection) -> float | None:
+            value: float | None = await conn.fetchval(
+                "SELECT min(next_tick_at) FROM schedules WHERE NOT paused"
+            )
+            return value
+
+        return await self._read(fn)
+
+    async def fire_schedule(
+        self, name: str, expected_tick: float, next_tick: float, jobs: Sequence[NewJob], now: float
+    ) -> list[int]:
+        rows = [_insert_params(j, now) for j in jobs]
+
+        async def op(conn: asyncpg.Connection) -> list[int]:
+            status: str = await conn.execute(
+                "UPDATE schedules SET next_tick_at = $1, last_tick_at = $2"
+                " WHERE name = $3 AND next_tick_at = $2",
+                next_tick,
+                expected_tick,
+                name,
+            )
+            if status.split()[-1] == "0":
+                return []  # another node fired this tick
+            await _admit(conn, [r[1] for r in rows])
+            ids = [(await _insert_one(conn, row, now)).job.id for row in rows]
+            await self._notify_due(conn)
+            return ids
+
+        result: list[int] = await self._write(op)
+        return result
+
+    # -- retention -----------------------------------------------------------------------------
+    async def prune(self, finished_before: float, failed_before: float, limit: int) -> int:
+        async def op(conn: asyncpg.Connection) -> int:
+            deleted = 0
+            for statuses, before in (
+                (["succeeded", "cancelled"], finished_before),
+                (["failed"], failed_before),
+            ):
+                status: str = await conn.execute(
+                    """DELETE FROM jobs WHERE id IN (
+                           SELECT id FROM jobs WHERE status = ANY($1::text[]) AND completed_at < $2
+                           ORDER BY completed_at LIMIT $3 FOR UPDATE SKIP LOCKED)""",
+                    statuses,
+                    before,
+                    limit,
+                )
+                deleted += int(status.split()[-1])
+            status = await conn.execute(
+                """DELETE FROM dead_letters WHERE id IN (
+                       SELECT id FROM dead_letters WHERE failed_at < $1
+                       ORDER BY failed_at LIMIT $2 FOR UPDATE SKIP LOCKED)""",
+                failed_before,
+                limit,
+            )
+            return deleted + int(status.split()[-1])
+
+        result: int = await self._write(op)
+        return result
+
+    async def reclaim_space(self, pages: int) -> None:
+        """PostgreSQL's autovacuum reuses the space of deleted rows: nothing to do here."""
+
+    async def delete_job(self, job_id: int) -> None:
+        async def op(conn: asyncpg.Connection) -> None:
+            status = await conn.fetchval("SELECT status FROM jobs WHERE id = $1 FOR UPDATE", job_id)
+            if status is None:
+                raise NotFound(f"no job {job_id}")
+            if status not in ("succeeded", "failed", "cancelled"):
+                raise Conflict(f"job {job_id} is {status}: only finished jobs can be deleted")
+            await conn.execute("DELETE FROM jobs WHERE id = $1", job_id)
+
+        await self._write(op)
+
     async def check_writable(self) -> None:
         async def op(conn: asyncpg.Connection) -> None:
             await conn.execute("SELECT 1")
@@ -681,6 +926,7 @@ async def _migrate(conn: asyncpg.Connection) -> None:
 
 def _insert_params(job: NewJob, now: float) -> tuple[Any, ...]:
     backoff = job.backoff
+    key = job.idempotency_key
     return (
         job.task,
         job.queue,
@@ -694,31 +940,74 @@ def _insert_params(job: NewJob, now: float) -> tuple[Any, ...]:
         else {"base_s": backoff.base_s, "factor": backoff.factor, "cap_s": backoff.cap_s},
         now,
         job.run_at if job.run_at is not None else now,
-        job.idempotency_key,
-        payload_fingerprint(job) if job.idempotency_key is not None else None,
+        key,
+        now + job.idempotency_window_s if key is not None else None,
+        payload_fingerprint(job) if key is not None else None,
+        job.deadline,
+        job.unique_key,
     )
 
 
-async def _insert_one(conn: asyncpg.Connection, params: tuple[Any, ...]) -> Enqueued:
-    key, fingerprint = params[-2], params[-1]
+async def _admit(conn: asyncpg.Connection, queues: Sequence[str]) -> None:
+    """Register the jobs' queues; refuse the batch if one would pass its max depth (the queue
+    row is locked while counting, so nodes enqueueing at once cannot overshoot together)."""
+    adding: dict[str, int] = {}
+    for queue in queues:
+        adding[queue] = adding.get(queue, 0) + 1
+    await conn.executemany(
+        "INSERT INTO queues (name) VALUES ($1) ON CONFLICT DO NOTHING", [(q,) for q in adding]
+    )
+    for queue, count in adding.items():
+        max_depth = await conn.fetchval(
+            "SELECT max_depth FROM queues WHERE name = $1 AND max_depth IS NOT NULL FOR UPDATE",
+            queue,
+        )
+        if max_depth is None:
+            continue
+        depth = await conn.fetchval(
+            "SELECT count(*) FROM jobs WHERE status = 'pending' AND queue = $1", queue
+        )
+        if depth + count > max_depth:
+            raise QueueFull(queue, max_depth)
+
+
+async def _insert_one(conn: asyncpg.Connection, params: tuple[Any, ...], now: float) -> Enqueued:
+    key, fingerprint, unique = params[10], params[12], params[14]
+    if key is not None:
+        row = await conn.fetchrow(
+            f"SELECT {JOB_COLUMNS}, payload_hash, idempotency_expires_at FROM jobs"
+            " WHERE idempotency_key = $1 FOR UPDATE",
+            key,
+        )
+        if row is not None:
+            expires = row["idempotency_expires_at"]
+            if expires is not None and expires <= now:  # past its window: the key is free again
+                await conn.execute(
+                    "UPDATE jobs SET idempotency_key = NULL WHERE id = $1", row["id"]
+                )
+            elif row["payload_hash"] != fingerprint:
+                raise Conflict(
+                    f"idempotency key {key!r} was used for job {row['id']} with a different payload"
+                )
+            else:
+                return Enqueued(_record_to_job(row), created=False)
+    if unique is not None:
+        row = await conn.fetchrow(
+            f"SELECT {JOB_COLUMNS} FROM jobs"
+            " WHERE unique_key = $1 AND status IN ('pending', 'running')",
+            unique,
+        )
+        if row is not None:
+            return Enqueued(_record_to_job(row), created=False)
     row = await conn.fetchrow(
         f"""INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries, timeout_s,
-                backoff, created_at, run_at, idempotency_key, payload_hash)
-            VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10, $11, $12)
-            ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+                backoff, created_at, run_at, idempotency_key, idempotency_expires_at, payload_hash,
+                deadline, unique_key)
+            VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
             RETURNING {JOB_COLUMNS}""",
         *params,
     )
-    if row is not None:
-        return Enqueued(_record_to_job(row), created=True)
-    existing = await conn.fetchrow(
-        f"SELECT {JOB_COLUMNS}, payload_hash FROM jobs WHERE idempotency_key = $1", key
-    )
-    if existing["payload_hash"] != fingerprint:
-        raise Conflict(
-            f"idempotency key {key!r} was used for job {existing['id']} with a different payload"
-        )
-    return Enqueued(_record_to_job(existing), created=False)
+    return Enqueued(_record_to_job(row), created=True)
 
 
 async def _fail_for_good(
@@ -767,3 +1056,145 @@ async def _rescue(conn: asyncpg.Connection, now: float) -> RescueReport:
         now,
     )
     return RescueReport(requeued=sorted(r["id"] for r in requeued), dead_lettered=sorted(spent))
+
+
+async def _queue_rows(
+    conn: asyncpg.Connection, *, lock_limited: bool = False
+) -> dict[str, tuple[QueueSettings, float | None, float | None]]:
+    queues = {}
+    for r in await conn.fetch(f"SELECT {QUEUE_COLUMNS} FROM queues"):
+        queues[r["name"]] = (flow.settings_from_row(r), r["tokens"], r["tokens_at"])
+    if lock_limited:
+        limited = [
+            name
+            for name, (st, _, _) in queues.items()
+            if st.concurrency_limit is not None or st.rate_limit is not None
+        ]
+        if limited:
+            # Claims on limited queues take turns across nodes, so their limits hold exactly;
+            # the bucket is re-read under the lock.
+            for r in await conn.fetch(
+                f"SELECT {QUEUE_COLUMNS} FROM queues WHERE name = ANY($1::text[])"
+                " ORDER BY name FOR UPDATE",
+                limited,
+            ):
+                queues[r["name"]] = (flow.settings_from_row(r), r["tokens"], r["tokens_at"])
+    return queues
+
+
+async def _running_by_queue(conn: asyncpg.Connection) -> dict[str, int]:
+    rows = await conn.fetch(
+        "SELECT queue, count(*) AS n FROM jobs WHERE status = 'running' GROUP BY queue"
+    )
+    return {r["queue"]: r["n"] for r in rows}
+
+
+async def _claim(
+    conn: asyncpg.Connection, limit: int, now: float, token: str, expires: float, start: int
+) -> list[Job]:
+    queues = await _queue_rows(conn, lock_limited=True)
+    limited = any(st.concurrency_limit for st, _, _ in queues.values())
+    running = await _running_by_queue(conn) if limited else {}
+    candidates: list[tuple[str, list[int]]] = []
+    tokens: dict[str, float] = {}
+    for name in sorted(queues):
+        settings, bucket, bucket_at = queues[name]
+        if settings.rate_limit is not None:
+            tokens[name] = flow.refill(settings, bucket, bucket_at, now)
+        allowed = flow.budget(limit, settings, running.get(name, 0), tokens.get(name))
+        if allowed <= 0:
+            continue
+        rows = await conn.fetch(
+            """SELECT id FROM jobs WHERE status = 'pending' AND queue = $1 AND run_at <= $2
+                   AND (deadline IS NULL OR deadline >= $2)
+               ORDER BY priority DESC, run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED""",
+            name,
+            now,
+            allowed,
+        )
+        if rows:
+            candidates.append((name, [r["id"] for r in rows]))
+    chosen = flow.fair_share(candidates, limit, start % max(1, len(candidates)))
+    if not chosen:
+        return []
+    rows = await conn.fetch(
+        f"""UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = $1,
+               lease_token = $2, lease_expires_at = $3, cancel_requested = FALSE
+            WHERE id = ANY($4::bigint[]) RETURNING {JOB_COLUMNS}""",
+        now,
+        token,
+        expires,
+        chosen,
+    )
+    jobs = [_record_to_job(r) for r in rows]
+    for name, left in tokens.items():
+        taken = sum(1 for j in jobs if j.queue == name)
+        await conn.execute(
+            "UPDATE queues SET tokens = $1, tokens_at = $2 WHERE name = $3", left - taken, now, name
+        )
+    order = {job_id: i for i, job_id in enumerate(chosen)}
+    jobs.sort(key=lambda j: order[j.id])
+    return jobs
+
+
+async def _next_wake_at(conn: asyncpg.Connection, now: float) -> float | None:
+    wake = await conn.fetchval(
+        "SELECT min(run_at) FROM jobs WHERE status = 'pending' AND run_at > $1", now
+    )
+    candidates = [] if wake is None else [wake]
+    queues = await _queue_rows(conn)
+    running = await _running_by_queue(conn) if queues else {}
+    for name, (settings, bucket, bucket_at) in queues.items():
+        if settings.paused or (settings.rate_limit is None and settings.concurrency_limit is None):
+            continue
+        has_due = await conn.fetchval(
+            "SELECT 1 FROM jobs WHERE status = 'pending' AND queue = $1 AND run_at <= $2 LIMIT 1",
+            name,
+            now,
+        )
+        if not has_due:
+            continue
+        if (
+            settings.concurrency_limit is not None
+            and running.get(name, 0) >= settings.concurrency_limit
+        ):
+            candidates.append(now + CONCURRENCY_RECHECK_S)
+        elif settings.rate_limit is not None:
+            tokens = flow.refill(settings, bucket, bucket_at, now)
+            candidates.append(now + max(0.0, 1 - tokens) / settings.rate_limit)
+    return min(candidates) if candidates else None
+
+
+async def _queue_infos(conn: asyncpg.Connection, now: float, only: str | None) -> list[QueueInfo]:
+    queues = await _queue_rows(conn)
+    if only is not None:
+        queues = {k: v for k, v in queues.items() if k == only}
+    counts: dict[str, dict[str, int]] = {name: {s.value: 0 for s in JobState} for name in queues}
+    for r in await conn.fetch(
+        "SELECT queue, status, count(*) AS n FROM jobs GROUP BY queue, status"
+    ):
+        if r["queue"] in counts:
+            counts[r["queue"]][r["status"]] = r["n"]
+    infos = []
+    for name in sorted(queues):
+        settings, bucket, bucket_at = queues[name]
+        oldest = await conn.fetchval(
+            "SELECT min(run_at) FROM jobs WHERE status = 'pending' AND queue = $1 AND run_at <= $2",
+            name,
+            now,
+        )
+        tokens = (
+            flow.refill(settings, bucket, bucket_at, now)
+            if settings.rate_limit is not None
+            else None
+        )
+        infos.append(
+            QueueInfo(
+                name=name,
+                settings=settings,
+                counts=counts[name],
+                oldest_due_age_s=None if oldest is None else now - oldest,
+                rate_tokens=tokens,
+            )
+        )
+    return infos

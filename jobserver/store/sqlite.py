@@ -13,6 +13,7 @@ import asyncio
 import collections
 import contextlib
 import fcntl
+import itertools
 import os
 import secrets
 import sqlite3
@@ -23,17 +24,28 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from .. import codec
+from .. import codec, flow
 from ..errors import (
     Conflict,
     DatabaseInUse,
     JobServerError,
     NotFound,
+    QueueFull,
     SchemaError,
     StorageUnavailable,
     StoreError,
 )
-from ..models import Backoff, DeadLetter, Job, JobState, NewJob, error_info
+from ..models import (
+    Backoff,
+    DeadLetter,
+    Job,
+    JobState,
+    NewJob,
+    QueueInfo,
+    QueueSettings,
+    Schedule,
+    error_info,
+)
 from .base import Enqueued, JobFilter, LeaseReport, RescueReport, payload_fingerprint
 
 T = TypeVar("T")
@@ -68,7 +80,10 @@ MIGRATIONS: list[tuple[int, str]] = [
             lease_expires_at REAL,
             cancel_requested INTEGER NOT NULL DEFAULT 0 CHECK (cancel_requested IN (0, 1)),
             idempotency_key TEXT,
+            idempotency_expires_at REAL,
             payload_hash TEXT,
+            deadline REAL,
+            unique_key TEXT,
             CHECK (attempts >= 0 AND attempts <= max_retries + 1),
             -- a running job, and only a running job, holds a lease
             CHECK ((status = 'running') = (lease_token IS NOT NULL)),
@@ -78,13 +93,48 @@ MIGRATIONS: list[tuple[int, str]] = [
             CHECK ((status IN ('succeeded', 'failed', 'cancelled')) = (completed_at IS NOT NULL)),
             CHECK (status <> 'succeeded' OR attempts >= 1)
         ) STRICT;
-        -- claiming: due pending jobs by priority then run_at, read from a small partial index
-        CREATE INDEX jobs_claim ON jobs (priority DESC, run_at, id) WHERE status = 'pending';
+        -- claiming: a queue's due pending jobs by priority then run_at, from a partial index
+        CREATE INDEX jobs_claim ON jobs (queue, priority DESC, run_at, id)
+            WHERE status = 'pending';
         CREATE INDEX jobs_next_due ON jobs (run_at) WHERE status = 'pending';
+        CREATE INDEX jobs_deadline ON jobs (deadline)
+            WHERE status = 'pending' AND deadline IS NOT NULL;
         CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE status = 'running';
         CREATE INDEX jobs_status ON jobs (status, id);
+        CREATE INDEX jobs_finished ON jobs (completed_at)
+            WHERE status IN ('succeeded', 'failed', 'cancelled');
         CREATE UNIQUE INDEX jobs_idempotency ON jobs (idempotency_key)
             WHERE idempotency_key IS NOT NULL;
+        CREATE UNIQUE INDEX jobs_unique_live ON jobs (unique_key)
+            WHERE unique_key IS NOT NULL AND status IN ('pending', 'running');
+
+        CREATE TABLE queues (
+            name TEXT PRIMARY KEY,
+            paused INTEGER NOT NULL DEFAULT 0 CHECK (paused IN (0, 1)),
+            concurrency_limit INTEGER CHECK (concurrency_limit IS NULL OR concurrency_limit > 0),
+            rate_limit REAL CHECK (rate_limit IS NULL OR rate_limit > 0),
+            rate_burst REAL CHECK (rate_burst IS NULL OR rate_burst >= 1),
+            max_depth INTEGER CHECK (max_depth IS NULL OR max_depth > 0),
+            tokens REAL,
+            tokens_at REAL
+        ) STRICT;
+
+        CREATE TABLE schedules (
+            name TEXT PRIMARY KEY,
+            task TEXT NOT NULL,
+            args BLOB NOT NULL,
+            kwargs BLOB NOT NULL,
+            queue TEXT NOT NULL,
+            priority INTEGER NOT NULL,
+            cron TEXT NOT NULL,
+            timezone TEXT NOT NULL,
+            missed TEXT NOT NULL CHECK (missed IN ('skip', 'catch_up')),
+            paused INTEGER NOT NULL DEFAULT 0 CHECK (paused IN (0, 1)),
+            next_tick_at REAL NOT NULL,
+            last_tick_at REAL,
+            source TEXT NOT NULL CHECK (source IN ('api', 'task'))
+        ) STRICT;
+        CREATE INDEX schedules_due ON schedules (next_tick_at) WHERE paused = 0;
 
         CREATE TABLE dead_letters (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -98,6 +148,7 @@ MIGRATIONS: list[tuple[int, str]] = [
             failed_at REAL NOT NULL
         ) STRICT;
         CREATE INDEX dead_letters_job ON dead_letters (job_id);
+        CREATE INDEX dead_letters_failed_at ON dead_letters (failed_at);
         """,
     ),
 ]
@@ -105,11 +156,19 @@ MIGRATIONS: list[tuple[int, str]] = [
 JOB_COLUMNS = (
     "id, task, queue, args, kwargs, priority, status, attempts, max_retries, timeout_s, backoff,"
     " created_at, run_at, started_at, completed_at, result, error, progress, progress_message,"
-    " lease_token, lease_expires_at, cancel_requested, idempotency_key"
+    " lease_token, lease_expires_at, cancel_requested, idempotency_key, deadline, unique_key"
+)
+QUEUE_COLUMNS = (
+    "name, paused, concurrency_limit, rate_limit, rate_burst, max_depth, tokens, tokens_at"
+)
+SCHEDULE_COLUMNS = (
+    "name, task, args, kwargs, queue, priority, cron, timezone, missed, paused, next_tick_at,"
+    " last_tick_at, source"
 )
 DEAD_LETTER_COLUMNS = "id, job_id, task, queue, args, kwargs, error, attempts, failed_at"
 
 LEASE_LOST = "worker stopped renewing its lease (crashed or stalled)"
+EXPIRED = "expired: its deadline passed before it could start"
 
 _UNAVAILABLE_MARKERS = ("disk is full", "database is locked", "disk i/o error", "database is busy")
 
@@ -140,6 +199,8 @@ def _row_to_job(r: Sequence[Any]) -> Job:
         lease_expires_at=r[20],
         cancel_requested=bool(r[21]),
         idempotency_key=r[22],
+        deadline=r[23],
+        unique_key=r[24],
     )
 
 
@@ -290,6 +351,7 @@ class SQLiteStore:
         self._reader_conn: aiosqlite.Connection | None = None
         self._writer: _GroupCommitWriter | None = None
         self._lock_fd: int | None = None
+        self._turn = itertools.count()  # which queue goes first in a claim: rotates for fairness
 
     # -- opening and closing ----------------------------------------------------------------------
     async def open(self) -> None:
@@ -365,6 +427,9 @@ class SQLiteStore:
 
     def _configure_writer(self, conn: sqlite3.Connection) -> None:
         try:
+            if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+                # A new file: let pruning hand pages back (PRAGMA incremental_vacuum).
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             raise SchemaError(f"{self.path} is not a usable SQLite database: {exc}") from exc
@@ -396,7 +461,8 @@ class SQLiteStore:
         rows = [_insert_params(j, now) for j in jobs]
 
         def op(conn: sqlite3.Connection) -> list[Enqueued]:
-            return [_insert_one(conn, params) for params in rows]
+            _admit(conn, rows)
+            return [_insert_one(conn, params, now) for params in rows]
 
         result: list[Enqueued] = await self._write(op)
         return result
@@ -434,10 +500,9 @@ class SQLiteStore:
 
         return await self._read(fn)
 
-    async def next_run_at(self) -> float | None:
+    async def next_wake_at(self, now: float) -> float | None:
         def fn(conn: sqlite3.Connection) -> float | None:
-            row = conn.execute("SELECT min(run_at) FROM jobs WHERE status = 'pending'").fetchone()
-            return row[0] if row else None
+            return _next_wake_at(conn, now)
 
         return await self._read(fn)
 
@@ -453,19 +518,10 @@ class SQLiteStore:
     # -- the worker's side -----------------------------------------------------------------------
     async def claim(self, limit: int, now: float, lease_ttl_s: float) -> list[Job]:
         token = secrets.token_hex(8)
+        start = next(self._turn)
 
         def op(conn: sqlite3.Connection) -> list[Job]:
-            rows = conn.execute(
-                f"""UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = :now,
-                       lease_token = :token, lease_expires_at = :expires, cancel_requested = 0
-                    WHERE id IN (SELECT id FROM jobs WHERE status = 'pending' AND run_at <= :now
-                                 ORDER BY priority DESC, run_at, id LIMIT :limit)
-                    RETURNING {JOB_COLUMNS}""",
-                {"now": now, "token": token, "expires": now + lease_ttl_s, "limit": limit},
-            ).fetchall()
-            jobs = [_row_to_job(r) for r in rows]
-            jobs.sort(key=lambda j: (-j.priority, j.run_at, j.id))
-            return jobs
+            return _claim(conn, limit, now, token, now + lease_ttl_s, start)
 
         result: list[Job] = await self._write(op)
         return result
@@ -555,7 +611,9 @@ class SQLiteStore:
 
     async def rescue_expired(self, now: float) -> RescueReport:
         def op(conn: sqlite3.Connection) -> RescueReport:
-            return _rescue(conn, "status = 'running' AND lease_expires_at <= ?", (now,), now)
+            report = _rescue(conn, "status = 'running' AND lease_expires_at <= ?", (now,), now)
+            report.expired = _expire_overdue(conn, now)
+            return report
 
         result: RescueReport = await self._write(op)
         return result
@@ -663,6 +721,172 @@ class SQLiteStore:
         result: bool = await self._write(op)
         return result
 
+    # -- queues ---------------------------------------------------------------------------------
+    async def list_queues(self, now: float) -> list[QueueInfo]:
+        def fn(conn: sqlite3.Connection) -> list[QueueInfo]:
+            return _queue_infos(conn, now, None)
+
+        return await self._read(fn)
+
+    async def get_queue(self, name: str, now: float) -> QueueInfo | None:
+        def fn(conn: sqlite3.Connection) -> QueueInfo | None:
+            infos = _queue_infos(conn, now, name)
+            return infos[0] if infos else None
+
+        return await self._read(fn)
+
+    async def configure_queue(self, name: str, changes: dict[str, Any], now: float) -> QueueInfo:
+        unknown = set(changes) - set(QUEUE_SETTINGS)
+        if unknown:
+            raise ValueError(f"not queue settings: {sorted(unknown)}")
+
+        def op(conn: sqlite3.Connection) -> QueueInfo:
+            conn.execute("INSERT OR IGNORE INTO queues (name) VALUES (?)", (name,))
+            if changes:
+                sets = ", ".join(f"{column} = ?" for column in changes)
+                values = [int(v) if isinstance(v, bool) else v for v in changes.values()]
+                conn.execute(f"UPDATE queues SET {sets} WHERE name = ?", (*values, name))
+            return _queue_infos(conn, now, name)[0]
+
+        result: QueueInfo = await self._write(op)
+        return result
+
+    # -- schedules ------------------------------------------------------------------------------
+    async def save_schedule(self, schedule: Schedule, *, keep_next_tick: bool) -> Schedule:
+        """Insert or replace a schedule; `keep_next_tick` keeps a stored one's next tick when
+        its cron and zone are unchanged (a restart must not move or repeat a tick)."""
+        row = _schedule_params(schedule)
+
+        def op(conn: sqlite3.Connection) -> Schedule:
+            old = conn.execute(
+                "SELECT cron, timezone, next_tick_at, last_tick_at FROM schedules WHERE name = ?",
+                (schedule.name,),
+            ).fetchone()
+            if old is not None and keep_next_tick and old[:2] == (schedule.cron, schedule.timezone):
+                row["next_tick_at"], row["last_tick_at"] = old[2], old[3]
+            conn.execute(
+                f"INSERT OR REPLACE INTO schedules ({SCHEDULE_COLUMNS})"
+                f" VALUES ({', '.join(':' + c for c in SCHEDULE_COLUMNS.split(', '))})",
+                row,
+            )
+            return _schedule_from_row(
+                conn.execute(
+                    f"SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = ?", (schedule.name,)
+                ).fetchone()
+            )
+
+        result: Schedule = await self._write(op)
+        return result
+
+    async def list_schedules(self) -> list[Schedule]:
+        def fn(conn: sqlite3.Connection) -> list[Schedule]:
+            rows = conn.execute(f"SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY name")
+            return [_schedule_from_row(r) for r in rows]
+
+        return await self._read(fn)
+
+    async def get_schedule(self, name: str) -> Schedule | None:
+        def fn(conn: sqlite3.Connection) -> Schedule | None:
+            row = conn.execute(
+                f"SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = ?", (name,)
+            ).fetchone()
+            return _schedule_from_row(row) if row else None
+
+        return await self._read(fn)
+
+    async def delete_schedule(self, name: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute("DELETE FROM schedules WHERE name = ?", (name,)).rowcount > 0
+
+        result: bool = await self._write(op)
+        return result
+
+    async def due_schedules(self, now: float) -> list[Schedule]:
+        def fn(conn: sqlite3.Connection) -> list[Schedule]:
+            rows = conn.execute(
+                f"SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE paused = 0 AND next_tick_at <= ?",
+                (now,),
+            )
+            return [_schedule_from_row(r) for r in rows]
+
+        return await self._read(fn)
+
+    async def next_schedule_at(self) -> float | None:
+        def fn(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(
+                "SELECT min(next_tick_at) FROM schedules WHERE paused = 0"
+            ).fetchone()
+            return row[0] if row else None
+
+        return await self._read(fn)
+
+    async def fire_schedule(
+        self, name: str, expected_tick: float, next_tick: float, jobs: Sequence[NewJob], now: float
+    ) -> list[int]:
+        """Move the schedule from `expected_tick` to `next_tick` and enqueue its jobs, in one
+        transaction; nothing when another process moved it first (each tick runs once)."""
+        rows = [_insert_params(j, now) for j in jobs]
+
+        def op(conn: sqlite3.Connection) -> list[int]:
+            moved = conn.execute(
+                "UPDATE schedules SET next_tick_at = ?, last_tick_at = ?"
+                " WHERE name = ? AND next_tick_at = ?",
+                (next_tick, expected_tick, name, expected_tick),
+            ).rowcount
+            if not moved:
+                return []
+            _admit(conn, rows)
+            return [_insert_one(conn, row, now).job.id for row in rows]
+
+        result: list[int] = await self._write(op)
+        return result
+
+    # -- retention ------------------------------------------------------------------------------
+    async def prune(self, finished_before: float, failed_before: float, limit: int) -> int:
+        """Delete up to `limit` old terminal jobs and dead letters; returns how many went."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            deleted = 0
+            for statuses, before in (
+                (("succeeded", "cancelled"), finished_before),
+                (("failed",), failed_before),
+            ):
+                marks = ", ".join("?" * len(statuses))
+                deleted += conn.execute(
+                    f"""DELETE FROM jobs WHERE id IN (
+                            SELECT id FROM jobs WHERE status IN ({marks}) AND completed_at < ?
+                            ORDER BY completed_at LIMIT ?)""",
+                    (*statuses, before, limit),
+                ).rowcount
+            deleted += conn.execute(
+                "DELETE FROM dead_letters WHERE id IN"
+                " (SELECT id FROM dead_letters WHERE failed_at < ? ORDER BY failed_at LIMIT ?)",
+                (failed_before, limit),
+            ).rowcount
+            return deleted
+
+        result: int = await self._write(op)
+        return result
+
+    async def reclaim_space(self, pages: int) -> None:
+        """Give freed pages back to the file system, a few at a time (auto_vacuum=INCREMENTAL)."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
+
+        await self._write(op)
+
+    async def delete_job(self, job_id: int) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no job {job_id}")
+            if row[0] not in ("succeeded", "failed", "cancelled"):
+                raise Conflict(f"job {job_id} is {row[0]}: only finished jobs can be deleted")
+            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+        await self._write(op)
+
     async def check_writable(self) -> None:
         def op(conn: sqlite3.Connection) -> None:
             conn.execute("SELECT 1")
@@ -717,6 +941,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 def _insert_params(job: NewJob, now: float) -> dict[str, Any]:
     backoff = job.backoff
+    key = job.idempotency_key
     return {
         "task": job.task,
         "queue": job.queue,
@@ -732,28 +957,66 @@ def _insert_params(job: NewJob, now: float) -> dict[str, Any]:
         else None,
         "created_at": now,
         "run_at": job.run_at if job.run_at is not None else now,
-        "idempotency_key": job.idempotency_key,
-        "payload_hash": payload_fingerprint(job) if job.idempotency_key is not None else None,
+        "idempotency_key": key,
+        "idempotency_expires_at": now + job.idempotency_window_s if key is not None else None,
+        "payload_hash": payload_fingerprint(job) if key is not None else None,
+        "deadline": job.deadline,
+        "unique_key": job.unique_key,
     }
 
 
-def _insert_one(conn: sqlite3.Connection, params: dict[str, Any]) -> Enqueued:
+def _admit(conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Register the jobs' queues, and refuse the whole batch if one would pass its max depth."""
+    adding: dict[str, int] = {}
+    for row in rows:
+        adding[row["queue"]] = adding.get(row["queue"], 0) + 1
+    conn.executemany("INSERT OR IGNORE INTO queues (name) VALUES (?)", [(q,) for q in adding])
+    for queue, count in adding.items():
+        (max_depth,) = conn.execute(
+            "SELECT max_depth FROM queues WHERE name = ?", (queue,)
+        ).fetchone()
+        if max_depth is None:
+            continue
+        (depth,) = conn.execute(
+            "SELECT count(*) FROM jobs WHERE status = 'pending' AND queue = ?", (queue,)
+        ).fetchone()
+        if depth + count > max_depth:
+            raise QueueFull(queue, max_depth)
+
+
+def _insert_one(conn: sqlite3.Connection, params: dict[str, Any], now: float) -> Enqueued:
     key = params["idempotency_key"]
     if key is not None:
         row = conn.execute(
-            f"SELECT {JOB_COLUMNS}, payload_hash FROM jobs WHERE idempotency_key = ?", (key,)
+            f"SELECT {JOB_COLUMNS}, payload_hash, idempotency_expires_at FROM jobs"
+            " WHERE idempotency_key = ?",
+            (key,),
         ).fetchone()
         if row is not None:
-            if row[-1] != params["payload_hash"]:
+            if row[-1] is not None and row[-1] <= now:  # past its window: the key is free again
+                conn.execute("UPDATE jobs SET idempotency_key = NULL WHERE id = ?", (row[0],))
+            elif row[-2] != params["payload_hash"]:
                 raise Conflict(
                     f"idempotency key {key!r} was used for job {row[0]} with a different payload"
                 )
-            return Enqueued(_row_to_job(row[:-1]), created=False)
+            else:
+                return Enqueued(_row_to_job(row[:-2]), created=False)
+    unique = params["unique_key"]
+    if unique is not None:
+        row = conn.execute(
+            f"SELECT {JOB_COLUMNS} FROM jobs"
+            " WHERE unique_key = ? AND status IN ('pending', 'running')",
+            (unique,),
+        ).fetchone()
+        if row is not None:
+            return Enqueued(_row_to_job(row), created=False)
     row = conn.execute(
         f"""INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries, timeout_s,
-               backoff, created_at, run_at, idempotency_key, payload_hash)
+               backoff, created_at, run_at, idempotency_key, idempotency_expires_at,
+               payload_hash, deadline, unique_key)
            VALUES (:task, :queue, :args, :kwargs, :priority, 'pending', :max_retries, :timeout_s,
-               :backoff, :created_at, :run_at, :idempotency_key, :payload_hash)
+               :backoff, :created_at, :run_at, :idempotency_key, :idempotency_expires_at,
+               :payload_hash, :deadline, :unique_key)
            RETURNING {JOB_COLUMNS}""",
         params,
     ).fetchone()
@@ -779,6 +1042,23 @@ def _fail_for_good(
     return len(rows)
 
 
+def _expire_overdue(conn: sqlite3.Connection, now: float) -> list[int]:
+    """Pending jobs past their deadline will never start: failed, reason `expired`."""
+    overdue = [
+        r[0]
+        for r in conn.execute(
+            "SELECT id FROM jobs WHERE status = 'pending' AND deadline IS NOT NULL"
+            " AND deadline < ?",
+            (now,),
+        )
+    ]
+    if overdue:
+        error = codec.dumps(error_info(None, type_="expired", message=EXPIRED))
+        marks = ", ".join("?" * len(overdue))
+        _fail_for_good(conn, f"id IN ({marks}) AND status = 'pending'", tuple(overdue), error, now)
+    return overdue
+
+
 def _rescue(
     conn: sqlite3.Connection, where: str, params: tuple[Any, ...], now: float
 ) -> RescueReport:
@@ -802,3 +1082,162 @@ def _rescue(
         _fail_for_good(conn, "id = ? AND status = 'running'", (job_id,), error, now)
         report.dead_lettered.append(job_id)
     return report
+
+
+def _queue_rows(
+    conn: sqlite3.Connection,
+) -> dict[str, tuple[QueueSettings, float | None, float | None]]:
+    """Every queue's settings and bucket state: name -> (settings, tokens, tokens_at)."""
+    queues = {}
+    for r in conn.execute(f"SELECT {QUEUE_COLUMNS} FROM queues"):
+        row = dict(zip(QUEUE_COLUMNS.split(", "), r, strict=True))
+        queues[row["name"]] = (flow.settings_from_row(row), row["tokens"], row["tokens_at"])
+    return queues
+
+
+def _running_by_queue(conn: sqlite3.Connection) -> dict[str, int]:
+    return dict(
+        conn.execute("SELECT queue, count(*) FROM jobs WHERE status = 'running' GROUP BY queue")
+    )
+
+
+def _claim(
+    conn: sqlite3.Connection, limit: int, now: float, token: str, expires: float, start: int
+) -> list[Job]:
+    """Take due jobs: each queue's within its budget (pause, concurrency, rate), shared fairly."""
+    queues = _queue_rows(conn)
+    limited = any(settings.concurrency_limit for settings, _, _ in queues.values())
+    running = _running_by_queue(conn) if limited else {}
+    candidates: list[tuple[str, list[int]]] = []
+    tokens: dict[str, float] = {}
+    for name in sorted(queues):
+        settings, bucket, bucket_at = queues[name]
+        if settings.rate_limit is not None:
+            tokens[name] = flow.refill(settings, bucket, bucket_at, now)
+        allowed = flow.budget(limit, settings, running.get(name, 0), tokens.get(name))
+        if allowed <= 0:
+            continue
+        ids = [
+            r[0]
+            for r in conn.execute(
+                """SELECT id FROM jobs WHERE status = 'pending' AND queue = ? AND run_at <= ?
+                       AND (deadline IS NULL OR deadline >= ?)
+                   ORDER BY priority DESC, run_at, id LIMIT ?""",
+                (name, now, now, allowed),
+            )
+        ]
+        if ids:
+            candidates.append((name, ids))
+    chosen = flow.fair_share(candidates, limit, start % max(1, len(candidates)))
+    if not chosen:
+        return []
+    marks = ", ".join("?" * len(chosen))
+    rows = conn.execute(
+        f"""UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?,
+               lease_token = ?, lease_expires_at = ?, cancel_requested = 0
+            WHERE id IN ({marks}) RETURNING {JOB_COLUMNS}""",
+        (now, token, expires, *chosen),
+    ).fetchall()
+    jobs = [_row_to_job(r) for r in rows]
+    for name, left in tokens.items():
+        taken = sum(1 for j in jobs if j.queue == name)
+        conn.execute(
+            "UPDATE queues SET tokens = ?, tokens_at = ? WHERE name = ?", (left - taken, now, name)
+        )
+    order = {job_id: i for i, job_id in enumerate(chosen)}
+    jobs.sort(key=lambda j: order[j.id])
+    return jobs
+
+
+CONCURRENCY_RECHECK_S = 1.0  # how soon to look again at a queue held by its concurrency limit
+
+
+def _next_wake_at(conn: sqlite3.Connection, now: float) -> float | None:
+    """When the dispatcher should next try to claim, given what is pending and every limit."""
+    (wake,) = conn.execute(
+        "SELECT min(run_at) FROM jobs WHERE status = 'pending' AND run_at > ?", (now,)
+    ).fetchone()
+    candidates = [] if wake is None else [wake]
+    queues = _queue_rows(conn)
+    running = _running_by_queue(conn) if queues else {}
+    for name, (settings, bucket, bucket_at) in queues.items():
+        if settings.paused or (settings.rate_limit is None and settings.concurrency_limit is None):
+            continue
+        has_due = conn.execute(
+            "SELECT 1 FROM jobs WHERE status = 'pending' AND queue = ? AND run_at <= ? LIMIT 1",
+            (name, now),
+        ).fetchone()
+        if not has_due:
+            continue
+        if (
+            settings.concurrency_limit is not None
+            and running.get(name, 0) >= settings.concurrency_limit
+        ):
+            candidates.append(now + CONCURRENCY_RECHECK_S)
+        elif settings.rate_limit is not None:
+            tokens = flow.refill(settings, bucket, bucket_at, now)
+            candidates.append(now + max(0.0, 1 - tokens) / settings.rate_limit)
+    return min(candidates) if candidates else None
+
+
+QUEUE_SETTINGS = ("paused", "concurrency_limit", "rate_limit", "rate_burst", "max_depth")
+
+
+def _queue_infos(conn: sqlite3.Connection, now: float, only: str | None) -> list[QueueInfo]:
+    queues = _queue_rows(conn)
+    if only is not None:
+        queues = {k: v for k, v in queues.items() if k == only}
+    counts: dict[str, dict[str, int]] = {name: {s.value: 0 for s in JobState} for name in queues}
+    for queue, status, n in conn.execute(
+        "SELECT queue, status, count(*) FROM jobs GROUP BY queue, status"
+    ):
+        if queue in counts:
+            counts[queue][status] = n
+    infos = []
+    for name in sorted(queues):
+        settings, bucket, bucket_at = queues[name]
+        (oldest,) = conn.execute(
+            "SELECT min(run_at) FROM jobs WHERE status = 'pending' AND queue = ? AND run_at <= ?",
+            (name, now),
+        ).fetchone()
+        tokens = (
+            flow.refill(settings, bucket, bucket_at, now)
+            if settings.rate_limit is not None
+            else None
+        )
+        infos.append(
+            QueueInfo(
+                name=name,
+                settings=settings,
+                counts=counts[name],
+                oldest_due_age_s=None if oldest is None else now - oldest,
+                rate_tokens=tokens,
+            )
+        )
+    return infos
+
+
+def _schedule_params(schedule: Schedule) -> dict[str, Any]:
+    return {
+        "name": schedule.name,
+        "task": schedule.task,
+        "args": codec.dumps(schedule.args),
+        "kwargs": codec.dumps(schedule.kwargs),
+        "queue": schedule.queue,
+        "priority": schedule.priority,
+        "cron": schedule.cron,
+        "timezone": schedule.timezone,
+        "missed": schedule.missed,
+        "paused": int(schedule.paused),
+        "next_tick_at": schedule.next_tick_at,
+        "last_tick_at": schedule.last_tick_at,
+        "source": schedule.source,
+    }
+
+
+def _schedule_from_row(r: Sequence[Any]) -> Schedule:
+    row = dict(zip(SCHEDULE_COLUMNS.split(", "), r, strict=True))
+    row["args"] = codec.loads(row["args"])
+    row["kwargs"] = codec.loads(row["kwargs"])
+    row["paused"] = bool(row["paused"])
+    return Schedule(**row)

@@ -1,0 +1,102 @@
+"""Flow control across queues: token buckets, per-queue budgets for a claim, fair shares,
+and why a pending job waits. Pure: no I/O; the stores call it inside their claim."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .models import Job, JobState, QueueSettings
+
+
+def bucket_size(settings: QueueSettings) -> float:
+    if settings.rate_burst is not None:
+        return settings.rate_burst
+    return max(1.0, settings.rate_limit or 1.0)
+
+
+def refill(
+    settings: QueueSettings, tokens: float | None, tokens_at: float | None, now: float
+) -> float:
+    """Tokens in a queue's bucket at `now`; a bucket never seen before starts full."""
+    size = bucket_size(settings)
+    if tokens is None or tokens_at is None or settings.rate_limit is None:
+        return size
+    return min(size, tokens + max(0.0, now - tokens_at) * settings.rate_limit)
+
+
+def budget(limit: int, settings: QueueSettings, running: int, tokens: float | None) -> int:
+    """How many jobs one claim may start from this queue."""
+    if settings.paused:
+        return 0
+    allowed = limit
+    if settings.concurrency_limit is not None:
+        allowed = min(allowed, settings.concurrency_limit - running)
+    if settings.rate_limit is not None and tokens is not None:
+        allowed = min(allowed, math.floor(tokens + 1e-9))
+    return max(0, allowed)
+
+
+def fair_share(
+    candidates: Sequence[tuple[str, Sequence[int]]], limit: int, start: int
+) -> list[int]:
+    """Take up to `limit` job ids, one queue at a time in turn, starting at queue `start`:
+    a flood in one queue cannot starve the others. Each queue's list is in its own order."""
+    if not candidates:
+        return []
+    order = [candidates[(start + i) % len(candidates)] for i in range(len(candidates))]
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < limit:
+        took = False
+        for _, ids in order:
+            if depth < len(ids):
+                chosen.append(ids[depth])
+                took = True
+                if len(chosen) == limit:
+                    break
+        if not took:
+            break
+        depth += 1
+    return chosen
+
+
+def waiting_reason(
+    job: Job,
+    settings: QueueSettings,
+    running_in_queue: int,
+    tokens: float | None,
+    now: float,
+) -> dict[str, Any] | None:
+    """Why a pending job has not started, for GET /jobs/{id}; None for jobs not pending."""
+    if job.status != JobState.PENDING:
+        return None
+    if job.run_at > now:
+        return {"code": "scheduled", "message": "scheduled for later", "until": job.run_at}
+    if settings.paused:
+        return {"code": "queue_paused", "message": f"queue {job.queue!r} is paused"}
+    limit = settings.concurrency_limit
+    if limit is not None and running_in_queue >= limit:
+        return {
+            "code": "queue_concurrency_limit",
+            "message": f"queue {job.queue!r} is running {running_in_queue} of {limit} jobs",
+        }
+    if settings.rate_limit is not None and tokens is not None and tokens < 1:
+        wait_s = (1 - tokens) / settings.rate_limit
+        return {
+            "code": "queue_rate_limit",
+            "message": f"queue {job.queue!r} is at its rate limit of {settings.rate_limit:g}/s",
+            "until": now + wait_s,
+        }
+    return {"code": "due", "message": "due: waiting for a free worker slot"}
+
+
+def settings_from_row(row: Mapping[str, Any]) -> QueueSettings:
+    return QueueSettings(
+        paused=bool(row["paused"]),
+        concurrency_limit=row["concurrency_limit"],
+        rate_limit=row["rate_limit"],
+        rate_burst=row["rate_burst"],
+        max_depth=row["max_depth"],
+    )
