@@ -19,11 +19,11 @@ from typing import Any
 
 from aiohttp import web
 
+from . import flow
 from .builtin_tasks import DEFAULT_ALLOWED_HOSTS, HttpTask, builtin_specs
 from .clock import Clock, SystemClock
 from .errors import NotFound, ValidationError
 from .executor import Executor
-from . import flow
 from .models import (
     MISSED_TICK_POLICIES,
     Backoff,
@@ -35,12 +35,12 @@ from .models import (
     QueueSettings,
     Schedule,
 )
-from .store.base import Enqueued, JobFilter, Store
-from .store.sqlite import SQLiteStore
-from .tasks import Registry, TaskSpec, default_registry, load_task_modules
 from .retention import DAY_S, Retention
 from .schedule import check_cron, next_tick
 from .scheduler import Scheduler
+from .store.base import Enqueued, JobFilter, Store
+from .store.sqlite import SQLiteStore
+from .tasks import Registry, TaskSpec, default_registry, load_task_modules
 from .worker import Worker
 
 log = logging.getLogger(__name__)
