@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import logging
+import math
 import os
 import signal
+import sqlite3
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC
+from pathlib import Path
+from typing import Any, TextIO
 
+from .client import DEFAULT_URL, ApiError, Client, ClientError, ConnectionFailed, JobInfo
 from .config import (
     SETTINGS,
     ConfigError,
@@ -20,9 +29,10 @@ from .config import (
     is_loopback,
     load_settings,
 )
-from .errors import StoreError, ValidationError
+from .errors import DatabaseInUse, StoreError, ValidationError
 from .logs import configure_logging
-from .server import JobServer
+from .models import JobState
+from .server import JobServer, open_store
 
 log = logging.getLogger("jobserver")
 
@@ -43,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         if setting in ("tasks", "http_allow_hosts"):
             kwargs["action"] = "append"
         serve.add_argument(flag_name(setting), dest=setting, **kwargs)  # type: ignore[arg-type]
+    add_client_commands(commands)
+    add_database_commands(commands)
     return parser
 
 
@@ -116,6 +128,8 @@ def run(coro_settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "serve":
+        return run_command(args)
     try:
         settings = load_settings(vars(args), os.environ)
     except ConfigError as exc:
@@ -134,6 +148,463 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.shutdown()
         os._exit(code)
     return code
+
+
+# -- client commands: enqueue, get, wait, jobs, dead-letters, requeue, cancel --------------------
+EXIT_FAILED = 1
+PROGRESS_WIDTH = 30
+POLL_S = 1.0  # each long poll of `wait` lasts at most this long, so progress updates show
+MAX_ERROR_CELL = 60
+
+ClientHandler = Callable[[Client, argparse.Namespace], int]
+DatabaseHandler = Callable[[argparse.Namespace], int]
+
+
+def _json_arg(kind: type, what: str) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
+        if not isinstance(value, kind):
+            raise argparse.ArgumentTypeError(f"must be a JSON {what}, got {text!r}")
+        return value
+
+    return convert
+
+
+def _seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def add_client_commands(commands: Any) -> None:
+    """The commands that talk to a running server over HTTP with `jobserver.client.Client`."""
+    server = argparse.ArgumentParser(add_help=False)
+    group = server.add_argument_group("server")
+    group.add_argument(
+        "--url", help=f"the server's base URL (default {DEFAULT_URL}) [JOBSERVER_URL]"
+    )
+    group.add_argument(
+        "--token", help="API token, sent as 'Authorization: Bearer TOKEN' [JOBSERVER_TOKEN]"
+    )
+
+    def add(name: str, handler: ClientHandler, help_text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = commands.add_parser(
+            name, parents=[server], help=help_text, description=help_text
+        )
+        parser.set_defaults(client_handler=handler)
+        return parser
+
+    p = add("enqueue", cmd_enqueue, "enqueue a job and print its id")
+    p.add_argument("task", help="the task's name")
+    p.add_argument(
+        "--args",
+        type=_json_arg(list, "array"),
+        default=[],
+        metavar="JSON",
+        help="positional arguments as a JSON array, e.g. '[2, 3]'",
+    )
+    p.add_argument(
+        "--kwargs",
+        type=_json_arg(dict, "object"),
+        metavar="JSON",
+        help='keyword arguments as a JSON object, e.g. \'{"to": "a@example.com"}\'',
+    )
+    p.add_argument("--queue", metavar="Q", help="queue name (default: default)")
+    p.add_argument("--priority", type=int, metavar="N", help="-1000..1000, higher first")
+    p.add_argument("--delay", type=_seconds_arg, metavar="S", help="run in S seconds")
+    p.add_argument("--max-retries", type=int, metavar="N", help="retries after the first run")
+    p.add_argument("--timeout", type=_seconds_arg, metavar="S", help="seconds an attempt may run")
+    p.add_argument("--idempotency-key", metavar="K", help="enqueue at most once per key")
+    p.add_argument(
+        "--wait",
+        type=_seconds_arg,
+        nargs="?",
+        const=math.inf,
+        metavar="S",
+        help="wait for the job to end (at most S seconds, default no limit) and print it as"
+        " JSON; exit 1 unless it succeeded",
+    )
+
+    p = add("get", cmd_get, "print a job as JSON")
+    p.add_argument("id", type=int, help="the job's id")
+
+    p = add(
+        "wait",
+        cmd_wait,
+        "wait for a job to end, with a progress bar on stderr while it reports progress;"
+        " print it as JSON; exit 0 if it succeeded, 1 otherwise",
+    )
+    p.add_argument("id", type=int, help="the job's id")
+    p.add_argument("--timeout", type=_seconds_arg, metavar="S", help="give up after S seconds")
+
+    p = add("jobs", cmd_jobs, "list jobs, newest first, as a table")
+    p.add_argument("--status", choices=[s.value for s in JobState])
+    p.add_argument("--queue", metavar="Q")
+    p.add_argument("--task", metavar="TASK")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="1-1000 (default 50)")
+    p.add_argument("--cursor", metavar="C", help="the next_cursor of the previous page")
+
+    p = add("dead-letters", cmd_dead_letters, "list dead letters, newest first, as a table")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="1-1000 (default 50)")
+    p.add_argument("--cursor", metavar="C", help="the next_cursor of the previous page")
+
+    p = add("requeue", cmd_requeue, "enqueue a dead letter again as a new job; print its id")
+    p.add_argument("dead_letter_id", type=int, metavar="DEAD_LETTER_ID")
+
+    p = add("cancel", cmd_cancel, "cancel a job (a running one is asked to stop)")
+    p.add_argument("id", type=int, help="the job's id")
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _fail(message: str) -> int:
+    print(f"jobserver: {message}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [headers, *rows]
+    )
+
+
+def _utc(job_time: Any) -> str:
+    return str(job_time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+def _cell(text: str, limit: int = MAX_ERROR_CELL) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class ProgressBar:
+    """`job 7 [#########---------]  50% message` on stderr: redrawn in place on a terminal,
+    one line per change otherwise."""
+
+    def __init__(self, stream: TextIO, job_id: int) -> None:
+        self.stream = stream
+        self.job_id = job_id
+        self.tty = stream.isatty()
+        self._last: tuple[float, str | None] | None = None
+        self._width = 0
+
+    def show(self, job: JobInfo) -> None:
+        if job.progress is None:
+            return
+        state = (job.progress.fraction, job.progress.message)
+        if state == self._last:
+            return
+        self._last = state
+        fraction = min(1.0, max(0.0, job.progress.fraction))
+        filled = round(fraction * PROGRESS_WIDTH)
+        bar = "#" * filled + "-" * (PROGRESS_WIDTH - filled)
+        line = f"job {self.job_id} [{bar}] {fraction * 100:3.0f}%"
+        if job.progress.message:
+            line += f" {job.progress.message}"
+        if self.tty:
+            self.stream.write("\r" + line.ljust(self._width))
+            self._width = len(line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def finish(self, job: JobInfo) -> None:
+        """Draw the job's last progress if a bar is up (so it ends at 100 % on success)."""
+        if self._last is not None:
+            self.show(job)
+
+    def done(self) -> None:
+        if self.tty and self._last is not None:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def wait_with_progress(client: Client, job_id: int, timeout_s: float | None) -> JobInfo:
+    """Long-poll the job a second at a time until it ends or `timeout_s` passes, drawing its
+    progress on stderr."""
+    bar = ProgressBar(sys.stderr, job_id)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    try:
+        job = client.get(job_id)
+        while not job.is_terminal:
+            bar.show(job)
+            left = POLL_S if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                break
+            job = client.get(job_id, wait_s=min(POLL_S, left))
+        bar.finish(job)
+    finally:
+        bar.done()
+    return job
+
+
+def _report_end(job: JobInfo, timeout_s: float | None) -> int:
+    """Print the job as JSON; exit 0 if it succeeded, else 1 with a line on stderr."""
+    _print_json(job.to_dict())
+    if job.status == JobState.SUCCEEDED:
+        return 0
+    if not job.is_terminal:
+        return _fail(f"job {job.id} is still {job.status} after {timeout_s:g} s")
+    return _fail(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
+
+
+def cmd_enqueue(client: Client, args: argparse.Namespace) -> int:
+    ref = client.enqueue(
+        args.task,
+        args.args,
+        args.kwargs,
+        queue=args.queue,
+        priority=args.priority,
+        delay_s=args.delay,
+        max_retries=args.max_retries,
+        timeout_s=args.timeout,
+        idempotency_key=args.idempotency_key,
+    )
+    if args.wait is None:
+        print(ref.id)
+        return 0
+    timeout_s = None if math.isinf(args.wait) else args.wait
+    return _report_end(wait_with_progress(client, ref.id, timeout_s), timeout_s)
+
+
+def cmd_get(client: Client, args: argparse.Namespace) -> int:
+    _print_json(client.get(args.id).to_dict())
+    return 0
+
+
+def cmd_wait(client: Client, args: argparse.Namespace) -> int:
+    return _report_end(wait_with_progress(client, args.id, args.timeout), args.timeout)
+
+
+def _more(cursor: str | None) -> None:
+    if cursor is not None:
+        print(f"(more: --cursor {cursor})", file=sys.stderr)
+
+
+def cmd_jobs(client: Client, args: argparse.Namespace) -> int:
+    page = client.list_jobs(
+        status=args.status, queue=args.queue, task=args.task, limit=args.limit, cursor=args.cursor
+    )
+    rows = [
+        [str(j.id), j.task, j.queue, j.status.value, str(j.attempts), _utc(j.created_at)]
+        for j in page.items
+    ]
+    if rows:
+        print(_table(["ID", "TASK", "QUEUE", "STATUS", "ATTEMPTS", "CREATED"], rows))
+    else:
+        print("no jobs", file=sys.stderr)
+    _more(page.next_cursor)
+    return 0
+
+
+def cmd_dead_letters(client: Client, args: argparse.Namespace) -> int:
+    page = client.dead_letters(limit=args.limit, cursor=args.cursor)
+    rows = [
+        [
+            str(d.id),
+            str(d.job_id),
+            d.task,
+            d.queue,
+            str(d.attempts),
+            _utc(d.failed_at),
+            _cell(str(d.error)) if d.error else "",
+        ]
+        for d in page.items
+    ]
+    if rows:
+        headers = ["ID", "JOB", "TASK", "QUEUE", "ATTEMPTS", "FAILED", "ERROR"]
+        print(_table(headers, rows))
+    else:
+        print("no dead letters", file=sys.stderr)
+    _more(page.next_cursor)
+    return 0
+
+
+def cmd_requeue(client: Client, args: argparse.Namespace) -> int:
+    print(client.requeue_dead_letter(args.dead_letter_id))
+    return 0
+
+
+def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
+    job = client.cancel(args.id)
+    if job.status == JobState.CANCELLED:
+        print(f"job {job.id} cancelled")
+    else:
+        print(f"job {job.id} is {job.status}: asked to stop; it ends cancelled once its task stops")
+    return 0
+
+
+# -- database commands: migrate, backup -----------------------------------------------------------
+def add_database_commands(commands: Any) -> None:
+    db = argparse.ArgumentParser(add_help=False)
+    db.add_argument(
+        "--db", help=f"SQLite database file (default {Settings().db}) [{env_name('db')}]"
+    )
+    p = commands.add_parser(
+        "migrate",
+        parents=[db],
+        help="apply the database's schema migrations and print its schema version",
+        description="Open the database, apply the migrations it has not had, close it. The"
+        " server does the same when it starts; a database a server is using is refused.",
+    )
+    p.set_defaults(db_handler=cmd_migrate)
+    p = commands.add_parser(
+        "backup",
+        parents=[db],
+        help="copy the database, safely while a server is using it",
+        description="Copy the database with SQLite's online backup API (a consistent snapshot;"
+        " the server keeps running), then check the copy with PRAGMA integrity_check.",
+    )
+    p.add_argument("path", help="where to write the copy (must not exist yet)")
+    p.set_defaults(db_handler=cmd_backup)
+
+
+class NotSQLite(ConfigError):
+    """`migrate` and `backup` work on SQLite files only."""
+
+
+def _db_path(args: argparse.Namespace) -> str:
+    """--db, else JOBSERVER_DB, else the default: as `serve` reads it."""
+    environ = {k: v for k, v in os.environ.items() if k == env_name("db")}
+    db = load_settings({"db": args.db}, environ).db
+    if db.startswith(("postgres://", "postgresql://")):
+        raise NotSQLite(
+            f"{args.command} works on SQLite files; for PostgreSQL, the server applies"
+            " migrations when it starts, and pg_dump makes backups"
+        )
+    return db
+
+
+def _connect_existing(path: Path) -> sqlite3.Connection:
+    """A connection that only reads, to a file that must exist. Not `mode=ro`: a read-only
+    connection that is the last to close leaves the -wal and -shm files behind."""
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True)
+
+
+def _schema_version(path: Path) -> int | None:
+    if not path.is_file():
+        return None
+    try:
+        with contextlib.closing(_connect_existing(path)) as conn:
+            row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    except sqlite3.Error:
+        return None
+    return None if row is None or row[0] is None else int(row[0])
+
+
+async def _open_and_close(db: str) -> None:
+    store = open_store(db)
+    await store.open()  # applies the migrations
+    await store.close()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    db = Path(_db_path(args))
+    existed = db.exists()
+    before = _schema_version(db)
+    try:
+        asyncio.run(_open_and_close(str(db)))
+    except DatabaseInUse as exc:
+        return _fail(f"{exc}; stop it first (the server applies migrations when it starts)")
+    except (StoreError, ValidationError) as exc:
+        return _fail(f"cannot migrate {db}: {exc}")
+    after = _schema_version(db)
+    if not existed:
+        print(f"{db}: new database at schema version {after}")
+    elif before == after:
+        print(f"{db}: schema version {after} (up to date)")
+    else:
+        print(f"{db}: schema version {after} (migrated from {before or 0})")
+    return 0
+
+
+def _counts(conn: sqlite3.Connection) -> str:
+    try:
+        jobs = conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
+        dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+    except sqlite3.Error:
+        return ""
+    return f"; jobs: {jobs}, dead letters: {dead}"
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    source_path = Path(_db_path(args))
+    dest = Path(args.path)
+    if not source_path.is_file():
+        return _fail(f"no database at {source_path}")
+    if dest.exists():
+        return _fail(f"{dest} already exists; give a path that does not")
+    partial = dest.with_name(dest.name + ".partial")
+    try:
+        partial.unlink(missing_ok=True)
+        with contextlib.closing(_connect_existing(source_path)) as source:
+            source.execute("PRAGMA busy_timeout=5000")
+            with contextlib.closing(sqlite3.connect(partial)) as copy:
+                # One step: a single read transaction, so the copy is one consistent snapshot
+                # (WAL lets the server keep writing meanwhile).
+                source.backup(copy)
+                copy.execute("PRAGMA journal_mode=DELETE")  # the copy is one self-contained file
+        with contextlib.closing(sqlite3.connect(partial)) as copy:
+            check = [row[0] for row in copy.execute("PRAGMA integrity_check")]
+            counts = _counts(copy)
+    except (sqlite3.Error, OSError) as exc:
+        partial.unlink(missing_ok=True)
+        return _fail(f"cannot back up {source_path} to {dest}: {exc}")
+    if check != ["ok"]:
+        partial.unlink(missing_ok=True)
+        return _fail(f"the copy of {source_path} failed its integrity check: {'; '.join(check)}")
+    partial.rename(dest)
+    print(f"{dest}: copy of {source_path}, {dest.stat().st_size} bytes{counts}")
+    print("integrity_check: ok")
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Every command but `serve`."""
+    try:
+        if hasattr(args, "db_handler"):
+            try:
+                handler: DatabaseHandler = args.db_handler
+                return handler(args)
+            except ConfigError as exc:
+                print(f"jobserver: {exc}", file=sys.stderr)
+                return EXIT_CONFIG
+        url, source = args.url, "--url"
+        if url is None:
+            url, source = os.environ.get("JOBSERVER_URL") or DEFAULT_URL, "JOBSERVER_URL"
+        token = args.token if args.token is not None else os.environ.get("JOBSERVER_TOKEN")
+        try:
+            client = Client(url, token or None)
+        except ValueError as exc:
+            print(f"jobserver: {source}: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        with client:
+            client_handler: ClientHandler = args.client_handler
+            return client_handler(client, args)
+    except ConnectionFailed as exc:
+        return _fail(str(exc))
+    except ApiError as exc:
+        return _fail(str(exc))  # "<code>: <message> (field: X)"
+    except ClientError as exc:
+        return _fail(str(exc))
+    except BrokenPipeError:
+        # stdout's reader left (`jobserver jobs | head -1`): quietly, without a second error
+        # when Python flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,419 @@
+"""The `jobserver` client and database commands, run as subprocesses against a real
+`jobserver serve` subprocess (with tests/cli_tasks.py) on a real SQLite file."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from jobserver import JobState
+from jobserver.client import Client, ClientError
+from jobserver.store.sqlite import MIGRATIONS
+
+REPO = Path(__file__).resolve().parent.parent
+READY_TIMEOUT_S = 20.0
+CLI_TIMEOUT_S = 30.0
+SCHEMA = MIGRATIONS[-1][0]  # the schema version `migrate` brings a database to
+BAR = re.compile(r"^job (\d+) \[([#-]{30})\] +(\d+)%(?: (.*))?$")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The test's environment without any JOBSERVER_* setting, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSERVER_")}
+    env.update(extra or {})
+    return env
+
+
+class ServeProcess:
+    """`python -m jobserver serve` on `db`, with the tasks of tests/cli_tasks.py."""
+
+    def __init__(self, db: Path, log_path: Path) -> None:
+        self.db = db
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 - closed in close()
+        command = [
+            sys.executable, "-m", "jobserver", "serve", "--db", str(db), "--port", str(self.port),
+            "--tasks", "tests.cli_tasks", "--grace-period", "1", "--log-level", "warning",
+        ]  # fmt: skip
+        try:
+            self.proc = subprocess.Popen(
+                command,
+                cwd=REPO,
+                env=clean_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+            )
+        except BaseException:
+            self._log.close()
+            raise
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self) -> None:
+        probe = Client(self.url, timeout_s=2)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not probe.health():
+            if self.proc.poll() is not None:
+                pytest.fail(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready after {READY_TIMEOUT_S} s:\n{self.output()}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        try:
+            if self.proc.poll() is None:
+                self.proc.terminate()  # drains; nothing is left running by then
+                try:
+                    self.proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+            self.proc.wait(timeout=15)
+        finally:
+            self._log.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    """One server for the module's tests; each test uses its own queue or jobs."""
+    folder = tmp_path_factory.mktemp("served")
+    server = ServeProcess(folder / "jobs.db", folder / "server.log")
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.close()
+
+
+def jobserver(
+    *args: str, url: str | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m jobserver ARGS` to completion; `url` goes in JOBSERVER_URL."""
+    extra = dict(env or {})
+    if url is not None:
+        extra["JOBSERVER_URL"] = url
+    return subprocess.run(
+        [sys.executable, "-m", "jobserver", *args],
+        cwd=REPO,
+        env=clean_env(extra),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+        check=False,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
+    return result.stdout
+
+
+def enqueue(served: ServeProcess, *args: str) -> int:
+    return int(ok(jobserver("enqueue", *args, url=served.url)).strip())
+
+
+def table(text: str) -> list[list[str]]:
+    return [line.split() for line in text.splitlines()]
+
+
+# -- enqueue, get, wait ---------------------------------------------------------------------------
+def test_enqueue_get_and_wait(served: ServeProcess) -> None:
+    job_id = enqueue(served, "echo", "--args", '["hi"]', "--queue", "cli")
+    got = json.loads(ok(jobserver("get", str(job_id), url=served.url)))
+    assert (got["id"], got["task"], got["queue"], got["args"]) == (job_id, "echo", "cli", ["hi"])
+
+    waited = jobserver("wait", str(job_id), "--timeout", "10", url=served.url)
+    done = json.loads(ok(waited))
+    assert (done["status"], done["result"], done["is_terminal"]) == ("succeeded", "hi", True)
+    assert waited.stderr == ""  # echo reports no progress: no bar
+
+    # --url beats JOBSERVER_URL; a token is sent (the server does not check tokens yet)
+    flagged = jobserver(
+        "get", str(job_id), "--url", served.url, "--token", "t0k", url="http://127.0.0.1:1"
+    )
+    assert json.loads(ok(flagged))["id"] == job_id
+
+
+def test_enqueue_with_options_and_wait(served: ServeProcess) -> None:
+    result = jobserver(
+        "enqueue", "sleep", "--args", "[0.1]", "--priority", "5", "--max-retries", "1",
+        "--timeout", "5", "--idempotency-key", f"cli-{uuid.uuid4()}", "--queue", "opts",
+        "--wait", "10", url=served.url,
+    )  # fmt: skip
+    job = json.loads(ok(result))
+    assert (job["status"], job["result"]) == ("succeeded", 0.1)
+    assert (job["priority"], job["max_retries"], job["timeout"], job["queue"]) == (
+        5,
+        1,
+        5.0,
+        "opts",
+    )
+
+    kwargs = json.loads(
+        ok(jobserver("enqueue", "echo", "--kwargs", '{"a": 1}', "--wait", url=served.url))
+    )
+    assert kwargs["result"] == {"args": [], "kwargs": {"a": 1}}
+
+    key = f"cli-{uuid.uuid4()}"
+    first = enqueue(served, "echo", "--delay", "600", "--idempotency-key", key)
+    assert enqueue(served, "echo", "--delay", "600", "--idempotency-key", key) == first
+
+
+def test_wait_draws_a_progress_bar(served: ServeProcess) -> None:
+    job_id = enqueue(served, "cli_progress")
+    result = jobserver("wait", str(job_id), "--timeout", "20", url=served.url)
+    assert json.loads(ok(result))["result"] == "done"
+    lines = result.stderr.splitlines()
+    bars = [BAR.match(line) for line in lines]
+    assert all(bars), lines
+    shown = [(int(m.group(3)), m.group(4)) for m in bars if m]
+    assert all(m.group(1) == str(job_id) for m in bars if m)
+    # polled a second at a time, a run of 2.4 s shows at least two of the three steps ...
+    steps = [s for s in shown if s[1] is not None and s[1].startswith("step")]
+    assert len(steps) >= 2, lines
+    assert steps == sorted(steps) and len(set(steps)) == len(steps), lines
+    assert all(s in {(25, "step 1"), (50, "step 2"), (75, "step 3")} for s in steps), lines
+    assert shown[-1] == (100, None)  # ... and ends full
+    assert bars[-1] is not None and bars[-1].group(2) == "#" * 30
+
+
+def test_a_failed_or_unfinished_job_exits_1(served: ServeProcess) -> None:
+    result = jobserver(
+        "enqueue", "cli_refuse", "--args", '["bad input"]', "--wait", "10", url=served.url
+    )
+    assert result.returncode == 1, result.stderr
+    job = json.loads(result.stdout)
+    assert job["status"] == "failed"
+    assert job["error"] == {"type": "PermanentError", "message": "bad input"}
+    assert result.stderr == f"jobserver: job {job['id']} failed: PermanentError: bad input\n"
+
+    later = enqueue(served, "echo", "--delay", "600")
+    started = time.monotonic()
+    result = jobserver("wait", str(later), "--timeout", "0.3", url=served.url)
+    assert time.monotonic() - started < 10
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["status"] == "pending"
+    assert result.stderr == f"jobserver: job {later} is still pending after 0.3 s\n"
+
+
+# -- tables ---------------------------------------------------------------------------------------
+def test_jobs_table(served: ServeProcess) -> None:
+    queue = f"table-{uuid.uuid4().hex[:8]}"
+    ids = [enqueue(served, "echo", "--queue", queue, "--delay", "600") for _ in range(3)]
+    rows = table(ok(jobserver("jobs", "--queue", queue, url=served.url)))
+    assert rows[0] == ["ID", "TASK", "QUEUE", "STATUS", "ATTEMPTS", "CREATED"]
+    assert [int(r[0]) for r in rows[1:]] == ids[::-1]
+    for row in rows[1:]:
+        assert row[1:5] == ["echo", queue, "pending", "0"]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", row[5]), row
+
+    paged = jobserver("jobs", "--queue", queue, "--limit", "2", url=served.url)
+    assert [int(r[0]) for r in table(ok(paged))[1:]] == [ids[2], ids[1]]
+    assert paged.stderr == f"(more: --cursor {ids[1]})\n"
+    rest = jobserver("jobs", "--queue", queue, "--cursor", str(ids[1]), url=served.url)
+    assert [int(r[0]) for r in table(ok(rest))[1:]] == [ids[0]]
+
+    none = jobserver(
+        "jobs", "--queue", queue, "--status", "succeeded", "--task", "echo", url=served.url
+    )
+    assert (ok(none), none.stderr) == ("", "no jobs\n")
+    assert jobserver("jobs", "--status", "sleeping", url=served.url).returncode == 2
+
+
+def test_dead_letters_and_requeue(served: ServeProcess) -> None:
+    reason = f"refused {uuid.uuid4().hex[:6]}"
+    result = jobserver(
+        "enqueue", "cli_refuse", "--args", json.dumps([reason]), "--wait", "10", url=served.url
+    )
+    assert result.returncode == 1, result.stderr
+    job_id = json.loads(result.stdout)["id"]
+
+    out = ok(jobserver("dead-letters", "--limit", "1000", url=served.url))
+    lines = out.splitlines()
+    assert lines[0].split() == ["ID", "JOB", "TASK", "QUEUE", "ATTEMPTS", "FAILED", "ERROR"]
+    [line] = [ln for ln in lines[1:] if ln.split()[1] == str(job_id)]
+    dead_letter_id, _, task, queue, attempts, _failed, *error = line.split()
+    assert (task, queue, attempts) == ("cli_refuse", "default", "1")
+    assert " ".join(error) == f"PermanentError: {reason}"
+
+    new_id = int(ok(jobserver("requeue", dead_letter_id, url=served.url)).strip())
+    assert new_id > job_id
+    requeued = json.loads(ok(jobserver("get", str(new_id), url=served.url)))
+    assert (requeued["task"], requeued["args"]) == ("cli_refuse", [reason])
+
+    again = jobserver("requeue", dead_letter_id, url=served.url)
+    assert again.returncode == 1
+    assert again.stderr == f"jobserver: not_found: no dead letter {dead_letter_id}\n"
+
+
+def test_cancel(served: ServeProcess) -> None:
+    later = enqueue(served, "echo", "--delay", "600")
+    assert ok(jobserver("cancel", str(later), url=served.url)) == f"job {later} cancelled\n"
+    assert json.loads(ok(jobserver("get", str(later), url=served.url)))["status"] == "cancelled"
+
+    running = enqueue(served, "sleep", "--args", "[30]")
+    client = Client(served.url, timeout_s=10)
+    deadline = time.monotonic() + 10
+    while client.get(running).status != JobState.RUNNING:
+        assert time.monotonic() < deadline, "the sleep job never started"
+        time.sleep(0.02)
+    out = ok(jobserver("cancel", str(running), url=served.url))
+    assert out.startswith(f"job {running} "), out
+    waited = jobserver("wait", str(running), "--timeout", "10", url=served.url)
+    assert waited.returncode == 1
+    assert json.loads(waited.stdout)["status"] == "cancelled"
+
+    done = json.loads(ok(jobserver("enqueue", "echo", "--wait", "10", url=served.url)))["id"]
+    refused = jobserver("cancel", str(done), url=served.url)
+    assert refused.returncode == 1
+    assert refused.stderr == f"jobserver: conflict: job {done} is already succeeded\n"
+
+
+# -- errors ---------------------------------------------------------------------------------------
+def test_api_errors_print_one_line(served: ServeProcess) -> None:
+    missing = jobserver("get", "987654", url=served.url)
+    assert (missing.returncode, missing.stdout) == (1, "")
+    assert missing.stderr == "jobserver: not_found: no job 987654\n"
+
+    invalid = jobserver("enqueue", "echo", "--priority", "5000", url=served.url)
+    assert invalid.returncode == 1
+    assert invalid.stderr == (
+        "jobserver: invalid: must be between -1000 and 1000 (field: priority)\n"
+    )
+    unknown = jobserver("enqueue", "nope", url=served.url)
+    assert unknown.stderr == "jobserver: invalid: unknown task 'nope' (field: task)\n"
+
+    bad_args = jobserver("enqueue", "echo", "--args", '{"a": 1}', url=served.url)
+    assert bad_args.returncode == 2
+    assert "must be a JSON array" in bad_args.stderr
+
+
+def test_an_unreachable_server(served: ServeProcess) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    for result in (
+        jobserver("jobs", url=url),  # from JOBSERVER_URL
+        jobserver("get", "1", "--url", url, url=served.url),  # --url beats it
+    ):
+        assert result.returncode == 1
+        assert result.stderr.startswith(f"jobserver: the server at {url} is not reachable"), (
+            result.stderr
+        )
+        assert "Traceback" not in result.stderr
+    bad = jobserver("jobs", url="localhost:8000")
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("jobserver: JOBSERVER_URL: "), bad.stderr
+
+
+# -- database commands ----------------------------------------------------------------------------
+def test_migrate(tmp_path: Path, served: ServeProcess) -> None:
+    db = tmp_path / "fresh.db"
+    assert (
+        ok(jobserver("migrate", "--db", str(db)))
+        == f"{db}: new database at schema version {SCHEMA}\n"
+    )
+    again = jobserver("migrate", env={"JOBSERVER_DB": str(db)})
+    assert ok(again) == f"{db}: schema version {SCHEMA} (up to date)\n"
+    assert not Path(f"{db}-wal").exists() and not Path(f"{db}-shm").exists()  # closed cleanly
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (SCHEMA,)
+
+    in_use = jobserver("migrate", "--db", str(served.db))
+    assert in_use.returncode == 1
+    assert in_use.stderr.startswith(f"jobserver: {served.db} is in use by another jobserver")
+    assert "stop it first" in in_use.stderr
+
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database\n" * 100)
+    refused = jobserver("migrate", "--db", str(garbage))
+    assert refused.returncode == 1
+    assert "not a usable" in refused.stderr and "Traceback" not in refused.stderr
+    assert jobserver("migrate", env={"JOBSERVER_DB": ""}).returncode == 2
+    postgres = jobserver("migrate", "--db", "postgresql://db.internal/jobs")
+    assert postgres.returncode == 2 and "works on SQLite files" in postgres.stderr
+
+
+def test_backup_while_the_server_runs(tmp_path: Path, served: ServeProcess) -> None:
+    queue = f"backup-{uuid.uuid4().hex[:8]}"
+    client = Client(served.url, timeout_s=10)
+    before = client.enqueue_batch(
+        [{"task": "echo", "args": [i], "queue": queue} for i in range(50)]
+    )
+
+    # Keep the server writing while the backup runs.
+    stop = threading.Event()
+    during: list[int] = []
+    failures: list[BaseException] = []
+
+    def writer() -> None:
+        while not stop.is_set():
+            try:
+                during.append(client.enqueue("echo", ["during"], queue=queue).id)
+            except ClientError as exc:
+                failures.append(exc)
+                return
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        copy = tmp_path / "copy.db"
+        result = jobserver("backup", str(copy), env={"JOBSERVER_DB": str(served.db)})
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not failures, failures
+    assert during, "the server took no writes while the backup ran"
+    out = ok(result).splitlines()
+    assert out[-1] == "integrity_check: ok"
+    assert out[0].startswith(f"{copy}: copy of {served.db}, "), out
+
+    with contextlib.closing(sqlite3.connect(copy)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+        rows = dict(conn.execute("SELECT id, queue FROM jobs WHERE queue = ?", (queue,)).fetchall())
+    assert set(before) <= rows.keys()
+    assert rows.keys() <= set(before) | set(during)  # a snapshot: no job the server lacks
+    assert (
+        ok(jobserver("migrate", "--db", str(copy)))
+        == f"{copy}: schema version {SCHEMA} (up to date)\n"
+    )
+
+    assert client.get(client.enqueue("echo", ["after"]).id, wait_s=10).result == "after"
+    exists = jobserver("backup", str(copy), "--db", str(served.db))
+    assert exists.returncode == 1 and "already exists" in exists.stderr
+    missing = jobserver("backup", str(tmp_path / "c2.db"), "--db", str(tmp_path / "none.db"))
+    assert missing.returncode == 1 and "no database at" in missing.stderr
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_help_lists_every_command() -> None:
+    result = jobserver("--help")
+    for command in (
+        "serve", "enqueue", "get", "wait", "jobs", "dead-letters", "requeue", "cancel",
+        "migrate", "backup",
+    ):  # fmt: skip
+        assert command in result.stdout
