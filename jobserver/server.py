@@ -146,6 +146,9 @@ class JobServer:
         if not self._started:
             return
         self._started = False
+        # Long-polls answer now with the job as it stands, so they don't hold the shutdown.
+        for job_id in list(self._waiters):
+            self._notify(job_id)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -156,11 +159,8 @@ class JobServer:
         await self._http_task.close()
         await self.store.close()
         self._thread_pool.shutdown(wait=False, cancel_futures=True)
-        for futures in self._waiters.values():
-            for fut in futures:
-                if not fut.done():
-                    fut.cancel()
-        self._waiters.clear()
+        for job_id in list(self._waiters):
+            self._notify(job_id)
 
     async def __aenter__(self) -> JobServer:
         await self.start()
@@ -422,7 +422,7 @@ class JobServer:
     async def wait_for(self, job_id: int, timeout_s: float | None = None) -> Job:
         """The job once it is terminal, or as it stands when `timeout_s` runs out."""
         job = await self.get_job(job_id)
-        if job.is_terminal or timeout_s == 0:
+        if job.is_terminal or timeout_s == 0 or not self._started:
             return job
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(job_id, []).append(fut)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import aiohttp
@@ -67,3 +69,23 @@ async def test_mounted_in_a_host_app(tmp_path: Path) -> None:
         await runner.cleanup()  # and stops with it: the database file is free again
     async with JobServer(db=tmp_path / "m.db", tasks=list(reg)) as again:
         assert (await again.get_job(created["id"])).status == JobState.SUCCEEDED
+
+
+async def test_an_open_long_poll_does_not_hold_up_shutdown(tmp_path: Path) -> None:
+    server = JobServer(db=tmp_path / "lp.db", tasks=list(reg))
+    await server.start()
+    [address] = await server.serve("127.0.0.1", 0)
+    job = await server.enqueue("shout", ["later"], delay_s=3600)
+    async with aiohttp.ClientSession() as session:
+        poll = asyncio.create_task(session.get(f"{address}/jobs/{job.id}?wait=60"))
+        await eventually(lambda: _waiting(server), lambda n: n == 1)
+        started = time.monotonic()
+        await server.stop()
+        assert time.monotonic() - started < 5  # not the 60 s the poll asked for
+        resp = await poll
+        assert resp.status == 200 and (await resp.json())["status"] == "pending"
+        resp.release()
+
+
+async def _waiting(server: JobServer) -> int:
+    return sum(len(w) for w in server._waiters.values())
