@@ -28,6 +28,7 @@ from .config import (
     flag_name,
     is_loopback,
     load_settings,
+    read_config_file,
 )
 from .errors import DatabaseInUse, StoreError, ValidationError
 from .logs import configure_logging
@@ -46,8 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="run the HTTP API and the workers",
-        description="Every flag can also be set by the environment variable shown.",
+        description="Every flag can also be set by the environment variable shown, or in a"
+        " TOML file given with --config. A flag beats the environment, which beats the file.",
     )
+    serve.add_argument("--config", default=None, help="a TOML file of settings [JOBSERVER_CONFIG]")
     for setting, (_convert, help_text) in SETTINGS.items():
         kwargs: dict[str, object] = {"default": None, "help": f"{help_text} [{env_name(setting)}]"}
         if setting in ("tasks", "http_allow_hosts"):
@@ -69,6 +72,10 @@ async def serve(settings: Settings) -> int:
             grace_period_s=settings.grace_period,
             http_allowed_hosts=settings.http_allow_hosts,
             max_body_bytes=settings.max_body_bytes,
+            rescue_interval_s=settings.rescue_interval,
+            idempotency_window_s=settings.idempotency_window,
+            keep_finished_s=settings.keep_finished_days * 86_400,
+            keep_failed_s=settings.keep_failed_days * 86_400,
         )
     except (ImportError, ValueError) as exc:
         log.error("cannot load tasks: %s: %s", type(exc).__name__, exc)
@@ -131,7 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "serve":
         return run_command(args)
     try:
-        settings = load_settings(vars(args), os.environ)
+        config_path = args.config or os.environ.get("JOBSERVER_CONFIG")
+        file_values = read_config_file(config_path) if config_path else {}
+        settings = load_settings(vars(args), os.environ, file_values)
     except ConfigError as exc:
         print(f"jobserver: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -1,12 +1,14 @@
-"""Settings for `jobserver serve`, from flags and `JOBSERVER_*` environment variables.
+"""Settings for `jobserver serve`: from flags, `JOBSERVER_*` environment variables, and an
+optional TOML file (`--config jobserver.toml`).
 
-Precedence: a flag beats its environment variable, which beats the default. A bad value is
-refused with an error naming both the flag and the variable.
+Precedence: a flag beats its environment variable, which beats the file, which beats the
+default. A bad value is refused with an error naming where it came from.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +34,10 @@ class Settings:
     log_level: str = "info"
     http_allow_hosts: tuple[str, ...] = field(default=tuple(sorted(DEFAULT_ALLOWED_HOSTS)))
     max_body_bytes: int = 1024 * 1024
+    rescue_interval: float = 5.0
+    idempotency_window: float = 86_400.0
+    keep_finished_days: float = 7.0
+    keep_failed_days: float = 30.0
 
 
 def _int_in(lo: int, hi: int) -> Callable[[str], int]:
@@ -101,6 +107,22 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], str]] = {
     "log_level": (_choice("debug", "info", "warning", "error"), "log level (default info)"),
     "http_allow_hosts": (_names, "hosts the http task may call (default: loopback only)"),
     "max_body_bytes": (_int_in(1024, 1024**3), "largest request body accepted (default 1 MiB)"),
+    "rescue_interval": (
+        _positive_float,
+        "seconds between looks for expired leases and deadlines (default 5)",
+    ),
+    "idempotency_window": (
+        _positive_float,
+        "seconds an idempotency key stays bound to its job (default 86400)",
+    ),
+    "keep_finished_days": (
+        _positive_float,
+        "days succeeded and cancelled jobs are kept (default 7)",
+    ),
+    "keep_failed_days": (
+        _positive_float,
+        "days failed jobs and dead letters are kept (default 30)",
+    ),
 }
 
 
@@ -112,9 +134,36 @@ def env_name(setting: str) -> str:
     return "JOBSERVER_" + setting.upper()
 
 
-def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
-    """Settings from parsed flags (None where not given) and the environment."""
+def read_config_file(path: str) -> dict[str, str]:
+    """A TOML file of settings (`port = 8080`, `tasks = ["a.tasks"]`), as text per setting."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read it: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {path}: not valid TOML: {exc}") from None
+    values: dict[str, str] = {}
+    for key, value in data.items():
+        setting = key.replace("-", "_")
+        if setting not in SETTINGS:
+            raise ConfigError(f"{path}: {key}: not a setting (see jobserver serve --help)")
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        elif isinstance(value, bool):
+            raise ConfigError(f"{path}: {key}: must not be true/false")
+        values[setting] = str(value)
+    return values
+
+
+def load_settings(
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str],
+    file_values: Mapping[str, str] | None = None,
+) -> Settings:
+    """Settings from parsed flags (None where not given), the environment and a config file."""
     values: dict[str, Any] = {}
+    file_values = file_values or {}
     for setting, (convert, _help) in SETTINGS.items():
         flag_value = flags.get(setting)
         if flag_value is not None and flag_value != []:
@@ -124,6 +173,9 @@ def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str]) -> Setti
         elif env_name(setting) in environ:
             raw = environ[env_name(setting)]
             source = env_name(setting)
+        elif setting in file_values:
+            raw = file_values[setting]
+            source = f"{setting} (config file)"
         else:
             continue
         try:

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from jobserver.cli import build_parser
-from jobserver.config import ConfigError, Settings, is_loopback, load_settings
+from jobserver.config import (
+    ConfigError,
+    Settings,
+    is_loopback,
+    load_settings,
+    read_config_file,
+)
 
 
-def settings(argv: list[str], env: dict[str, str] | None = None) -> Settings:
-    return load_settings(vars(build_parser().parse_args(["serve", *argv])), env or {})
+def settings(
+    argv: list[str], env: dict[str, str] | None = None, file: dict[str, str] | None = None
+) -> Settings:
+    return load_settings(vars(build_parser().parse_args(["serve", *argv])), env or {}, file)
 
 
 def test_defaults() -> None:
@@ -52,3 +62,36 @@ def test_bad_values_name_the_setting(argv: list[str], env: dict[str, str], named
 def test_is_loopback() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1")
+
+
+def test_a_config_file_sits_below_the_environment_and_flags(tmp_path: Path) -> None:
+    path = tmp_path / "jobserver.toml"
+    path.write_text(
+        'port = 9100\nconcurrency = 3\ntasks = ["a.tasks", "b.tasks"]\nlog-level = "debug"\n'
+    )
+    values = read_config_file(str(path))
+    s = settings([], {"JOBSERVER_CONCURRENCY": "5"}, values)
+    assert s.port == 9100  # file
+    assert s.concurrency == 5  # environment beats the file
+    assert s.tasks == ("a.tasks", "b.tasks") and s.log_level == "debug"
+    assert settings(["--port", "9200"], {}, values).port == 9200  # a flag beats both
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("port = 'http'", r"port \(config file\): must be an integer"),
+        ("colour = 'red'", "colour: not a setting"),
+        ("port = ", "not valid TOML"),
+    ],
+)
+def test_a_bad_config_file_names_the_setting(tmp_path: Path, text: str, named: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=named):
+        settings([], {}, read_config_file(str(path)))
+
+
+def test_a_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_config_file(str(tmp_path / "nope.toml"))
