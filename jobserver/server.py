@@ -9,6 +9,7 @@ and is the API for programs that embed jobserver.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -24,6 +25,7 @@ from .builtin_tasks import DEFAULT_ALLOWED_HOSTS, HttpTask, builtin_specs
 from .clock import Clock, SystemClock
 from .errors import NotFound, ValidationError
 from .executor import Executor
+from .metrics import Metrics
 from .models import (
     MISSED_TICK_POLICIES,
     Backoff,
@@ -44,6 +46,8 @@ from .tasks import Registry, TaskSpec, default_registry, load_task_modules
 from .worker import Worker
 
 log = logging.getLogger(__name__)
+LAG_PROBE_S = 0.25
+LAG_WARNING_S = 0.5
 transitions_log = logging.getLogger("jobserver.transitions")
 
 
@@ -83,6 +87,8 @@ class JobServer:
     ) -> None:
         self.clock = clock or SystemClock()
         self.store = store or open_store(db, durability)
+        self.metrics = Metrics()
+        self.store.commit_observer = self.metrics.record_commit
         self.grace_period_s = grace_period_s
         self.max_body_bytes = max_body_bytes
         self.max_batch_body_bytes = max(max_batch_body_bytes, max_body_bytes)
@@ -110,6 +116,7 @@ class JobServer:
             self.store, self.clock, keep_finished_s=keep_finished_s, keep_failed_s=keep_failed_s
         )
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
+        self._lag_watch: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self._started = False
 
@@ -139,6 +146,7 @@ class JobServer:
         self.worker.start()
         self.scheduler.start()
         self.retention.start()
+        self._lag_watch = asyncio.create_task(self._watch_loop_lag(), name="jobserver-lag")
         self._started = True
 
     async def stop(self, grace_period_s: float | None = None) -> None:
@@ -153,6 +161,10 @@ class JobServer:
             await self._runner.cleanup()
             self._runner = None
         grace = self.grace_period_s if grace_period_s is None else grace_period_s
+        if self._lag_watch is not None:
+            self._lag_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lag_watch
         await self.scheduler.stop()
         await self.retention.stop()
         await self.worker.stop(grace)
@@ -277,7 +289,7 @@ class JobServer:
         results = await self.store.enqueue(jobs, self.clock.now())
         for r in results:
             if r.created:
-                self._log_transition(r.job, JobState.PENDING, {"event": "enqueued"})
+                self._on_transition(r.job, JobState.PENDING, {"event": "enqueued"})
         self.worker.wake()
         return results
 
@@ -294,8 +306,7 @@ class JobServer:
         """Pending: cancelled at once. Running: the task is cancelled. Terminal: Conflict."""
         job, before = await self.store.request_cancel(job_id, self.clock.now())
         if before == JobState.PENDING:
-            self._log_transition(job, JobState.CANCELLED, {"event": "cancelled while pending"})
-            self._notify(job.id)
+            self._on_transition(job, JobState.CANCELLED, {"event": "cancelled while pending"})
         elif job.status == JobState.RUNNING:
             self.worker.cancel_running(job_id)
         return job
@@ -452,7 +463,7 @@ class JobServer:
 
     async def requeue_dead_letter(self, dead_letter_id: int) -> Job:
         job = await self.store.requeue_dead_letter(dead_letter_id, self.clock.now())
-        self._log_transition(
+        self._on_transition(
             job, JobState.PENDING, {"event": "requeued", "dead_letter": dead_letter_id}
         )
         self.worker.wake()
@@ -466,7 +477,31 @@ class JobServer:
         await self.store.check_writable()
 
     # -- transitions ------------------------------------------------------------------------------
+    async def render_metrics(self) -> bytes:
+        queues = await self.store.list_queues(self.clock.now())
+        return self.metrics.render(queues, await self.store.count_dead_letters())
+
+    async def _watch_loop_lag(self) -> None:
+        """Measure how late the loop wakes a timer; warn, naming the running tasks, when a
+        task blocks it (an async task doing blocking work should be a sync task)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(LAG_PROBE_S)
+            lag = max(0.0, loop.time() - before - LAG_PROBE_S)
+            self.metrics.loop_lag.set(lag)
+            if lag >= LAG_WARNING_S:
+                running = sorted({f"{j.task} (job {j.id})" for j in self.worker.running_jobs})
+                log.warning(
+                    "the event loop was blocked for %.2f s; running then: %s. An async task that"
+                    " blocks (time.sleep, CPU work, blocking I/O) should be a sync task, which"
+                    " runs in a thread.",
+                    lag,
+                    ", ".join(running) or "no jobs",
+                )
+
     def _on_transition(self, job: Job, state: JobState, detail: dict[str, Any]) -> None:
+        self.metrics.record_transition(job, state, detail, self.clock.now())
         self._log_transition(job, state, detail)
         if state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
             self._notify(job.id)

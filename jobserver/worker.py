@@ -87,6 +87,10 @@ class Worker:
     def running_ids(self) -> list[int]:
         return list(self._running)
 
+    @property
+    def running_jobs(self) -> list[Job]:
+        return [r.job for r in self._running.values()]
+
     def cancel_running(self, job_id: int) -> bool:
         """Deliver a client's cancellation to a job this process runs."""
         running = self._running.get(job_id)

@@ -62,6 +62,8 @@ def payload_fingerprint(job: NewJob) -> str:
 class Store(Protocol):
     # True when one process owns the database, so at start every `running` row is an orphan.
     exclusive: bool
+    # Told (writes, seconds) after each group-committed transaction; set before open().
+    commit_observer: Callable[[int, float], None] | None
 
     async def open(self) -> None: ...
 
@@ -90,6 +92,8 @@ class Store(Protocol):
         ...
 
     async def count_by_status(self) -> dict[str, int]: ...
+
+    async def count_dead_letters(self) -> int: ...
 
     # -- the worker's side --------------------------------------------------------------------
     async def claim(self, limit: int, now: float, lease_ttl_s: float) -> list[Job]:

@@ -21,6 +21,7 @@ import contextlib
 import itertools
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -256,6 +257,7 @@ class _GroupCommitWriter:
         self._has_work = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self.observer: Callable[[int, float], None] | None = None  # (writes, seconds)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="jobserver-postgres-writer")
@@ -286,6 +288,7 @@ class _GroupCommitWriter:
 
     async def _commit(self, batch: list[_PendingWrite]) -> None:
         outcomes: list[tuple[bool, Any]] = []
+        began = time.perf_counter()
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 alone = len(batch) == 1
@@ -310,6 +313,8 @@ class _GroupCommitWriter:
                 if not w.future.done():
                     w.future.set_exception(failure)
             return
+        if self.observer is not None:
+            self.observer(len(batch), time.perf_counter() - began)
         for w, (ok, value) in zip(batch, outcomes, strict=True):
             if w.future.done():
                 continue
@@ -338,6 +343,7 @@ class PostgresStore:
         self._on_due: list[Callable[[], None]] = []
         self._on_done: list[Callable[[int], None]] = []
         self._turn = itertools.count()  # which queue goes first in a claim: rotates for fairness
+        self.commit_observer: Callable[[int, float], None] | None = None
 
     # -- opening and closing -----------------------------------------------------------------
     async def open(self) -> None:
@@ -363,6 +369,7 @@ class PostgresStore:
         await self._listener.add_listener(self._channel(DUE_CHANNEL), self._heard_due)
         await self._listener.add_listener(self._channel(DONE_CHANNEL), self._heard_done)
         self._writer = _GroupCommitWriter(self._pool)
+        self._writer.observer = self.commit_observer
         self._writer.start()
 
     async def close(self) -> None:
@@ -464,6 +471,13 @@ class PostgresStore:
     async def next_wake_at(self, now: float) -> float | None:
         async def fn(conn: asyncpg.Connection) -> float | None:
             return await _next_wake_at(conn, now)
+
+        return await self._read(fn)
+
+    async def count_dead_letters(self) -> int:
+        async def fn(conn: asyncpg.Connection) -> int:
+            count: int = await conn.fetchval("SELECT count(*) FROM dead_letters")
+            return count
 
         return await self._read(fn)
 

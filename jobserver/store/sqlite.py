@@ -17,6 +17,7 @@ import itertools
 import os
 import secrets
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,6 +242,7 @@ class _GroupCommitWriter:
         self._has_work = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self.observer: Callable[[int, float], None] | None = None  # (writes, seconds)
         self.batches = 0
         self.writes = 0
 
@@ -276,6 +278,7 @@ class _GroupCommitWriter:
 
     async def _commit(self, batch: list[_PendingWrite]) -> None:
         ops = [w.op for w in batch]
+        began = time.perf_counter()
         try:
             outcomes = await _on_db_thread(self._conn, _apply_batch, ops)
         except BaseException as exc:
@@ -288,6 +291,8 @@ class _GroupCommitWriter:
             return
         self.batches += 1
         self.writes += len(batch)
+        if self.observer is not None:
+            self.observer(len(batch), time.perf_counter() - began)
         for w, (ok, value) in zip(batch, outcomes, strict=True):
             if w.future.done():  # the caller went away; the write has committed all the same
                 continue
@@ -352,6 +357,7 @@ class SQLiteStore:
         self._writer: _GroupCommitWriter | None = None
         self._lock_fd: int | None = None
         self._turn = itertools.count()  # which queue goes first in a claim: rotates for fairness
+        self.commit_observer: Callable[[int, float], None] | None = None
 
     # -- opening and closing ----------------------------------------------------------------------
     async def open(self) -> None:
@@ -367,6 +373,7 @@ class SQLiteStore:
             self._drop_process_lock()
             raise
         self._writer = _GroupCommitWriter(self._writer_conn)
+        self._writer.observer = self.commit_observer
         self._writer.start()
 
     async def close(self) -> None:
@@ -503,6 +510,13 @@ class SQLiteStore:
     async def next_wake_at(self, now: float) -> float | None:
         def fn(conn: sqlite3.Connection) -> float | None:
             return _next_wake_at(conn, now)
+
+        return await self._read(fn)
+
+    async def count_dead_letters(self) -> int:
+        def fn(conn: sqlite3.Connection) -> int:
+            count: int = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+            return count
 
         return await self._read(fn)
 

@@ -1,0 +1,86 @@
+"""Prometheus metrics fed by real jobs, and the blocked-loop warning."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from jobserver import JobServer, JobState, PermanentError
+from jobserver.tasks import Registry, task
+
+from .conftest import ServerFactory
+
+reg = Registry()
+
+
+@task(registry=reg)
+async def fine() -> int:
+    return 1
+
+
+@task(registry=reg)
+async def broken() -> None:
+    raise PermanentError("no")
+
+
+@task(registry=reg)
+async def hogs_the_loop() -> None:
+    time.sleep(0.8)
+
+
+def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+async def run(server: JobServer, name: str, queue: str = "default") -> None:
+    job = await server.enqueue(name, queue=queue)
+    await server.wait_for(job.id, timeout_s=5)
+
+
+async def test_counters_histograms_and_queue_gauges(make_server: ServerFactory) -> None:
+    server = await make_server(tasks=list(reg))
+    for _ in range(3):
+        await run(server, "fine", "mail")
+    await run(server, "broken", "mail")
+    await server.enqueue("fine", queue="mail", delay_s=600)
+    got = samples(await server.render_metrics())
+
+    def jobs(event: str, task_name: str) -> float:
+        key = (("event", event), ("queue", "mail"), ("task", task_name))
+        return got.get(("jobserver_jobs_total", key), 0.0)
+
+    assert jobs("enqueued", "fine") == 4
+    assert jobs("started", "fine") == 3 and jobs("succeeded", "fine") == 3
+    assert jobs("dead_lettered", "broken") == 1
+    assert got[("jobserver_job_failures_total", (("queue", "mail"), ("task", "broken")))] == 1
+    duration = ("jobserver_job_duration_seconds_count", (("queue", "mail"), ("task", "fine")))
+    assert got[duration] == 3
+    assert got[("jobserver_job_queue_wait_seconds_count", (("queue", "mail"),))] == 4
+    assert got[("jobserver_queue_jobs", (("queue", "mail"), ("state", "pending")))] == 1
+    assert got[("jobserver_queue_jobs", (("queue", "mail"), ("state", "succeeded")))] == 3
+    assert got[("jobserver_dead_letters", ())] == 1
+    assert got[("jobserver_store_batch_size_count", ())] > 0
+    assert got[("jobserver_store_commit_seconds_count", ())] > 0
+    assert ("jobserver_event_loop_lag_seconds", ()) in got
+
+
+async def test_a_task_that_blocks_the_loop_is_named_in_a_warning(
+    tmp_path: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="jobserver.server")
+    async with JobServer(db=tmp_path / "lag.db", tasks=list(reg)) as server:  # type: ignore[operator]
+        job = await server.enqueue("hogs_the_loop")
+        assert (await server.wait_for(job.id, timeout_s=5)).status == JobState.SUCCEEDED
+        lag = samples(await server.render_metrics())[("jobserver_event_loop_lag_seconds", ())]
+    warnings = [
+        r.getMessage() for r in caplog.records if "event loop was blocked" in r.getMessage()
+    ]
+    assert warnings and "hogs_the_loop" in warnings[0]
+    assert lag >= 0
