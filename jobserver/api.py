@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T", Job, DeadLetter)
 
 SERVER_KEY: web.AppKey[JobServer] = web.AppKey("jobserver")
+OPENAPI_KEY: web.AppKey[bytes] = web.AppKey("openapi", bytes)
 MAX_NESTING = 32
 MAX_PAGE = 1000
 DEFAULT_PAGE = 50
@@ -34,6 +35,13 @@ MAX_DELAY_S = 366 * 86400.0
 MAX_TIMEOUT_S = 7 * 86400.0
 QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,99}")
 MAX_KEY_LEN = 200
+RFC3339_NO_ZONE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+)
+RFC3339 = re.compile(RFC3339_NO_ZONE.pattern + r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})")
+MIN_TS = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+MAX_TS = datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC).timestamp()
+DECIMAL = re.compile(r"-?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?")
 MAX_WAIT_S = 60.0
 MAX_BATCH = 10_000
 MAX_ITEM_ERRORS = 100
@@ -59,6 +67,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def rfc3339(ts: float | None) -> str | None:
     if ts is None:
         return None
+    ts = min(max(ts, MIN_TS), MAX_TS)  # a datetime holds years 1 to 9999 only
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -222,6 +231,8 @@ def _int(body: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
     value = body.get(name)
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 2.0 is the integer 2 (as JSON Schema says)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValidationError(name, "must be an integer")
     if not lo <= value <= hi:
@@ -256,17 +267,19 @@ def _string(body: dict[str, Any], name: str, max_len: int) -> str | None:
 
 
 def parse_rfc3339(name: str, value: Any) -> float:
+    """Epoch seconds from an RFC 3339 time with a zone (fromisoformat alone takes other ISO 8601
+    forms too); a time outside years 1-9999 in UTC is taken as that bound."""
     if not isinstance(value, str):
         raise ValidationError(name, "must be an RFC 3339 timestamp string")
+    if not RFC3339.fullmatch(value):
+        if RFC3339_NO_ZONE.fullmatch(value):
+            raise ValidationError(name, "must include a time zone (Z or +hh:mm)")
+        raise ValidationError(name, "must be an RFC 3339 timestamp, e.g. 2030-01-01T12:00:00Z")
     try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValidationError(
-            name, "must be an RFC 3339 timestamp, e.g. 2030-01-01T12:00:00Z"
-        ) from None
-    if when.tzinfo is None:
-        raise ValidationError(name, "must include a time zone (Z or +hh:mm)")
-    return when.timestamp()
+        when = datetime.fromisoformat(value.upper())
+    except ValueError as exc:  # e.g. month 13, or a leap second (:60), which datetime cannot hold
+        raise ValidationError(name, f"is not a valid time: {exc}") from None
+    return min(max(when.timestamp(), MIN_TS), MAX_TS)
 
 
 def parse_backoff(value: Any) -> dict[str, float] | None:
@@ -284,6 +297,14 @@ def parse_backoff(value: Any) -> dict[str, float] | None:
         "cap_s": _number(value, "cap", 0.0, 86400.0, open_lo=True),
     }
     return {k: v for k, v in fields.items() if v is not None}
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_enqueue(body: dict[str, Any], header_key: str | None) -> dict[str, Any]:
@@ -313,6 +334,8 @@ def parse_enqueue(body: dict[str, Any], header_key: str | None) -> dict[str, Any
     if header_key is not None:
         if not 1 <= len(header_key) <= MAX_KEY_LEN:
             raise ValidationError("Idempotency-Key", f"must be 1 to {MAX_KEY_LEN} characters")
+        if not _is_utf8(header_key):  # aiohttp keeps other bytes as lone surrogates
+            raise ValidationError("Idempotency-Key", "must be UTF-8 text")
         if key is not None and key != header_key:
             raise ValidationError("idempotency_key", "differs from the Idempotency-Key header")
         key = header_key
@@ -339,16 +362,21 @@ def _query(request: web.Request, allowed: set[str]) -> dict[str, str]:
     return {k: request.query[k] for k in allowed if k in request.query}
 
 
+def _is_digits(text: str) -> bool:
+    """Only 0-9: str.isdigit() also takes digits int() cannot read, such as '²'."""
+    return text.isascii() and text.isdigit()
+
+
 def _page(query: dict[str, str]) -> tuple[int, int | None]:
     limit = DEFAULT_PAGE
     if "limit" in query:
-        if not query["limit"].isdigit() or not 1 <= int(query["limit"]) <= MAX_PAGE:
+        if not _is_digits(query["limit"]) or not 1 <= int(query["limit"]) <= MAX_PAGE:
             raise ValidationError("limit", f"must be an integer from 1 to {MAX_PAGE}")
         limit = int(query["limit"])
     cursor = None
     if "cursor" in query:
         text = query["cursor"]
-        if not text.isdigit() or len(text) > 18:
+        if not _is_digits(text) or len(text) > 18:
             raise ValidationError("cursor", "is not a cursor this server gave out")
         cursor = int(text)
     return limit, cursor
@@ -357,18 +385,17 @@ def _page(query: dict[str, str]) -> tuple[int, int | None]:
 def _wait_s(query: dict[str, str]) -> float | None:
     if "wait" not in query:
         return None
-    try:
-        wait = float(query["wait"])
-    except ValueError:
-        wait = -1.0
-    if not 0 <= wait <= MAX_WAIT_S:  # also refuses nan
+    text = query["wait"]
+    # a decimal number, as in JSON: float() alone also reads " 5", "1_0", "١٢" and "nan"
+    wait = float(text) if DECIMAL.fullmatch(text) else -1.0
+    if not 0 <= wait <= MAX_WAIT_S:
         raise ValidationError("wait", f"must be a number of seconds from 0 to {MAX_WAIT_S:g}")
     return wait
 
 
 def _path_id(request: web.Request, kind: str) -> int:
     text = request.match_info["id"]
-    if not text.isdigit() or len(text) > 18:
+    if not _is_digits(text) or len(text) > 18:
         raise NotFound(f"no {kind} {text!r}")
     return int(text)
 
@@ -508,24 +535,35 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response({"status": "ready"})
 
 
+async def openapi_json(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 document of this API (jobserver/openapi.py), built once per app."""
+    return web.Response(body=request.app[OPENAPI_KEY], content_type="application/json")
+
+
+# Ids are ASCII digits, so that /jobs/batch is never a job id (GET /jobs/batch is 405, not 404).
+ID = "{id:[0-9]+}"
 ROUTES: list[tuple[str, str, Handler, str]] = [
     ("POST", "/jobs", post_job, "enqueue"),
     ("POST", "/jobs/batch", post_jobs_batch, "enqueue_batch"),
     ("GET", "/jobs", list_jobs, "list_jobs"),
-    ("GET", "/jobs/{id}", get_job, "get_job"),
-    ("POST", "/jobs/{id}/cancel", cancel_job, "cancel_job"),
+    ("GET", f"/jobs/{ID}", get_job, "get_job"),
+    ("POST", f"/jobs/{ID}/cancel", cancel_job, "cancel_job"),
     ("GET", "/dead-letters", list_dead_letters, "list_dead_letters"),
-    ("GET", "/dead-letters/{id}", get_dead_letter, "get_dead_letter"),
-    ("POST", "/dead-letters/{id}/requeue", requeue_dead_letter, "requeue_dead_letter"),
-    ("DELETE", "/dead-letters/{id}", delete_dead_letter, "delete_dead_letter"),
+    ("GET", f"/dead-letters/{ID}", get_dead_letter, "get_dead_letter"),
+    ("POST", f"/dead-letters/{ID}/requeue", requeue_dead_letter, "requeue_dead_letter"),
+    ("DELETE", f"/dead-letters/{ID}", delete_dead_letter, "delete_dead_letter"),
     ("GET", "/healthz", healthz, "healthz"),
     ("GET", "/readyz", readyz, "readyz"),
+    ("GET", "/openapi.json", openapi_json, "openapi"),
 ]
 
 
 def create_app(server: JobServer) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
     app[SERVER_KEY] = server
+    from .openapi import build_spec  # openapi.py reads this module's limits
+
+    app[OPENAPI_KEY] = codec.dumps(build_spec(tasks=server.registry.names()))
     for method, path, handler, name in ROUTES:
         app.router.add_route(method, path, handler, name=name)
     return app

@@ -1,0 +1,685 @@
+"""The OpenAPI 3.1 description of the HTTP API, built in code from the limits api.py enforces.
+
+`build_spec()` returns the document as a dict; the server serves it at `GET /openapi.json`
+(computed once per application, with the server's own task names as the `task` enum).
+tests/test_openapi.py keeps it true: every route is in it, and the real responses validate
+against it; tests/test_schemathesis.py fuzzes the live server with it."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Any
+
+from . import api
+from .models import JobState
+
+SCHEMAS = "#/components/schemas/"
+RESPONSES = "#/components/responses/"
+PARAMETERS = "#/components/parameters/"
+MAX_ID = 10**18 - 1  # ids are read from up to 18 digits; longer ones are no job (404)
+ERROR_CODES = [
+    "bad_json",
+    "bad_request",
+    "not_found",
+    "method_not_allowed",
+    "conflict",
+    "too_large",
+    "unsupported_media_type",
+    "invalid",
+    "unavailable",
+    "internal",
+    "http_error",
+]
+QUEUE_PATTERN = f"^{api.QUEUE_NAME.pattern}$"
+CURSOR_PATTERN = "^[0-9]{1,18}$"
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": SCHEMAS + name}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with JSON null allowed too (a null optional field means "not given")."""
+    out = dict(schema)
+    kind = out["type"]
+    out["type"] = [kind, "null"] if isinstance(kind, str) else [*kind, "null"]
+    return out
+
+
+def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": _json_content(schema)}
+
+
+def _error_schema(*codes: str, batch: bool = False) -> dict[str, Any]:
+    """An error body whose `code` is one of `codes`."""
+    return {
+        "allOf": [
+            ref("BatchError" if batch else "Error"),
+            {"properties": {"error": {"properties": {"code": {"enum": list(codes)}}}}},
+        ]
+    }
+
+
+# -- schemas --------------------------------------------------------------------------------------
+def _job_request(tasks: list[str] | None) -> dict[str, Any]:
+    task: dict[str, Any] = {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 200,
+        "description": "The name of a registered task.",
+    }
+    if tasks is not None:
+        task["enum"] = tasks
+    lo, hi = api.PRIORITY_RANGE
+    retries_lo, retries_hi = api.MAX_RETRIES_RANGE
+    return {
+        "type": "object",
+        "description": (
+            "A job to enqueue. Optional fields may be null, which means not given, except `args`,"
+            " `kwargs` and `queue`. JSON values nest at most"
+            f" {api.MAX_NESTING} levels deep; NaN and Infinity are refused."
+        ),
+        "required": ["task"],
+        "additionalProperties": False,
+        "properties": {
+            "task": task,
+            "args": {"type": "array", "default": [], "description": "Positional arguments."},
+            "kwargs": {
+                "type": "object",
+                "default": {},
+                "description": "Keyword arguments; `ctx` is reserved for the job context.",
+                "propertyNames": {"not": {"const": "ctx"}},
+            },
+            "queue": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 100,
+                "pattern": QUEUE_PATTERN,
+                "default": "default",
+            },
+            "priority": _nullable(
+                {
+                    "type": "integer",
+                    "minimum": lo,
+                    "maximum": hi,
+                    "default": 0,
+                    "description": "Of the due jobs, higher runs first.",
+                }
+            ),
+            "delay": _nullable(
+                {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": api.MAX_DELAY_S,
+                    "description": "Seconds from now until the job is due; not with `run_at`.",
+                }
+            ),
+            "run_at": _nullable(
+                {
+                    "type": "string",
+                    "format": "date-time",
+                    "description": "When the job is due, an RFC 3339 time with a zone; not with"
+                    " `delay`. A time outside years 1 to 9999 in UTC is taken as that bound.",
+                }
+            ),
+            "max_retries": _nullable(
+                {
+                    "type": "integer",
+                    "minimum": retries_lo,
+                    "maximum": retries_hi,
+                    "description": "Retries after the first attempt; default: the task's.",
+                }
+            ),
+            "timeout": _nullable(
+                {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "maximum": api.MAX_TIMEOUT_S,
+                    "description": "Seconds an attempt may run; default: the task's.",
+                }
+            ),
+            "backoff": {"anyOf": [ref("Backoff"), {"type": "null"}]},
+            "idempotency_key": _nullable(
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": api.MAX_KEY_LEN,
+                    "description": "Also taken from the Idempotency-Key header, which must not"
+                    " differ from it.",
+                }
+            ),
+        },
+        # `delay` and `run_at` exclude each other (a null one is not given)
+        "not": {
+            "required": ["delay", "run_at"],
+            "properties": {"delay": {"type": "number"}, "run_at": {"type": "string"}},
+        },
+    }
+
+
+def _schemas(tasks: list[str] | None) -> dict[str, Any]:
+    timestamp = {"type": "string", "format": "date-time"}
+    job_error = {
+        "type": "object",
+        "description": "The last failed attempt's error.",
+        "required": ["type", "message"],
+        "additionalProperties": False,
+        "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+    }
+    return {
+        "JobRequest": _job_request(tasks),
+        "Backoff": {
+            "type": "object",
+            "description": "Retry backoff; missing fields come from the task's policy.",
+            "additionalProperties": False,
+            "properties": {
+                "base": _nullable({"type": "number", "exclusiveMinimum": 0, "maximum": 3600}),
+                "factor": _nullable({"type": "number", "minimum": 1, "maximum": 10}),
+                "cap": _nullable({"type": "number", "exclusiveMinimum": 0, "maximum": 86400}),
+            },
+        },
+        "BatchRequest": {
+            "type": "object",
+            "required": ["jobs"],
+            "additionalProperties": False,
+            "properties": {
+                "jobs": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": api.MAX_BATCH,
+                    "items": ref("JobRequest"),
+                }
+            },
+        },
+        "JobStatus": {"type": "string", "enum": [s.value for s in JobState]},
+        "Accepted": {
+            "type": "object",
+            "required": ["id", "status", "poll_url"],
+            "additionalProperties": False,
+            "properties": {
+                "id": {"type": "integer", "minimum": 1},
+                "status": ref("JobStatus"),
+                "poll_url": {"type": "string", "description": "Where to GET the job."},
+            },
+        },
+        "BatchAccepted": {
+            "type": "object",
+            "required": ["ids"],
+            "additionalProperties": False,
+            "properties": {
+                "ids": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"type": "integer", "minimum": 1},
+                    "description": "The jobs' ids, in the order they were given.",
+                }
+            },
+        },
+        "JobError": job_error,
+        "Job": _record(
+            {
+                "id": {"type": "integer", "minimum": 1},
+                "task": {"type": "string"},
+                "queue": {"type": "string"},
+                "status": ref("JobStatus"),
+                "priority": {"type": "integer"},
+                "args": {"type": "array"},
+                "kwargs": {"type": "object"},
+                "attempts": {"type": "integer", "minimum": 0},
+                "max_retries": {"type": "integer", "minimum": 0},
+                "timeout": {
+                    "type": ["number", "null"],
+                    "description": "The timeout that applies: the job's, else its task's.",
+                },
+                "created_at": timestamp,
+                "run_at": timestamp,
+                "started_at": _nullable(timestamp),
+                "completed_at": _nullable(timestamp),
+                "result": {"description": "The task's return value (any JSON), once it succeeded."},
+                "error": {"anyOf": [ref("JobError"), {"type": "null"}]},
+                "progress": {
+                    "anyOf": [
+                        {
+                            "type": "object",
+                            "required": ["fraction", "message"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "fraction": {"type": "number", "minimum": 0, "maximum": 1},
+                                "message": {"type": ["string", "null"]},
+                            },
+                        },
+                        {"type": "null"},
+                    ]
+                },
+                "cancel_requested": {"type": "boolean"},
+                "is_terminal": {"type": "boolean"},
+            }
+        ),
+        "DeadLetter": _record(
+            {
+                "id": {"type": "integer", "minimum": 1},
+                "job_id": {"type": "integer", "minimum": 1},
+                "task": {"type": "string"},
+                "queue": {"type": "string"},
+                "args": {"type": "array"},
+                "kwargs": {"type": "object"},
+                "error": {"anyOf": [ref("JobError"), {"type": "null"}]},
+                "attempts": {"type": "integer", "minimum": 0},
+                "failed_at": timestamp,
+            }
+        ),
+        "JobPage": _page_schema("Job"),
+        "DeadLetterPage": _page_schema("DeadLetter"),
+        "Health": {
+            "type": "object",
+            "required": ["status"],
+            "additionalProperties": False,
+            "properties": {"status": {"const": "ok"}},
+        },
+        "Ready": {
+            "type": "object",
+            "required": ["status"],
+            "additionalProperties": False,
+            "properties": {"status": {"const": "ready"}},
+        },
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "additionalProperties": False,
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message", "field"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "code": {"type": "string", "enum": ERROR_CODES},
+                        "message": {"type": "string"},
+                        "field": {
+                            "type": ["string", "null"],
+                            "description": "The field, parameter or header at fault.",
+                        },
+                    },
+                }
+            },
+        },
+        "BatchError": {
+            "type": "object",
+            "description": "An error for a batch: `items` lists each invalid job (the first"
+            f" {api.MAX_ITEM_ERRORS}).",
+            "required": ["error"],
+            "additionalProperties": False,
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message", "field"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "code": {"type": "string", "enum": ERROR_CODES},
+                        "message": {"type": "string"},
+                        "field": {"type": ["string", "null"]},
+                        "items": {
+                            "type": "array",
+                            "maxItems": api.MAX_ITEM_ERRORS,
+                            "items": {
+                                "type": "object",
+                                "required": ["index", "field", "message"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "index": {"type": "integer", "minimum": 0},
+                                    "field": {"type": ["string", "null"]},
+                                    "message": {"type": "string"},
+                                },
+                            },
+                        },
+                    },
+                }
+            },
+        },
+    }
+
+
+def _record(properties: dict[str, Any]) -> dict[str, Any]:
+    """An object with exactly these fields, all of them always there."""
+    return {
+        "type": "object",
+        "required": list(properties),
+        "additionalProperties": False,
+        "properties": properties,
+    }
+
+
+def _page_schema(item: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["items", "next_cursor"],
+        "additionalProperties": False,
+        "properties": {
+            "items": {"type": "array", "items": ref(item), "description": "Newest first."},
+            "next_cursor": {
+                "anyOf": [{"type": "string", "pattern": CURSOR_PATTERN}, {"type": "null"}],
+                "description": "Pass as `cursor` for the next page; null on the last page.",
+            },
+        },
+    }
+
+
+def _responses() -> dict[str, Any]:
+    retry_after = {
+        "Retry-After": {
+            "description": "Seconds to wait before trying again.",
+            "required": True,
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        }
+    }
+    allow = {
+        "Allow": {
+            "description": "The methods this path takes.",
+            "required": True,
+            "schema": {"type": "string"},
+        }
+    }
+    return {
+        "BadJson": _response(
+            "The body is not valid JSON.", _error_schema("bad_json", "bad_request")
+        ),
+        "NotFound": _response("No such job, dead letter or route.", _error_schema("not_found")),
+        "MethodNotAllowed": {
+            **_response("Wrong method for this path.", _error_schema("method_not_allowed")),
+            "headers": allow,
+        },
+        "Conflict": _response(
+            "The request clashes with the current state.", _error_schema("conflict")
+        ),
+        "TooLarge": _response("The body is over the size limit.", _error_schema("too_large")),
+        "UnsupportedMediaType": _response(
+            "The body is not sent as application/json.", _error_schema("unsupported_media_type")
+        ),
+        "Invalid": _response(
+            "A bad value; `field` names the field, query parameter or header.",
+            _error_schema("invalid"),
+        ),
+        "BatchInvalid": _response(
+            "A bad batch; nothing was enqueued.", _error_schema("invalid", batch=True)
+        ),
+        "Unavailable": {
+            **_response("The database cannot take writes now.", _error_schema("unavailable")),
+            "headers": retry_after,
+        },
+    }
+
+
+def _parameters() -> dict[str, Any]:
+    def path_id(what: str) -> dict[str, Any]:
+        return {
+            "name": "id",
+            "in": "path",
+            "required": True,
+            "description": f"The {what}'s id.",
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+        }
+
+    return {
+        "JobId": path_id("job"),
+        "DeadLetterId": path_id("dead letter"),
+        "Wait": {
+            "name": "wait",
+            "in": "query",
+            "description": "Long-poll: wait up to this many seconds for the job to end.",
+            "schema": {"type": "number", "minimum": 0, "maximum": api.MAX_WAIT_S},
+        },
+        "Limit": {
+            "name": "limit",
+            "in": "query",
+            "description": "Page size.",
+            "schema": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": api.MAX_PAGE,
+                "default": api.DEFAULT_PAGE,
+            },
+        },
+        "Cursor": {
+            "name": "cursor",
+            "in": "query",
+            "description": "The `next_cursor` of the previous page.",
+            "schema": {"type": "string", "pattern": CURSOR_PATTERN},
+        },
+        "IdempotencyKey": {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "description": "The same key with the same payload returns the original job (200);"
+            " with another payload it is refused (409).",
+            "schema": {"type": "string", "minLength": 1, "maxLength": api.MAX_KEY_LEN},
+        },
+    }
+
+
+# -- operations -----------------------------------------------------------------------------------
+def _param(name: str) -> dict[str, str]:
+    return {"$ref": PARAMETERS + name}
+
+
+def _errors(*names: str) -> dict[str, Any]:
+    status = {
+        "BadJson": "400",
+        "NotFound": "404",
+        "Conflict": "409",
+        "TooLarge": "413",
+        "UnsupportedMediaType": "415",
+        "Invalid": "422",
+        "BatchInvalid": "422",
+        "Unavailable": "503",
+    }
+    return {status[name]: {"$ref": RESPONSES + name} for name in names}
+
+
+def _body(schema: str) -> dict[str, Any]:
+    return {"required": True, "content": _json_content(ref(schema))}
+
+
+BODY_ERRORS = ("BadJson", "TooLarge", "UnsupportedMediaType")
+
+
+def _paths() -> dict[str, Any]:
+    return {
+        "/jobs": {
+            "post": {
+                "operationId": "enqueue",
+                "tags": ["jobs"],
+                "summary": "Enqueue a job",
+                "description": "Answers once the job is committed. With `wait`, answers when"
+                " the job ends (200 and the Job) or the wait runs out (the usual 202).",
+                "parameters": [_param("Wait"), _param("IdempotencyKey")],
+                "requestBody": _body("JobRequest"),
+                "responses": {
+                    "200": _response(
+                        "An idempotency key matched an earlier job with the same payload (the"
+                        " job's id), or the job ended within `wait` (the Job).",
+                        {"anyOf": [ref("Accepted"), ref("Job")]},
+                    ),
+                    "202": _response("Enqueued.", ref("Accepted")),
+                    **_errors(*BODY_ERRORS, "Conflict", "Invalid", "Unavailable"),
+                },
+            },
+            "get": {
+                "operationId": "list_jobs",
+                "tags": ["jobs"],
+                "summary": "List jobs, newest first",
+                "parameters": [
+                    {"name": "status", "in": "query", "schema": ref("JobStatus")},
+                    {"name": "queue", "in": "query", "schema": {"type": "string"}},
+                    {"name": "task", "in": "query", "schema": {"type": "string"}},
+                    _param("Limit"),
+                    _param("Cursor"),
+                ],
+                "responses": {
+                    "200": _response("A page of jobs.", ref("JobPage")),
+                    **_errors("Invalid", "Unavailable"),
+                },
+            },
+        },
+        "/jobs/batch": {
+            "post": {
+                "operationId": "enqueue_batch",
+                "tags": ["jobs"],
+                "summary": f"Enqueue 1 to {api.MAX_BATCH} jobs in one transaction",
+                "description": "Every job is valid and enqueued, or none is.",
+                "requestBody": _body("BatchRequest"),
+                "responses": {
+                    "202": _response("Enqueued.", ref("BatchAccepted")),
+                    **_errors(*BODY_ERRORS, "Conflict", "BatchInvalid", "Unavailable"),
+                },
+            }
+        },
+        "/jobs/{id}": {
+            "get": {
+                "operationId": "get_job",
+                "tags": ["jobs"],
+                "summary": "Get a job",
+                "parameters": [_param("JobId"), _param("Wait")],
+                "responses": {
+                    "200": _response(
+                        "The job (with `wait`: once it ended, or as it stands).", ref("Job")
+                    ),
+                    **_errors("NotFound", "Invalid", "Unavailable"),
+                },
+            }
+        },
+        "/jobs/{id}/cancel": {
+            "post": {
+                "operationId": "cancel_job",
+                "tags": ["jobs"],
+                "summary": "Cancel a job",
+                "description": "A pending job is cancelled at once; a running one is asked to"
+                " stop. Cancelling a cancelled job is fine; a succeeded or failed one is 409.",
+                "parameters": [_param("JobId")],
+                "responses": {
+                    "200": _response("The job.", ref("Job")),
+                    **_errors("NotFound", "Conflict", "Unavailable"),
+                },
+            }
+        },
+        "/dead-letters": {
+            "get": {
+                "operationId": "list_dead_letters",
+                "tags": ["dead-letters"],
+                "summary": "List dead letters, newest first",
+                "parameters": [_param("Limit"), _param("Cursor")],
+                "responses": {
+                    "200": _response("A page of dead letters.", ref("DeadLetterPage")),
+                    **_errors("Invalid", "Unavailable"),
+                },
+            }
+        },
+        "/dead-letters/{id}": {
+            "get": {
+                "operationId": "get_dead_letter",
+                "tags": ["dead-letters"],
+                "summary": "Get a dead letter",
+                "parameters": [_param("DeadLetterId")],
+                "responses": {
+                    "200": _response("The dead letter.", ref("DeadLetter")),
+                    **_errors("NotFound", "Unavailable"),
+                },
+            },
+            "delete": {
+                "operationId": "delete_dead_letter",
+                "tags": ["dead-letters"],
+                "summary": "Delete a dead letter",
+                "parameters": [_param("DeadLetterId")],
+                "responses": {
+                    "204": {"description": "Deleted."},
+                    **_errors("NotFound", "Unavailable"),
+                },
+            },
+        },
+        "/dead-letters/{id}/requeue": {
+            "post": {
+                "operationId": "requeue_dead_letter",
+                "tags": ["dead-letters"],
+                "summary": "Requeue a dead letter as a new job",
+                "description": "The new job keeps the task, arguments, queue, priority,"
+                " max_retries, timeout and backoff, with fresh attempts; the dead letter goes.",
+                "parameters": [_param("DeadLetterId")],
+                "responses": {
+                    "202": _response("Enqueued.", ref("Accepted")),
+                    **_errors("NotFound", "Unavailable"),
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "tags": ["health"],
+                "summary": "Liveness: answers while the process runs",
+                "responses": {"200": _response("Alive.", ref("Health"))},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "tags": ["health"],
+                "summary": "Readiness: the database takes writes",
+                "responses": {
+                    "200": _response("Ready.", ref("Ready")),
+                    **_errors("Unavailable"),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "tags": ["meta"],
+                "summary": "This document",
+                "responses": {"200": _response("The OpenAPI 3.1 document.", {"type": "object"})},
+            }
+        },
+    }
+
+
+def build_spec(tasks: Iterable[str] | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the HTTP API.
+
+    `tasks`: the server's task names, listed as the values `task` takes; None leaves `task` any
+    name (a name the server does not know is refused with 422)."""
+    from . import __version__
+
+    names = None if tasks is None else sorted(set(tasks))
+    # a deep copy: no two places in the document share one dict, whatever a caller changes
+    return copy.deepcopy(
+        {
+            "openapi": "3.1.0",
+            "info": {
+                "title": "jobserver",
+                "version": __version__,
+                "summary": "A background-job server: durable SQLite queue and async workers.",
+                "description": (
+                    "Paths are relative to where the API is served (a host application may mount"
+                    " it under a prefix). Every error has the shape"
+                    ' `{"error": {"code", "message", "field"}}`. A wrong method for a path is 405'
+                    " with an `Allow` header (see the `MethodNotAllowed` response); an unknown"
+                    " path is 404. Unknown body fields are refused with 422, and so are unknown"
+                    " query parameters of the operations that declare query parameters. A server"
+                    " error is 500 with the code `internal`."
+                ),
+                "license": {"name": "MIT", "identifier": "MIT"},
+            },
+            "tags": [
+                {"name": "jobs"},
+                {"name": "dead-letters"},
+                {"name": "health"},
+                {"name": "meta"},
+            ],
+            "paths": _paths(),
+            "components": {
+                "schemas": _schemas(names),
+                "responses": _responses(),
+                "parameters": _parameters(),
+            },
+        }
+    )
