@@ -8,15 +8,26 @@ import logging
 import math
 import re
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
 from . import codec
-from .errors import Conflict, NotFound, StorageUnavailable, ValidationError
-from .models import DeadLetter, Job, JobState, NewJob
-from .store.base import JobFilter
+from .errors import Conflict, NotFound, QueueFull, StorageUnavailable, ValidationError
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .models import (
+    DEPENDENCY_FAILURE_POLICIES,
+    MISSED_TICK_POLICIES,
+    DeadLetter,
+    Job,
+    JobState,
+    NewJob,
+    QueueInfo,
+    Schedule,
+)
+from .render import MAX_TS, MIN_TS, dead_letter_to_dict, job_to_dict, rfc3339
+from .store.base import JobFilter, payload_fingerprint
 
 if TYPE_CHECKING:
     from .server import JobServer
@@ -39,8 +50,6 @@ RFC3339_NO_ZONE = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
 )
 RFC3339 = re.compile(RFC3339_NO_ZONE.pattern + r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})")
-MIN_TS = datetime(1, 1, 1, tzinfo=UTC).timestamp()
-MAX_TS = datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC).timestamp()
 DECIMAL = re.compile(r"-?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?")
 MAX_WAIT_S = 60.0
 MAX_BATCH = 10_000
@@ -58,64 +67,23 @@ JOB_FIELDS = frozenset(
         "timeout",
         "backoff",
         "idempotency_key",
+        "deadline",
+        "deadline_in",
+        "unique_key",
+        "depends_on",
+        "pass_result",
+        "on_dependency_failure",
+        "callback_url",
     }
 )
+MAX_DEPENDENCIES = 1000
+MAX_URL_LEN = 2000
+SCHEDULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,99}")
+SCHEDULE_FIELDS = frozenset(
+    {"name", "task", "cron", "args", "kwargs", "queue", "priority", "timezone", "missed", "paused"}
+)
+QUEUE_FIELDS = ("paused", "concurrency_limit", "rate_limit", "rate_burst", "max_depth")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-# -- rendering ------------------------------------------------------------------------------------
-def rfc3339(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    ts = min(max(ts, MIN_TS), MAX_TS)  # a datetime holds years 1 to 9999 only
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def public_error(error: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A job's error as clients see it: type and message; tracebacks stay in the log."""
-    if error is None:
-        return None
-    return {"type": error.get("type"), "message": error.get("message")}
-
-
-def job_to_dict(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "task": job.task,
-        "queue": job.queue,
-        "status": job.status.value,
-        "priority": job.priority,
-        "args": job.args,
-        "kwargs": job.kwargs,
-        "attempts": job.attempts,
-        "max_retries": job.max_retries,
-        "timeout": job.timeout_s,
-        "created_at": rfc3339(job.created_at),
-        "run_at": rfc3339(job.run_at),
-        "started_at": rfc3339(job.started_at),
-        "completed_at": rfc3339(job.completed_at),
-        "result": job.result,
-        "error": public_error(job.error),
-        "progress": None
-        if job.progress is None
-        else {"fraction": job.progress, "message": job.progress_message},
-        "cancel_requested": job.cancel_requested,
-        "is_terminal": job.is_terminal,
-    }
-
-
-def dead_letter_to_dict(dl: DeadLetter) -> dict[str, Any]:
-    return {
-        "id": dl.id,
-        "job_id": dl.job_id,
-        "task": dl.task,
-        "queue": dl.queue,
-        "args": dl.args,
-        "kwargs": dl.kwargs,
-        "error": public_error(dl.error),
-        "attempts": dl.attempts,
-        "failed_at": rfc3339(dl.failed_at),
-    }
 
 
 def json_response(
@@ -165,6 +133,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(404, "not_found", str(exc))
     except Conflict as exc:
         return error_response(409, "conflict", str(exc))
+    except QueueFull as exc:
+        return error_response(
+            429, "queue_full", str(exc), "queue", headers={"Retry-After": str(exc.retry_after_s)}
+        )
     except StorageUnavailable as exc:
         log.warning("storage unavailable: %s", exc)
         return error_response(
@@ -340,7 +312,42 @@ def parse_enqueue(body: dict[str, Any], header_key: str | None) -> dict[str, Any
             raise ValidationError("idempotency_key", "differs from the Idempotency-Key header")
         key = header_key
     priority = _int(body, "priority", *PRIORITY_RANGE)
+    deadline = (
+        parse_rfc3339("deadline", body["deadline"]) if body.get("deadline") is not None else None
+    )
+    deadline_in = _number(body, "deadline_in", 0.0, MAX_DELAY_S, open_lo=True)
+    if deadline is not None and deadline_in is not None:
+        raise ValidationError("deadline", "give deadline or deadline_in, not both")
+    depends_on = body.get("depends_on", [])
+    if not isinstance(depends_on, list) or len(depends_on) > MAX_DEPENDENCIES:
+        raise ValidationError(
+            "depends_on", f"must be an array of at most {MAX_DEPENDENCIES} job ids"
+        )
+    depends_on = [_int({"depends_on": d}, "depends_on", 1, 10**18 - 1) for d in depends_on]
+    pass_result = body.get("pass_result", False)
+    if not isinstance(pass_result, bool):
+        raise ValidationError("pass_result", "must be true or false")
+    policy = body.get("on_dependency_failure", "fail")
+    if policy not in DEPENDENCY_FAILURE_POLICIES:
+        raise ValidationError(
+            "on_dependency_failure", f"must be one of {', '.join(DEPENDENCY_FAILURE_POLICIES)}"
+        )
+    extra: dict[str, Any] = {}
+    if deadline is not None or deadline_in is not None:
+        extra["deadline"] = deadline
+        extra["deadline_s"] = deadline_in
+    if depends_on:
+        extra["depends_on"] = depends_on
+        extra["pass_result"] = pass_result
+        extra["on_dependency_failure"] = policy
+    unique_key = _string(body, "unique_key", MAX_KEY_LEN)
+    if unique_key is not None:
+        extra["unique_key"] = unique_key
+    callback_url = _string(body, "callback_url", MAX_URL_LEN)
+    if callback_url is not None:
+        extra["callback_url"] = callback_url
     return {
+        **extra,
         "task": task,
         "args": args,
         "kwargs": kwargs,
@@ -447,11 +454,20 @@ async def post_jobs_batch(request: web.Request) -> web.Response:
         raise ValidationError("jobs", f"must be an array of 1 to {MAX_BATCH} jobs")
     new_jobs: list[NewJob] = []
     problems: list[dict[str, Any]] = []
+    keys: dict[str, tuple[int, str]] = {}  # idempotency key -> (first index, payload digest)
     for index, item in enumerate(items):
         try:
             if not isinstance(item, dict):
                 raise ValidationError(None, "must be a JSON object")
-            new_jobs.append(server.new_job(**parse_enqueue(item, None)))
+            new = server.new_job(**parse_enqueue(item, None))
+            key = new.idempotency_key
+            if key is not None:
+                seen_at, digest = keys.setdefault(key, (index, payload_fingerprint(new)))
+                if seen_at != index and digest != payload_fingerprint(new):
+                    raise ValidationError(
+                        "idempotency_key", f"repeats item {seen_at}'s key with another payload"
+                    )
+            new_jobs.append(new)
         except ValidationError as exc:
             problems.append({"index": index, "field": exc.field, "message": exc.message})
     if problems:
@@ -470,7 +486,9 @@ async def post_jobs_batch(request: web.Request) -> web.Response:
             status=422,
         )
     results = await server.enqueue_many(new_jobs)
-    return json_response({"ids": [r.job.id for r in results]}, status=202)
+    return json_response(
+        {"ids": [r.job.id for r in results], "created": [r.created for r in results]}, status=202
+    )
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -478,7 +496,18 @@ async def get_job(request: web.Request) -> web.Response:
     wait_s = _wait_s(_query(request, {"wait"}))
     job_id = _path_id(request, "job")
     job = await (server.wait_for(job_id, wait_s) if wait_s else server.get_job(job_id))
-    return json_response(job_to_dict(job))
+    body = job_to_dict(job)
+    if job.status == JobState.PENDING:
+        reason = await server.why_waiting(job)
+        if reason is not None and "until" in reason:
+            reason = {**reason, "until": rfc3339(reason["until"])}
+        body["waiting"] = reason
+    return json_response(body)
+
+
+async def delete_job(request: web.Request) -> web.Response:
+    await _server(request).delete_job(_path_id(request, "job"))
+    return web.Response(status=204)
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -526,6 +555,207 @@ async def delete_dead_letter(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+# -- queues ---------------------------------------------------------------------------------------
+def queue_to_dict(info: QueueInfo) -> dict[str, Any]:
+    st = info.settings
+    return {
+        "name": info.name,
+        "paused": st.paused,
+        "counts": info.counts,
+        "oldest_due_age_s": info.oldest_due_age_s,
+        "limits": {
+            "concurrency_limit": st.concurrency_limit,
+            "rate_limit": st.rate_limit,
+            "rate_burst": st.rate_burst,
+            "max_depth": st.max_depth,
+        },
+        "rate_tokens": info.rate_tokens,
+    }
+
+
+def _queue_name(request: web.Request) -> str:
+    name = request.match_info["name"]
+    if not QUEUE_NAME.fullmatch(name):
+        raise NotFound(f"no queue {name!r}")
+    return name
+
+
+async def list_queues(request: web.Request) -> web.Response:
+    _query(request, set())
+    queues = await _server(request).list_queues()
+    return json_response({"items": [queue_to_dict(q) for q in queues]})
+
+
+async def get_queue(request: web.Request) -> web.Response:
+    return json_response(queue_to_dict(await _server(request).get_queue(_queue_name(request))))
+
+
+def parse_queue_settings(body: dict[str, Any]) -> dict[str, Any]:
+    """PATCH /queues/{name}: each limit a positive number, or null to lift it."""
+    unknown = set(body) - set(QUEUE_FIELDS)
+    if unknown:
+        raise ValidationError(sorted(unknown)[0], "unknown field")
+    changes: dict[str, Any] = {}
+    if "paused" in body:
+        if not isinstance(body["paused"], bool):
+            raise ValidationError("paused", "must be true or false")
+        changes["paused"] = body["paused"]
+    for name, lo, hi, whole in (
+        ("concurrency_limit", 1, 1_000_000, True),
+        ("max_depth", 1, 10**12, True),
+        ("rate_limit", 0.0, 1_000_000.0, False),
+        ("rate_burst", 1.0, 1_000_000.0, False),
+    ):
+        if name not in body:
+            continue
+        if body[name] is None:
+            changes[name] = None
+        elif whole:
+            changes[name] = _int(body, name, int(lo), int(hi))
+        else:
+            changes[name] = _number(body, name, lo, hi, open_lo=name == "rate_limit")
+    return changes
+
+
+async def patch_queue(request: web.Request) -> web.Response:
+    server = _server(request)
+    name = _queue_name(request)
+    changes = parse_queue_settings(await read_json_object(request, server.max_body_bytes))
+    return json_response(queue_to_dict(await server.configure_queue(name, **changes)))
+
+
+async def pause_queue(request: web.Request) -> web.Response:
+    info = await _server(request).configure_queue(_queue_name(request), paused=True)
+    return json_response(queue_to_dict(info))
+
+
+async def resume_queue(request: web.Request) -> web.Response:
+    info = await _server(request).configure_queue(_queue_name(request), paused=False)
+    return json_response(queue_to_dict(info))
+
+
+# -- schedules ------------------------------------------------------------------------------------
+def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
+    return {
+        "name": schedule.name,
+        "task": schedule.task,
+        "cron": schedule.cron,
+        "timezone": schedule.timezone,
+        "args": schedule.args,
+        "kwargs": schedule.kwargs,
+        "queue": schedule.queue,
+        "priority": schedule.priority,
+        "missed": schedule.missed,
+        "paused": schedule.paused,
+        "next_run_at": rfc3339(schedule.next_tick_at),
+        "last_run_at": rfc3339(schedule.last_tick_at),
+        "source": schedule.source,
+    }
+
+
+def parse_schedule(body: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(body) - SCHEDULE_FIELDS
+    if unknown:
+        raise ValidationError(sorted(unknown)[0], "unknown field")
+    name = body.get("name")
+    if not isinstance(name, str) or not SCHEDULE_NAME.fullmatch(name) or name.startswith("task:"):
+        raise ValidationError(
+            "name", "must be 1-100 of A-Z a-z 0-9 _ . : - starting alphanumeric (not task:...)"
+        )
+    job = parse_enqueue(
+        {k: body[k] for k in ("task", "args", "kwargs", "queue", "priority") if k in body}, None
+    )
+    cron = _string(body, "cron", 200)
+    if cron is None:
+        raise ValidationError("cron", "is required")
+    timezone = _string(body, "timezone", 100) or "UTC"
+    missed = body.get("missed", "skip")
+    if missed not in MISSED_TICK_POLICIES:
+        raise ValidationError("missed", f"must be one of {', '.join(MISSED_TICK_POLICIES)}")
+    paused = body.get("paused", False)
+    if not isinstance(paused, bool):
+        raise ValidationError("paused", "must be true or false")
+    return {
+        "name": name,
+        "task": job["task"],
+        "cron": cron,
+        "args": job["args"],
+        "kwargs": job["kwargs"],
+        "queue": job["queue"],
+        "priority": job["priority"],
+        "timezone": timezone,
+        "missed": missed,
+        "paused": paused,
+    }
+
+
+async def post_schedule(request: web.Request) -> web.Response:
+    server = _server(request)
+    fields = parse_schedule(await read_json_object(request, server.max_body_bytes))
+    return json_response(schedule_to_dict(await server.save_schedule(**fields)), status=201)
+
+
+async def list_schedules(request: web.Request) -> web.Response:
+    _query(request, set())
+    schedules = await _server(request).list_schedules()
+    return json_response({"items": [schedule_to_dict(s) for s in schedules]})
+
+
+async def get_schedule(request: web.Request) -> web.Response:
+    schedule = await _server(request).get_schedule(request.match_info["name"])
+    return json_response(schedule_to_dict(schedule))
+
+
+async def delete_schedule(request: web.Request) -> web.Response:
+    await _server(request).delete_schedule(request.match_info["name"])
+    return web.Response(status=204)
+
+
+# -- workflows ------------------------------------------------------------------------------------
+async def post_workflow(request: web.Request) -> web.Response:
+    server = _server(request)
+    body = await read_json_object(request, server.max_batch_body_bytes)
+    policy = body.pop("on_dependency_failure", "fail")
+    if policy not in DEPENDENCY_FAILURE_POLICIES:
+        raise ValidationError(
+            "on_dependency_failure", f"must be one of {', '.join(DEPENDENCY_FAILURE_POLICIES)}"
+        )
+    workflow_id, jobs = await server.enqueue_workflow(
+        body, parse_job=_parse_workflow_job, on_dependency_failure=policy
+    )
+    return json_response(
+        {
+            "id": workflow_id,
+            "jobs": [j.id for j in jobs],
+            "poll_url": str(request.app.router["get_workflow"].url_for(id=str(workflow_id))),
+        },
+        status=202,
+    )
+
+
+def _parse_workflow_job(item: dict[str, Any]) -> dict[str, Any]:
+    if "depends_on" in item or "pass_result" in item:
+        raise ValidationError("depends_on", "a workflow sets its own dependencies")
+    return parse_enqueue(item, None)
+
+
+async def get_workflow(request: web.Request) -> web.Response:
+    status, jobs = await _server(request).get_workflow(_path_id(request, "workflow"))
+    return json_response(
+        {
+            "id": int(request.match_info["id"]),
+            "status": status,
+            "jobs": [job_to_dict(j) for j in jobs],
+        }
+    )
+
+
+# -- operations -----------------------------------------------------------------------------------
+async def metrics(request: web.Request) -> web.Response:
+    body = await _server(request).render_metrics()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
 async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
@@ -547,11 +777,24 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
     ("POST", "/jobs/batch", post_jobs_batch, "enqueue_batch"),
     ("GET", "/jobs", list_jobs, "list_jobs"),
     ("GET", f"/jobs/{ID}", get_job, "get_job"),
+    ("DELETE", f"/jobs/{ID}", delete_job, "delete_job"),
     ("POST", f"/jobs/{ID}/cancel", cancel_job, "cancel_job"),
     ("GET", "/dead-letters", list_dead_letters, "list_dead_letters"),
     ("GET", f"/dead-letters/{ID}", get_dead_letter, "get_dead_letter"),
     ("POST", f"/dead-letters/{ID}/requeue", requeue_dead_letter, "requeue_dead_letter"),
     ("DELETE", f"/dead-letters/{ID}", delete_dead_letter, "delete_dead_letter"),
+    ("GET", "/queues", list_queues, "list_queues"),
+    ("GET", "/queues/{name}", get_queue, "get_queue"),
+    ("PATCH", "/queues/{name}", patch_queue, "configure_queue"),
+    ("POST", "/queues/{name}/pause", pause_queue, "pause_queue"),
+    ("POST", "/queues/{name}/resume", resume_queue, "resume_queue"),
+    ("POST", "/schedules", post_schedule, "create_schedule"),
+    ("GET", "/schedules", list_schedules, "list_schedules"),
+    ("GET", "/schedules/{name}", get_schedule, "get_schedule"),
+    ("DELETE", "/schedules/{name}", delete_schedule, "delete_schedule"),
+    ("POST", "/workflows", post_workflow, "create_workflow"),
+    ("GET", f"/workflows/{ID}", get_workflow, "get_workflow"),
+    ("GET", "/metrics", metrics, "metrics"),
     ("GET", "/healthz", healthz, "healthz"),
     ("GET", "/readyz", readyz, "readyz"),
     ("GET", "/openapi.json", openapi_json, "openapi"),

@@ -62,7 +62,7 @@ class HttpTask:
         self.allowed_hosts = frozenset(h.lower().strip("[]") for h in allowed_hosts)
         self._session: aiohttp.ClientSession | None = None
 
-    def _check_url(self, url: str) -> URL:
+    def check_url(self, url: str) -> URL:
         parsed = URL(url)
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise PermanentError(f"url must be an absolute http(s) URL, got {url!r}")
@@ -90,7 +90,7 @@ class HttpTask:
             raise PermanentError("give json or body, not both")
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        target = self._check_url(url)
+        target = self.check_url(url)
         try:
             for _ in range(MAX_REDIRECTS + 1):
                 async with self._session.request(
@@ -103,7 +103,7 @@ class HttpTask:
                     timeout=aiohttp.ClientTimeout(total=timeout),
                 ) as resp:
                     if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
-                        target = self._check_url(urljoin(str(target), resp.headers["Location"]))
+                        target = self.check_url(urljoin(str(target), resp.headers["Location"]))
                         if resp.status == 303:
                             method, json, body = "GET", None, None
                         continue

@@ -267,6 +267,12 @@ class JobInfo:
     error: JobError | None
     progress: Progress | None
     cancel_requested: bool
+    deadline: datetime | None = None
+    unique_key: str | None = None
+    depends_on: tuple[int, ...] = ()
+    workflow_id: int | None = None
+    callback_url: str | None = None
+    waiting: dict[str, Any] | None = None  # for a pending job: why it has not started
 
     @property
     def is_terminal(self) -> bool:
@@ -301,6 +307,12 @@ class JobInfo:
             if progress is None
             else Progress(float(progress["fraction"]), progress.get("message")),
             cancel_requested=bool(data.get("cancel_requested", False)),
+            deadline=_time(data.get("deadline")),
+            unique_key=data.get("unique_key"),
+            depends_on=tuple(int(d) for d in data.get("depends_on") or ()),
+            workflow_id=data.get("workflow_id"),
+            callback_url=data.get("callback_url"),
+            waiting=data.get("waiting"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -329,6 +341,12 @@ class JobInfo:
             else {"fraction": self.progress.fraction, "message": self.progress.message},
             "cancel_requested": self.cancel_requested,
             "is_terminal": self.is_terminal,
+            "deadline": _render_time(self.deadline),
+            "unique_key": self.unique_key,
+            "depends_on": list(self.depends_on),
+            "workflow_id": self.workflow_id,
+            "callback_url": self.callback_url,
+            **({"waiting": self.waiting} if self.status == JobState.PENDING else {}),
         }
 
 

@@ -18,6 +18,11 @@ class Clock(Protocol):
         """Wait `seconds` of this clock's time."""
         ...
 
+    async def sleep_until(self, when: float) -> None:
+        """Wait until this clock reads `when` (an absolute time cannot drift while a waiter
+        is being set up, as a relative one could)."""
+        ...
+
 
 class SystemClock:
     def now(self) -> float:
@@ -25,6 +30,9 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+    async def sleep_until(self, when: float) -> None:
+        await asyncio.sleep(max(0.0, when - time.time()))
 
 
 class ManualClock:
@@ -39,11 +47,14 @@ class ManualClock:
         return self._now
 
     async def sleep(self, seconds: float) -> None:
-        if seconds <= 0:
+        await self.sleep_until(self._now + seconds)
+
+    async def sleep_until(self, when: float) -> None:
+        if when <= self._now:
             await asyncio.sleep(0)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self._now + seconds, next(self._seq), fut))
+        heapq.heappush(self._sleepers, (when, next(self._seq), fut))
         await fut
 
     def advance(self, seconds: float) -> None:

@@ -72,6 +72,11 @@ def waiting_reason(
     """Why a pending job has not started, for GET /jobs/{id}; None for jobs not pending."""
     if job.status != JobState.PENDING:
         return None
+    if job.blocked_by > 0:
+        return {
+            "code": "waiting_for_dependencies",
+            "message": f"waiting for {job.blocked_by} of the jobs it depends on to succeed",
+        }
     if job.run_at > now:
         return {"code": "scheduled", "message": "scheduled for later", "until": job.run_at}
     if settings.paused:

@@ -86,6 +86,12 @@ class NewJob:
     idempotency_window_s: float = 86_400.0  # after this the key may be used again
     deadline: float | None = None  # do not start after this (epoch s): it fails as `expired`
     unique_key: str | None = None  # at most one pending or running job holds it
+    depends_on: list[int] = field(default_factory=list)  # ids of jobs that must succeed first
+    depends_on_index: list[int] = field(default_factory=list)  # earlier jobs of the same batch
+    pass_result: bool = False  # the dependencies' result(s) become the first argument
+    on_dependency_failure: str = "fail"  # or "cancel": what a failed dependency does to it
+    callback_url: str | None = None  # POSTed the job record when it ends
+    workflow_id: int | None = None
 
 
 @dataclass(slots=True)
@@ -115,6 +121,12 @@ class Job:
     idempotency_key: str | None = None
     deadline: float | None = None
     unique_key: str | None = None
+    depends_on: list[int] = field(default_factory=list)
+    blocked_by: int = 0  # dependencies not yet succeeded
+    pass_result: bool = False
+    on_dependency_failure: str = "fail"
+    callback_url: str | None = None
+    workflow_id: int | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -184,6 +196,13 @@ class QueueInfo:
 
 
 MISSED_TICK_POLICIES = ("skip", "catch_up")
+
+# A job with a callback_url that ends gets a delivery job of this shape (see webhooks.py);
+# the stores enqueue it in the transaction that ends the job.
+WEBHOOK_TASK = "jobserver.webhook"
+WEBHOOK_QUEUE = "webhooks"
+WEBHOOK_MAX_RETRIES = 8
+DEPENDENCY_FAILURE_POLICIES = ("fail", "cancel")
 
 
 @dataclass(slots=True)

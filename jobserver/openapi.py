@@ -19,6 +19,7 @@ RESPONSES = "#/components/responses/"
 PARAMETERS = "#/components/parameters/"
 MAX_ID = 10**18 - 1  # ids are read from up to 18 digits; longer ones are no job (404)
 ERROR_CODES = [
+    "queue_full",
     "bad_json",
     "bad_request",
     "not_found",
@@ -66,7 +67,7 @@ def _error_schema(*codes: str, batch: bool = False) -> dict[str, Any]:
 
 
 # -- schemas --------------------------------------------------------------------------------------
-def _job_request(tasks: list[str] | None) -> dict[str, Any]:
+def _job_request(tasks: list[str] | None, *, in_workflow: bool = False) -> dict[str, Any]:
     task: dict[str, Any] = {
         "type": "string",
         "minLength": 1,
@@ -153,12 +154,80 @@ def _job_request(tasks: list[str] | None) -> dict[str, Any]:
                     " differ from it.",
                 }
             ),
+            "deadline": _nullable(
+                {
+                    "type": "string",
+                    "format": "date-time",
+                    "description": "Do not start after this time: the job then fails as"
+                    " `expired`. Not before the job's start; not with `deadline_in`.",
+                }
+            ),
+            "deadline_in": _nullable(
+                {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "maximum": api.MAX_DELAY_S,
+                    "description": "The deadline in seconds from now.",
+                }
+            ),
+            "unique_key": _nullable(
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": api.MAX_KEY_LEN,
+                    "description": "At most one pending or running job holds this key: while"
+                    " one does, enqueueing another returns it (200).",
+                }
+            ),
+            "callback_url": _nullable(
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": api.MAX_URL_LEN,
+                    "description": "POSTed the job's record, signed, when it ends (a host on the"
+                    " allow-list; the server needs a webhook secret).",
+                }
+            ),
+            **(
+                {}
+                if in_workflow
+                else {
+                    "depends_on": {
+                        "type": "array",
+                        "maxItems": api.MAX_DEPENDENCIES,
+                        "items": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+                        "description": "Ids of existing jobs that must succeed first.",
+                    },
+                    "pass_result": {
+                        "type": "boolean",
+                        "description": "Give the dependencies' result(s) as the first argument.",
+                    },
+                    "on_dependency_failure": {
+                        "type": "string",
+                        "enum": ["fail", "cancel"],
+                        "description": "What a dependency that did not succeed does to this job.",
+                    },
+                }
+            ),
         },
-        # `delay` and `run_at` exclude each other (a null one is not given)
-        "not": {
-            "required": ["delay", "run_at"],
-            "properties": {"delay": {"type": "number"}, "run_at": {"type": "string"}},
-        },
+        # `delay` / `run_at`, and `deadline` / `deadline_in`, exclude each other
+        "allOf": [
+            {
+                "not": {
+                    "required": ["delay", "run_at"],
+                    "properties": {"delay": {"type": "number"}, "run_at": {"type": "string"}},
+                }
+            },
+            {
+                "not": {
+                    "required": ["deadline", "deadline_in"],
+                    "properties": {
+                        "deadline": {"type": "string"},
+                        "deadline_in": {"type": "number"},
+                    },
+                }
+            },
+        ],
     }
 
 
@@ -209,7 +278,7 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
         },
         "BatchAccepted": {
             "type": "object",
-            "required": ["ids"],
+            "required": ["ids", "created"],
             "additionalProperties": False,
             "properties": {
                 "ids": {
@@ -217,7 +286,13 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
                     "minItems": 1,
                     "items": {"type": "integer", "minimum": 1},
                     "description": "The jobs' ids, in the order they were given.",
-                }
+                },
+                "created": {
+                    "type": "array",
+                    "items": {"type": "boolean"},
+                    "description": "For each: false when an idempotency or unique key returned"
+                    " an earlier job.",
+                },
             },
         },
         "JobError": job_error,
@@ -258,8 +333,193 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
                 },
                 "cancel_requested": {"type": "boolean"},
                 "is_terminal": {"type": "boolean"},
+                "deadline": _nullable(timestamp),
+                "unique_key": {"type": ["string", "null"]},
+                "depends_on": {"type": "array", "items": {"type": "integer"}},
+                "workflow_id": {"type": ["integer", "null"]},
+                "callback_url": {"type": ["string", "null"]},
+            },
+            optional={
+                "waiting": {
+                    "anyOf": [ref("Waiting"), {"type": "null"}],
+                    "description": "For a pending job: why it has not started.",
+                }
+            },
+        ),
+        "Waiting": {
+            "type": "object",
+            "required": ["code", "message"],
+            "additionalProperties": False,
+            "properties": {
+                "code": {
+                    "type": "string",
+                    "enum": [
+                        "scheduled",
+                        "queue_paused",
+                        "queue_concurrency_limit",
+                        "queue_rate_limit",
+                        "waiting_for_dependencies",
+                        "due",
+                    ],
+                },
+                "message": {"type": "string"},
+                "until": {**timestamp, "description": "When it may start, if known."},
+            },
+        },
+        "WorkflowJob": _job_request(tasks, in_workflow=True),
+        "WorkflowNode": {
+            "description": "A job, or a chain, group or chord of nodes.",
+            "anyOf": [
+                ref("WorkflowJob"),
+                {
+                    "type": "object",
+                    "required": ["chain"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "chain": {"type": "array", "minItems": 1, "items": ref("WorkflowNode")}
+                    },
+                },
+                {
+                    "type": "object",
+                    "required": ["group"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "group": {"type": "array", "minItems": 1, "items": ref("WorkflowNode")}
+                    },
+                },
+                {
+                    "type": "object",
+                    "required": ["chord"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "chord": {
+                            "type": "object",
+                            "required": ["group", "callback"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "group": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "items": ref("WorkflowNode"),
+                                },
+                                "callback": ref("WorkflowNode"),
+                            },
+                        }
+                    },
+                },
+            ],
+        },
+        "WorkflowAccepted": _record(
+            {
+                "id": {"type": "integer", "minimum": 1},
+                "jobs": {"type": "array", "items": {"type": "integer"}},
+                "poll_url": {"type": "string"},
             }
         ),
+        "Workflow": _record(
+            {
+                "id": {"type": "integer", "minimum": 1},
+                "status": {
+                    "type": "string",
+                    "enum": ["pending", "running", "succeeded", "failed", "cancelled"],
+                },
+                "jobs": {"type": "array", "items": ref("Job")},
+            }
+        ),
+        "Queue": _record(
+            {
+                "name": {"type": "string"},
+                "paused": {"type": "boolean"},
+                "counts": {
+                    "type": "object",
+                    "additionalProperties": {"type": "integer", "minimum": 0},
+                    "description": "Jobs by state.",
+                },
+                "oldest_due_age_s": {"type": ["number", "null"]},
+                "limits": _record(
+                    {
+                        "concurrency_limit": {"type": ["integer", "null"]},
+                        "rate_limit": {"type": ["number", "null"]},
+                        "rate_burst": {"type": ["number", "null"]},
+                        "max_depth": {"type": ["integer", "null"]},
+                    }
+                ),
+                "rate_tokens": {"type": ["number", "null"]},
+            }
+        ),
+        "QueueList": _record({"items": {"type": "array", "items": ref("Queue")}}),
+        "QueueSettings": {
+            "type": "object",
+            "description": "The settings to change; null lifts a limit.",
+            "additionalProperties": False,
+            "properties": {
+                "paused": {"type": "boolean"},
+                "concurrency_limit": _nullable(
+                    {"type": "integer", "minimum": 1, "maximum": 1_000_000}
+                ),
+                "max_depth": _nullable({"type": "integer", "minimum": 1, "maximum": 10**12}),
+                "rate_limit": _nullable(
+                    {
+                        "type": "number",
+                        "exclusiveMinimum": 0,
+                        "maximum": 1_000_000,
+                        "description": "Jobs started per second (a token bucket).",
+                    }
+                ),
+                "rate_burst": _nullable({"type": "number", "minimum": 1, "maximum": 1_000_000}),
+            },
+        },
+        "ScheduleRequest": {
+            "type": "object",
+            "required": ["name", "task", "cron"],
+            "additionalProperties": False,
+            "properties": {
+                "name": {
+                    "type": "string",
+                    "pattern": f"^(?!task:){api.SCHEDULE_NAME.pattern}$",
+                },
+                "task": _job_request(tasks)["properties"]["task"],
+                "cron": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 200,
+                    "description": "A cron expression, e.g. `*/5 * * * *`.",
+                },
+                "args": {"type": "array"},
+                "kwargs": {"type": "object", "propertyNames": {"not": {"const": "ctx"}}},
+                "queue": {"type": "string", "pattern": QUEUE_PATTERN},
+                "priority": _nullable(
+                    {
+                        "type": "integer",
+                        "minimum": api.PRIORITY_RANGE[0],
+                        "maximum": api.PRIORITY_RANGE[1],
+                    }
+                ),
+                "timezone": _nullable(
+                    {"type": "string", "minLength": 1, "maxLength": 100, "default": "UTC"}
+                ),
+                "missed": {"type": "string", "enum": ["skip", "catch_up"], "default": "skip"},
+                "paused": {"type": "boolean"},
+            },
+        },
+        "Schedule": _record(
+            {
+                "name": {"type": "string"},
+                "task": {"type": "string"},
+                "cron": {"type": "string"},
+                "timezone": {"type": "string"},
+                "args": {"type": "array"},
+                "kwargs": {"type": "object"},
+                "queue": {"type": "string"},
+                "priority": {"type": "integer"},
+                "missed": {"type": "string", "enum": ["skip", "catch_up"]},
+                "paused": {"type": "boolean"},
+                "next_run_at": timestamp,
+                "last_run_at": _nullable(timestamp),
+                "source": {"type": "string", "enum": ["api", "task"]},
+            }
+        ),
+        "ScheduleList": _record({"items": {"type": "array", "items": ref("Schedule")}}),
         "DeadLetter": _record(
             {
                 "id": {"type": "integer", "minimum": 1},
@@ -343,13 +603,14 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
     }
 
 
-def _record(properties: dict[str, Any]) -> dict[str, Any]:
-    """An object with exactly these fields, all of them always there."""
+def _record(properties: dict[str, Any], optional: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An object with exactly these fields, all of them always there (and the optional ones
+    when they apply)."""
     return {
         "type": "object",
         "required": list(properties),
         "additionalProperties": False,
-        "properties": properties,
+        "properties": {**properties, **(optional or {})},
     }
 
 
@@ -410,6 +671,13 @@ def _responses() -> dict[str, Any]:
             **_response("The database cannot take writes now.", _error_schema("unavailable")),
             "headers": retry_after,
         },
+        "QueueFull": {
+            **_response(
+                "The queue holds its maximum of pending jobs; `field` is `queue`.",
+                _error_schema("queue_full"),
+            ),
+            "headers": retry_after,
+        },
     }
 
 
@@ -426,6 +694,19 @@ def _parameters() -> dict[str, Any]:
     return {
         "JobId": path_id("job"),
         "DeadLetterId": path_id("dead letter"),
+        "WorkflowId": path_id("workflow"),
+        "QueueName": {
+            "name": "name",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "pattern": QUEUE_PATTERN},
+        },
+        "ScheduleName": {
+            "name": "name",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "minLength": 1},
+        },
         "Wait": {
             "name": "wait",
             "in": "query",
@@ -474,6 +755,7 @@ def _errors(*names: str) -> dict[str, Any]:
         "Invalid": "422",
         "BatchInvalid": "422",
         "Unavailable": "503",
+        "QueueFull": "429",
     }
     return {status[name]: {"$ref": RESPONSES + name} for name in names}
 
@@ -503,7 +785,7 @@ def _paths() -> dict[str, Any]:
                         {"anyOf": [ref("Accepted"), ref("Job")]},
                     ),
                     "202": _response("Enqueued.", ref("Accepted")),
-                    **_errors(*BODY_ERRORS, "Conflict", "Invalid", "Unavailable"),
+                    **_errors(*BODY_ERRORS, "Conflict", "Invalid", "QueueFull", "Unavailable"),
                 },
             },
             "get": {
@@ -532,7 +814,7 @@ def _paths() -> dict[str, Any]:
                 "requestBody": _body("BatchRequest"),
                 "responses": {
                     "202": _response("Enqueued.", ref("BatchAccepted")),
-                    **_errors(*BODY_ERRORS, "Conflict", "BatchInvalid", "Unavailable"),
+                    **_errors(*BODY_ERRORS, "Conflict", "BatchInvalid", "QueueFull", "Unavailable"),
                 },
             }
         },
@@ -548,7 +830,18 @@ def _paths() -> dict[str, Any]:
                     ),
                     **_errors("NotFound", "Invalid", "Unavailable"),
                 },
-            }
+            },
+            "delete": {
+                "operationId": "delete_job",
+                "tags": ["jobs"],
+                "summary": "Delete a finished job",
+                "description": "Only a succeeded, failed or cancelled job (else 409).",
+                "parameters": [_param("JobId")],
+                "responses": {
+                    "204": {"description": "Deleted."},
+                    **_errors("NotFound", "Conflict", "Unavailable"),
+                },
+            },
         },
         "/jobs/{id}/cancel": {
             "post": {
@@ -612,6 +905,145 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/queues": {
+            "get": {
+                "operationId": "list_queues",
+                "tags": ["queues"],
+                "summary": "Every queue: depth by state, oldest due job, limits",
+                "responses": {
+                    "200": _response("The queues.", ref("QueueList")),
+                    **_errors("Invalid", "Unavailable"),
+                },
+            }
+        },
+        "/queues/{name}": {
+            "get": {
+                "operationId": "get_queue",
+                "tags": ["queues"],
+                "summary": "One queue",
+                "parameters": [_param("QueueName")],
+                "responses": {
+                    "200": _response("The queue.", ref("Queue")),
+                    **_errors("NotFound", "Unavailable"),
+                },
+            },
+            "patch": {
+                "operationId": "configure_queue",
+                "tags": ["queues"],
+                "summary": "Set a queue's limits (creating it if new)",
+                "parameters": [_param("QueueName")],
+                "requestBody": _body("QueueSettings"),
+                "responses": {
+                    "200": _response("The queue.", ref("Queue")),
+                    **_errors(*BODY_ERRORS, "NotFound", "Invalid", "Unavailable"),
+                },
+            },
+        },
+        "/queues/{name}/pause": {
+            "post": {
+                "operationId": "pause_queue",
+                "tags": ["queues"],
+                "summary": "Stop starting this queue's jobs",
+                "parameters": [_param("QueueName")],
+                "responses": {
+                    "200": _response("The queue.", ref("Queue")),
+                    **_errors("NotFound", "Unavailable"),
+                },
+            }
+        },
+        "/queues/{name}/resume": {
+            "post": {
+                "operationId": "resume_queue",
+                "tags": ["queues"],
+                "summary": "Start this queue's jobs again",
+                "parameters": [_param("QueueName")],
+                "responses": {
+                    "200": _response("The queue.", ref("Queue")),
+                    **_errors("NotFound", "Unavailable"),
+                },
+            }
+        },
+        "/schedules": {
+            "post": {
+                "operationId": "create_schedule",
+                "tags": ["schedules"],
+                "summary": "Create or replace a cron schedule",
+                "requestBody": _body("ScheduleRequest"),
+                "responses": {
+                    "201": _response("Saved.", ref("Schedule")),
+                    **_errors(*BODY_ERRORS, "Invalid", "Unavailable"),
+                },
+            },
+            "get": {
+                "operationId": "list_schedules",
+                "tags": ["schedules"],
+                "summary": "Every schedule",
+                "responses": {
+                    "200": _response("The schedules.", ref("ScheduleList")),
+                    **_errors("Invalid", "Unavailable"),
+                },
+            },
+        },
+        "/schedules/{name}": {
+            "get": {
+                "operationId": "get_schedule",
+                "tags": ["schedules"],
+                "summary": "One schedule",
+                "parameters": [_param("ScheduleName")],
+                "responses": {
+                    "200": _response("The schedule.", ref("Schedule")),
+                    **_errors("NotFound", "Unavailable"),
+                },
+            },
+            "delete": {
+                "operationId": "delete_schedule",
+                "tags": ["schedules"],
+                "summary": "Delete a schedule",
+                "parameters": [_param("ScheduleName")],
+                "responses": {
+                    "204": {"description": "Deleted."},
+                    **_errors("NotFound", "Unavailable"),
+                },
+            },
+        },
+        "/workflows": {
+            "post": {
+                "operationId": "create_workflow",
+                "tags": ["workflows"],
+                "summary": "Enqueue a chain, group or chord in one transaction",
+                "requestBody": _body("WorkflowNode"),
+                "responses": {
+                    "202": _response("Enqueued.", ref("WorkflowAccepted")),
+                    **_errors(*BODY_ERRORS, "Conflict", "Invalid", "QueueFull", "Unavailable"),
+                },
+            }
+        },
+        "/workflows/{id}": {
+            "get": {
+                "operationId": "get_workflow",
+                "tags": ["workflows"],
+                "summary": "A workflow's state and its jobs'",
+                "parameters": [_param("WorkflowId")],
+                "responses": {
+                    "200": _response("The workflow.", ref("Workflow")),
+                    **_errors("NotFound", "Unavailable"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "tags": ["meta"],
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {
+                        "description": "The Prometheus text format.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_errors("Unavailable"),
+                },
+            }
+        },
         "/healthz": {
             "get": {
                 "operationId": "healthz",
@@ -671,6 +1103,9 @@ def build_spec(tasks: Iterable[str] | None = None) -> dict[str, Any]:
             },
             "tags": [
                 {"name": "jobs"},
+                {"name": "workflows"},
+                {"name": "queues"},
+                {"name": "schedules"},
                 {"name": "dead-letters"},
                 {"name": "health"},
                 {"name": "meta"},

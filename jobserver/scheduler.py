@@ -86,11 +86,11 @@ class Scheduler:
             except Exception:
                 log.exception("firing schedules failed; trying again in 1 s")
                 next_at = self.clock.now() + 1
-            delay = self.idle_recheck_s
+            until = self.clock.now() + self.idle_recheck_s
             if next_at is not None:
-                delay = min(delay, max(0.0, next_at - self.clock.now()))
+                until = min(until, next_at)
             waiter = asyncio.ensure_future(self._wake.wait())
-            timer = asyncio.ensure_future(self.clock.sleep(delay))
+            timer = asyncio.ensure_future(self.clock.sleep_until(until))
             try:
                 await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
             finally:

@@ -20,13 +20,14 @@ from typing import Any
 
 from aiohttp import web
 
-from . import flow
+from . import flow, workflows
 from .builtin_tasks import DEFAULT_ALLOWED_HOSTS, HttpTask, builtin_specs
 from .clock import Clock, SystemClock
 from .errors import NotFound, ValidationError
 from .executor import Executor
 from .metrics import Metrics
 from .models import (
+    DEPENDENCY_FAILURE_POLICIES,
     MISSED_TICK_POLICIES,
     Backoff,
     DeadLetter,
@@ -43,7 +44,9 @@ from .scheduler import Scheduler
 from .store.base import Enqueued, JobFilter, Store
 from .store.sqlite import SQLiteStore
 from .tasks import Registry, TaskSpec, default_registry, load_task_modules
+from .webhooks import Webhooks
 from .worker import Worker
+from .workflows import ParseJob
 
 log = logging.getLogger(__name__)
 LAG_PROBE_S = 0.25
@@ -80,6 +83,7 @@ class JobServer:
         max_body_bytes: int = 1024 * 1024,
         max_batch_body_bytes: int = 32 * 1024 * 1024,
         idempotency_window_s: float = 86_400.0,
+        webhook_secret: str | None = None,
         keep_finished_s: float = 7 * DAY_S,
         keep_failed_s: float = 30 * DAY_S,
         clock: Clock | None = None,
@@ -94,6 +98,7 @@ class JobServer:
         self.max_batch_body_bytes = max(max_batch_body_bytes, max_body_bytes)
         self.idempotency_window_s = idempotency_window_s
         self._http_task = HttpTask(http_allowed_hosts)
+        self.webhooks = Webhooks(self._http_task, webhook_secret, self.get_job, self.clock)
         self.registry = self._build_registry(tasks)
         self._thread_pool = ThreadPoolExecutor(
             max_workers=concurrency, thread_name_prefix="jobserver-task"
@@ -123,7 +128,7 @@ class JobServer:
     def _build_registry(self, tasks: Iterable[str | ModuleType | TaskSpec]) -> Registry:
         items = list(tasks)
         load_task_modules(t for t in items if isinstance(t, str | ModuleType))
-        registry = Registry(builtin_specs(self._http_task))
+        registry = Registry([*builtin_specs(self._http_task), self.webhooks.spec()])
         for spec in default_registry:
             registry.add(spec)
         for item in items:
@@ -247,6 +252,10 @@ class JobServer:
         deadline_s: float | None = None,
         deadline: float | None = None,
         unique_key: str | None = None,
+        depends_on: Sequence[int] = (),
+        pass_result: bool = False,
+        on_dependency_failure: str = "fail",
+        callback_url: str | None = None,
     ) -> NewJob:
         """A job request with the task's defaults filled in; ValidationError for bad values.
 
@@ -263,6 +272,12 @@ class JobServer:
             deadline = now + deadline_s
         if deadline is not None and deadline < (run_at if run_at is not None else now):
             raise ValidationError("deadline", "is before the job would start")
+        if on_dependency_failure not in DEPENDENCY_FAILURE_POLICIES:
+            raise ValidationError(
+                "on_dependency_failure", f"must be one of {', '.join(DEPENDENCY_FAILURE_POLICIES)}"
+            )
+        if callback_url is not None:
+            self.webhooks.check_url(callback_url)
         return NewJob(
             task=task,
             args=list(args),
@@ -280,6 +295,10 @@ class JobServer:
             idempotency_window_s=self.idempotency_window_s,
             deadline=deadline,
             unique_key=unique_key,
+            depends_on=list(depends_on),
+            pass_result=pass_result,
+            on_dependency_failure=on_dependency_failure,
+            callback_url=callback_url,
         )
 
     async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
@@ -310,6 +329,40 @@ class JobServer:
         elif job.status == JobState.RUNNING:
             self.worker.cancel_running(job_id)
         return job
+
+    # -- workflows --------------------------------------------------------------------------------
+    async def enqueue_workflow(
+        self,
+        spec: dict[str, Any],
+        *,
+        parse_job: ParseJob | None = None,
+        on_dependency_failure: str = "fail",
+    ) -> tuple[int, list[Job]]:
+        """Enqueue a chain / group / chord (see jobserver.workflows) in one transaction;
+        returns the workflow id and its jobs, dependencies first."""
+        flat = workflows.flatten(spec, parse_job or dict)
+        new_jobs = []
+        for item in flat:
+            options = {"on_dependency_failure": on_dependency_failure, **item.options}
+            try:
+                new = self.new_job(**options)
+            except ValidationError as exc:
+                where = ".".join(p for p in (item.path, exc.field) if p)
+                raise ValidationError(where or None, exc.message) from None
+            new.depends_on_index = item.depends_on_index
+            new.pass_result = item.pass_result or new.pass_result
+            new_jobs.append(new)
+        workflow_id, jobs = await self.store.create_workflow(new_jobs, self.clock.now())
+        for job in jobs:
+            self._on_transition(job, job.status, {"event": "enqueued", "workflow": workflow_id})
+        self.worker.wake()
+        return workflow_id, jobs
+
+    async def get_workflow(self, workflow_id: int) -> tuple[str, list[Job]]:
+        jobs = await self.store.workflow_jobs(workflow_id)
+        if jobs is None:
+            raise NotFound(f"no workflow {workflow_id}")
+        return workflows.workflow_status(jobs), jobs
 
     async def delete_job(self, job_id: int) -> None:
         await self.store.delete_job(job_id)

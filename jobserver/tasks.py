@@ -180,6 +180,8 @@ class JobContext:
         self._report_progress = report_progress
         self._cancel_event = threading.Event()
         self.cancel_reason: str | None = None  # "cancelled" | "timeout" | "shutdown" | "lease_lost"
+        # results of the jobs this one depends on, by job id (empty for a job without any)
+        self.parent_results: dict[int, Any] = {}
 
     @property
     def cancelled(self) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 from collections.abc import Callable, Coroutine
@@ -136,7 +137,7 @@ class Worker:
             except Exception:
                 # A store hiccup (disk full, say) must not kill the pool: back off, then retry.
                 log.exception("claiming jobs failed; trying again in 1 s")
-                await self._sleep_or_wake(1.0)
+                await self._sleep_or_wake(self.clock.now() + 1.0)
 
     async def _dispatch_once(self) -> None:
         free = self.concurrency - len(self._running)
@@ -151,17 +152,16 @@ class Worker:
         if len(jobs) == free or self._stopping:
             return
         next_due = await self.store.next_wake_at(self.clock.now())
-        delay = None if next_due is None else next_due - self.clock.now()
-        if delay is not None and delay <= 0:
+        if next_due is not None and next_due <= self.clock.now():
             return  # due already (a retry scheduled meanwhile): claim again
-        await self._sleep_or_wake(delay)
+        await self._sleep_or_wake(next_due)
 
-    async def _sleep_or_wake(self, delay_s: float | None) -> None:
+    async def _sleep_or_wake(self, until: float | None) -> None:
         waiter = asyncio.ensure_future(self._wake.wait())
-        if delay_s is None:
+        if until is None:
             await waiter
             return
-        timer = asyncio.ensure_future(self.clock.sleep(delay_s))
+        timer = asyncio.ensure_future(self.clock.sleep_until(until))
         try:
             await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -183,6 +183,8 @@ class Worker:
 
     async def _run_job(self, job: Job, ctx: JobContext) -> None:
         try:
+            if job.depends_on:
+                job = await self._with_parent_results(job, ctx)
             outcome = await self.executor.run(job, ctx)
             await self._record(job, outcome)
         except asyncio.CancelledError:
@@ -194,6 +196,18 @@ class Worker:
         finally:
             self._running.pop(job.id, None)
             self._wake.set()
+
+    async def _with_parent_results(self, job: Job, ctx: JobContext) -> Job:
+        """Give a dependant its dependencies' results: all of them in ctx.parent_results, and
+        for a chain or chord step (pass_result) as its first argument: the one result, or the
+        list of them in dependency order."""
+        results = await self.store.results_of(job.depends_on)
+        ctx.parent_results = {d: results.get(d) for d in job.depends_on}
+        if not job.pass_result:
+            return job
+        ordered = [results.get(d) for d in job.depends_on]
+        first = ordered[0] if len(ordered) == 1 else ordered
+        return dataclasses.replace(job, args=[first, *job.args])
 
     async def _record(self, job: Job, outcome: Outcome) -> None:
         assert job.lease_token is not None

@@ -77,7 +77,8 @@ async def test_an_idle_node_is_woken_by_another_nodes_enqueue(schema: str) -> No
         job = await holder.enqueue("where")
         done = await holder.wait_for(job.id, timeout_s=10)  # woken by b's NOTIFY of the end
         assert done.status == JobState.SUCCEEDED
-        assert other.worker.running_ids == [] and holder.worker.running_ids == [busy.id]
+        assert holder.worker.running_ids == [busy.id]  # so it ran on the other node
+        await eventually(lambda: _running(other), lambda ids: ids == [])
         gates["hold-a"].set()
         assert (await b.wait_for(busy.id, timeout_s=10)).status == JobState.SUCCEEDED
     finally:
@@ -148,3 +149,7 @@ async def _rows(dsn: str, schema: str, sql: str) -> list[Any]:
         return list(await conn.fetch(sql))
     finally:
         await conn.close()
+
+
+async def _running(node: JobServer) -> list[int]:
+    return node.worker.running_ids

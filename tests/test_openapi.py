@@ -104,7 +104,8 @@ class Checked:
         async with self.session.request(method, self.base + path, **kw) as resp:
             raw = await resp.read()
             self.check(method, template, resp.status, resp.headers, raw)
-            return resp.status, json.loads(raw) if raw else None
+            is_json = resp.headers.get("Content-Type", "").startswith("application/json")
+            return resp.status, json.loads(raw) if raw and is_json else raw
 
     def check(
         self, method: str, template: str | None, status: int, headers: Any, raw: bytes
@@ -125,6 +126,9 @@ class Checked:
                 self.spec.validate(f"{ptr}/headers/{name}/schema", headers[name])
         if "content" not in response:
             assert raw == b"", f"{method} {template} {status} documents no body"
+            return
+        if "text/plain" in response["content"]:
+            assert headers["Content-Type"].startswith("text/plain")
             return
         assert headers["Content-Type"].startswith("application/json")
         self.spec.validate(f"{ptr}/content/application~1json/schema", json.loads(raw))
@@ -296,6 +300,10 @@ async def test_wrong_methods_and_unknown_paths_answer_as_documented(checked: Che
         ("/jobs/batch", "/jobs/batch"),
         ("/jobs/1", "/jobs/{id}"),
         ("/dead-letters/1", "/dead-letters/{id}"),
+        ("/queues/q", "/queues/{name}"),
+        ("/schedules", "/schedules"),
+        ("/workflows", "/workflows"),
+        ("/metrics", "/metrics"),
         ("/healthz", "/healthz"),
         ("/openapi.json", "/openapi.json"),
     ]:
@@ -314,7 +322,9 @@ async def test_wrong_methods_and_unknown_paths_answer_as_documented(checked: Che
 
 STORE_CALLS = [
     "enqueue", "get_job", "list_jobs", "request_cancel", "list_dead_letters", "get_dead_letter",
-    "requeue_dead_letter", "delete_dead_letter", "check_writable",
+    "requeue_dead_letter", "delete_dead_letter", "check_writable", "delete_job", "list_queues",
+    "get_queue", "configure_queue", "save_schedule", "list_schedules", "get_schedule",
+    "delete_schedule", "create_workflow", "workflow_jobs", "count_dead_letters",
 ]  # fmt: skip
 
 
@@ -342,9 +352,91 @@ async def drive_storage_faults(c: Checked, monkeypatch: pytest.MonkeyPatch) -> N
             ("POST", "/dead-letters/1/requeue", "/dead-letters/{id}/requeue", None),
             ("DELETE", "/dead-letters/1", "/dead-letters/{id}", None),
             ("GET", "/readyz", "/readyz", None),
+            ("DELETE", "/jobs/1", "/jobs/{id}", None),
+            ("GET", "/queues", "/queues", None),
+            ("GET", "/queues/q", "/queues/{name}", None),
+            ("PATCH", "/queues/q", "/queues/{name}", {"paused": True}),
+            ("POST", "/queues/q/pause", "/queues/{name}/pause", None),
+            ("POST", "/queues/q/resume", "/queues/{name}/resume", None),
+            ("POST", "/schedules", "/schedules", SCHEDULE),
+            ("GET", "/schedules", "/schedules", None),
+            ("GET", "/schedules/s", "/schedules/{name}", None),
+            ("DELETE", "/schedules/s", "/schedules/{name}", None),
+            ("POST", "/workflows", "/workflows", {"chain": [{"task": "echo"}]}),
+            ("GET", "/workflows/1", "/workflows/{id}", None),
+            ("GET", "/metrics", "/metrics", None),
         ]:
             status, _ = await c.call(method, path, template, body)
             assert status == 503, (method, path)
+
+
+SCHEDULE = {"name": "nightly", "task": "echo", "cron": "0 3 * * *", "args": ["hi"]}
+
+
+async def drive_body_errors(c: Checked, method: str, path: str, template: str) -> None:
+    """400, 413 and 415 for a route that reads a JSON body."""
+    json_type = {"Content-Type": "application/json"}
+    assert (await c.call(method, path, template, data=b"{nope", headers=json_type))[0] == 400
+    big = json.dumps({"x": "y" * 200_000}).encode()
+    assert (await c.call(method, path, template, data=big, headers=json_type))[0] == 413
+    plain = {"Content-Type": "text/plain"}
+    assert (await c.call(method, path, template, data=b"{}", headers=plain))[0] == 415
+
+
+async def drive_flow_routes(c: Checked) -> None:
+    """Queues, schedules, workflows, metrics and deleting jobs."""
+    done = await c.terminal((await c.enqueue(task="echo", args=[1]))["id"])
+    pending = await c.enqueue(task="echo", delay=999)
+    one = "/jobs/{id}"
+    assert (await c.call("DELETE", f"/jobs/{done['id']}", one))[0] == 204
+    assert (await c.call("DELETE", f"/jobs/{done['id']}", one))[0] == 404
+    assert (await c.call("DELETE", f"/jobs/{pending['id']}", one))[0] == 409
+
+    q = "/queues/{name}"
+    assert (await c.call("GET", "/queues", "/queues"))[0] == 200
+    assert (await c.call("GET", "/queues?x=1", "/queues"))[0] == 422
+    assert (await c.call("GET", "/queues/default", q))[0] == 200
+    assert (await c.call("GET", "/queues/never-used", q))[0] == 404
+    assert (await c.call("PATCH", "/queues/small", q, {"max_depth": 1, "rate_limit": 5}))[0] == 200
+    assert (await c.call("PATCH", "/queues/small", q, {"max_depth": 0}))[0] == 422
+    assert (await c.call("PATCH", "/queues/%20bad", q, {"paused": True}))[0] == 404
+    await drive_body_errors(c, "PATCH", "/queues/small", q)
+    for action in ("pause", "resume"):
+        route = f"/queues/{{name}}/{action}"
+        assert (await c.call("POST", f"/queues/small/{action}", route))[0] == 200
+        assert (await c.call("POST", f"/queues/%20bad/{action}", route))[0] == 404
+    # a full queue: 429 with Retry-After
+    await c.enqueue(task="echo", queue="small", delay=999)
+    full = {"task": "echo", "queue": "small"}
+    assert (await c.call("POST", "/jobs", "/jobs", full))[0] == 429
+    assert (await c.call("POST", "/jobs/batch", "/jobs/batch", {"jobs": [full]}))[0] == 429
+    assert (await c.call("POST", "/workflows", "/workflows", {"group": [full]}))[0] == 429
+
+    s = "/schedules/{name}"
+    assert (await c.call("POST", "/schedules", "/schedules", SCHEDULE))[0] == 201
+    bad = {**SCHEDULE, "cron": "every day"}
+    assert (await c.call("POST", "/schedules", "/schedules", bad))[0] == 422
+    await drive_body_errors(c, "POST", "/schedules", "/schedules")
+    assert (await c.call("GET", "/schedules", "/schedules"))[0] == 200
+    assert (await c.call("GET", "/schedules?x=1", "/schedules"))[0] == 422
+    assert (await c.call("GET", "/schedules/nightly", s))[0] == 200
+    assert (await c.call("DELETE", "/schedules/nightly", s))[0] == 204
+    assert (await c.call("GET", "/schedules/nightly", s))[0] == 404
+    assert (await c.call("DELETE", "/schedules/nightly", s))[0] == 404
+
+    w = "/workflows/{id}"
+    flow = {"chord": {"group": [{"task": "echo", "args": [1]}], "callback": {"task": "echo"}}}
+    status, accepted = await c.call("POST", "/workflows", "/workflows", flow)
+    assert status == 202 and len(accepted["jobs"]) == 2
+    assert (await c.call("GET", f"/workflows/{accepted['id']}", w))[0] == 200
+    assert (await c.call("GET", "/workflows/999", w))[0] == 404
+    assert (await c.call("POST", "/workflows", "/workflows", {"chain": []}))[0] == 422
+    await drive_body_errors(c, "POST", "/workflows", "/workflows")
+    keyed = {"task": "echo", "args": [1], "idempotency_key": "wf-k"}
+    await c.enqueue(**keyed)
+    clash = {"group": [{**keyed, "args": [2]}]}
+    assert (await c.call("POST", "/workflows", "/workflows", clash))[0] == 409
+    assert (await c.call("GET", "/metrics", "/metrics"))[0] == 200
 
 
 async def test_every_route_answers_as_documented(
@@ -354,6 +446,7 @@ async def test_every_route_answers_as_documented(
     and every answer validates against the spec."""
     await drive_jobs_routes(checked)
     await drive_dead_letter_and_health_routes(checked)
+    await drive_flow_routes(checked)
     await drive_storage_faults(checked, monkeypatch)
     documented = {
         (method, path, int(status))

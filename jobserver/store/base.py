@@ -167,6 +167,19 @@ class Store(Protocol):
         """Raise StorageUnavailable unless a write transaction can start now."""
         ...
 
+    # -- workflows and dependencies ---------------------------------------------------------
+    async def results_of(self, job_ids: Sequence[int]) -> dict[int, Any]:
+        """The results of finished jobs, for dependants that receive them."""
+        ...
+
+    async def create_workflow(self, jobs: Sequence[NewJob], now: float) -> tuple[int, list[Job]]:
+        """Insert a workflow's jobs (their `depends_on_index` point at each other) at once."""
+        ...
+
+    async def workflow_jobs(self, workflow_id: int) -> list[Job] | None:
+        """The workflow's jobs in order; None for no such workflow."""
+        ...
+
     # -- queues ---------------------------------------------------------------------------------
     async def list_queues(self, now: float) -> list[QueueInfo]: ...
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import itertools
 import logging
 import secrets
@@ -37,8 +38,12 @@ from ..errors import (
     QueueFull,
     SchemaError,
     StorageUnavailable,
+    ValidationError,
 )
 from ..models import (
+    WEBHOOK_MAX_RETRIES,
+    WEBHOOK_QUEUE,
+    WEBHOOK_TASK,
     Backoff,
     DeadLetter,
     Job,
@@ -92,7 +97,15 @@ MIGRATIONS: list[tuple[int, str]] = [
             payload_hash TEXT,
             deadline DOUBLE PRECISION,
             unique_key TEXT,
+            depends_on JSONB,
+            blocked_by INTEGER NOT NULL DEFAULT 0 CHECK (blocked_by >= 0),
+            pass_result BOOLEAN NOT NULL DEFAULT FALSE,
+            on_dependency_failure TEXT NOT NULL DEFAULT 'fail'
+                CHECK (on_dependency_failure IN ('fail', 'cancel')),
+            callback_url TEXT,
+            workflow_id BIGINT,
             CHECK (attempts >= 0 AND attempts <= max_retries + 1),
+            CHECK (status <> 'running' OR blocked_by = 0),
             CHECK ((status = 'running') = (lease_token IS NOT NULL)),
             CHECK ((status = 'running') = (lease_expires_at IS NOT NULL)),
             CHECK (status <> 'running' OR (started_at IS NOT NULL AND attempts >= 1)),
@@ -100,8 +113,21 @@ MIGRATIONS: list[tuple[int, str]] = [
             CHECK (status <> 'succeeded' OR attempts >= 1)
         );
         CREATE INDEX jobs_claim ON jobs (queue, priority DESC, run_at, id)
-            WHERE status = 'pending';
-        CREATE INDEX jobs_next_due ON jobs (run_at) WHERE status = 'pending';
+            WHERE status = 'pending' AND blocked_by = 0;
+        CREATE INDEX jobs_next_due ON jobs (run_at) WHERE status = 'pending' AND blocked_by = 0;
+        CREATE INDEX jobs_workflow ON jobs (workflow_id) WHERE workflow_id IS NOT NULL;
+
+        CREATE TABLE job_dependencies (
+            job_id BIGINT NOT NULL,
+            depends_on BIGINT NOT NULL,
+            PRIMARY KEY (job_id, depends_on)
+        );
+        CREATE INDEX job_dependencies_reverse ON job_dependencies (depends_on);
+
+        CREATE TABLE workflows (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            created_at DOUBLE PRECISION NOT NULL
+        );
         CREATE INDEX jobs_deadline ON jobs (deadline)
             WHERE status = 'pending' AND deadline IS NOT NULL;
         CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE status = 'running';
@@ -161,7 +187,8 @@ MIGRATIONS: list[tuple[int, str]] = [
 JOB_COLUMNS = (
     "id, task, queue, args, kwargs, priority, status, attempts, max_retries, timeout_s, backoff,"
     " created_at, run_at, started_at, completed_at, result, error, progress, progress_message,"
-    " lease_token, lease_expires_at, cancel_requested, idempotency_key, deadline, unique_key"
+    " lease_token, lease_expires_at, cancel_requested, idempotency_key, deadline, unique_key,"
+    " depends_on, blocked_by, pass_result, on_dependency_failure, callback_url, workflow_id"
 )
 QUEUE_COLUMNS = (
     "name, paused, concurrency_limit, rate_limit, rate_burst, max_depth, tokens, tokens_at"
@@ -214,6 +241,12 @@ def _record_to_job(r: Mapping[str, Any]) -> Job:
         idempotency_key=r["idempotency_key"],
         deadline=r["deadline"],
         unique_key=r["unique_key"],
+        depends_on=r["depends_on"] or [],
+        blocked_by=r["blocked_by"],
+        pass_result=r["pass_result"],
+        on_dependency_failure=r["on_dependency_failure"],
+        callback_url=r["callback_url"],
+        workflow_id=r["workflow_id"],
     )
 
 
@@ -425,12 +458,14 @@ class PostgresStore:
 
     # -- enqueue and read ----------------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
-        rows = [_insert_params(j, now) for j in jobs]
+        rows = [_row(j, now) for j in jobs]
 
         async def op(conn: asyncpg.Connection) -> list[Enqueued]:
-            await _admit(conn, [r[1] for r in rows])
-            results = [await _insert_one(conn, row, now) for row in rows]
+            await _admit(conn, [r.values[1] for r in rows])
+            ended: list[int] = []
+            results = await _insert_all(conn, rows, now, ended)
             await self._notify_due(conn)
+            await self._notify_done(conn, ended)
             return results
 
         result: list[Enqueued] = await self._write(op)
@@ -526,14 +561,27 @@ class PostgresStore:
         return result
 
     async def complete(self, job_id: int, token: str, result: bytes, now: float) -> bool:
-        return await self._guarded(
-            """UPDATE jobs SET status = 'succeeded', result = $3, completed_at = $4,
-                   progress = 1.0, progress_message = NULL, error = NULL,
-                   lease_token = NULL, lease_expires_at = NULL
-               WHERE id = $1 AND status = 'running' AND lease_token = $2""",
-            (job_id, token, result, now),
-            done=job_id,
-        )
+        async def op(conn: asyncpg.Connection) -> bool:
+            status: str = await conn.execute(
+                """UPDATE jobs SET status = 'succeeded', result = $3, completed_at = $4,
+                       progress = 1.0, progress_message = NULL, error = NULL,
+                       lease_token = NULL, lease_expires_at = NULL
+                   WHERE id = $1 AND status = 'running' AND lease_token = $2""",
+                job_id,
+                token,
+                result,
+                now,
+            )
+            if status.split()[-1] == "0":
+                return False
+            await self._notify_done(conn, [job_id])
+            webhook = await _queue_webhooks(conn, [job_id], now)
+            if await _after_success(conn, job_id) or webhook:
+                await self._notify_due(conn)
+            return True
+
+        ok: bool = await self._write(op)
+        return ok
 
     async def schedule_retry(
         self, job_id: int, token: str, error: dict[str, Any], run_at: float, now: float
@@ -555,20 +603,35 @@ class PostgresStore:
                 error,
                 now,
             )
-            await self._notify_done(conn, failed)
+            ended: list[int] = []
+            await _after_failure(conn, failed, now, ended)
+            await self._notify_done(conn, failed + ended)
+            await self._notify_due(conn)  # their webhook jobs, if any
             return bool(failed)
 
         result: bool = await self._write(op)
         return result
 
     async def mark_cancelled(self, job_id: int, token: str, now: float) -> bool:
-        return await self._guarded(
-            """UPDATE jobs SET status = 'cancelled', completed_at = $3,
-                   lease_token = NULL, lease_expires_at = NULL
-               WHERE id = $1 AND status = 'running' AND lease_token = $2""",
-            (job_id, token, now),
-            done=job_id,
-        )
+        async def op(conn: asyncpg.Connection) -> bool:
+            status: str = await conn.execute(
+                """UPDATE jobs SET status = 'cancelled', completed_at = $3,
+                       lease_token = NULL, lease_expires_at = NULL
+                   WHERE id = $1 AND status = 'running' AND lease_token = $2""",
+                job_id,
+                token,
+                now,
+            )
+            if status.split()[-1] == "0":
+                return False
+            ended: list[int] = []
+            await _after_failure(conn, [job_id], now, ended)
+            await self._notify_done(conn, [job_id, *ended])
+            await self._notify_due(conn)  # their webhook jobs, if any
+            return True
+
+        result: bool = await self._write(op)
+        return result
 
     async def release(self, job_id: int, token: str) -> bool:
         return await self._guarded(
@@ -599,10 +662,12 @@ class PostgresStore:
                 error_info(None, type_="expired", message=EXPIRED),
                 now,
             )
-            await self._notify_done(conn, report.expired)
+            ended: list[int] = []
+            await _after_failure(conn, report.dead_lettered + report.expired, now, ended)
             if report.requeued:
                 await self._notify_due(conn)
-            await self._notify_done(conn, report.dead_lettered)
+            await self._notify_done(conn, report.dead_lettered + report.expired + ended)
+            await self._notify_due(conn)  # their webhook jobs, if any
             return report
 
         result: RescueReport = await self._write(op)
@@ -642,7 +707,10 @@ class PostgresStore:
                     job_id,
                     now,
                 )
-                await self._notify_done(conn, [job_id])
+                ended: list[int] = []
+                await _after_failure(conn, [job_id], now, ended)
+                await self._notify_done(conn, [job_id, *ended])
+                await self._notify_due(conn)  # their webhook jobs, if any
             elif job.status == JobState.RUNNING:
                 await conn.execute("UPDATE jobs SET cancel_requested = TRUE WHERE id = $1", job_id)
             elif job.status == JobState.CANCELLED:
@@ -719,6 +787,43 @@ class PostgresStore:
 
         result: bool = await self._write(op)
         return result
+
+    # -- workflows ----------------------------------------------------------------------------
+    async def results_of(self, job_ids: Sequence[int]) -> dict[int, Any]:
+        ids = list(job_ids)
+
+        async def fn(conn: asyncpg.Connection) -> dict[int, Any]:
+            rows = await conn.fetch("SELECT id, result FROM jobs WHERE id = ANY($1::bigint[])", ids)
+            return {r["id"]: r["result"] for r in rows}
+
+        return await self._read(fn) if ids else {}
+
+    async def create_workflow(self, jobs: Sequence[NewJob], now: float) -> tuple[int, list[Job]]:
+        async def op(conn: asyncpg.Connection) -> tuple[int, list[Job]]:
+            workflow_id: int = await conn.fetchval(
+                "INSERT INTO workflows (created_at) VALUES ($1) RETURNING id", now
+            )
+            rows = [_row(dataclasses.replace(j, workflow_id=workflow_id), now) for j in jobs]
+            await _admit(conn, [r.values[1] for r in rows])
+            ended: list[int] = []
+            results = await _insert_all(conn, rows, now, ended)
+            await self._notify_due(conn)
+            await self._notify_done(conn, ended)
+            return workflow_id, [e.job for e in results]
+
+        result: tuple[int, list[Job]] = await self._write(op)
+        return result
+
+    async def workflow_jobs(self, workflow_id: int) -> list[Job] | None:
+        async def fn(conn: asyncpg.Connection) -> list[Job] | None:
+            if not await conn.fetchval("SELECT 1 FROM workflows WHERE id = $1", workflow_id):
+                return None
+            rows = await conn.fetch(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE workflow_id = $1 ORDER BY id", workflow_id
+            )
+            return [_record_to_job(r) for r in rows]
+
+        return await self._read(fn)
 
     # -- queues -------------------------------------------------------------------------------
     async def list_queues(self, now: float) -> list[QueueInfo]:
@@ -839,7 +944,7 @@ class PostgresStore:
     async def fire_schedule(
         self, name: str, expected_tick: float, next_tick: float, jobs: Sequence[NewJob], now: float
     ) -> list[int]:
-        rows = [_insert_params(j, now) for j in jobs]
+        rows = [_row(j, now) for j in jobs]
 
         async def op(conn: asyncpg.Connection) -> list[int]:
             status: str = await conn.execute(
@@ -851,8 +956,8 @@ class PostgresStore:
             )
             if status.split()[-1] == "0":
                 return []  # another node fired this tick
-            await _admit(conn, [r[1] for r in rows])
-            ids = [(await _insert_one(conn, row, now)).job.id for row in rows]
+            await _admit(conn, [r.values[1] for r in rows])
+            ids = [e.job.id for e in await _insert_all(conn, rows, now, [])]
             await self._notify_due(conn)
             return ids
 
@@ -867,16 +972,18 @@ class PostgresStore:
                 (["succeeded", "cancelled"], finished_before),
                 (["failed"], failed_before),
             ):
-                status: str = await conn.execute(
+                gone = await conn.fetch(
                     """DELETE FROM jobs WHERE id IN (
                            SELECT id FROM jobs WHERE status = ANY($1::text[]) AND completed_at < $2
-                           ORDER BY completed_at LIMIT $3 FOR UPDATE SKIP LOCKED)""",
+                           ORDER BY completed_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+                       RETURNING id""",
                     statuses,
                     before,
                     limit,
                 )
-                deleted += int(status.split()[-1])
-            status = await conn.execute(
+                await _forget_dependencies(conn, [r["id"] for r in gone])
+                deleted += len(gone)
+            status: str = await conn.execute(
                 """DELETE FROM dead_letters WHERE id IN (
                        SELECT id FROM dead_letters WHERE failed_at < $1
                        ORDER BY failed_at LIMIT $2 FOR UPDATE SKIP LOCKED)""",
@@ -899,6 +1006,7 @@ class PostgresStore:
             if status not in ("succeeded", "failed", "cancelled"):
                 raise Conflict(f"job {job_id} is {status}: only finished jobs can be deleted")
             await conn.execute("DELETE FROM jobs WHERE id = $1", job_id)
+            await _forget_dependencies(conn, [job_id])
 
         await self._write(op)
 
@@ -959,7 +1067,24 @@ def _insert_params(job: NewJob, now: float) -> tuple[Any, ...]:
         payload_fingerprint(job) if key is not None else None,
         job.deadline,
         job.unique_key,
+        job.pass_result,
+        job.on_dependency_failure,
+        job.callback_url,
+        job.workflow_id,
     )
+
+
+@dataclass(slots=True)
+class _Row:
+    """A job to insert: its INSERT values and the dependencies linked after it."""
+
+    values: tuple[Any, ...]
+    depends_on: list[int]
+    depends_on_index: list[int]
+
+
+def _row(job: NewJob, now: float) -> _Row:
+    return _Row(_insert_params(job, now), list(job.depends_on), list(job.depends_on_index))
 
 
 async def _admit(conn: asyncpg.Connection, queues: Sequence[str]) -> None:
@@ -1016,12 +1141,151 @@ async def _insert_one(conn: asyncpg.Connection, params: tuple[Any, ...], now: fl
     row = await conn.fetchrow(
         f"""INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries, timeout_s,
                 backoff, created_at, run_at, idempotency_key, idempotency_expires_at, payload_hash,
-                deadline, unique_key)
-            VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                deadline, unique_key, pass_result, on_dependency_failure, callback_url,
+                workflow_id)
+            VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                $16, $17, $18, $19)
             RETURNING {JOB_COLUMNS}""",
         *params,
     )
     return Enqueued(_record_to_job(row), created=True)
+
+
+async def _insert_all(
+    conn: asyncpg.Connection, rows: Sequence[_Row], now: float, ended: list[int]
+) -> list[Enqueued]:
+    """Insert a batch; `depends_on_index` names earlier jobs of the same batch."""
+    results: list[Enqueued] = []
+    for row in rows:
+        enqueued = await _insert_one(conn, row.values, now)
+        batch_deps = [results[i].job.id for i in row.depends_on_index]
+        deps = list(dict.fromkeys([*row.depends_on, *batch_deps]))
+        if enqueued.created and deps:
+            await _link_dependencies(conn, enqueued.job.id, deps, now, ended)
+            fresh = await conn.fetchrow(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", enqueued.job.id
+            )
+            enqueued = Enqueued(_record_to_job(fresh), created=True)
+        results.append(enqueued)
+    return results
+
+
+async def _link_dependencies(
+    conn: asyncpg.Connection, job_id: int, deps: list[int], now: float, ended: list[int]
+) -> None:
+    """Make `job_id` wait for `deps`; if one of them already failed, it ends at once."""
+    rows = await conn.fetch(
+        "SELECT id, status FROM jobs WHERE id = ANY($1::bigint[]) FOR SHARE", deps
+    )
+    found = {r["id"]: r["status"] for r in rows}
+    missing = [d for d in deps if d not in found]
+    if missing:
+        raise ValidationError("depends_on", f"no job {missing[0]}")
+    await conn.executemany(
+        "INSERT INTO job_dependencies (job_id, depends_on) VALUES ($1, $2)",
+        [(job_id, d) for d in deps],
+    )
+    waiting = sum(1 for d in deps if found[d] != "succeeded")
+    await conn.execute(
+        "UPDATE jobs SET depends_on = $1, blocked_by = $2 WHERE id = $3", deps, waiting, job_id
+    )
+    failed = [d for d in deps if found[d] in ("failed", "cancelled")]
+    if failed:
+        await _end_dependant(conn, job_id, failed[0], found[failed[0]], now, ended)
+
+
+async def _queue_webhooks(conn: asyncpg.Connection, job_ids: Sequence[int], now: float) -> bool:
+    """Jobs that ended and have a callback_url: their delivery jobs, in this same transaction."""
+    if not job_ids:
+        return False
+    status: str = await conn.execute(
+        """INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries,
+               created_at, run_at)
+           SELECT $1, $2, jsonb_build_array(callback_url, id), '{}'::jsonb, 0, 'pending', $3,
+               $4, $4
+           FROM jobs WHERE id = ANY($5::bigint[]) AND callback_url IS NOT NULL""",
+        WEBHOOK_TASK,
+        WEBHOOK_QUEUE,
+        WEBHOOK_MAX_RETRIES,
+        now,
+        list(job_ids),
+    )
+    if status.split()[-1] == "0":
+        return False
+    await conn.execute(
+        "INSERT INTO queues (name) VALUES ($1) ON CONFLICT DO NOTHING", WEBHOOK_QUEUE
+    )
+    return True
+
+
+async def _after_success(conn: asyncpg.Connection, job_id: int) -> bool:
+    """A job succeeded: its dependants wait for one fewer. True if some may start now."""
+    left = await conn.fetch(
+        """UPDATE jobs SET blocked_by = blocked_by - 1
+           WHERE status = 'pending' AND blocked_by > 0
+             AND id IN (SELECT job_id FROM job_dependencies WHERE depends_on = $1)
+           RETURNING blocked_by""",
+        job_id,
+    )
+    return any(r["blocked_by"] == 0 for r in left)
+
+
+async def _after_failure(
+    conn: asyncpg.Connection, job_ids: Sequence[int], now: float, ended: list[int]
+) -> None:
+    """Jobs ended without success: every pending job depending on them, directly or not,
+    ends too (failed as `dependency_failed`, or cancelled, as each asked). Every job that
+    ended, the given ones too, gets its webhook queued."""
+    await _queue_webhooks(conn, job_ids, now)
+    frontier = list(job_ids)
+    while frontier:
+        root = frontier.pop()
+        root_status = await conn.fetchval("SELECT status FROM jobs WHERE id = $1", root)
+        dependants = await conn.fetch(
+            """SELECT j.id FROM jobs j JOIN job_dependencies d ON d.job_id = j.id
+               WHERE d.depends_on = $1 AND j.status = 'pending' FOR UPDATE OF j""",
+            root,
+        )
+        for r in dependants:
+            await _end_dependant(conn, r["id"], root, root_status or "gone", now, ended)
+            frontier.append(r["id"])
+
+
+async def _end_dependant(
+    conn: asyncpg.Connection, job_id: int, root: int, root_status: str, now: float, ended: list[int]
+) -> None:
+    policy = await conn.fetchval("SELECT on_dependency_failure FROM jobs WHERE id = $1", job_id)
+    if policy == "cancel":
+        await conn.execute(
+            "UPDATE jobs SET status = 'cancelled', completed_at = $1"
+            " WHERE id = $2 AND status = 'pending'",
+            now,
+            job_id,
+        )
+    else:
+        error = error_info(
+            None,
+            type_="dependency_failed",
+            message=f"job {root}, which this job depends on, ended {root_status}",
+        )
+        await conn.execute(
+            "UPDATE jobs SET status = 'failed', completed_at = $1, error = $2"
+            " WHERE id = $3 AND status = 'pending'",
+            now,
+            error,
+            job_id,
+        )
+    ended.append(job_id)
+    await _queue_webhooks(conn, [job_id], now)
+
+
+async def _forget_dependencies(conn: asyncpg.Connection, job_ids: Sequence[int]) -> None:
+    if job_ids:
+        await conn.execute(
+            "DELETE FROM job_dependencies"
+            " WHERE job_id = ANY($1::bigint[]) OR depends_on = ANY($1::bigint[])",
+            list(job_ids),
+        )
 
 
 async def _fail_for_good(
@@ -1119,8 +1383,8 @@ async def _claim(
         if allowed <= 0:
             continue
         rows = await conn.fetch(
-            """SELECT id FROM jobs WHERE status = 'pending' AND queue = $1 AND run_at <= $2
-                   AND (deadline IS NULL OR deadline >= $2)
+            """SELECT id FROM jobs WHERE status = 'pending' AND blocked_by = 0 AND queue = $1
+                   AND run_at <= $2 AND (deadline IS NULL OR deadline >= $2)
                ORDER BY priority DESC, run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED""",
             name,
             now,
@@ -1153,7 +1417,8 @@ async def _claim(
 
 async def _next_wake_at(conn: asyncpg.Connection, now: float) -> float | None:
     wake = await conn.fetchval(
-        "SELECT min(run_at) FROM jobs WHERE status = 'pending' AND run_at > $1", now
+        "SELECT min(run_at) FROM jobs WHERE status = 'pending' AND blocked_by = 0 AND run_at > $1",
+        now,
     )
     candidates = [] if wake is None else [wake]
     queues = await _queue_rows(conn)
@@ -1162,7 +1427,8 @@ async def _next_wake_at(conn: asyncpg.Connection, now: float) -> float | None:
         if settings.paused or (settings.rate_limit is None and settings.concurrency_limit is None):
             continue
         has_due = await conn.fetchval(
-            "SELECT 1 FROM jobs WHERE status = 'pending' AND queue = $1 AND run_at <= $2 LIMIT 1",
+            "SELECT 1 FROM jobs WHERE status = 'pending' AND blocked_by = 0 AND queue = $1"
+            " AND run_at <= $2 LIMIT 1",
             name,
             now,
         )
@@ -1193,7 +1459,8 @@ async def _queue_infos(conn: asyncpg.Connection, now: float, only: str | None) -
     for name in sorted(queues):
         settings, bucket, bucket_at = queues[name]
         oldest = await conn.fetchval(
-            "SELECT min(run_at) FROM jobs WHERE status = 'pending' AND queue = $1 AND run_at <= $2",
+            "SELECT min(run_at) FROM jobs WHERE status = 'pending' AND blocked_by = 0"
+            " AND queue = $1 AND run_at <= $2",
             name,
             now,
         )

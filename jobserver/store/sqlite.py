@@ -14,12 +14,13 @@ import collections
 import contextlib
 import fcntl
 import itertools
+import logging
 import os
 import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,8 +36,12 @@ from ..errors import (
     SchemaError,
     StorageUnavailable,
     StoreError,
+    ValidationError,
 )
 from ..models import (
+    WEBHOOK_MAX_RETRIES,
+    WEBHOOK_QUEUE,
+    WEBHOOK_TASK,
     Backoff,
     DeadLetter,
     Job,
@@ -49,6 +54,7 @@ from ..models import (
 )
 from .base import Enqueued, JobFilter, LeaseReport, RescueReport, payload_fingerprint
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
 
@@ -85,7 +91,15 @@ MIGRATIONS: list[tuple[int, str]] = [
             payload_hash TEXT,
             deadline REAL,
             unique_key TEXT,
+            depends_on BLOB,
+            blocked_by INTEGER NOT NULL DEFAULT 0 CHECK (blocked_by >= 0),
+            pass_result INTEGER NOT NULL DEFAULT 0 CHECK (pass_result IN (0, 1)),
+            on_dependency_failure TEXT NOT NULL DEFAULT 'fail'
+                CHECK (on_dependency_failure IN ('fail', 'cancel')),
+            callback_url TEXT,
+            workflow_id INTEGER,
             CHECK (attempts >= 0 AND attempts <= max_retries + 1),
+            CHECK (status <> 'running' OR blocked_by = 0),
             -- a running job, and only a running job, holds a lease
             CHECK ((status = 'running') = (lease_token IS NOT NULL)),
             CHECK ((status = 'running') = (lease_expires_at IS NOT NULL)),
@@ -96,8 +110,22 @@ MIGRATIONS: list[tuple[int, str]] = [
         ) STRICT;
         -- claiming: a queue's due pending jobs by priority then run_at, from a partial index
         CREATE INDEX jobs_claim ON jobs (queue, priority DESC, run_at, id)
-            WHERE status = 'pending';
-        CREATE INDEX jobs_next_due ON jobs (run_at) WHERE status = 'pending';
+            WHERE status = 'pending' AND blocked_by = 0;
+        CREATE INDEX jobs_next_due ON jobs (run_at) WHERE status = 'pending' AND blocked_by = 0;
+        CREATE INDEX jobs_workflow ON jobs (workflow_id) WHERE workflow_id IS NOT NULL;
+
+        -- job_id waits for depends_on to succeed
+        CREATE TABLE job_dependencies (
+            job_id INTEGER NOT NULL,
+            depends_on INTEGER NOT NULL,
+            PRIMARY KEY (job_id, depends_on)
+        ) STRICT, WITHOUT ROWID;
+        CREATE INDEX job_dependencies_reverse ON job_dependencies (depends_on);
+
+        CREATE TABLE workflows (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            created_at REAL NOT NULL
+        ) STRICT;
         CREATE INDEX jobs_deadline ON jobs (deadline)
             WHERE status = 'pending' AND deadline IS NOT NULL;
         CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE status = 'running';
@@ -157,7 +185,8 @@ MIGRATIONS: list[tuple[int, str]] = [
 JOB_COLUMNS = (
     "id, task, queue, args, kwargs, priority, status, attempts, max_retries, timeout_s, backoff,"
     " created_at, run_at, started_at, completed_at, result, error, progress, progress_message,"
-    " lease_token, lease_expires_at, cancel_requested, idempotency_key, deadline, unique_key"
+    " lease_token, lease_expires_at, cancel_requested, idempotency_key, deadline, unique_key,"
+    " depends_on, blocked_by, pass_result, on_dependency_failure, callback_url, workflow_id"
 )
 QUEUE_COLUMNS = (
     "name, paused, concurrency_limit, rate_limit, rate_burst, max_depth, tokens, tokens_at"
@@ -202,6 +231,12 @@ def _row_to_job(r: Sequence[Any]) -> Job:
         idempotency_key=r[22],
         deadline=r[23],
         unique_key=r[24],
+        depends_on=codec.loads(r[25]) if r[25] is not None else [],
+        blocked_by=r[26],
+        pass_result=bool(r[27]),
+        on_dependency_failure=r[28],
+        callback_url=r[29],
+        workflow_id=r[30],
     )
 
 
@@ -224,6 +259,14 @@ def _storage_error(exc: sqlite3.Error) -> StoreError:
     if any(marker in text for marker in _UNAVAILABLE_MARKERS):
         return StorageUnavailable(f"database cannot take writes now: {exc}")
     return StoreError(f"database error: {exc}")
+
+
+@dataclass(slots=True)
+class Effects:
+    """What a write set off beyond its own rows, told to listeners once it has committed."""
+
+    ended: list[int] = field(default_factory=list)  # dependants that ended with it
+    due: bool = False  # dependants that may start now
 
 
 @dataclass(slots=True)
@@ -358,6 +401,8 @@ class SQLiteStore:
         self._lock_fd: int | None = None
         self._turn = itertools.count()  # which queue goes first in a claim: rotates for fairness
         self.commit_observer: Callable[[int, float], None] | None = None
+        self._on_due: list[Callable[[], None]] = []
+        self._on_done: list[Callable[[int], None]] = []
 
     # -- opening and closing ----------------------------------------------------------------------
     async def open(self) -> None:
@@ -388,7 +433,20 @@ class SQLiteStore:
         self._drop_process_lock()
 
     def subscribe(self, on_due: Callable[[], None], on_done: Callable[[int], None]) -> None:
-        """Nothing to hear: one process owns the file, and it tells itself."""
+        """One process owns the file; what it hears about is its own follow-ups: dependants
+        that became due, or ended because a dependency failed."""
+        self._on_due.append(on_due)
+        self._on_done.append(on_done)
+
+    def _emit(self, fx: Effects) -> None:
+        if fx.ended:
+            log.info("ended because a job they depend on did not succeed: %s", fx.ended)
+        for job_id in fx.ended:
+            for on_done in self._on_done:
+                on_done(job_id)
+        if fx.due:
+            for on_due in self._on_due:
+                on_due()
 
     @property
     def writer_stats(self) -> tuple[int, int]:
@@ -467,11 +525,14 @@ class SQLiteStore:
     async def enqueue(self, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
         rows = [_insert_params(j, now) for j in jobs]
 
+        fx = Effects()
+
         def op(conn: sqlite3.Connection) -> list[Enqueued]:
             _admit(conn, rows)
-            return [_insert_one(conn, params, now) for params in rows]
+            return _insert_all(conn, rows, now, fx)
 
         result: list[Enqueued] = await self._write(op)
+        self._emit(fx)
         return result
 
     async def get_job(self, job_id: int) -> Job | None:
@@ -562,13 +623,23 @@ class SQLiteStore:
         return result
 
     async def complete(self, job_id: int, token: str, result: bytes, now: float) -> bool:
-        return await self._guarded_update(
-            """UPDATE jobs SET status = 'succeeded', result = ?, completed_at = ?, progress = 1.0,
-                   progress_message = NULL, error = NULL,
-                   lease_token = NULL, lease_expires_at = NULL
-               WHERE id = ? AND status = 'running' AND lease_token = ?""",
-            (result, now, job_id, token),
-        )
+        fx = Effects()
+
+        def op(conn: sqlite3.Connection) -> bool:
+            done = conn.execute(
+                """UPDATE jobs SET status = 'succeeded', result = ?, completed_at = ?,
+                       progress = 1.0, progress_message = NULL, error = NULL,
+                       lease_token = NULL, lease_expires_at = NULL
+                   WHERE id = ? AND status = 'running' AND lease_token = ?""",
+                (result, now, job_id, token),
+            ).rowcount
+            if done:
+                _after_success(conn, job_id, now, fx)
+            return done > 0
+
+        ok: bool = await self._write(op)
+        self._emit(fx)
+        return ok
 
     async def schedule_retry(
         self, job_id: int, token: str, error: dict[str, Any], run_at: float, now: float
@@ -583,28 +654,41 @@ class SQLiteStore:
     async def dead_letter(self, job_id: int, token: str, error: dict[str, Any], now: float) -> bool:
         error_json = codec.dumps(error)
 
+        fx = Effects()
+
         def op(conn: sqlite3.Connection) -> bool:
-            return (
-                _fail_for_good(
-                    conn,
-                    "id = ? AND status = 'running' AND lease_token = ?",
-                    (job_id, token),
-                    error_json,
-                    now,
-                )
-                > 0
+            failed = _fail_for_good(
+                conn,
+                "id = ? AND status = 'running' AND lease_token = ?",
+                (job_id, token),
+                error_json,
+                now,
             )
+            if failed:
+                _after_failure(conn, [job_id], now, fx)
+            return failed > 0
 
         result: bool = await self._write(op)
+        self._emit(fx)
         return result
 
     async def mark_cancelled(self, job_id: int, token: str, now: float) -> bool:
-        return await self._guarded_update(
-            """UPDATE jobs SET status = 'cancelled', completed_at = ?,
-                   lease_token = NULL, lease_expires_at = NULL
-               WHERE id = ? AND status = 'running' AND lease_token = ?""",
-            (now, job_id, token),
-        )
+        fx = Effects()
+
+        def op(conn: sqlite3.Connection) -> bool:
+            done = conn.execute(
+                """UPDATE jobs SET status = 'cancelled', completed_at = ?,
+                       lease_token = NULL, lease_expires_at = NULL
+                   WHERE id = ? AND status = 'running' AND lease_token = ?""",
+                (now, job_id, token),
+            ).rowcount
+            if done:
+                _after_failure(conn, [job_id], now, fx)
+            return done > 0
+
+        result: bool = await self._write(op)
+        self._emit(fx)
+        return result
 
     async def release(self, job_id: int, token: str) -> bool:
         return await self._guarded_update(
@@ -624,21 +708,30 @@ class SQLiteStore:
         )
 
     async def rescue_expired(self, now: float) -> RescueReport:
+        fx = Effects()
+
         def op(conn: sqlite3.Connection) -> RescueReport:
             report = _rescue(conn, "status = 'running' AND lease_expires_at <= ?", (now,), now)
             report.expired = _expire_overdue(conn, now)
+            _after_failure(conn, report.dead_lettered + report.expired, now, fx)
             return report
 
         result: RescueReport = await self._write(op)
+        self._emit(fx)
         return result
 
     async def recover_orphans(self, now: float) -> RescueReport:
         # The process lock makes this process the database's only user, so every running
         # row was left by a process that died: take them all back now, not after the TTL.
+        fx = Effects()
+
         def op(conn: sqlite3.Connection) -> RescueReport:
-            return _rescue(conn, "status = 'running'", (), now)
+            report = _rescue(conn, "status = 'running'", (), now)
+            _after_failure(conn, report.dead_lettered, now, fx)
+            return report
 
         result: RescueReport = await self._write(op)
+        self._emit(fx)
         return result
 
     async def _guarded_update(self, sql: str, params: tuple[Any, ...]) -> bool:
@@ -650,6 +743,8 @@ class SQLiteStore:
 
     # -- the client's side ------------------------------------------------------------------------
     async def request_cancel(self, job_id: int, now: float) -> tuple[Job, JobState]:
+        fx = Effects()
+
         def op(conn: sqlite3.Connection) -> tuple[Job, JobState]:
             row = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
@@ -660,6 +755,7 @@ class SQLiteStore:
                     "UPDATE jobs SET status = 'cancelled', completed_at = ? WHERE id = ?",
                     (now, job_id),
                 )
+                _after_failure(conn, [job_id], now, fx)
             elif job.status == JobState.RUNNING:
                 conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
             elif job.status == JobState.CANCELLED:
@@ -670,6 +766,7 @@ class SQLiteStore:
             return _row_to_job(after.fetchone()), job.status
 
         result: tuple[Job, JobState] = await self._write(op)
+        self._emit(fx)
         return result
 
     async def list_dead_letters(self, limit: int, before_id: int | None = None) -> list[DeadLetter]:
@@ -734,6 +831,47 @@ class SQLiteStore:
 
         result: bool = await self._write(op)
         return result
+
+    # -- workflows ----------------------------------------------------------------------------
+    async def results_of(self, job_ids: Sequence[int]) -> dict[int, Any]:
+        """The results of finished jobs (for dependants that receive them)."""
+        ids = list(job_ids)
+
+        def fn(conn: sqlite3.Connection) -> dict[int, Any]:
+            marks = ", ".join("?" * len(ids))
+            rows = conn.execute(f"SELECT id, result FROM jobs WHERE id IN ({marks})", ids)
+            return {i: codec.loads(r) if r is not None else None for i, r in rows}
+
+        return await self._read(fn) if ids else {}
+
+    async def create_workflow(self, jobs: Sequence[NewJob], now: float) -> tuple[int, list[Job]]:
+        """A workflow's jobs, with their dependencies on each other, in one transaction."""
+        rows = [_insert_params(j, now) for j in jobs]
+        fx = Effects()
+
+        def op(conn: sqlite3.Connection) -> tuple[int, list[Job]]:
+            (workflow_id,) = conn.execute(
+                "INSERT INTO workflows (created_at) VALUES (?) RETURNING id", (now,)
+            ).fetchone()
+            for row in rows:
+                row["workflow_id"] = workflow_id
+            _admit(conn, rows)
+            return workflow_id, [e.job for e in _insert_all(conn, rows, now, fx)]
+
+        result: tuple[int, list[Job]] = await self._write(op)
+        self._emit(fx)
+        return result
+
+    async def workflow_jobs(self, workflow_id: int) -> list[Job] | None:
+        def fn(conn: sqlite3.Connection) -> list[Job] | None:
+            if not conn.execute("SELECT 1 FROM workflows WHERE id = ?", (workflow_id,)).fetchone():
+                return None
+            rows = conn.execute(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE workflow_id = ? ORDER BY id", (workflow_id,)
+            )
+            return [_row_to_job(r) for r in rows]
+
+        return await self._read(fn)
 
     # -- queues ---------------------------------------------------------------------------------
     async def list_queues(self, now: float) -> list[QueueInfo]:
@@ -850,7 +988,7 @@ class SQLiteStore:
             if not moved:
                 return []
             _admit(conn, rows)
-            return [_insert_one(conn, row, now).job.id for row in rows]
+            return [e.job.id for e in _insert_all(conn, rows, now, Effects())]
 
         result: list[int] = await self._write(op)
         return result
@@ -866,12 +1004,18 @@ class SQLiteStore:
                 (("failed",), failed_before),
             ):
                 marks = ", ".join("?" * len(statuses))
-                deleted += conn.execute(
-                    f"""DELETE FROM jobs WHERE id IN (
-                            SELECT id FROM jobs WHERE status IN ({marks}) AND completed_at < ?
-                            ORDER BY completed_at LIMIT ?)""",
-                    (*statuses, before, limit),
-                ).rowcount
+                gone = [
+                    r[0]
+                    for r in conn.execute(
+                        f"""DELETE FROM jobs WHERE id IN (
+                                SELECT id FROM jobs WHERE status IN ({marks}) AND completed_at < ?
+                                ORDER BY completed_at LIMIT ?)
+                            RETURNING id""",
+                        (*statuses, before, limit),
+                    ).fetchall()
+                ]
+                _forget_dependencies(conn, gone)
+                deleted += len(gone)
             deleted += conn.execute(
                 "DELETE FROM dead_letters WHERE id IN"
                 " (SELECT id FROM dead_letters WHERE failed_at < ? ORDER BY failed_at LIMIT ?)",
@@ -898,6 +1042,7 @@ class SQLiteStore:
             if row[0] not in ("succeeded", "failed", "cancelled"):
                 raise Conflict(f"job {job_id} is {row[0]}: only finished jobs can be deleted")
             conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            _forget_dependencies(conn, [job_id])
 
         await self._write(op)
 
@@ -976,6 +1121,12 @@ def _insert_params(job: NewJob, now: float) -> dict[str, Any]:
         "payload_hash": payload_fingerprint(job) if key is not None else None,
         "deadline": job.deadline,
         "unique_key": job.unique_key,
+        "depends_on": list(job.depends_on),
+        "depends_on_index": list(job.depends_on_index),
+        "pass_result": int(job.pass_result),
+        "on_dependency_failure": job.on_dependency_failure,
+        "callback_url": job.callback_url,
+        "workflow_id": job.workflow_id,
     }
 
 
@@ -1027,14 +1178,150 @@ def _insert_one(conn: sqlite3.Connection, params: dict[str, Any], now: float) ->
     row = conn.execute(
         f"""INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries, timeout_s,
                backoff, created_at, run_at, idempotency_key, idempotency_expires_at,
-               payload_hash, deadline, unique_key)
+               payload_hash, deadline, unique_key, pass_result, on_dependency_failure,
+               callback_url, workflow_id)
            VALUES (:task, :queue, :args, :kwargs, :priority, 'pending', :max_retries, :timeout_s,
                :backoff, :created_at, :run_at, :idempotency_key, :idempotency_expires_at,
-               :payload_hash, :deadline, :unique_key)
+               :payload_hash, :deadline, :unique_key, :pass_result, :on_dependency_failure,
+               :callback_url, :workflow_id)
            RETURNING {JOB_COLUMNS}""",
         params,
     ).fetchone()
     return Enqueued(_row_to_job(row), created=True)
+
+
+def _insert_all(
+    conn: sqlite3.Connection, rows: Sequence[dict[str, Any]], now: float, fx: Effects
+) -> list[Enqueued]:
+    """Insert a batch; `depends_on_index` names earlier jobs of the same batch."""
+    results: list[Enqueued] = []
+    for params in rows:
+        enqueued = _insert_one(conn, params, now)
+        batch_deps = [results[i].job.id for i in params["depends_on_index"]]
+        deps = list(dict.fromkeys([*params["depends_on"], *batch_deps]))
+        if enqueued.created and deps:
+            _link_dependencies(conn, enqueued.job.id, deps, now, fx)
+            row = conn.execute(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (enqueued.job.id,)
+            ).fetchone()
+            enqueued = Enqueued(_row_to_job(row), created=True)
+        results.append(enqueued)
+    return results
+
+
+def _link_dependencies(
+    conn: sqlite3.Connection, job_id: int, deps: list[int], now: float, fx: Effects
+) -> None:
+    """Make `job_id` wait for `deps`; if one of them already failed, it ends at once."""
+    marks = ", ".join("?" * len(deps))
+    found = dict(conn.execute(f"SELECT id, status FROM jobs WHERE id IN ({marks})", deps))
+    missing = [d for d in deps if d not in found]
+    if missing:
+        raise ValidationError("depends_on", f"no job {missing[0]}")
+    conn.executemany(
+        "INSERT INTO job_dependencies (job_id, depends_on) VALUES (?, ?)",
+        [(job_id, d) for d in deps],
+    )
+    waiting = sum(1 for d in deps if found[d] != "succeeded")
+    conn.execute(
+        "UPDATE jobs SET depends_on = ?, blocked_by = ? WHERE id = ?",
+        (codec.dumps(deps), waiting, job_id),
+    )
+    failed = [d for d in deps if found[d] in ("failed", "cancelled")]
+    if failed:
+        _end_dependant(conn, job_id, failed[0], found[failed[0]], now, fx)
+
+
+def _forget_dependencies(conn: sqlite3.Connection, job_ids: Sequence[int]) -> None:
+    if job_ids:
+        marks = ", ".join("?" * len(job_ids))
+        conn.execute(
+            f"DELETE FROM job_dependencies WHERE job_id IN ({marks}) OR depends_on IN ({marks})",
+            (*job_ids, *job_ids),
+        )
+
+
+def _queue_webhooks(
+    conn: sqlite3.Connection, job_ids: Sequence[int], now: float, fx: Effects
+) -> None:
+    """Jobs that ended and have a callback_url: their delivery jobs, in this same transaction."""
+    if not job_ids:
+        return
+    marks = ", ".join("?" * len(job_ids))
+    queued = conn.execute(
+        f"""INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries,
+                created_at, run_at)
+            SELECT ?, ?, CAST(json_array(callback_url, id) AS BLOB), CAST('{{}}' AS BLOB), 0,
+                'pending', ?, ?, ?
+            FROM jobs WHERE id IN ({marks}) AND callback_url IS NOT NULL""",
+        (WEBHOOK_TASK, WEBHOOK_QUEUE, WEBHOOK_MAX_RETRIES, now, now, *job_ids),
+    ).rowcount
+    if queued:
+        conn.execute("INSERT OR IGNORE INTO queues (name) VALUES (?)", (WEBHOOK_QUEUE,))
+        fx.due = True
+
+
+def _after_success(conn: sqlite3.Connection, job_id: int, now: float, fx: Effects) -> None:
+    """A job succeeded: its dependants wait for one fewer; those waiting for none are due."""
+    _queue_webhooks(conn, [job_id], now, fx)
+    left = conn.execute(
+        """UPDATE jobs SET blocked_by = blocked_by - 1
+           WHERE status = 'pending' AND blocked_by > 0
+             AND id IN (SELECT job_id FROM job_dependencies WHERE depends_on = ?)
+           RETURNING blocked_by""",
+        (job_id,),
+    ).fetchall()
+    if any(n == 0 for (n,) in left):
+        fx.due = True
+
+
+def _after_failure(
+    conn: sqlite3.Connection, job_ids: Sequence[int], now: float, fx: Effects
+) -> None:
+    """Jobs ended without success: every pending job that depends on them, directly or not,
+    ends too (failed as `dependency_failed`, or cancelled, as each asked)."""
+    _queue_webhooks(conn, job_ids, now, fx)
+    frontier = list(job_ids)
+    while frontier:
+        root = frontier.pop()
+        root_status = conn.execute("SELECT status FROM jobs WHERE id = ?", (root,)).fetchone()
+        dependants = conn.execute(
+            """SELECT j.id FROM jobs j JOIN job_dependencies d ON d.job_id = j.id
+               WHERE d.depends_on = ? AND j.status = 'pending'""",
+            (root,),
+        ).fetchall()
+        for (dependant,) in dependants:
+            _end_dependant(
+                conn, dependant, root, root_status[0] if root_status else "gone", now, fx
+            )
+            frontier.append(dependant)
+
+
+def _end_dependant(
+    conn: sqlite3.Connection, job_id: int, root: int, root_status: str, now: float, fx: Effects
+) -> None:
+    (policy,) = conn.execute(
+        "SELECT on_dependency_failure FROM jobs WHERE id = ?", (job_id,)
+    ).fetchone()
+    if policy == "cancel":
+        conn.execute(
+            "UPDATE jobs SET status = 'cancelled', completed_at = ?"
+            " WHERE id = ? AND status = 'pending'",
+            (now, job_id),
+        )
+    else:
+        error = error_info(
+            None,
+            type_="dependency_failed",
+            message=f"job {root}, which this job depends on, ended {root_status}",
+        )
+        conn.execute(
+            """UPDATE jobs SET status = 'failed', completed_at = ?, error = ?
+               WHERE id = ? AND status = 'pending'""",
+            (now, codec.dumps(error), job_id),
+        )
+    fx.ended.append(job_id)
+    _queue_webhooks(conn, [job_id], now, fx)
 
 
 def _fail_for_good(
@@ -1134,8 +1421,8 @@ def _claim(
         ids = [
             r[0]
             for r in conn.execute(
-                """SELECT id FROM jobs WHERE status = 'pending' AND queue = ? AND run_at <= ?
-                       AND (deadline IS NULL OR deadline >= ?)
+                """SELECT id FROM jobs WHERE status = 'pending' AND blocked_by = 0 AND queue = ?
+                       AND run_at <= ? AND (deadline IS NULL OR deadline >= ?)
                    ORDER BY priority DESC, run_at, id LIMIT ?""",
                 (name, now, now, allowed),
             )
@@ -1169,7 +1456,8 @@ CONCURRENCY_RECHECK_S = 1.0  # how soon to look again at a queue held by its con
 def _next_wake_at(conn: sqlite3.Connection, now: float) -> float | None:
     """When the dispatcher should next try to claim, given what is pending and every limit."""
     (wake,) = conn.execute(
-        "SELECT min(run_at) FROM jobs WHERE status = 'pending' AND run_at > ?", (now,)
+        "SELECT min(run_at) FROM jobs WHERE status = 'pending' AND blocked_by = 0 AND run_at > ?",
+        (now,),
     ).fetchone()
     candidates = [] if wake is None else [wake]
     queues = _queue_rows(conn)
@@ -1178,7 +1466,8 @@ def _next_wake_at(conn: sqlite3.Connection, now: float) -> float | None:
         if settings.paused or (settings.rate_limit is None and settings.concurrency_limit is None):
             continue
         has_due = conn.execute(
-            "SELECT 1 FROM jobs WHERE status = 'pending' AND queue = ? AND run_at <= ? LIMIT 1",
+            "SELECT 1 FROM jobs WHERE status = 'pending' AND blocked_by = 0 AND queue = ?"
+            " AND run_at <= ? LIMIT 1",
             (name, now),
         ).fetchone()
         if not has_due:
@@ -1211,7 +1500,8 @@ def _queue_infos(conn: sqlite3.Connection, now: float, only: str | None) -> list
     for name in sorted(queues):
         settings, bucket, bucket_at = queues[name]
         (oldest,) = conn.execute(
-            "SELECT min(run_at) FROM jobs WHERE status = 'pending' AND queue = ? AND run_at <= ?",
+            "SELECT min(run_at) FROM jobs WHERE status = 'pending' AND blocked_by = 0 AND queue = ?"
+            " AND run_at <= ?",
             (name, now),
         ).fetchone()
         tokens = (
