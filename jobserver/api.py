@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from aiohttp import web
 
 from . import codec
+from .dashboard import add_routes as add_dashboard_routes
 from .errors import Conflict, NotFound, QueueFull, StorageUnavailable, ValidationError
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .models import (
@@ -809,4 +810,5 @@ def create_app(server: JobServer) -> web.Application:
     app[OPENAPI_KEY] = codec.dumps(build_spec(tasks=server.registry.names()))
     for method, path, handler, name in ROUTES:
         app.router.add_route(method, path, handler, name=name)
+    add_dashboard_routes(app)
     return app
