@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import re
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from aiohttp import web
 
 from . import codec
+from .auth import READ_METHODS, Access
 from .dashboard import add_routes as add_dashboard_routes
 from .errors import Conflict, NotFound, QueueFull, StorageUnavailable, ValidationError
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -120,6 +122,37 @@ class RequestError(Exception):
 
 
 HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
+OPEN_ROUTES = frozenset({"healthz", "dashboard", "dashboard_static"})
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With tokens configured, every route but /healthz and the page itself needs
+    `Authorization: Bearer <token>`; a read-only token may only read."""
+    server = request.app[SERVER_KEY]
+    auth = server.auth
+    if not auth.enabled or request.match_info.route.name in OPEN_ROUTES:
+        return await handler(request)
+    client = request.remote or "?"
+    now = time.monotonic()
+    wait = auth.throttled(client, now)
+    if wait is not None:
+        return error_response(
+            429, "too_many_failures", "too many failed authentications; try again later",
+            "Authorization", headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )  # fmt: skip
+    access = auth.access(request.headers.get("Authorization"))
+    if access is Access.NONE:
+        auth.record_failure(client, now)
+        return error_response(
+            401, "unauthorized", "send Authorization: Bearer <token>", "Authorization",
+            headers={"WWW-Authenticate": 'Bearer realm="jobserver"'},
+        )  # fmt: skip
+    if access is Access.READ and request.method not in READ_METHODS:
+        return error_response(403, "forbidden", "this token may only read", "Authorization")
+    return await handler(request)
 
 
 @web.middleware
@@ -803,7 +836,7 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
 
 
 def create_app(server: JobServer) -> web.Application:
-    app = web.Application(middlewares=[error_middleware])
+    app = web.Application(middlewares=[error_middleware, auth_middleware])
     app[SERVER_KEY] = server
     from .openapi import build_spec  # openapi.py reads this module's limits
 

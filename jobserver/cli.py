@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", default=None, help="a TOML file of settings [JOBSERVER_CONFIG]")
     for setting, (_convert, help_text) in SETTINGS.items():
         kwargs: dict[str, object] = {"default": None, "help": f"{help_text} [{env_name(setting)}]"}
-        if setting in ("tasks", "http_allow_hosts"):
+        if setting in ("tasks", "http_allow_hosts", "token", "read_token"):
             kwargs["action"] = "append"
         serve.add_argument(flag_name(setting), dest=setting, **kwargs)  # type: ignore[arg-type]
     add_client_commands(commands)
@@ -76,6 +76,9 @@ async def serve(settings: Settings) -> int:
             idempotency_window_s=settings.idempotency_window,
             keep_finished_s=settings.keep_finished_days * 86_400,
             keep_failed_s=settings.keep_failed_days * 86_400,
+            tokens=settings.token,
+            read_tokens=settings.read_token,
+            webhook_secret=settings.webhook_secret,
         )
     except (ImportError, ValueError) as exc:
         log.error("cannot load tasks: %s: %s", type(exc).__name__, exc)
@@ -91,12 +94,6 @@ async def serve(settings: Settings) -> int:
         log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc)
         await server.stop(0)
         return EXIT_STARTUP
-    if not is_loopback(settings.host):
-        log.warning(
-            "listening on %s, beyond this machine: the API has no authentication yet,"
-            " so put it behind a proxy or firewall that does",
-            settings.host,
-        )
     log.info(
         "jobserver listening on %s (tasks: %s)",
         ", ".join(addresses),
@@ -143,6 +140,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(vars(args), os.environ, file_values)
     except ConfigError as exc:
         print(f"jobserver: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if settings.read_token and not settings.token:
+        print("jobserver: --read-token needs a --token beside it", file=sys.stderr)
+        return EXIT_CONFIG
+    if not is_loopback(settings.host) and not settings.token:
+        print(
+            f"jobserver: --host {settings.host} is reachable from other machines: set a token"
+            " (--token or JOBSERVER_TOKEN) to serve beyond loopback",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
     configure_logging(settings.log_format, settings.log_level)
     # `--tasks myapp.tasks` names modules the way `python -m` does: from the current directory.

@@ -38,6 +38,9 @@ class Settings:
     idempotency_window: float = 86_400.0
     keep_finished_days: float = 7.0
     keep_failed_days: float = 30.0
+    token: tuple[str, ...] = ()
+    read_token: tuple[str, ...] = ()
+    webhook_secret: str | None = None
 
 
 def _int_in(lo: int, hi: int) -> Callable[[str], int]:
@@ -123,7 +126,14 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], str]] = {
         _positive_float,
         "days failed jobs and dead letters are kept (default 30)",
     ),
+    "token": (
+        _names,
+        "bearer token(s) every route but /healthz requires; repeatable / comma-separated",
+    ),
+    "read_token": (_names, "read-only bearer token(s), e.g. for dashboards and polling"),
+    "webhook_secret": (_text, "the HMAC-SHA256 key that signs completion webhooks"),
 }
+SECRET_SETTINGS = frozenset({"token", "read_token", "webhook_secret"})
 
 
 def flag_name(setting: str) -> str:
@@ -181,6 +191,8 @@ def load_settings(
         try:
             values[setting] = convert(raw)
         except ValueError as exc:
+            if setting in SECRET_SETTINGS:  # never echo a secret back
+                raise ConfigError(f"{source}: not a usable value") from None
             raise ConfigError(f"{source}: {exc}") from None
     return Settings(**values)
 

@@ -1111,7 +1111,17 @@ def build_spec(tasks: Iterable[str] | None = None) -> dict[str, Any]:
                 {"name": "meta"},
             ],
             "paths": _paths(),
+            # When the server has tokens, every operation but healthz needs one (401 without,
+            # 403 for a read-only token on a write, 429 after repeated failures).
+            "security": [{}, {"bearer": []}],
             "components": {
+                "securitySchemes": {
+                    "bearer": {
+                        "type": "http",
+                        "scheme": "bearer",
+                        "description": "A token from --token, or --read-token for GETs only.",
+                    }
+                },
                 "schemas": _schemas(names),
                 "responses": _responses(),
                 "parameters": _parameters(),

@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from . import flow, workflows
+from .auth import TokenAuth
 from .builtin_tasks import DEFAULT_ALLOWED_HOSTS, HttpTask, builtin_specs
 from .clock import Clock, SystemClock
 from .errors import NotFound, ValidationError
@@ -84,6 +85,8 @@ class JobServer:
         max_batch_body_bytes: int = 32 * 1024 * 1024,
         idempotency_window_s: float = 86_400.0,
         webhook_secret: str | None = None,
+        tokens: Iterable[str] = (),
+        read_tokens: Iterable[str] = (),
         keep_finished_s: float = 7 * DAY_S,
         keep_failed_s: float = 30 * DAY_S,
         clock: Clock | None = None,
@@ -97,6 +100,7 @@ class JobServer:
         self.max_body_bytes = max_body_bytes
         self.max_batch_body_bytes = max(max_batch_body_bytes, max_body_bytes)
         self.idempotency_window_s = idempotency_window_s
+        self.auth = TokenAuth(tokens, read_tokens)
         self._http_task = HttpTask(http_allowed_hosts)
         self.webhooks = Webhooks(self._http_task, webhook_secret, self.get_job, self.clock)
         self.registry = self._build_registry(tasks)

@@ -1,0 +1,74 @@
+"""Bearer-token authentication: full tokens, read-only tokens, and a limit on failures.
+
+Tokens are compared in constant time, every configured token each time (so the time taken
+says nothing about which one, or how much of one, matched)."""
+
+from __future__ import annotations
+
+import collections
+import hmac
+from collections.abc import Iterable
+from enum import Enum
+
+FAILURE_WINDOW_S = 60.0
+MAX_FAILURES = 10  # per client address and window; then 429 until the window moves on
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class Access(Enum):
+    NONE = "none"
+    READ = "read"
+    FULL = "full"
+
+
+class TokenAuth:
+    def __init__(
+        self,
+        tokens: Iterable[str],
+        read_tokens: Iterable[str] = (),
+        max_failures: int = MAX_FAILURES,
+    ) -> None:
+        self.max_failures = max_failures
+        self._full = [t.encode() for t in tokens if t]
+        self._read = [t.encode() for t in read_tokens if t]
+        if not self._full and self._read:
+            raise ValueError("read-only tokens need at least one full token beside them")
+        self._failures: dict[str, collections.deque[float]] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._full)
+
+    def access(self, header: str | None) -> Access:
+        """What an Authorization header grants."""
+        if not header or not header.startswith("Bearer "):
+            return Access.NONE
+        given = header.removeprefix("Bearer ").strip().encode()
+        full = _matches_any(given, self._full)
+        read = _matches_any(given, self._read)
+        if full:
+            return Access.FULL
+        return Access.READ if read else Access.NONE
+
+    def throttled(self, client: str, now: float) -> float | None:
+        """Seconds until `client` may try again after too many failures; None if it may now."""
+        failures = self._failures.get(client)
+        if not failures:
+            return None
+        while failures and failures[0] <= now - FAILURE_WINDOW_S:
+            failures.popleft()
+        if len(failures) < self.max_failures:
+            return None
+        return failures[0] + FAILURE_WINDOW_S - now
+
+    def record_failure(self, client: str, now: float) -> None:
+        if len(self._failures) > 10_000:  # forget the quiet ones rather than grow without end
+            self._failures = {k: v for k, v in self._failures.items() if v and v[-1] > now - 60}
+        self._failures.setdefault(client, collections.deque(maxlen=self.max_failures)).append(now)
+
+
+def _matches_any(given: bytes, tokens: list[bytes]) -> bool:
+    found = False
+    for token in tokens:
+        found |= hmac.compare_digest(given, token)
+    return found

@@ -1,0 +1,140 @@
+"""Bearer tokens on every route, read-only tokens, throttled failures, bind refusal, and
+injection strings stored as data, never run as SQL."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from jobserver import JobServer
+from jobserver.auth import MAX_FAILURES
+
+from .conftest import ServerFactory
+from .procs import REPO, server_env
+
+FULL = "full-token-for-tests"
+READ = "read-token-for-tests"
+OPEN = {"healthz", "dashboard", "dashboard_static"}
+
+
+class Client:
+    def __init__(self, server: JobServer, base: str, session: aiohttp.ClientSession) -> None:
+        self.server, self.base, self.session = server, base, session
+
+    async def call(
+        self, method: str, path: str, token: str | None = None, **kw: Any
+    ) -> tuple[int, Any, Any]:
+        headers = kw.pop("headers", {})
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        async with self.session.request(method, self.base + path, headers=headers, **kw) as r:
+            body = await r.json() if r.content_type == "application/json" else await r.read()
+            return r.status, body, r.headers
+
+
+@pytest.fixture
+async def client(make_server: ServerFactory) -> AsyncIterator[Client]:
+    server = await make_server(tokens=[FULL, "another-full-token"], read_tokens=[READ])
+    [base] = await server.serve("127.0.0.1", 0)
+    async with aiohttp.ClientSession() as session:
+        yield Client(server, base, session)
+
+
+def api_routes(server: JobServer) -> list[tuple[str, str]]:
+    out = []
+    for route in server.create_app().router.routes():
+        if route.method == "HEAD" or route.name in OPEN:
+            continue
+        path = re.sub(r"{id[^}]*}", "1", route.resource.canonical)  # type: ignore[union-attr]
+        out.append((route.method, path.replace("{name}", "q")))
+    return out
+
+
+async def test_every_route_but_health_needs_a_token(client: Client) -> None:
+    client.server.auth.max_failures = 1000  # this walk fails on purpose, many times
+    routes = api_routes(client.server)
+    assert len(routes) >= 20
+    for method, path in routes:
+        status, body, headers = await client.call(method, path)
+        assert status == 401, (method, path)
+        assert body["error"]["code"] == "unauthorized"
+        assert headers["WWW-Authenticate"].startswith("Bearer")
+    for method, path in routes:
+        status, _, _ = await client.call(method, path, token=FULL)
+        assert status != 401, (method, path)
+    assert (await client.call("GET", "/healthz"))[0] == 200
+
+
+async def test_a_read_only_token_reads_but_never_writes(client: Client) -> None:
+    status, created, _ = await client.call("POST", "/jobs", FULL, json={"task": "echo"})
+    assert status == 202
+    assert (await client.call("GET", f"/jobs/{created['id']}", READ))[0] == 200
+    assert (await client.call("GET", "/queues", READ))[0] == 200
+    for method, path in [("POST", "/jobs"), ("POST", f"/jobs/{created['id']}/cancel"),
+                         ("DELETE", "/dead-letters/1"), ("POST", "/queues/q/pause")]:  # fmt: skip
+        status, body, _ = await client.call(method, path, READ, json={"task": "echo"})
+        assert status == 403 and body["error"]["code"] == "forbidden", (method, path)
+
+
+async def test_repeated_failures_are_answered_with_429(client: Client) -> None:
+    for _ in range(MAX_FAILURES):
+        assert (await client.call("GET", "/jobs", "wrong"))[0] == 401
+    status, body, headers = await client.call("GET", "/jobs", FULL)
+    assert status == 429 and int(headers["Retry-After"]) >= 1
+    assert body["error"]["code"] == "too_many_failures"
+
+
+def test_serving_beyond_loopback_needs_a_token() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "jobserver", "serve", "--host", "0.0.0.0", "--port", "0"],
+        cwd=REPO, env=server_env(), capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "token" in result.stderr and "Traceback" not in result.stderr
+
+
+INJECTIONS = [
+    "'; DROP TABLE jobs; --",
+    '" OR 1=1 --',
+    "x'); DELETE FROM dead_letters; --",
+    "\\x00\\'; SELECT * FROM sqlite_master; --",
+    "Robert'); DROP TABLE queues;--",
+]
+
+
+async def test_injection_strings_are_stored_byte_exact_and_run_nothing(client: Client) -> None:
+    db = client.server.store.path  # type: ignore[attr-defined]
+
+    def schema() -> list[tuple[Any, ...]]:
+        with sqlite3.connect(db) as conn:
+            return conn.execute(
+                "SELECT type, name, sql FROM sqlite_master ORDER BY name"
+            ).fetchall()
+
+    before = schema()
+    ids = []
+    for text in INJECTIONS:
+        body = {"task": "echo", "args": [text], "kwargs": {text: text}, "delay": 999,
+                "idempotency_key": text, "unique_key": text}  # fmt: skip
+        status, created, _ = await client.call("POST", "/jobs", FULL, json=body)
+        assert status == 202, created
+        ids.append(created["id"])
+        for query in (f"task={text}", f"queue={text}", f"status={text}", f"cursor={text}"):
+            status, _, _ = await client.call(
+                "GET", "/jobs", FULL, params=dict([query.split("=", 1)])
+            )
+            assert status in (200, 422)
+        for path in (f"/queues/{text}", f"/schedules/{text}", f"/jobs/{text}"):
+            assert (await client.call("GET", path, FULL))[0] in (404, 422)
+    for text, job_id in zip(INJECTIONS, ids, strict=True):
+        job = await client.server.get_job(job_id)
+        assert job.args == [text] and job.kwargs == {text: text}
+        assert job.idempotency_key == text and job.unique_key == text
+    assert schema() == before
