@@ -18,6 +18,7 @@ from . import codec
 from .auth import READ_METHODS, Access
 from .dashboard import add_routes as add_dashboard_routes
 from .errors import Conflict, NotFound, QueueFull, StorageUnavailable, ValidationError
+from .events import Event, EventFilter, Gap
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .models import (
     DEPENDENCY_FAILURE_POLICIES,
@@ -784,6 +785,51 @@ async def get_workflow(request: web.Request) -> web.Response:
     )
 
 
+# -- event stream ---------------------------------------------------------------------------------
+EVENT_IDLE_S = 15.0
+
+
+def _digits_param(value: str | None, field: str) -> int | None:
+    if value is None:
+        return None
+    if not _is_digits(value) or len(value) > 18:
+        raise ValidationError(field, "must be a whole number")
+    return int(value)
+
+
+async def stream_events(request: web.Request) -> web.StreamResponse:
+    """Job transitions as Server-Sent Events; `Last-Event-ID` (or last_event_id) resumes."""
+    query = _query(request, {"queue", "task", "job_id", "last_event_id"})
+    flt = EventFilter(
+        queue=query.get("queue"),
+        task=query.get("task"),
+        job_id=_digits_param(query.get("job_id"), "job_id"),
+    )
+    header = request.headers.get("Last-Event-ID")
+    last_id = _digits_param(header, "Last-Event-ID") if header else None
+    if "last_event_id" in query:
+        last_id = _digits_param(query["last_event_id"], "last_event_id")
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    await response.write(b": connected\n\n")
+    try:
+        async for item in _server(request).events.stream(flt, last_id, EVENT_IDLE_S):
+            if item is None:
+                chunk = b": keep-alive\n\n"
+            elif item is Gap:
+                chunk = b'event: gap\ndata: {"message": "some events were missed"}\n\n'
+            else:
+                assert isinstance(item, Event)
+                data = codec.dumps({"id": item.id, **item.data()})
+                chunk = b"id: %d\nevent: job\ndata: %s\n\n" % (item.id, data)
+            await response.write(chunk)
+    except ConnectionResetError:
+        pass  # the client went away
+    return response
+
+
 # -- operations -----------------------------------------------------------------------------------
 async def metrics(request: web.Request) -> web.Response:
     body = await _server(request).render_metrics()
@@ -828,6 +874,7 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
     ("DELETE", "/schedules/{name}", delete_schedule, "delete_schedule"),
     ("POST", "/workflows", post_workflow, "create_workflow"),
     ("GET", f"/workflows/{ID}", get_workflow, "get_workflow"),
+    ("GET", "/events", stream_events, "events"),
     ("GET", "/metrics", metrics, "metrics"),
     ("GET", "/healthz", healthz, "healthz"),
     ("GET", "/readyz", readyz, "readyz"),

@@ -1030,6 +1030,44 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/events": {
+            "get": {
+                "operationId": "events",
+                "tags": ["jobs"],
+                "summary": "Job transitions as Server-Sent Events",
+                "description": "Each event: `id`, `event: job`, and data `{id, job_id, task,"
+                " queue, state, attempt, at}`. Reconnect with `Last-Event-ID` (or"
+                " `last_event_id`) to get what was missed while it is still kept; an"
+                " `event: gap` says some of it no longer is. A comment line every 15 s keeps"
+                " the connection alive.",
+                "parameters": [
+                    {"name": "queue", "in": "query", "schema": {"type": "string"}},
+                    {"name": "task", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "job_id",
+                        "in": "query",
+                        "schema": {"type": "string", "pattern": CURSOR_PATTERN},
+                    },
+                    {
+                        "name": "last_event_id",
+                        "in": "query",
+                        "schema": {"type": "string", "pattern": CURSOR_PATTERN},
+                    },
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "schema": {"type": "string", "pattern": CURSOR_PATTERN},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The stream; it ends when the server stops.",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **_errors("Invalid"),
+                },
+            }
+        },
         "/metrics": {
             "get": {
                 "operationId": "metrics",

@@ -9,6 +9,7 @@ and is the API for programs that embed jobserver.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -25,11 +26,13 @@ from .auth import TokenAuth
 from .builtin_tasks import DEFAULT_ALLOWED_HOSTS, HttpTask, builtin_specs
 from .clock import Clock, SystemClock
 from .errors import NotFound, ValidationError
+from .events import EventBus
 from .executor import Executor
 from .metrics import Metrics
 from .models import (
     DEPENDENCY_FAILURE_POLICIES,
     MISSED_TICK_POLICIES,
+    TERMINAL_STATES,
     Backoff,
     DeadLetter,
     Job,
@@ -116,7 +119,7 @@ class JobServer:
             lease_ttl_s=lease_ttl_s,
             rescue_interval_s=rescue_interval_s,
             on_transition=self._on_transition,
-            on_ended=self._notify,
+            on_ended=self._ended_elsewhere,
         )
         self.scheduler = Scheduler(
             self.store, self.clock, job_for_tick=self._job_for_tick, on_fired=self._on_fired
@@ -125,6 +128,11 @@ class JobServer:
             self.store, self.clock, keep_finished_s=keep_finished_s, keep_failed_s=keep_failed_s
         )
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
+        self.events = EventBus()
+        # jobs whose end this process published; an end heard from the store (another node,
+        # a dependency, the rescuer) is published only if it is not among them
+        self._published_ends: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._background: set[asyncio.Task[None]] = set()
         self._lag_watch: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self._started = False
@@ -142,7 +150,7 @@ class JobServer:
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
-        self.store.subscribe(on_due=self.worker.wake, on_done=self._notify)
+        self.store.subscribe(on_due=self.worker.wake, on_done=self._ended_elsewhere)
         await self.store.open()
         report = await self.store.recover_orphans(self.clock.now())
         if report.requeued or report.dead_lettered:
@@ -163,9 +171,11 @@ class JobServer:
         if not self._started:
             return
         self._started = False
-        # Long-polls answer now with the job as it stands, so they don't hold the shutdown.
+        # Long-polls answer now with the job as it stands, so they don't hold the shutdown;
+        # event streams end.
         for job_id in list(self._waiters):
             self._notify(job_id)
+        self.events.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -560,8 +570,30 @@ class JobServer:
     def _on_transition(self, job: Job, state: JobState, detail: dict[str, Any]) -> None:
         self.metrics.record_transition(job, state, detail, self.clock.now())
         self._log_transition(job, state, detail)
+        self.events.publish(job, state, self.clock.now())
+        if state in TERMINAL_STATES:
+            self._published_ends[job.id] = None
+            while len(self._published_ends) > 10_000:
+                self._published_ends.popitem(last=False)
         if state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
             self._notify(job.id)
+
+    def _ended_elsewhere(self, job_id: int) -> None:
+        """A job ended without this process's worker: wake its waiters, publish its end."""
+        self._notify(job_id)
+        if job_id not in self._published_ends and self._started:
+            task = asyncio.get_running_loop().create_task(self._publish_end(job_id))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _publish_end(self, job_id: int) -> None:
+        try:
+            job = await self.store.get_job(job_id)
+        except Exception:  # the event is a courtesy; the job itself is safe in the store
+            return
+        if job is not None and job.is_terminal and job_id not in self._published_ends:
+            self._published_ends[job_id] = None
+            self.events.publish(job, job.status, job.completed_at or self.clock.now())
 
     def _notify(self, job_id: int) -> None:
         for fut in self._waiters.pop(job_id, []):

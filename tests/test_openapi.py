@@ -127,9 +127,10 @@ class Checked:
         if "content" not in response:
             assert raw == b"", f"{method} {template} {status} documents no body"
             return
-        if "text/plain" in response["content"]:
-            assert headers["Content-Type"].startswith("text/plain")
-            return
+        for streamed in ("text/plain", "text/event-stream"):
+            if streamed in response["content"]:
+                assert headers["Content-Type"].startswith(streamed)
+                return
         assert headers["Content-Type"].startswith("application/json")
         self.spec.validate(f"{ptr}/content/application~1json/schema", json.loads(raw))
 
@@ -439,6 +440,11 @@ async def drive_flow_routes(c: Checked) -> None:
     clash = {"group": [{**keyed, "args": [2]}]}
     assert (await c.call("POST", "/workflows", "/workflows", clash))[0] == 409
     assert (await c.call("GET", "/metrics", "/metrics"))[0] == 200
+    assert (await c.call("GET", "/events?job_id=x", "/events"))[0] == 422
+    async with c.session.get(c.base + "/events") as resp:  # a stream: read its start only
+        first = await resp.content.readline()
+        c.check("GET", "/events", resp.status, resp.headers, b"")
+        assert first.startswith(b": ")
 
 
 async def test_every_route_answers_as_documented(
