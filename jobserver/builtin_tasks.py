@@ -16,7 +16,7 @@ from yarl import URL
 from . import codec
 from .errors import PermanentError, Retry
 from .models import Backoff
-from .tasks import TaskSpec
+from .tasks import TaskSpec, current_job
 
 DEFAULT_ALLOWED_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 MAX_REDIRECTS = 5
@@ -37,6 +37,15 @@ async def sleep(seconds: float = 1.0) -> float:
         raise PermanentError("seconds must be a number >= 0")
     await asyncio.sleep(seconds)
     return float(seconds)
+
+
+def _job_headers() -> dict[str, str]:
+    """Which job and attempt a call belongs to, so the app can spot a repeated delivery."""
+    try:
+        ctx = current_job()
+    except LookupError:
+        return {}
+    return {"X-Jobserver-Job-Id": str(ctx.job_id), "X-Jobserver-Attempt": str(ctx.attempt)}
 
 
 def retry_after_s(value: str | None) -> float | None:
@@ -91,6 +100,7 @@ class HttpTask:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         target = self.check_url(url)
+        headers = {**_job_headers(), **(headers or {})}
         try:
             for _ in range(MAX_REDIRECTS + 1):
                 async with self._session.request(

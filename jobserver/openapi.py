@@ -109,7 +109,7 @@ def _job_request(tasks: list[str] | None, *, in_workflow: bool = False) -> dict[
                     "minimum": lo,
                     "maximum": hi,
                     "default": 0,
-                    "description": "Of the due jobs, higher runs first.",
+                    "description": "Within its queue, of the due jobs, higher runs first.",
                 }
             ),
             "delay": _nullable(

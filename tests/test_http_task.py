@@ -17,7 +17,13 @@ hits: list[str] = []
 
 async def ok(request: web.Request) -> web.Response:
     hits.append(f"{request.method} {request.path} {await request.text()}")
-    return web.json_response({"done": True, "auth": request.headers.get("X-Token")})
+    return web.json_response(
+        {
+            "done": True,
+            "auth": request.headers.get("X-Token"),
+            "job": request.headers.get("X-Jobserver-Job-Id"),
+        }
+    )
 
 
 async def fail(request: web.Request) -> web.Response:
@@ -74,7 +80,7 @@ async def test_2xx_succeeds_with_the_reply(make_server: ServerFactory, target: s
     )
     done = await server.wait_for(job_id, timeout_s=5)
     assert done.status == JobState.SUCCEEDED
-    assert done.result == {"status": 200, "body": {"done": True, "auth": "t"}}
+    assert done.result == {"status": 200, "body": {"done": True, "auth": "t", "job": str(job_id)}}
     assert hits == ['POST /ok {"n": 1}']
 
 
