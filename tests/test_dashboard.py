@@ -1,0 +1,310 @@
+"""The dashboard in a real headless Chromium (Playwright driving the system's Chromium) against a
+real server on 127.0.0.1: the page, the token box, live lists, a job's detail, requeueing a dead
+letter and pausing a queue by clicking, and the page mounted under a prefix.
+
+Needs the `playwright` package (pip) and a Chromium binary (Debian: `apt-get install chromium`);
+without either the tests skip. Playwright's own browser downloads are not used."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from jobserver import JobContext, JobServer, PermanentError, SystemClock
+from jobserver.tasks import Registry, task
+
+from .conftest import ServerFactory, eventually
+
+pw = pytest.importorskip(
+    "playwright.async_api",
+    reason="the dashboard tests need Playwright for Python: pip install playwright",
+)
+
+CHROMIUM = (
+    os.environ.get("JOBSERVER_TEST_CHROMIUM")
+    or shutil.which("chromium")
+    or shutil.which("chromium-browser")
+)
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="the dashboard tests need a Chromium binary: apt-get install chromium"
+    " (or set JOBSERVER_TEST_CHROMIUM to one)",
+)
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TOKEN = "dashboard-full-token"
+READ_TOKEN = "dashboard-read-token"
+UI_TIMEOUT_MS = 8_000  # the page polls every 2 s
+pw.expect.set_options(timeout=UI_TIMEOUT_MS)  # for expect(); pages get it for their waits
+
+reg = Registry()
+
+
+@task(registry=reg, max_retries=0)
+async def doomed(reason: str) -> None:
+    raise PermanentError(reason)
+
+
+@task(registry=reg)
+async def crawl(ctx: JobContext, pages: int) -> int:
+    ctx.progress(0.5, f"half of {pages} pages")
+    await asyncio.sleep(60)  # until cancelled
+    return pages
+
+
+class Api:
+    """The HTTP API as a test client sees it."""
+
+    def __init__(self, base: str, session: aiohttp.ClientSession, token: str | None) -> None:
+        self.base = base
+        self.session = session
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        async with self.session.request(
+            method, self.base + path, json=body, headers=self.headers
+        ) as resp:
+            raw = await resp.read()
+            return resp.status, (await resp.json() if raw else None)
+
+    async def get(self, path: str) -> Any:
+        status, data = await self.call("GET", path)
+        assert status == 200, data
+        return data
+
+    async def enqueue(self, **body: Any) -> int:
+        status, data = await self.call("POST", "/jobs", body)
+        assert status == 202, data
+        return int(data["id"])
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    async with pw.async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+async def new_page(browser: Any) -> tuple[Any, list[str]]:
+    """A page with the default timeout for waits, and a list that collects script errors."""
+    page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    return page, errors
+
+
+async def start(make_server: ServerFactory, **kwargs: Any) -> tuple[JobServer, str]:
+    server = await make_server(tasks=list(reg), clock=SystemClock(), **kwargs)
+    [base] = await server.serve("127.0.0.1", 0)
+    return server, base
+
+
+async def sign_in(page: Any, token: str) -> None:
+    await page.locator("#token-box").wait_for(state="visible")
+    await page.fill("#token-input", token)
+    await page.click("#token-save")
+    await page.locator("#token-box").wait_for(state="hidden")
+
+
+# `browser` comes before `make_server` in each test's arguments: the server stops before the
+# browser closes, so closing it never stalls a running server's event loop.
+async def test_dashboard_with_a_token(
+    browser: Any,
+    make_server: ServerFactory,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    _, base = await start(make_server, tokens=[TOKEN])
+    api = Api(base, session, TOKEN)
+    page, errors = await new_page(browser)
+
+    # the page loads without a token, asks for one on the API's 401, and keeps it
+    response = await page.goto(base + "/")
+    assert response is not None and response.status == 200
+    await sign_in(page, TOKEN)
+    assert await page.evaluate("Object.values(localStorage)") == [TOKEN]
+
+    # a job enqueued over HTTP shows up in the jobs list
+    echo_id = await api.enqueue(task="echo", args=["hello"])
+    await page.click("#refresh")  # or wait for the next poll, up to 2 s
+    echo_row = page.locator(f'#jobs tbody tr[data-id="{echo_id}"]')
+    await echo_row.wait_for()
+    await pw.expect(echo_row).to_contain_text("echo")
+
+    # a job's detail: its progress bar while it runs, then cancelled by clicking
+    crawl_id = await api.enqueue(task="crawl", kwargs={"pages": 8})
+    await eventually(lambda: api.get(f"/jobs/{crawl_id}"), lambda j: j["progress"] is not None)
+    await page.click("#refresh")
+    await page.locator(f'#jobs tbody tr[data-id="{crawl_id}"]').click()
+    await pw.expect(page.locator("#detail .progress .msg")).to_have_text("half of 8 pages")
+    bar = page.locator('#detail [role="progressbar"]')
+    await pw.expect(bar).to_have_attribute("aria-valuenow", "50")
+    await pw.expect(page.locator("#detail")).to_contain_text("max retries")
+    await page.click("#detail-cancel")
+    cancelled = await eventually(
+        lambda: api.get(f"/jobs/{crawl_id}"), lambda j: j["status"] == "cancelled"
+    )
+    assert cancelled["cancel_requested"] is True
+    await pw.expect(page.locator("#detail .badge").first).to_have_text("cancelled")
+
+    # a job that fails for good lands in the dead-letter table; requeue it by clicking
+    doomed_id = await api.enqueue(task="doomed", args=["no such user"], queue="mail")
+    await eventually(lambda: api.get(f"/jobs/{doomed_id}"), lambda j: j["is_terminal"])
+    await page.click("#refresh")
+    dl_row = page.locator(f'#dead-letters tbody tr[data-job-id="{doomed_id}"]')
+    await dl_row.wait_for()
+    await pw.expect(dl_row).to_contain_text("PermanentError")
+    await pw.expect(dl_row).to_contain_text("no such user")
+    dead_letter_id = int(await dl_row.get_attribute("data-id") or 0)
+    await dl_row.locator('button[data-action="requeue"]').click()
+    notice = page.locator("#alerts .alert.ok", has_text=f"Dead letter {dead_letter_id} requeued")
+    await notice.wait_for()
+    match = re.search(r"as job (\d+)", await notice.inner_text())
+    assert match, await notice.inner_text()
+    new_id = int(match.group(1))
+    assert new_id > doomed_id
+    requeued = await api.get(f"/jobs/{new_id}")
+    assert (requeued["task"], requeued["args"], requeued["queue"]) == (
+        "doomed",
+        ["no such user"],
+        "mail",
+    )
+    status, _ = await api.call("GET", f"/dead-letters/{dead_letter_id}")
+    assert status == 404  # requeueing took it out of the table
+    # the requeued job fails again: a new dead letter, deleted in bulk by selecting all shown
+    await eventually(
+        lambda: api.get("/dead-letters"),
+        lambda d: [x["job_id"] for x in d["items"]] == [new_id],
+    )
+    await page.click("#refresh")
+    await page.locator(f'#dead-letters tbody tr[data-job-id="{new_id}"]').wait_for()
+    await page.select_option("#dl-task", "doomed")
+    await page.click("#dl-select-shown")
+    await pw.expect(page.locator("#dl-selected")).to_have_text("1 selected")
+    page.once("dialog", lambda dialog: dialog.accept())
+    await page.click("#dl-delete-selected")
+    await eventually(lambda: api.get("/dead-letters"), lambda d: d["items"] == [])
+    await pw.expect(
+        page.locator("#alerts .alert.ok", has_text="1 dead letter deleted")
+    ).to_be_visible()
+
+    # pause a queue by clicking; the API says it is paused; resume it the same way
+    queue_row = page.locator('#queues tbody tr[data-queue="default"]')
+    await queue_row.locator('button[data-action="pause"]').click()
+    queues = await eventually(
+        lambda: api.get("/queues"),
+        lambda d: any(q["name"] == "default" and q["paused"] for q in d["items"]),
+    )
+    assert {q["name"]: q["paused"] for q in queues["items"]}["mail"] is False
+    await pw.expect(queue_row.locator(".badge")).to_have_text("paused")
+    # a job in the paused queue says why it waits
+    waiting_id = await api.enqueue(task="echo", args=["later"])
+    await page.click("#refresh")
+    await page.locator(f'#jobs tbody tr[data-id="{waiting_id}"]').click()
+    await pw.expect(page.locator('#detail .waiting[data-code="queue_paused"]')).to_be_visible()
+    await page.screenshot(
+        path=os.environ.get("JOBSERVER_DASHBOARD_SCREENSHOT") or str(tmp_path / "dashboard.png"),
+        full_page=True,
+    )
+    await queue_row.locator('button[data-action="resume"]').click()
+    await eventually(lambda: api.get("/queues/default"), lambda q: q["paused"] is False)
+    await eventually(lambda: api.get(f"/jobs/{waiting_id}"), lambda j: j["is_terminal"])
+
+    # the filters: by status, then by task
+    await page.select_option("#f-status", "cancelled")
+    await pw.expect(page.locator("#jobs tbody tr")).to_have_count(1)
+    await pw.expect(page.locator("#jobs tbody tr")).to_have_attribute("data-id", str(crawl_id))
+    await page.select_option("#f-status", "")
+    await page.fill("#f-task", "doomed")
+    await page.press("#f-task", "Enter")
+    await pw.expect(page.locator("#jobs tbody tr")).to_have_count(2)
+    ids = {
+        int(await r.get_attribute("data-id") or 0)
+        for r in await page.locator("#jobs tbody tr").all()
+    }
+    assert ids == {doomed_id, new_id}
+    assert errors == []
+
+
+async def test_dashboard_with_a_read_only_token(
+    browser: Any, make_server: ServerFactory, session: aiohttp.ClientSession
+) -> None:
+    _, base = await start(make_server, tokens=[TOKEN], read_tokens=[READ_TOKEN])
+    api = Api(base, session, TOKEN)
+    job_id = await api.enqueue(task="echo", args=["seen"])
+    page, errors = await new_page(browser)
+    await page.goto(base + "/")
+
+    # a wrong token is refused: the box says so and stays
+    await page.locator("#token-box").wait_for(state="visible")
+    await page.fill("#token-input", "not-a-token")
+    await page.click("#token-save")
+    await pw.expect(page.locator("#token-reason")).to_contain_text("The saved token was refused")
+    await pw.expect(page.locator("#token-box")).to_be_visible()
+
+    # a read-only token shows everything, and a write shows the API's 403 message
+    await sign_in(page, READ_TOKEN)
+    await page.locator(f'#jobs tbody tr[data-id="{job_id}"]').wait_for()
+    await page.locator('#queues tbody tr[data-queue="default"] button[data-action="pause"]').click()
+    await pw.expect(page.locator("#alerts .alert.error")).to_contain_text(
+        "this token may only read"
+    )
+    assert (await api.get("/queues/default"))["paused"] is False
+    assert errors == []
+
+
+async def test_dashboard_mounted_under_a_prefix(
+    browser: Any, make_server: ServerFactory, session: aiohttp.ClientSession
+) -> None:
+    """Embedded in an app at /jobs-api/, the page calls /jobs-api/jobs (no token configured)."""
+    server = await make_server(tasks=list(reg), clock=SystemClock())
+    app = web.Application()
+    app.add_subapp("/jobs-api", server.create_app())
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        host, port = runner.addresses[0][:2]
+        base = f"http://{host}:{port}/jobs-api"
+        job_id = await Api(base, session, None).enqueue(task="echo", args=["embedded"])
+        page, errors = await new_page(browser)
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+        await page.goto(base + "/")
+        row = page.locator(f'#jobs tbody tr[data-id="{job_id}"]')
+        await row.wait_for()
+        await pw.expect(page.locator("#token-box")).to_be_hidden()
+        assert f"{base}/queues" in requests
+        assert not [u for u in requests if u.startswith(f"http://{host}:{port}/jobs?")]
+        await row.click()
+        await pw.expect(page.locator("#detail-title")).to_have_text(f"Job {job_id} · echo")
+        assert errors == []
+    finally:
+        await runner.cleanup()
