@@ -390,7 +390,10 @@ class SQLiteStore:
 
     exclusive = True  # one process owns the file (its lock)
 
-    def __init__(self, path: str | os.PathLike[str], *, durability: str = "full") -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, durability: str = "full", busy_timeout_ms: int = 5000
+    ) -> None:
+        self.busy_timeout_ms = int(busy_timeout_ms)  # how long to wait for another process's lock
         if durability not in ("full", "normal"):
             raise ValueError("durability must be 'full' or 'normal'")
         self.path = Path(path)
@@ -501,7 +504,7 @@ class SQLiteStore:
         if str(mode).lower() != "wal":
             raise SchemaError(f"{self.path}: could not switch to WAL mode (got {mode})")
         conn.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'full' else 'NORMAL'}")
-        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
         conn.execute("PRAGMA temp_store=MEMORY")
         conn.execute("PRAGMA cache_size=-16000")
 
