@@ -88,6 +88,19 @@ class Executor:
             return self._failure(exc, retryable=False)
         except Exception as exc:
             return self._failure(exc, spec.is_retryable(exc))
+        if deadline.expired():
+            # The task caught its cancellation and went on: its late result is discarded.
+            log.warning(
+                "job %s (%s) ignored its timeout; its result is discarded", job.id, job.task
+            )
+            return Failed(
+                error_info(
+                    None,
+                    type_="timeout",
+                    message=f"timeout: gave up after {timeout_s} s (the task ignored it)",
+                ),
+                retryable=True,
+            )
         try:
             return Succeeded(codec.dumps(result))
         except TypeError as exc:

@@ -25,3 +25,9 @@ async def record_execution(delay_s: float, ctx: JobContext) -> int:
     finally:
         os.close(fd)
     return ctx.job_id
+
+
+@task(name="crash_process")
+async def crash_process() -> None:
+    """Kills the whole server process, as a segfaulting extension or an OOM kill would."""
+    os._exit(3)

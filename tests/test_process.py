@@ -296,3 +296,49 @@ def test_file_that_is_not_a_database_is_refused_untouched(tmp_path: Path) -> Non
     assert "Traceback" not in result.stderr, result.stderr
     assert db.read_bytes() == garbage
     assert not Path(f"{db}-wal").exists()
+
+
+async def test_a_job_that_kills_the_process_is_dead_lettered_after_its_attempts(
+    tmp_path: Path, spawn: Spawn
+) -> None:
+    db = tmp_path / "poison.db"
+    flags = ["--log-level", "warning"]
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        server = spawn(db, flags)
+        await server.wait_ready(session)
+        body = {"task": "crash_process", "max_retries": 2}
+        async with session.post(f"{server.url}/jobs", json=body) as resp:
+            job_id = (await resp.json())["id"]
+        assert await server.wait_exit() == 3  # the task's os._exit
+        crashes = 1
+        while True:
+            server = spawn(db, flags)
+            if await ready_or_exited(session, server):
+                job = await get_job(session, server, job_id)
+                if job["is_terminal"]:
+                    break
+                assert await server.wait_exit() == 3
+            crashes += 1
+            assert crashes <= 3, "re-run past its attempts"
+        assert crashes == 3  # max_retries + 1 attempts, each counted when claimed
+        assert job["status"] == "failed" and job["error"]["type"] == "LeaseExpired"
+        async with session.get(f"{server.url}/dead-letters") as resp:
+            assert [d["job_id"] for d in (await resp.json())["items"]] == [job_id]
+        async with session.get(f"{server.url}/healthz") as resp:
+            assert resp.status == 200  # and the server stays up
+
+
+async def ready_or_exited(session: aiohttp.ClientSession, server: ServerProcess) -> bool:
+    """True once the server answers /healthz; False if it exits (with 3) first."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            assert server.proc.returncode == 3, server.output()
+            return False
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with session.get(f"{server.url}/healthz") as resp:
+                if resp.status == 200:
+                    return True
+        await asyncio.sleep(0.02)
+    pytest.fail(f"server neither ready nor exited:\n{server.output()}")

@@ -49,6 +49,15 @@ async def too_slow() -> None:
     await asyncio.sleep(30)
 
 
+@task(registry=reg, timeout=0.05, max_retries=0)
+async def swallows_cancellation() -> str:
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        await asyncio.sleep(0.01)  # pretends it never heard
+    return "too late"
+
+
 @task(registry=reg, max_retries=3, backoff=Backoff(base_s=10, factor=2, cap_s=100))
 async def flaky(ctx: JobContext) -> int:
     record("flaky", ctx.attempt)
@@ -154,6 +163,16 @@ async def test_a_timed_out_attempt_is_a_failure_that_says_timeout(
     assert "timeout" in done.error["message"]
     [dl] = await server.list_dead_letters(10, None)
     assert dl.job_id == job.id
+
+
+async def test_a_task_that_swallows_its_timeout_is_timed_out_and_its_result_dropped(
+    make_server: ServerFactory,
+) -> None:
+    server = await start(make_server)
+    job = await server.enqueue("swallows_cancellation")
+    done = await server.wait_for(job.id, timeout_s=5)
+    assert done.status == JobState.FAILED and done.result is None
+    assert done.error is not None and done.error["type"] == "timeout"
 
 
 async def test_a_per_job_timeout_overrides_the_task_default(make_server: ServerFactory) -> None:
