@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -163,7 +164,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except ValidationError as exc:
         return error_response(422, "invalid", exc.message, exc.field)
     except RequestError as exc:
-        return error_response(exc.status, exc.code, exc.message, exc.field)
+        response = error_response(exc.status, exc.code, exc.message, exc.field)
+        if exc.status in (408, 413):  # the rest of the body is not read: end the connection
+            response.force_close()
+        return response
     except NotFound as exc:
         return error_response(404, "not_found", str(exc))
     except Conflict as exc:
@@ -209,6 +213,14 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
 
 
 async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, Any]:
+    try:
+        async with asyncio.timeout(request.app[SERVER_KEY].body_timeout_s):
+            return await _read_json_object(request, max_bytes)
+    except TimeoutError:
+        raise RequestError(408, "timeout", "the body was sent too slowly", "body") from None
+
+
+async def _read_json_object(request: web.Request, max_bytes: int) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise RequestError(
             415, "unsupported_media_type", "send the body as application/json", "Content-Type"

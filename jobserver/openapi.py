@@ -19,6 +19,7 @@ RESPONSES = "#/components/responses/"
 PARAMETERS = "#/components/parameters/"
 MAX_ID = 10**18 - 1  # ids are read from up to 18 digits; longer ones are no job (404)
 ERROR_CODES = [
+    "timeout",
     "queue_full",
     "bad_json",
     "bad_request",

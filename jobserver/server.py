@@ -28,6 +28,7 @@ from .clock import Clock, SystemClock
 from .errors import NotFound, ValidationError
 from .events import EventBus
 from .executor import Executor
+from .limits import MAX_HEADER_BYTES, MAX_LINE_BYTES, ConnectionLimit
 from .metrics import Metrics
 from .models import (
     DEPENDENCY_FAILURE_POLICIES,
@@ -86,6 +87,8 @@ class JobServer:
         http_allowed_hosts: Iterable[str] = DEFAULT_ALLOWED_HOSTS,
         max_body_bytes: int = 1024 * 1024,
         max_batch_body_bytes: int = 32 * 1024 * 1024,
+        max_connections: int = 1024,
+        body_timeout_s: float = 30.0,
         idempotency_window_s: float = 86_400.0,
         webhook_secret: str | None = None,
         tokens: Iterable[str] = (),
@@ -102,6 +105,8 @@ class JobServer:
         self.grace_period_s = grace_period_s
         self.max_body_bytes = max_body_bytes
         self.max_batch_body_bytes = max(max_batch_body_bytes, max_body_bytes)
+        self.max_connections = max_connections
+        self.body_timeout_s = body_timeout_s  # a client sending its body slower is cut off
         self.idempotency_window_s = idempotency_window_s
         self.auth = TokenAuth(tokens, read_tokens)
         self._http_task = HttpTask(http_allowed_hosts)
@@ -135,6 +140,7 @@ class JobServer:
         self._background: set[asyncio.Task[None]] = set()
         self._lag_watch: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
         self._started = False
 
     def _build_registry(self, tasks: Iterable[str | ModuleType | TaskSpec]) -> Registry:
@@ -176,8 +182,11 @@ class JobServer:
         for job_id in list(self._waiters):
             self._notify(job_id)
         self.events.close()
+        if self._listener is not None:
+            self._listener.close()  # no new connections
+            self._listener = None
         if self._runner is not None:
-            await self._runner.cleanup()
+            await self._runner.cleanup()  # lets requests in flight finish
             self._runner = None
         grace = self.grace_period_s if grace_period_s is None else grace_period_s
         if self._lag_watch is not None:
@@ -219,11 +228,25 @@ class JobServer:
     async def serve(self, host: str = "127.0.0.1", port: int = 8000) -> list[str]:
         """Serve the HTTP API; returns the addresses it listens on."""
         app = self.create_app()
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            max_line_size=MAX_LINE_BYTES,
+            max_field_size=MAX_HEADER_BYTES,
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, backlog=1024)
-        await site.start()
-        return [f"http://{a[0]}:{a[1]}" for a in self._runner.addresses]
+        factory = ConnectionLimit(self._runner.server, self.max_connections)  # type: ignore[arg-type]
+        self._listener = await asyncio.get_running_loop().create_server(
+            factory, host, port, backlog=1024, reuse_address=True
+        )
+        addresses = []
+        for sock in self._listener.sockets:
+            addr, bound_port = sock.getsockname()[:2]
+            addresses.append(
+                f"http://[{addr}]:{bound_port}" if ":" in addr else f"http://{addr}:{bound_port}"
+            )
+        return addresses
 
     # -- jobs -------------------------------------------------------------------------------------
     def task_spec(self, name: str) -> TaskSpec:

@@ -1,0 +1,63 @@
+"""Limits on clients: open connections, header size, slow bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+
+from .conftest import ServerFactory
+
+
+def host_port(base: str) -> tuple[str, int]:
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+async def test_connections_past_the_limit_get_503_and_then_room_again(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server(max_connections=3)
+    [base] = await server.serve("127.0.0.1", 0)
+    host, port = host_port(base)
+    idle = [await asyncio.open_connection(host, port) for _ in range(3)]
+    await asyncio.sleep(0.05)  # let the server register them
+    reader, writer = await asyncio.open_connection(host, port)
+    head, _, body = (await asyncio.wait_for(reader.read(), 5)).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503")
+    assert json.loads(body)["error"]["code"] == "unavailable"
+    writer.close()
+    for _, w in idle:
+        w.close()
+    await asyncio.sleep(0.05)
+    async with aiohttp.ClientSession() as session, session.get(f"{base}/healthz") as resp:
+        assert resp.status == 200
+
+
+async def test_oversized_headers_are_refused(make_server: ServerFactory) -> None:
+    server = await make_server()
+    [base] = await server.serve("127.0.0.1", 0)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/healthz", headers={"X-Big": "x" * 10_000}) as resp:
+            assert resp.status in (400, 431)
+        async with session.get(f"{base}/healthz") as resp:
+            assert resp.status == 200
+
+
+async def test_a_body_sent_too_slowly_is_cut_off(make_server: ServerFactory) -> None:
+    server = await make_server(body_timeout_s=0.3)
+    [base] = await server.serve("127.0.0.1", 0)
+    host, port = host_port(base)
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100\r\n\r\n" + b'{"task": "ec'
+    )
+    await writer.drain()
+    reply = await asyncio.wait_for(reader.read(4096), 5)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 408") and b"Connection: close" in head
+    assert json.loads(body)["error"]["field"] == "body"
+    assert sum((await server.store.count_by_status()).values()) == 0
