@@ -146,12 +146,15 @@ class Worker:
             await self._wake.wait()
             return
         self._wake.clear()  # before claiming: an enqueue that commits meanwhile sets it again
-        jobs = await self.store.claim(free, self.clock.now(), self.lease_ttl_s)
+        now = self.clock.now()
+        jobs = await self.store.claim(free, now, self.lease_ttl_s)
         for job in jobs:
             self._start_job(job)
         if len(jobs) == free or self._stopping:
             return
-        next_due = await self.store.next_wake_at(self.clock.now())
+        # Asked as of the claim's own time: a job that fell due since then is counted here,
+        # and the loop claims again at once instead of sleeping past it.
+        next_due = await self.store.next_wake_at(now)
         if next_due is not None and next_due <= self.clock.now():
             return  # due already (a retry scheduled meanwhile): claim again
         await self._sleep_or_wake(next_due)

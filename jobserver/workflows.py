@@ -121,12 +121,13 @@ def _add_job(
 
 
 def workflow_status(jobs: Sequence[Job]) -> str:
-    """One word for a workflow: pending, running, succeeded, failed or cancelled."""
+    """One word for a workflow: pending (nothing started), running (something still to do),
+    or, once every job ended: succeeded, failed or cancelled."""
     states = {j.status for j in jobs}
+    if states <= {JobState.PENDING}:
+        return "pending"
+    if states & {JobState.PENDING, JobState.RUNNING}:
+        return "running"
     if states <= {JobState.SUCCEEDED}:
         return "succeeded"
-    if JobState.RUNNING in states or (JobState.PENDING in states and JobState.SUCCEEDED in states):
-        return "running"
-    if JobState.PENDING in states:
-        return "pending"
     return "failed" if JobState.FAILED in states else "cancelled"

@@ -431,3 +431,16 @@ async def test_a_healthy_lease_is_renewed_and_never_rescued(
     assert seen.status == JobState.RUNNING and seen.attempts == 1
     gates["long"].set()
     assert (await server.wait_for(job.id, timeout_s=5)).status == JobState.SUCCEEDED
+
+
+async def test_a_job_that_falls_due_between_claim_and_sleep_is_not_stranded(
+    make_server: ServerFactory,
+) -> None:
+    """With the real clock, jobs due a moment after a claim: none may wait for another wake."""
+    from jobserver import SystemClock
+
+    server = await start(make_server, clock=SystemClock())
+    jobs = [await server.enqueue("add", [i, i], delay_s=0.02 * (i % 5)) for i in range(40)]
+    for job in jobs:
+        done = await server.wait_for(job.id, timeout_s=3)
+        assert done.status == JobState.SUCCEEDED, done
