@@ -19,7 +19,18 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any, TextIO
 
-from .client import DEFAULT_URL, ApiError, Client, ClientError, ConnectionFailed, JobInfo
+from .client import (
+    DEFAULT_URL,
+    NOT_GIVEN,
+    ApiError,
+    Client,
+    ClientError,
+    ConnectionFailed,
+    JobInfo,
+    QueueFull,
+    QueueInfo,
+    WorkflowInfo,
+)
 from .config import (
     SETTINGS,
     ConfigError,
@@ -166,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-# -- client commands: enqueue, get, wait, jobs, dead-letters, requeue, cancel --------------------
+# -- client commands: jobs, dead letters, queues, schedules, workflows ----------------------------
 EXIT_FAILED = 1
 PROGRESS_WIDTH = 30
 POLL_S = 1.0  # each long poll of `wait` lasts at most this long, so progress updates show
@@ -196,6 +207,34 @@ def _seconds_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
     if not 0 <= value < math.inf:
         raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _limit_arg(kind: type[int] | type[float]) -> Callable[[str], int | float | None]:
+    """A queue limit: a number, or `none` to lift it."""
+
+    def convert(text: str) -> int | float | None:
+        if text.strip().lower() == "none":
+            return None
+        try:
+            value = kind(text)
+        except ValueError:
+            noun = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"must be {noun} or 'none', got {text!r}") from None
+        if not 0 < value < math.inf:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
+        return value
+
+    return convert
+
+
+def _job_id_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a job id, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a job id (1 or more), got {text!r}")
     return value
 
 
@@ -239,6 +278,39 @@ def add_client_commands(commands: Any) -> None:
     p.add_argument("--timeout", type=_seconds_arg, metavar="S", help="seconds an attempt may run")
     p.add_argument("--idempotency-key", metavar="K", help="enqueue at most once per key")
     p.add_argument(
+        "--deadline-in",
+        type=_seconds_arg,
+        metavar="S",
+        help="do not start it after S seconds from now (it then fails as expired)",
+    )
+    p.add_argument(
+        "--unique-key",
+        metavar="K",
+        help="while a pending or running job holds K, print its id instead of enqueueing",
+    )
+    p.add_argument(
+        "--depends-on",
+        type=_job_id_arg,
+        action="append",
+        default=[],
+        metavar="ID",
+        help="a job that must succeed first (repeatable)",
+    )
+    p.add_argument(
+        "--pass-result",
+        action="store_true",
+        default=None,
+        help="give it the --depends-on jobs' result(s) as its first argument",
+    )
+    p.add_argument(
+        "--on-dependency-failure",
+        choices=["fail", "cancel"],
+        help="what a dependency that did not succeed does to it (default fail)",
+    )
+    p.add_argument(
+        "--callback-url", metavar="URL", help="POSTed the job's record, signed, when it ends"
+    )
+    p.add_argument(
         "--wait",
         type=_seconds_arg,
         nargs="?",
@@ -276,6 +348,131 @@ def add_client_commands(commands: Any) -> None:
 
     p = add("cancel", cmd_cancel, "cancel a job (a running one is asked to stop)")
     p.add_argument("id", type=int, help="the job's id")
+
+    p = add("delete", cmd_delete, "delete a finished job (succeeded, failed or cancelled)")
+    p.add_argument("id", type=int, help="the job's id")
+
+    add("queues", cmd_queues, "list the queues: jobs by state, oldest due job, limits")
+
+    p = add(
+        "queue",
+        cmd_queue,
+        "show a queue as JSON, after changing what the options say (a limit of 'none' lifts it)",
+    )
+    p.add_argument("name", help="the queue's name")
+    pause = p.add_mutually_exclusive_group()
+    pause.add_argument(
+        "--pause", dest="paused", action="store_const", const=True, help="stop starting its jobs"
+    )
+    pause.add_argument(
+        "--resume", dest="paused", action="store_const", const=False, help="start them again"
+    )
+    p.add_argument(
+        "--concurrency-limit",
+        type=_limit_arg(int),
+        default=NOT_GIVEN,
+        metavar="N|none",
+        help="jobs running at once, across all nodes",
+    )
+    p.add_argument(
+        "--rate-limit",
+        type=_limit_arg(float),
+        default=NOT_GIVEN,
+        metavar="R|none",
+        help="jobs started per second (a token bucket)",
+    )
+    p.add_argument(
+        "--rate-burst",
+        type=_limit_arg(float),
+        default=NOT_GIVEN,
+        metavar="B|none",
+        help="the bucket's size (default one second's worth)",
+    )
+    p.add_argument(
+        "--max-depth",
+        type=_limit_arg(int),
+        default=NOT_GIVEN,
+        metavar="N|none",
+        help="pending jobs it may hold; enqueueing past it is refused (429)",
+    )
+
+    add("schedules", cmd_schedules, "list the cron schedules as a table")
+
+    schedule = commands.add_parser(
+        "schedule", help="add, show or remove a cron schedule", description="Cron schedules."
+    )
+    actions = schedule.add_subparsers(dest="schedule_command", required=True)
+
+    def add_schedule(name: str, handler: ClientHandler, help_text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = actions.add_parser(
+            name, parents=[server], help=help_text, description=help_text
+        )
+        parser.set_defaults(client_handler=handler)
+        return parser
+
+    p = add_schedule(
+        "add",
+        cmd_schedule_add,
+        "create (or replace) a schedule: a job of TASK at every tick of CRON; print it as JSON",
+    )
+    p.add_argument("name", help="the schedule's name")
+    p.add_argument("task", help="the task's name")
+    p.add_argument("cron", help="a cron expression, e.g. '*/5 * * * *' (quote it)")
+    p.add_argument(
+        "--args",
+        type=_json_arg(list, "array"),
+        default=[],
+        metavar="JSON",
+        help="positional arguments as a JSON array",
+    )
+    p.add_argument(
+        "--kwargs",
+        type=_json_arg(dict, "object"),
+        metavar="JSON",
+        help="keyword arguments as a JSON object",
+    )
+    p.add_argument("--queue", metavar="Q", help="queue name (default: default)")
+    p.add_argument("--priority", type=int, metavar="N", help="-1000..1000, higher first")
+    p.add_argument("--timezone", metavar="TZ", help="the cron's time zone (default UTC)")
+    p.add_argument(
+        "--missed",
+        choices=["skip", "catch_up"],
+        help="ticks missed while the server was down: skip them (default) or run each",
+    )
+    p.add_argument(
+        "--paused", action="store_true", default=None, help="create it paused (no ticks)"
+    )
+
+    p = add_schedule("show", cmd_schedule_show, "print a schedule as JSON")
+    p.add_argument("name", help="the schedule's name")
+
+    p = add_schedule("rm", cmd_schedule_rm, "remove a schedule")
+    p.add_argument("name", help="the schedule's name")
+
+    p = add(
+        "workflow",
+        cmd_workflow,
+        "enqueue a workflow (a chain, group or chord, as JSON in FILE); print its id and its"
+        " jobs' ids",
+    )
+    p.add_argument("file", metavar="FILE.json", help="the workflow as JSON ('-': stdin)")
+    p.add_argument(
+        "--on-dependency-failure",
+        choices=["fail", "cancel"],
+        help="what a step whose dependency did not succeed does (default fail)",
+    )
+    p.add_argument(
+        "--wait",
+        type=_seconds_arg,
+        nargs="?",
+        const=math.inf,
+        metavar="S",
+        help="wait for it to end (at most S seconds, default no limit), print its jobs and"
+        " status; exit 1 unless it succeeded",
+    )
+
+    p = add("workflow-status", cmd_workflow_status, "print a workflow's jobs and status")
+    p.add_argument("id", type=int, help="the workflow's id")
 
 
 def _print_json(data: Any) -> None:
@@ -386,6 +583,12 @@ def cmd_enqueue(client: Client, args: argparse.Namespace) -> int:
         max_retries=args.max_retries,
         timeout_s=args.timeout,
         idempotency_key=args.idempotency_key,
+        deadline_s=args.deadline_in,
+        unique_key=args.unique_key,
+        depends_on=args.depends_on,
+        pass_result=args.pass_result,
+        on_dependency_failure=args.on_dependency_failure,
+        callback_url=args.callback_url,
     )
     if args.wait is None:
         print(ref.id)
@@ -458,6 +661,190 @@ def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
         print(f"job {job.id} cancelled")
     else:
         print(f"job {job.id} is {job.status}: asked to stop; it ends cancelled once its task stops")
+    return 0
+
+
+def cmd_delete(client: Client, args: argparse.Namespace) -> int:
+    client.delete_job(args.id)
+    print(f"job {args.id} deleted")
+    return 0
+
+
+def _age(seconds: float | None) -> str:
+    """42s, 5m12s, 3h04m, 2d03h; `-` for none."""
+    if seconds is None:
+        return "-"
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _limits(queue: QueueInfo) -> str:
+    limits = queue.limits
+    parts = []
+    if limits.concurrency_limit is not None:
+        parts.append(f"concurrency={limits.concurrency_limit}")
+    if limits.rate_limit is not None:
+        parts.append(f"rate={limits.rate_limit:g}/s")
+    if limits.rate_burst is not None:
+        parts.append(f"burst={limits.rate_burst:g}")
+    if limits.max_depth is not None:
+        parts.append(f"max_depth={limits.max_depth}")
+    return ",".join(parts) or "-"
+
+
+def cmd_queues(client: Client, args: argparse.Namespace) -> int:
+    queues = client.queues()
+    states = [JobState.PENDING, JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED]
+    rows = [
+        [
+            q.name,
+            "yes" if q.paused else "no",
+            *(str(q.counts.get(s.value, 0)) for s in states),
+            _age(q.oldest_due_age_s),
+            _limits(q),
+        ]
+        for q in queues
+    ]
+    if rows:
+        headers = ["QUEUE", "PAUSED", *(s.value.upper() for s in states), "OLDEST DUE", "LIMITS"]
+        print(_table(headers, rows))
+    else:
+        print("no queues", file=sys.stderr)
+    return 0
+
+
+def cmd_queue(client: Client, args: argparse.Namespace) -> int:
+    changes = {
+        name: getattr(args, name)
+        for name in ("concurrency_limit", "rate_limit", "rate_burst", "max_depth")
+        if getattr(args, name) is not NOT_GIVEN
+    }
+    if args.paused is not None:
+        changes["paused"] = args.paused
+    # One PATCH for every change, so a pause and new limits apply together.
+    queue = client.configure_queue(args.name, **changes) if changes else client.queue(args.name)
+    _print_json(queue.to_dict())
+    return 0
+
+
+def cmd_schedules(client: Client, args: argparse.Namespace) -> int:
+    rows = [
+        [
+            s.name,
+            s.task,
+            s.queue,
+            s.timezone,
+            s.missed,
+            "yes" if s.paused else "no",
+            _utc(s.next_run_at),
+            _utc(s.last_run_at) if s.last_run_at else "-",
+            s.cron,
+        ]
+        for s in client.schedules()
+    ]
+    if rows:
+        headers = ["NAME", "TASK", "QUEUE", "TIMEZONE", "MISSED", "PAUSED", "NEXT", "LAST", "CRON"]
+        print(_table(headers, rows))
+    else:
+        print("no schedules", file=sys.stderr)
+    return 0
+
+
+def cmd_schedule_add(client: Client, args: argparse.Namespace) -> int:
+    schedule = client.create_schedule(
+        args.name,
+        args.task,
+        args.cron,
+        args.args,
+        args.kwargs,
+        queue=args.queue,
+        priority=args.priority,
+        timezone=args.timezone,
+        missed=args.missed,
+        paused=args.paused,
+    )
+    _print_json(schedule.to_dict())
+    return 0
+
+
+def cmd_schedule_show(client: Client, args: argparse.Namespace) -> int:
+    _print_json(client.schedule(args.name).to_dict())
+    return 0
+
+
+def cmd_schedule_rm(client: Client, args: argparse.Namespace) -> int:
+    client.delete_schedule(args.name)
+    print(f"schedule {args.name} removed")
+    return 0
+
+
+def _read_workflow(path: str) -> Any:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WorkflowFileError(f"cannot read {path}: {exc}") from None
+    try:
+        spec = json.loads(text)
+    except ValueError as exc:
+        raise WorkflowFileError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(spec, dict):
+        raise WorkflowFileError(f"{path} must hold a JSON object: a chain, group or chord")
+    return spec
+
+
+class WorkflowFileError(Exception):
+    """The workflow file cannot be read or is not a JSON object."""
+
+
+def _result_cell(job: JobInfo) -> str:
+    if job.error is not None:
+        return _cell(str(job.error))
+    if job.status == JobState.SUCCEEDED:
+        return _cell(json.dumps(job.result, ensure_ascii=False))
+    return ""
+
+
+def _report_workflow(flow: WorkflowInfo, timeout_s: float | None) -> int:
+    """Its jobs as a table, then `workflow N STATUS`; exit 0 if it succeeded, else 1."""
+    _print_workflow(flow)
+    if flow.succeeded:
+        return 0
+    if not flow.is_terminal:
+        return _fail(f"workflow {flow.id} is still {flow.status} after {timeout_s or 0:g} s")
+    failed = next((j for j in flow.jobs if j.status == JobState.FAILED and j.error), None)
+    detail = f": job {failed.id} failed: {failed.error}" if failed is not None else ""
+    return _fail(f"workflow {flow.id} {flow.status}{detail}")
+
+
+def cmd_workflow(client: Client, args: argparse.Namespace) -> int:
+    try:
+        spec = _read_workflow(args.file)
+    except WorkflowFileError as exc:
+        return _fail(str(exc))
+    ref = client.enqueue_workflow(spec, on_dependency_failure=args.on_dependency_failure)
+    print(f"workflow {ref.id}")
+    print("jobs " + " ".join(str(i) for i in ref.job_ids))
+    if args.wait is None:
+        return 0
+    sys.stdout.flush()
+    timeout_s = None if math.isinf(args.wait) else args.wait
+    return _report_workflow(client.wait_workflow(ref.id, timeout_s), timeout_s)
+
+
+def _print_workflow(flow: WorkflowInfo) -> None:
+    rows = [[str(j.id), j.task, j.status.value, _result_cell(j)] for j in flow.jobs]
+    print(_table(["JOB", "TASK", "STATUS", "RESULT"], rows))
+    print(f"workflow {flow.id} {flow.status}")
+
+
+def cmd_workflow_status(client: Client, args: argparse.Namespace) -> int:
+    _print_workflow(client.workflow(args.id))
     return 0
 
 
@@ -610,6 +997,9 @@ def run_command(args: argparse.Namespace) -> int:
             return client_handler(client, args)
     except ConnectionFailed as exc:
         return _fail(str(exc))
+    except QueueFull as exc:
+        after = f"; try again in {exc.retry_after_s:g} s" if exc.retry_after_s is not None else ""
+        return _fail(f"{exc}{after}")
     except ApiError as exc:
         return _fail(str(exc))  # "<code>: <message> (field: X)"
     except ClientError as exc:

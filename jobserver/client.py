@@ -15,6 +15,7 @@ a call. Errors from the API raise `ApiError` subclasses, network failures `Conne
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import time
@@ -24,8 +25,9 @@ import urllib.request
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import Enum
 from types import TracebackType
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Final, Generic, Literal, TypeVar, cast
 
 import aiohttp
 
@@ -35,6 +37,7 @@ __all__ = [
     "DEFAULT_TIMEOUT_S",
     "DEFAULT_URL",
     "MAX_WAIT_S",
+    "NOT_GIVEN",
     "ApiError",
     "AsyncClient",
     "AuthError",
@@ -50,8 +53,15 @@ __all__ = [
     "NotFoundError",
     "Page",
     "Progress",
+    "QueueFull",
+    "QueueInfo",
+    "QueueLimits",
+    "ScheduleInfo",
+    "TooManyFailures",
     "Unavailable",
     "UnexpectedResponse",
+    "WorkflowInfo",
+    "WorkflowRef",
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -60,6 +70,7 @@ MAX_WAIT_S = 60.0  # the longest long-poll the server accepts (GET /jobs/{id}?wa
 USER_AGENT = "jobserver-client/0.1"
 
 T = TypeVar("T")
+DependencyFailure = Literal["fail", "cancel"]  # what a dependency that did not succeed does
 
 
 # -- errors ---------------------------------------------------------------------------------------
@@ -91,6 +102,7 @@ class ApiError(ClientError):
         field: str | None = None,
         *,
         body: Mapping[str, Any] | None = None,
+        retry_after_s: float | None = None,
     ) -> None:
         text = f"{code}: {message}" + (f" (field: {field})" if field else "")
         super().__init__(text)
@@ -99,6 +111,7 @@ class ApiError(ClientError):
         self.message = message
         self.field = field
         self.body: Mapping[str, Any] = body or {}
+        self.retry_after_s = retry_after_s  # from a Retry-After header (429, 503), if any
 
 
 class InvalidRequest(ApiError):
@@ -124,21 +137,18 @@ class AuthError(ApiError):
     """401 or 403: the token is missing, wrong, or not allowed to do this."""
 
 
+class TooManyFailures(AuthError):
+    """429 `too_many_failures`: this address failed to authenticate too often; the server
+    refuses it until `retry_after_s` has passed (check the token)."""
+
+
+class QueueFull(ApiError):
+    """429 `queue_full`: the queue holds its `max_depth` of pending jobs; nothing was enqueued.
+    Try again after `retry_after_s`."""
+
+
 class Unavailable(ApiError):
     """503: the database cannot take writes now; try again after `retry_after_s`."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        field: str | None = None,
-        *,
-        body: Mapping[str, Any] | None = None,
-        retry_after_s: float | None = None,
-    ) -> None:
-        super().__init__(status, code, message, field, body=body)
-        self.retry_after_s = retry_after_s
 
 
 _ERRORS: dict[int, type[ApiError]] = {
@@ -150,6 +160,11 @@ _ERRORS: dict[int, type[ApiError]] = {
     413: InvalidRequest,
     415: InvalidRequest,
     422: InvalidRequest,
+    503: Unavailable,
+}
+_ERRORS_429: dict[str, type[ApiError]] = {
+    "queue_full": QueueFull,
+    "too_many_failures": TooManyFailures,
 }
 
 
@@ -178,11 +193,8 @@ def _api_error(status: int, raw: bytes, retry_after: str | None) -> ApiError:
         message = f"HTTP {status}"
     field = body.get("field")
     field = None if field is None else str(field)
-    if status == 503:
-        return Unavailable(
-            status, code, message, field, body=body, retry_after_s=_retry_after(retry_after)
-        )
-    return _ERRORS.get(status, ApiError)(status, code, message, field, body=body)
+    kind = _ERRORS_429.get(code, ApiError) if status == 429 else _ERRORS.get(status, ApiError)
+    return kind(status, code, message, field, body=body, retry_after_s=_retry_after(retry_after))
 
 
 # -- results --------------------------------------------------------------------------------------
@@ -403,6 +415,196 @@ class Page(Generic[T]):
     next_cursor: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class QueueLimits:
+    """A queue's limits; None: no limit. `rate_limit` is jobs started per second (a token
+    bucket of `rate_burst`; None: one second's worth), `max_depth` the most pending jobs."""
+
+    concurrency_limit: int | None = None
+    rate_limit: float | None = None
+    rate_burst: float | None = None
+    max_depth: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "concurrency_limit": self.concurrency_limit,
+            "rate_limit": self.rate_limit,
+            "rate_burst": self.rate_burst,
+            "max_depth": self.max_depth,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInfo:
+    """A queue as GET /queues/{name} shows it: its jobs by state (`counts`, keyed by
+    `JobState` values), how long its oldest due job has waited, and its limits."""
+
+    name: str
+    paused: bool
+    counts: dict[str, int]
+    oldest_due_age_s: float | None
+    limits: QueueLimits
+    rate_tokens: float | None = None  # tokens in the bucket now, for a rate-limited queue
+
+    @property
+    def pending(self) -> int:
+        return self.counts.get(JobState.PENDING.value, 0)
+
+    @property
+    def running(self) -> int:
+        return self.counts.get(JobState.RUNNING.value, 0)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> QueueInfo:
+        limits = data["limits"]
+        age = data.get("oldest_due_age_s")
+        tokens = data.get("rate_tokens")
+        return cls(
+            name=str(data["name"]),
+            paused=bool(data["paused"]),
+            counts={str(k): int(v) for k, v in data["counts"].items()},
+            oldest_due_age_s=None if age is None else float(age),
+            limits=QueueLimits(
+                concurrency_limit=_opt_int(limits.get("concurrency_limit")),
+                rate_limit=_opt_float(limits.get("rate_limit")),
+                rate_burst=_opt_float(limits.get("rate_burst")),
+                max_depth=_opt_int(limits.get("max_depth")),
+            ),
+            rate_tokens=None if tokens is None else float(tokens),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "paused": self.paused,
+            "counts": dict(self.counts),
+            "oldest_due_age_s": self.oldest_due_age_s,
+            "limits": self.limits.to_dict(),
+            "rate_tokens": self.rate_tokens,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleInfo:
+    """A cron schedule as GET /schedules/{name} shows it. `source` is "api" for one created
+    over HTTP, "task" for one declared with `@task(cron=...)` (named `task:<task>`)."""
+
+    name: str
+    task: str
+    cron: str
+    timezone: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    queue: str
+    priority: int
+    missed: str  # "skip" or "catch_up": what ticks missed while the server was down do
+    paused: bool
+    next_run_at: datetime
+    last_run_at: datetime | None
+    source: str
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScheduleInfo:
+        return cls(
+            name=str(data["name"]),
+            task=str(data["task"]),
+            cron=str(data["cron"]),
+            timezone=str(data["timezone"]),
+            args=list(data["args"]),
+            kwargs=dict(data["kwargs"]),
+            queue=str(data["queue"]),
+            priority=int(data["priority"]),
+            missed=str(data["missed"]),
+            paused=bool(data["paused"]),
+            next_run_at=_required_time(data["next_run_at"]),
+            last_run_at=_time(data.get("last_run_at")),
+            source=str(data["source"]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "task": self.task,
+            "cron": self.cron,
+            "timezone": self.timezone,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "queue": self.queue,
+            "priority": self.priority,
+            "missed": self.missed,
+            "paused": self.paused,
+            "next_run_at": _render_time(self.next_run_at),
+            "last_run_at": _render_time(self.last_run_at),
+            "source": self.source,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowRef:
+    """What enqueueing a workflow returns: its id and every job's id, dependencies first.
+    Unpacks as `(id, job_ids)`."""
+
+    id: int
+    job_ids: list[int]
+    poll_url: str
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.id, self.job_ids))
+
+
+WORKFLOW_TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowInfo:
+    """A workflow (GET /workflows/{id}): `status` is pending, running, succeeded, failed or
+    cancelled; `jobs` are its jobs, dependencies first."""
+
+    id: int
+    status: str
+    jobs: list[JobInfo]
+
+    @property
+    def is_terminal(self) -> bool:
+        """Every job ended: the workflow will not change any more."""
+        return self.status in WORKFLOW_TERMINAL
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WorkflowInfo:
+        return cls(
+            id=int(data["id"]),
+            status=str(data["status"]),
+            jobs=[JobInfo.from_dict(j) for j in data["jobs"]],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "status": self.status, "jobs": [j.to_dict() for j in self.jobs]}
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+class _NotGiven(Enum):
+    """The default of `configure_queue`'s settings: leave it as it is (None lifts a limit)."""
+
+    NOT_GIVEN = "NOT_GIVEN"
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+
+NOT_GIVEN: Final = _NotGiven.NOT_GIVEN
+
+
 # -- requests, shared by both clients -------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class _Call:
@@ -429,6 +631,20 @@ def _job_id(value: int, what: str = "job id") -> int:
     return value
 
 
+def _timestamp(name: str, when: Any) -> str:
+    if not isinstance(when, datetime):
+        raise TypeError(f"{name} must be a datetime, got {when!r}")
+    if when.tzinfo is None:
+        raise ValueError(f"{name} must be timezone-aware (e.g. datetime.now(UTC))")
+    return when.isoformat()
+
+
+def _backoff(backoff: Backoff | Mapping[str, float]) -> dict[str, float]:
+    if isinstance(backoff, Backoff):
+        return {"base": backoff.base_s, "factor": backoff.factor, "cap": backoff.cap_s}
+    return dict(backoff)
+
+
 def _job_body(
     task: str,
     args: Sequence[Any] = (),
@@ -442,6 +658,13 @@ def _job_body(
     timeout_s: float | None = None,
     backoff: Backoff | Mapping[str, float] | None = None,
     idempotency_key: str | None = None,
+    deadline: datetime | None = None,
+    deadline_s: float | None = None,
+    unique_key: str | None = None,
+    depends_on: Sequence[int] = (),
+    pass_result: bool | None = None,
+    on_dependency_failure: DependencyFailure | None = None,
+    callback_url: str | None = None,
 ) -> dict[str, Any]:
     """A POST /jobs body; the server validates the values and names the field it refuses."""
     if isinstance(args, str | bytes):
@@ -450,15 +673,15 @@ def _job_body(
     if kwargs:
         body["kwargs"] = dict(kwargs)
     if run_at is not None:
-        if not isinstance(run_at, datetime):
-            raise TypeError(f"run_at must be a datetime, got {run_at!r}")
-        if run_at.tzinfo is None:
-            raise ValueError("run_at must be timezone-aware (e.g. datetime.now(UTC))")
-        body["run_at"] = run_at.isoformat()
-    if isinstance(backoff, Backoff):
-        body["backoff"] = {"base": backoff.base_s, "factor": backoff.factor, "cap": backoff.cap_s}
-    elif backoff is not None:
-        body["backoff"] = dict(backoff)
+        body["run_at"] = _timestamp("run_at", run_at)
+    if deadline is not None:
+        body["deadline"] = _timestamp("deadline", deadline)
+    if backoff is not None:
+        body["backoff"] = _backoff(backoff)
+    if isinstance(depends_on, int):
+        raise TypeError("depends_on must be a sequence of job ids, not one id")
+    if depends_on:
+        body["depends_on"] = [_job_id(d, "depends_on id") for d in depends_on]
     options = {
         "queue": queue,
         "priority": priority,
@@ -466,9 +689,77 @@ def _job_body(
         "max_retries": max_retries,
         "timeout": timeout_s,
         "idempotency_key": idempotency_key,
+        "deadline_in": deadline_s,
+        "unique_key": unique_key,
+        "pass_result": pass_result,
+        "on_dependency_failure": on_dependency_failure,
+        "callback_url": callback_url,
     }
     body.update({k: v for k, v in options.items() if v is not None})
     return body
+
+
+# A workflow job's options as `jobserver.workflows.job()` takes them, and their API names.
+_WORKFLOW_RENAMES = {"delay_s": "delay", "timeout_s": "timeout", "deadline_s": "deadline_in"}
+_WORKFLOW_KINDS = ("chain", "group", "chord")
+
+
+def _workflow_node(node: Any) -> Any:
+    """A workflow spec (built with jobserver.workflows' chain/group/chord/job, or already in
+    the API's shape) in the API's shape: Python option names and values become the API's.
+    Anything not understood is passed on for the server to refuse, naming where."""
+    if not isinstance(node, Mapping):
+        return node
+    kinds = [k for k in _WORKFLOW_KINDS if k in node]
+    if len(kinds) == 1 and len(node) == 1:
+        kind = kinds[0]
+        inner = node[kind]
+        if kind == "chord" and isinstance(inner, Mapping):
+            members = inner.get("group")
+            if isinstance(members, Mapping) and set(members) == {"group"}:
+                members = members["group"]  # chord({"group": [...]}, ...) written by hand
+            chord = {k: v for k, v in inner.items() if k not in ("group", "callback")}
+            if isinstance(members, list | tuple):
+                chord["group"] = [_workflow_node(m) for m in members]
+            elif "group" in inner:
+                chord["group"] = members
+            if "callback" in inner:
+                chord["callback"] = _workflow_node(inner["callback"])
+            return {"chord": chord}
+        if isinstance(inner, list | tuple):
+            return {kind: [_workflow_node(item) for item in inner]}
+        return dict(node)
+    if kinds:
+        return dict(node)
+    job: dict[str, Any] = {}
+    for key, value in node.items():
+        name = _WORKFLOW_RENAMES.get(str(key), str(key))
+        if name in job:
+            raise ValueError(f"a workflow job gives both {key} and {name}")
+        if value is None:
+            continue
+        if name in ("run_at", "deadline"):
+            value = _timestamp(name, value) if isinstance(value, datetime) else value
+        elif name == "backoff" and isinstance(value, Backoff):
+            value = _backoff(value)
+        elif name == "args" and isinstance(value, tuple):
+            value = list(value)
+        job[name] = value
+    return job
+
+
+def _workflow_body(
+    spec: Mapping[str, Any], on_dependency_failure: DependencyFailure | None
+) -> dict[str, Any]:
+    if not isinstance(spec, Mapping):
+        raise TypeError(f"a workflow spec is a dict (chain, group or chord), got {spec!r}")
+    body = dict(spec)
+    given = body.pop("on_dependency_failure", None)
+    body = _workflow_node(body)
+    policy = on_dependency_failure if on_dependency_failure is not None else given
+    if policy is not None:
+        body["on_dependency_failure"] = policy
+    return cast(dict[str, Any], body)
 
 
 def _page_query(limit: int | None, cursor: str | None, **filters: str | None) -> dict[str, str]:
@@ -506,6 +797,42 @@ def _page_of(build: Any, data: Any) -> Page[Any]:
         return Page([build(item) for item in d["items"]], None if cursor is None else str(cursor))
 
     return cast(Page[Any], _parse("page", page, data))
+
+
+def _queue(data: Any) -> QueueInfo:
+    return cast(QueueInfo, _parse("queue", QueueInfo.from_dict, data))
+
+
+def _schedule(data: Any) -> ScheduleInfo:
+    return cast(ScheduleInfo, _parse("schedule", ScheduleInfo.from_dict, data))
+
+
+def _name(name: str, what: str) -> str:
+    """A queue's or schedule's name as one path segment."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{what} name must be a non-empty string, got {name!r}")
+    return urllib.parse.quote(name, safe="")
+
+
+def _queue_changes(**settings: Any) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if v is not NOT_GIVEN}
+
+
+def _schedule_body(
+    name: str,
+    task: str,
+    cron: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any] | None,
+    **options: Any,
+) -> dict[str, Any]:
+    if isinstance(args, str | bytes):
+        raise TypeError("args must be a sequence of arguments, not a string")
+    body: dict[str, Any] = {"name": name, "task": task, "cron": cron, "args": list(args)}
+    if kwargs:
+        body["kwargs"] = dict(kwargs)
+    body.update({k: v for k, v in options.items() if v is not None})
+    return body
 
 
 def _seconds(value: float) -> str:
@@ -590,6 +917,91 @@ class _Ops:
     @staticmethod
     def delete_dead_letter(dead_letter_id: int) -> _Op[None]:
         yield _Call("DELETE", f"/dead-letters/{_job_id(dead_letter_id, 'dead letter id')}")
+
+    @staticmethod
+    def delete_job(job_id: int) -> _Op[None]:
+        yield _Call("DELETE", f"/jobs/{_job_id(job_id)}")
+
+    # -- queues
+    @staticmethod
+    def queues() -> _Op[list[QueueInfo]]:
+        reply = yield _Call("GET", "/queues")
+        items = _parse("queues", lambda d: [QueueInfo.from_dict(q) for q in d["items"]], reply.data)
+        return cast(list[QueueInfo], items)
+
+    @staticmethod
+    def queue(name: str) -> _Op[QueueInfo]:
+        reply = yield _Call("GET", f"/queues/{_name(name, 'queue')}")
+        return _queue(reply.data)
+
+    @staticmethod
+    def configure_queue(name: str, changes: dict[str, Any]) -> _Op[QueueInfo]:
+        reply = yield _Call("PATCH", f"/queues/{_name(name, 'queue')}", body=changes)
+        return _queue(reply.data)
+
+    @staticmethod
+    def pause_queue(name: str, pause: bool) -> _Op[QueueInfo]:
+        action = "pause" if pause else "resume"
+        reply = yield _Call("POST", f"/queues/{_name(name, 'queue')}/{action}")
+        return _queue(reply.data)
+
+    # -- schedules
+    @staticmethod
+    def create_schedule(body: dict[str, Any]) -> _Op[ScheduleInfo]:
+        reply = yield _Call("POST", "/schedules", body=body)
+        return _schedule(reply.data)
+
+    @staticmethod
+    def schedules() -> _Op[list[ScheduleInfo]]:
+        reply = yield _Call("GET", "/schedules")
+        build = ScheduleInfo.from_dict
+        items = _parse("schedules", lambda d: [build(x) for x in d["items"]], reply.data)
+        return cast(list[ScheduleInfo], items)
+
+    @staticmethod
+    def schedule(name: str) -> _Op[ScheduleInfo]:
+        reply = yield _Call("GET", f"/schedules/{_name(name, 'schedule')}")
+        return _schedule(reply.data)
+
+    @staticmethod
+    def delete_schedule(name: str) -> _Op[None]:
+        yield _Call("DELETE", f"/schedules/{_name(name, 'schedule')}")
+
+    # -- workflows
+    @staticmethod
+    def enqueue_workflow(body: dict[str, Any]) -> _Op[WorkflowRef]:
+        reply = yield _Call("POST", "/workflows", body=body)
+
+        def build(d: Any) -> WorkflowRef:
+            return WorkflowRef(int(d["id"]), [int(i) for i in d["jobs"]], str(d["poll_url"]))
+
+        return cast(WorkflowRef, _parse("workflow", build, reply.data))
+
+    @staticmethod
+    def workflow(workflow_id: int) -> _Op[WorkflowInfo]:
+        reply = yield _Call("GET", f"/workflows/{_job_id(workflow_id, 'workflow id')}")
+        return cast(WorkflowInfo, _parse("workflow", WorkflowInfo.from_dict, reply.data))
+
+    @staticmethod
+    def wait_workflow(workflow_id: int, timeout_s: float | None) -> _Op[WorkflowInfo]:
+        """Until every job ended: long-polls one unfinished job at a time (woken when it
+        ends), then looks at the whole workflow again."""
+        if timeout_s is not None and not timeout_s >= 0:
+            raise ValueError(f"timeout_s must be a number of seconds >= 0, got {timeout_s!r}")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            flow = yield from _Ops.workflow(workflow_id)
+            left = MAX_WAIT_S if deadline is None else deadline - time.monotonic()
+            if flow.is_terminal or left <= 0:
+                return flow
+            unfinished = [j for j in flow.jobs if not j.is_terminal]
+            if not unfinished:
+                return flow
+            # The running ones end first; a pending one may wait on others (then the poll
+            # just runs out and the workflow is read again).
+            unfinished.sort(key=lambda j: j.status != JobState.RUNNING)
+            with contextlib.suppress(NotFoundError):  # deleted meanwhile: look again
+                yield from _Ops.get(unfinished[0].id, min(MAX_WAIT_S, left))
 
     @staticmethod
     def probe(path: str) -> _Op[bool]:
@@ -737,9 +1149,23 @@ class AsyncClient(_Base):
         timeout_s: float | None = None,
         backoff: Backoff | Mapping[str, float] | None = None,
         idempotency_key: str | None = None,
+        deadline: datetime | None = None,
+        deadline_s: float | None = None,
+        unique_key: str | None = None,
+        depends_on: Sequence[int] = (),
+        pass_result: bool | None = None,
+        on_dependency_failure: DependencyFailure | None = None,
+        callback_url: str | None = None,
     ) -> JobRef:
         """Enqueue one job; returns once the server has committed it. Options left None take
-        the task's defaults (queue "default", priority 0)."""
+        the task's defaults (queue "default", priority 0).
+
+        `deadline` (an aware datetime) or `deadline_s` (seconds from now): do not start it
+        after then (it fails as `expired`). `unique_key`: while a pending or running job holds
+        the key, that job is returned instead (`created` False). `depends_on`: ids of jobs that
+        must succeed first; `pass_result` gives it their result(s) as its first argument;
+        `on_dependency_failure` "fail" (default) or "cancel". `callback_url`: POSTed the job's
+        record, signed, when it ends. A queue at its `max_depth` raises QueueFull."""
         body = _job_body(
             task,
             args,
@@ -752,6 +1178,13 @@ class AsyncClient(_Base):
             timeout_s=timeout_s,
             backoff=backoff,
             idempotency_key=idempotency_key,
+            deadline=deadline,
+            deadline_s=deadline_s,
+            unique_key=unique_key,
+            depends_on=depends_on,
+            pass_result=pass_result,
+            on_dependency_failure=on_dependency_failure,
+            callback_url=callback_url,
         )
         return await self._run(_Ops.enqueue(body))
 
@@ -829,6 +1262,101 @@ class AsyncClient(_Base):
 
     async def delete_dead_letter(self, dead_letter_id: int) -> None:
         await self._run(_Ops.delete_dead_letter(dead_letter_id))
+
+    async def delete_job(self, job_id: int) -> None:
+        """Delete a finished job (ConflictError while it is pending or running)."""
+        await self._run(_Ops.delete_job(job_id))
+
+    async def queues(self) -> list[QueueInfo]:
+        """Every queue that has jobs or settings, by name."""
+        return await self._run(_Ops.queues())
+
+    async def queue(self, name: str) -> QueueInfo:
+        return await self._run(_Ops.queue(name))
+
+    async def configure_queue(
+        self,
+        name: str,
+        *,
+        paused: bool | _NotGiven = NOT_GIVEN,
+        concurrency_limit: int | _NotGiven | None = NOT_GIVEN,
+        rate_limit: float | _NotGiven | None = NOT_GIVEN,
+        rate_burst: float | _NotGiven | None = NOT_GIVEN,
+        max_depth: int | _NotGiven | None = NOT_GIVEN,
+    ) -> QueueInfo:
+        """Change the settings given (None lifts a limit); the others stay as they are."""
+        changes = _queue_changes(
+            paused=paused,
+            concurrency_limit=concurrency_limit,
+            rate_limit=rate_limit,
+            rate_burst=rate_burst,
+            max_depth=max_depth,
+        )
+        return await self._run(_Ops.configure_queue(name, changes))
+
+    async def pause_queue(self, name: str) -> QueueInfo:
+        """Stop starting the queue's jobs (running ones go on; enqueueing still works)."""
+        return await self._run(_Ops.pause_queue(name, True))
+
+    async def resume_queue(self, name: str) -> QueueInfo:
+        return await self._run(_Ops.pause_queue(name, False))
+
+    async def create_schedule(
+        self,
+        name: str,
+        task: str,
+        cron: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        timezone: str | None = None,
+        missed: Literal["skip", "catch_up"] | None = None,
+        paused: bool | None = None,
+    ) -> ScheduleInfo:
+        """Create (or replace) a cron schedule: one job of `task` per tick of `cron` in
+        `timezone` (default UTC). `missed`: "skip" (default) or "catch_up"."""
+        body = _schedule_body(
+            name,
+            task,
+            cron,
+            args,
+            kwargs,
+            queue=queue,
+            priority=priority,
+            timezone=timezone,
+            missed=missed,
+            paused=paused,
+        )
+        return await self._run(_Ops.create_schedule(body))
+
+    async def schedules(self) -> list[ScheduleInfo]:
+        return await self._run(_Ops.schedules())
+
+    async def schedule(self, name: str) -> ScheduleInfo:
+        return await self._run(_Ops.schedule(name))
+
+    async def delete_schedule(self, name: str) -> None:
+        await self._run(_Ops.delete_schedule(name))
+
+    async def enqueue_workflow(
+        self,
+        spec: Mapping[str, Any],
+        *,
+        on_dependency_failure: DependencyFailure | None = None,
+    ) -> WorkflowRef:
+        """Enqueue a chain, group or chord (built with jobserver.workflows' `chain`, `group`,
+        `chord` and `job`) in one transaction; returns its id and its jobs' ids."""
+        body = _workflow_body(spec, on_dependency_failure)
+        return await self._run(_Ops.enqueue_workflow(body))
+
+    async def workflow(self, workflow_id: int) -> WorkflowInfo:
+        return await self._run(_Ops.workflow(workflow_id))
+
+    async def wait_workflow(self, workflow_id: int, timeout_s: float | None = None) -> WorkflowInfo:
+        """The workflow once every job ended, or as it stands after `timeout_s`."""
+        return await self._run(_Ops.wait_workflow(workflow_id, timeout_s))
 
     async def health(self) -> bool:
         """GET /healthz: True if the process answers; False if unreachable."""
@@ -921,6 +1449,13 @@ class Client(_Base):
         timeout_s: float | None = None,
         backoff: Backoff | Mapping[str, float] | None = None,
         idempotency_key: str | None = None,
+        deadline: datetime | None = None,
+        deadline_s: float | None = None,
+        unique_key: str | None = None,
+        depends_on: Sequence[int] = (),
+        pass_result: bool | None = None,
+        on_dependency_failure: DependencyFailure | None = None,
+        callback_url: str | None = None,
     ) -> JobRef:
         """See `AsyncClient.enqueue`."""
         body = _job_body(
@@ -935,6 +1470,13 @@ class Client(_Base):
             timeout_s=timeout_s,
             backoff=backoff,
             idempotency_key=idempotency_key,
+            deadline=deadline,
+            deadline_s=deadline_s,
+            unique_key=unique_key,
+            depends_on=depends_on,
+            pass_result=pass_result,
+            on_dependency_failure=on_dependency_failure,
+            callback_url=callback_url,
         )
         return self._run(_Ops.enqueue(body))
 
@@ -1001,6 +1543,94 @@ class Client(_Base):
 
     def delete_dead_letter(self, dead_letter_id: int) -> None:
         self._run(_Ops.delete_dead_letter(dead_letter_id))
+
+    def delete_job(self, job_id: int) -> None:
+        self._run(_Ops.delete_job(job_id))
+
+    def queues(self) -> list[QueueInfo]:
+        return self._run(_Ops.queues())
+
+    def queue(self, name: str) -> QueueInfo:
+        return self._run(_Ops.queue(name))
+
+    def configure_queue(
+        self,
+        name: str,
+        *,
+        paused: bool | _NotGiven = NOT_GIVEN,
+        concurrency_limit: int | _NotGiven | None = NOT_GIVEN,
+        rate_limit: float | _NotGiven | None = NOT_GIVEN,
+        rate_burst: float | _NotGiven | None = NOT_GIVEN,
+        max_depth: int | _NotGiven | None = NOT_GIVEN,
+    ) -> QueueInfo:
+        """See `AsyncClient.configure_queue`."""
+        changes = _queue_changes(
+            paused=paused,
+            concurrency_limit=concurrency_limit,
+            rate_limit=rate_limit,
+            rate_burst=rate_burst,
+            max_depth=max_depth,
+        )
+        return self._run(_Ops.configure_queue(name, changes))
+
+    def pause_queue(self, name: str) -> QueueInfo:
+        return self._run(_Ops.pause_queue(name, True))
+
+    def resume_queue(self, name: str) -> QueueInfo:
+        return self._run(_Ops.pause_queue(name, False))
+
+    def create_schedule(
+        self,
+        name: str,
+        task: str,
+        cron: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        timezone: str | None = None,
+        missed: Literal["skip", "catch_up"] | None = None,
+        paused: bool | None = None,
+    ) -> ScheduleInfo:
+        """See `AsyncClient.create_schedule`."""
+        body = _schedule_body(
+            name,
+            task,
+            cron,
+            args,
+            kwargs,
+            queue=queue,
+            priority=priority,
+            timezone=timezone,
+            missed=missed,
+            paused=paused,
+        )
+        return self._run(_Ops.create_schedule(body))
+
+    def schedules(self) -> list[ScheduleInfo]:
+        return self._run(_Ops.schedules())
+
+    def schedule(self, name: str) -> ScheduleInfo:
+        return self._run(_Ops.schedule(name))
+
+    def delete_schedule(self, name: str) -> None:
+        self._run(_Ops.delete_schedule(name))
+
+    def enqueue_workflow(
+        self,
+        spec: Mapping[str, Any],
+        *,
+        on_dependency_failure: DependencyFailure | None = None,
+    ) -> WorkflowRef:
+        """See `AsyncClient.enqueue_workflow`."""
+        return self._run(_Ops.enqueue_workflow(_workflow_body(spec, on_dependency_failure)))
+
+    def workflow(self, workflow_id: int) -> WorkflowInfo:
+        return self._run(_Ops.workflow(workflow_id))
+
+    def wait_workflow(self, workflow_id: int, timeout_s: float | None = None) -> WorkflowInfo:
+        return self._run(_Ops.wait_workflow(workflow_id, timeout_s))
 
     def health(self) -> bool:
         return self._run(_Ops.probe("/healthz"))

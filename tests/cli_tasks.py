@@ -25,3 +25,9 @@ async def cli_progress(ctx: JobContext) -> str:
 async def cli_refuse(reason: str) -> None:
     """Fails for good at once (no retry): lands in the dead letters."""
     raise PermanentError(reason)
+
+
+@task(name="cli_sum")
+async def cli_sum(results: list[float]) -> float:
+    """A chord callback: the sum of its members' results."""
+    return sum(results)

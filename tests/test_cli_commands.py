@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -17,10 +18,12 @@ import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO
+from unittest import mock
 
 import pytest
 
 from jobserver import JobState
+from jobserver.cli import main
 from jobserver.client import Client, ClientError
 from jobserver.store.sqlite import MIGRATIONS
 
@@ -28,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 20.0
 CLI_TIMEOUT_S = 30.0
 SCHEMA = MIGRATIONS[-1][0]  # the schema version `migrate` brings a database to
+WEBHOOK_SECRET = "cli-test-secret"  # callback_url needs one
 BAR = re.compile(r"^job (\d+) \[([#-]{30})\] +(\d+)%(?: (.*))?$")
 
 
@@ -57,6 +61,7 @@ class ServeProcess:
         command = [
             sys.executable, "-m", "jobserver", "serve", "--db", str(db), "--port", str(self.port),
             "--tasks", "tests.cli_tasks", "--grace-period", "1", "--log-level", "warning",
+            "--webhook-secret", WEBHOOK_SECRET,
         ]  # fmt: skip
         try:
             self.proc = subprocess.Popen(
@@ -294,6 +299,186 @@ def test_cancel(served: ServeProcess) -> None:
     assert refused.stderr == f"jobserver: conflict: job {done} is already succeeded\n"
 
 
+# -- enqueue's flow options, delete, queues, schedules, workflows --------------------------------
+# These run `main()` in this process (what `python -m jobserver` runs, after its imports), against
+# the same server subprocess: a subprocess per command would cost half a second of imports each.
+def cli(served: ServeProcess, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """`jobserver ARGS --url <served>` in-process: its exit status, stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+        mock.patch.object(sys, "stdin", io.StringIO(stdin)),
+    ):
+        try:
+            code = main([*args, "--url", served.url])
+        except SystemExit as exc:  # argparse refusing the arguments
+            code = exc.code if isinstance(exc.code, int) else 2
+    return subprocess.CompletedProcess(["jobserver", *args], code, out.getvalue(), err.getvalue())
+
+
+def test_enqueue_with_flow_options(served: ServeProcess) -> None:
+    key = f"cli-unique-{uuid.uuid4().hex[:8]}"
+    parent = int(ok(cli(
+        served, "enqueue", "echo", "--args", "[7]", "--delay", "600", "--deadline-in", "900",
+        "--unique-key", key, "--callback-url", "http://127.0.0.1:9/hook",
+    )))  # fmt: skip
+    assert int(ok(cli(served, "enqueue", "echo", "--unique-key", key))) == parent  # key held
+    child = int(ok(cli(
+        served, "enqueue", "echo", "--args", '["x"]', "--depends-on", str(parent),
+        "--depends-on", str(parent), "--pass-result", "--on-dependency-failure", "cancel",
+    )))  # fmt: skip
+    client = Client(served.url, timeout_s=10)
+    first = client.get(parent)
+    assert (first.unique_key, first.callback_url) == (key, "http://127.0.0.1:9/hook")
+    assert first.deadline is not None and first.deadline > first.run_at
+
+    got = json.loads(ok(cli(served, "get", str(child))))
+    assert got["depends_on"] == [parent]
+    assert got["waiting"]["code"] == "waiting_for_dependencies"
+    client.cancel(parent)
+    assert client.wait(child, timeout_s=10).status == JobState.CANCELLED  # the policy given
+
+    bad = cli(served, "enqueue", "echo", "--depends-on", "x")
+    assert bad.returncode == 2 and "must be a job id" in bad.stderr
+
+
+def test_delete(served: ServeProcess) -> None:
+    client = Client(served.url, timeout_s=10)
+    done = client.wait(client.enqueue("echo").id, timeout_s=10).id
+    assert ok(cli(served, "delete", str(done))) == f"job {done} deleted\n"
+    again = cli(served, "delete", str(done))
+    assert (again.returncode, again.stderr) == (1, f"jobserver: not_found: no job {done}\n")
+    pending = client.enqueue("echo", delay_s=600).id
+    refused = cli(served, "delete", str(pending))
+    assert refused.stderr == (
+        f"jobserver: conflict: job {pending} is pending: only finished jobs can be deleted\n"
+    )
+
+
+def test_queue_limits_pause_resume_and_a_full_queue(served: ServeProcess) -> None:
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    shown = json.loads(ok(cli(served, "queue", queue, "--max-depth", "1", "--pause")))
+    assert (shown["name"], shown["paused"], shown["limits"]["max_depth"]) == (queue, True, 1)
+
+    job_id = int(ok(cli(served, "enqueue", "echo", "--args", '["queued"]', "--queue", queue)))
+    full = cli(served, "enqueue", "echo", "--queue", queue)
+    assert full.returncode == 1
+    assert full.stderr == (
+        f"jobserver: queue_full: queue '{queue}' is full: it holds its maximum of 1 pending jobs"
+        " (field: queue); try again in 1 s\n"
+    )
+
+    listed = jobserver("queues", url=served.url)  # one through the real entry point
+    rows = table(ok(listed))
+    assert rows[0] == [
+        "QUEUE", "PAUSED", "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "OLDEST", "DUE", "LIMITS",
+    ]  # fmt: skip
+    [row] = [r for r in rows[1:] if r[0] == queue]
+    assert row[1:6] == ["yes", "1", "0", "0", "0"]
+    assert re.fullmatch(r"\d+(\.\d)?s", row[6]), row  # the job has waited since it was due
+    assert row[7] == "max_depth=1"
+
+    changed = cli(
+        served, "queue", queue, "--resume", "--max-depth", "none", "--concurrency-limit", "2",
+        "--rate-limit", "50", "--rate-burst", "5",
+    )  # fmt: skip
+    resumed = json.loads(ok(changed))
+    assert resumed["paused"] is False
+    assert resumed["limits"] == {
+        "concurrency_limit": 2, "rate_limit": 50.0, "rate_burst": 5.0, "max_depth": None,
+    }  # fmt: skip
+    assert Client(served.url, timeout_s=10).wait(job_id, timeout_s=10).result == "queued"
+    [row] = [r for r in table(ok(cli(served, "queues")))[1:] if r[0] == queue]
+    assert row[1:7] == ["no", "0", "0", "1", "0", "-"]
+    assert row[7] == "concurrency=2,rate=50/s,burst=5"
+    assert json.loads(ok(cli(served, "queue", queue)))["counts"]["succeeded"] == 1
+
+    for wrong in (["--max-depth", "0"], ["--rate-limit", "fast"], ["--pause", "--resume"]):
+        assert cli(served, "queue", queue, *wrong).returncode == 2, wrong
+    missing = cli(served, "queue", f"none-{queue}")
+    assert missing.stderr == f"jobserver: not_found: no queue 'none-{queue}'\n"
+
+
+def test_schedule_add_list_show_and_remove(served: ServeProcess) -> None:
+    name = f"nightly-{uuid.uuid4().hex[:6]}"
+    added = cli(
+        served, "schedule", "add", name, "echo", "0 3 * * *", "--args", '["report"]', "--queue",
+        "sched", "--timezone", "Europe/Paris", "--missed", "catch_up",
+    )  # fmt: skip
+    saved = json.loads(ok(added))
+    assert (saved["name"], saved["cron"], saved["timezone"], saved["missed"]) == (
+        name, "0 3 * * *", "Europe/Paris", "catch_up",
+    )  # fmt: skip
+    assert (saved["args"], saved["queue"], saved["source"]) == (["report"], "sched", "api")
+
+    lines = ok(cli(served, "schedules")).splitlines()
+    assert lines[0].split() == [
+        "NAME", "TASK", "QUEUE", "TIMEZONE", "MISSED", "PAUSED", "NEXT", "LAST", "CRON",
+    ]  # fmt: skip
+    [line] = [ln for ln in lines[1:] if ln.split()[0] == name]
+    cells = line.split(maxsplit=8)
+    assert cells[1:6] == ["echo", "sched", "Europe/Paris", "catch_up", "no"]
+    assert cells[6] == saved["next_run_at"][:19] + "Z" and cells[7] == "-"
+    assert cells[8] == "0 3 * * *"
+
+    assert json.loads(ok(cli(served, "schedule", "show", name))) == saved
+    assert ok(cli(served, "schedule", "rm", name)) == f"schedule {name} removed\n"
+    gone = cli(served, "schedule", "rm", name)
+    assert (gone.returncode, gone.stderr) == (1, f"jobserver: not_found: no schedule '{name}'\n")
+    assert name not in ok(cli(served, "schedules"))
+    bad = cli(served, "schedule", "add", name, "echo", "61 * * * *")
+    assert bad.returncode == 1 and "(field: cron)" in bad.stderr
+
+
+def test_workflow_chord_and_a_failing_chain(tmp_path: Path, served: ServeProcess) -> None:
+    spec = tmp_path / "chord.json"
+    members = [{"task": "echo", "args": [n]} for n in (1, 2, 3)]
+    spec.write_text(json.dumps({"chord": {"group": members, "callback": {"task": "cli_sum"}}}))
+    lines = ok(cli(served, "workflow", str(spec), "--wait", "20")).splitlines()
+    workflow_id = int(lines[0].removeprefix("workflow "))
+    job_ids = [int(i) for i in lines[1].removeprefix("jobs ").split()]
+    assert len(job_ids) == 4
+    assert lines[2].split() == ["JOB", "TASK", "STATUS", "RESULT"]
+    assert [line.split() for line in lines[3:7]] == [
+        [str(job_ids[0]), "echo", "succeeded", "1"],
+        [str(job_ids[1]), "echo", "succeeded", "2"],
+        [str(job_ids[2]), "echo", "succeeded", "3"],
+        [str(job_ids[3]), "cli_sum", "succeeded", "6"],
+    ]
+    assert lines[7:] == [f"workflow {workflow_id} succeeded"]
+    assert ok(cli(served, "workflow-status", str(workflow_id))).splitlines() == lines[2:]
+
+    failing = json.dumps({"chain": [{"task": "cli_refuse", "args": ["nope"]}, {"task": "echo"}]})
+    failed = cli(
+        served, "workflow", "-", "--wait", "10", "--on-dependency-failure", "cancel", stdin=failing
+    )
+    assert failed.returncode == 1, failed.stderr
+    out = failed.stdout.splitlines()
+    flow_id = out[0].removeprefix("workflow ")
+    refused_id, echo_id = (int(i) for i in out[1].removeprefix("jobs ").split())
+    assert out[3].split() == [str(refused_id), "cli_refuse", "failed", "PermanentError:", "nope"]
+    assert out[4].split() == [str(echo_id), "echo", "cancelled"]
+    assert out[5:] == [f"workflow {flow_id} failed"]
+    assert failed.stderr == (
+        f"jobserver: workflow {flow_id} failed: job {refused_id} failed: PermanentError: nope\n"
+    )
+
+    later = json.dumps({"group": [{"task": "echo", "delay": 600}]})
+    unfinished = cli(served, "workflow", "-", "--wait", "0.2", stdin=later)
+    assert unfinished.returncode == 1
+    assert unfinished.stdout.splitlines()[-1].endswith(" pending")
+    assert unfinished.stderr.endswith(" is still pending after 0.2 s\n")
+
+    spec.write_text("{not json")
+    broken = cli(served, "workflow", str(spec))
+    assert broken.returncode == 1 and "is not valid JSON" in broken.stderr
+    spec.write_text(json.dumps({"chain": [{"task": "echo", "priority": 5000}]}))
+    assert cli(served, "workflow", str(spec)).stderr == (
+        "jobserver: invalid: must be between -1000 and 1000 (field: chain[0].priority)\n"
+    )
+
+
 # -- errors ---------------------------------------------------------------------------------------
 def test_api_errors_print_one_line(served: ServeProcess) -> None:
     missing = jobserver("get", "987654", url=served.url)
@@ -414,6 +599,7 @@ def test_help_lists_every_command() -> None:
     result = jobserver("--help")
     for command in (
         "serve", "enqueue", "get", "wait", "jobs", "dead-letters", "requeue", "cancel",
+        "delete", "queues", "queue", "schedules", "schedule", "workflow", "workflow-status",
         "migrate", "backup",
     ):  # fmt: skip
         assert command in result.stdout

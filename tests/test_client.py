@@ -1,8 +1,8 @@
 """jobserver.client against real servers: `AsyncClient` against a JobServer started in the test,
 `Client` (which blocks) against a `jobserver serve` subprocess.
 
-Only the status codes the server cannot produce yet (401/403 for the auth that is coming, a
-503, a non-JSON error from something in front of the server) use a stub aiohttp app.
+Only the answers our server cannot be made to give on demand (a 503, a non-JSON error from
+something in front of the server) use a stub aiohttp app.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from aiohttp import web
 
 from jobserver import Backoff, JobServer, JobState, PermanentError, SystemClock
 from jobserver.client import (
+    NOT_GIVEN,
     ApiError,
     AsyncClient,
     AuthError,
@@ -34,9 +35,18 @@ from jobserver.client import (
     NotFoundError,
     Page,
     Progress,
+    QueueFull,
+    QueueInfo,
+    QueueLimits,
+    ScheduleInfo,
+    TooManyFailures,
     Unavailable,
+    WorkflowInfo,
+    WorkflowRef,
 )
 from jobserver.tasks import JobContext, Registry, task
+from jobserver.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from jobserver.workflows import chain, chord, group, job
 
 from . import test_cli_commands
 from .conftest import ServerFactory
@@ -59,6 +69,14 @@ async def client_progress(ctx: JobContext) -> str:
     return "done"
 
 
+@task(registry=reg, name="client_sum")
+async def client_sum(results: list[int]) -> int:
+    return sum(results)
+
+
+WEBHOOK_SECRET = "client-test-secret"
+
+
 def closed_port() -> int:
     """A port nothing listens on (bound, then closed)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -70,7 +88,7 @@ def closed_port() -> int:
 @pytest.fixture
 async def server(make_server: ServerFactory) -> JobServer:
     # The system clock: delays and timestamps are real, as a client sees them.
-    return await make_server(tasks=list(reg), clock=SystemClock())
+    return await make_server(tasks=list(reg), clock=SystemClock(), webhook_secret=WEBHOOK_SECRET)
 
 
 @pytest.fixture
@@ -341,6 +359,266 @@ async def test_client_without_async_with_and_on_a_shared_session(server: JobServ
         assert not session.closed  # a session passed in is left open
 
 
+async def _raw(client: AsyncClient, path: str) -> Any:
+    async with aiohttp.ClientSession() as session, session.get(client.url + path) as resp:
+        assert resp.status == 200
+        return await resp.json()
+
+
+async def test_enqueue_with_deadline_and_unique_key(client: AsyncClient) -> None:
+    when = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=2)
+    ref = await client.enqueue("echo", delay_s=600, deadline=when, unique_key="uniq-1")
+    job = await client.get(ref.id)
+    assert (job.deadline, job.unique_key) == (when, "uniq-1")
+    assert job.waiting is not None and job.waiting["code"] == "scheduled"
+    again = await client.enqueue("echo", ["other"], unique_key="uniq-1")
+    assert (again.id, again.created) == (ref.id, False)  # the key is held: the same job
+
+    relative = await client.get((await client.enqueue("echo", delay_s=600, deadline_s=900)).id)
+    assert relative.deadline is not None
+    assert timedelta(seconds=895) < relative.deadline - relative.created_at < timedelta(seconds=905)
+
+    with pytest.raises(InvalidRequest) as both:
+        await client.enqueue("echo", deadline=when, deadline_s=5)
+    assert both.value.field == "deadline"
+    with pytest.raises(InvalidRequest) as early:  # before the job would start
+        await client.enqueue("echo", delay_s=600, deadline_s=1)
+    assert early.value.field == "deadline"
+    with pytest.raises(ValueError, match="timezone"):
+        await client.enqueue("echo", deadline=datetime(2030, 1, 1))
+
+
+async def test_depends_on_and_pass_result(client: AsyncClient) -> None:
+    await client.pause_queue("deps")  # the parent waits until the queue resumes
+    parent = await client.enqueue("echo", [2], queue="deps")
+    child = await client.enqueue("echo", ["x"], depends_on=[parent.id], pass_result=True)
+    info = await client.get(child.id)
+    assert info.depends_on == (parent.id,)
+    assert info.waiting is not None and info.waiting["code"] == "waiting_for_dependencies"
+    await client.resume_queue("deps")
+    done = await client.wait(child.id, timeout_s=10)
+    assert done.result == {"args": [2, "x"], "kwargs": {}}  # the parent's result comes first
+
+    blocker = await client.enqueue("echo", delay_s=600)
+    cancel = await client.enqueue("echo", depends_on=[blocker.id], on_dependency_failure="cancel")
+    fail = await client.enqueue("echo", depends_on=[blocker.id])
+    await client.cancel(blocker.id)
+    assert (await client.wait(cancel.id, timeout_s=10)).status == JobState.CANCELLED
+    failed = await client.wait(fail.id, timeout_s=10)
+    assert failed.status == JobState.FAILED
+    assert failed.error is not None and failed.error.type == "dependency_failed"
+
+    with pytest.raises(InvalidRequest) as missing:
+        await client.enqueue("echo", depends_on=[987654])
+    assert (missing.value.field, missing.value.message) == ("depends_on", "no job 987654")
+    with pytest.raises(InvalidRequest) as policy:
+        await client.enqueue("echo", depends_on=[parent.id], on_dependency_failure="ignore")  # type: ignore[arg-type]
+    assert policy.value.field == "on_dependency_failure"
+    with pytest.raises(TypeError):
+        await client.enqueue("echo", depends_on=parent.id)  # type: ignore[arg-type]
+
+
+async def test_callback_url_is_posted_signed(client: AsyncClient, unused_tcp_port: int) -> None:
+    received: asyncio.Queue[tuple[dict[str, str], bytes]] = asyncio.Queue()
+
+    async def hook(request: web.Request) -> web.Response:
+        await received.put((dict(request.headers), await request.read()))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+        url = f"http://127.0.0.1:{unused_tcp_port}/hook"
+        ref = await client.enqueue("echo", ["called back"], callback_url=url)
+        assert (await client.get(ref.id)).callback_url == url
+        headers, body = await asyncio.wait_for(received.get(), 10)
+    finally:
+        await runner.cleanup()
+    sent = json.loads(body)
+    assert (sent["id"], sent["status"], sent["result"]) == (ref.id, "succeeded", "called back")
+    assert verify(
+        WEBHOOK_SECRET, headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER], time.time()
+    )
+    with pytest.raises(InvalidRequest) as refused:  # not on the allow-list
+        await client.enqueue("echo", callback_url="http://example.com/hook")
+    assert refused.value.field == "callback_url"
+
+
+async def test_delete_job(client: AsyncClient) -> None:
+    done = await client.enqueue("echo")
+    await client.wait(done.id, timeout_s=10)
+    await client.delete_job(done.id)
+    with pytest.raises(NotFoundError):
+        await client.get(done.id)
+    with pytest.raises(NotFoundError):
+        await client.delete_job(done.id)
+    later = await client.enqueue("echo", delay_s=600)
+    with pytest.raises(ConflictError, match="only finished jobs"):
+        await client.delete_job(later.id)
+
+
+async def test_queues_limits_pause_and_resume(client: AsyncClient) -> None:
+    await client.enqueue("echo", queue="qa", delay_s=600)
+    [qa] = [q for q in await client.queues() if q.name == "qa"]
+    assert isinstance(qa, QueueInfo) and qa == await client.queue("qa")
+    assert (qa.paused, qa.pending, qa.running, qa.limits) == (False, 1, 0, QueueLimits())
+    assert qa.counts == {"pending": 1, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0}
+    assert qa.to_dict() == await _raw(client, "/queues/qa")
+
+    limited = await client.configure_queue("qa", concurrency_limit=2, rate_limit=5, max_depth=10)
+    assert limited.limits == QueueLimits(2, 5.0, None, 10)
+    # only what is given changes; None lifts a limit
+    lifted = await client.configure_queue("qa", rate_limit=None, rate_burst=NOT_GIVEN)
+    assert lifted.limits == QueueLimits(2, None, None, 10)
+    with pytest.raises(InvalidRequest) as bad:
+        await client.configure_queue("qa", concurrency_limit=0)
+    assert bad.value.field == "concurrency_limit"
+
+    paused = await client.pause_queue("qa")
+    assert paused.paused and (await client.queue("qa")).paused
+    ref = await client.enqueue("echo", ["after pause"], queue="qa")
+    waiting = await client.get(ref.id, wait_s=0.3)
+    assert waiting.status == JobState.PENDING
+    assert waiting.waiting == {"code": "queue_paused", "message": "queue 'qa' is paused"}
+    assert not (await client.resume_queue("qa")).paused
+    assert (await client.wait(ref.id, timeout_s=10)).result == "after pause"
+
+    with pytest.raises(NotFoundError):
+        await client.queue("no-such-queue")
+
+
+async def test_a_full_queue_answers_queue_full(client: AsyncClient) -> None:
+    await client.configure_queue("tiny", max_depth=1)
+    first = await client.enqueue("echo", queue="tiny", delay_s=600)
+    with pytest.raises(QueueFull) as full:
+        await client.enqueue("echo", queue="tiny", delay_s=600)
+    err = full.value
+    assert (err.status, err.code, err.field, err.retry_after_s) == (429, "queue_full", "queue", 1.0)
+    assert "maximum of 1 pending" in err.message
+    await client.cancel(first.id)  # room again
+    assert (await client.enqueue("echo", queue="tiny", delay_s=600)).created
+    assert (await client.configure_queue("tiny", max_depth=None)).limits.max_depth is None
+
+
+async def test_schedules(client: AsyncClient) -> None:
+    saved = await client.create_schedule(
+        "nightly", "echo", "0 3 * * *", ["report"], {"to": "ops"}, queue="sched",
+        priority=4, timezone="Europe/Paris", missed="catch_up",
+    )  # fmt: skip
+    assert isinstance(saved, ScheduleInfo)
+    assert (saved.name, saved.task, saved.cron, saved.timezone) == (
+        "nightly", "echo", "0 3 * * *", "Europe/Paris",
+    )  # fmt: skip
+    assert (saved.args, saved.kwargs, saved.queue, saved.priority) == (
+        ["report"], {"to": "ops"}, "sched", 4,
+    )  # fmt: skip
+    assert (saved.missed, saved.paused, saved.source, saved.last_run_at) == (
+        "catch_up", False, "api", None,
+    )  # fmt: skip
+    from zoneinfo import ZoneInfo
+
+    local = saved.next_run_at.astimezone(ZoneInfo("Europe/Paris"))
+    assert (local.hour, local.minute) == (3, 0) and saved.next_run_at > datetime.now(UTC)
+
+    paused = await client.create_schedule("often", "echo", "*/5 * * * *", paused=True)
+    assert (paused.paused, paused.timezone, paused.missed) == (True, "UTC", "skip")
+    listed = {s.name: s for s in await client.schedules()}
+    assert listed == {"nightly": saved, "often": paused}
+    assert await client.schedule("nightly") == saved
+    assert saved.to_dict() == await _raw(client, "/schedules/nightly")
+
+    await client.delete_schedule("nightly")
+    with pytest.raises(NotFoundError):
+        await client.schedule("nightly")
+    with pytest.raises(NotFoundError):
+        await client.delete_schedule("nightly")
+    assert [s.name for s in await client.schedules()] == ["often"]
+    with pytest.raises(InvalidRequest) as bad:
+        await client.create_schedule("broken", "echo", "not a cron")
+    assert bad.value.field == "cron"
+
+
+async def test_workflow_chord_runs_to_success(client: AsyncClient) -> None:
+    spec = chord(
+        group(job("echo", 1), job("echo", 2, timeout_s=5), job("echo", 3, max_retries=1)),
+        job("client_sum", deadline_s=600),
+    )
+    ref = await client.enqueue_workflow(spec)
+    assert isinstance(ref, WorkflowRef) and ref.poll_url == f"/workflows/{ref.id}"
+    workflow_id, job_ids = ref  # unpacks as (id, job ids)
+    assert workflow_id == ref.id and len(job_ids) == 4
+
+    flow = await client.wait_workflow(workflow_id, timeout_s=10)
+    assert isinstance(flow, WorkflowInfo)
+    assert (flow.status, flow.succeeded, flow.is_terminal) == ("succeeded", True, True)
+    assert [j.id for j in flow.jobs] == job_ids
+    members, callback = flow.jobs[:3], flow.jobs[3]
+    assert [m.result for m in members] == [1, 2, 3] and callback.result == 6
+    assert all(j.workflow_id == workflow_id for j in flow.jobs)
+    assert sorted(callback.depends_on) == job_ids[:3]
+    # the Python option names became the API's
+    assert (members[1].timeout_s, members[2].max_retries) == (5, 1)
+    assert callback.deadline is not None
+    assert await client.workflow(workflow_id) == flow
+    assert flow.to_dict() == await _raw(client, f"/workflows/{workflow_id}")
+
+
+async def test_workflow_failure_policy_and_timeout(client: AsyncClient) -> None:
+    failing = chain(job("client_refuse", "no"), job("echo", "never"))
+    ref = await client.enqueue_workflow(failing, on_dependency_failure="cancel")
+    flow = await client.wait_workflow(ref.id, timeout_s=10)
+    assert flow.status == "failed" and not flow.succeeded
+    assert [j.status for j in flow.jobs] == [JobState.FAILED, JobState.CANCELLED]
+
+    when = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    later = await client.enqueue_workflow(
+        chain(job("echo", 1, delay_s=600), job("echo", run_at=when, backoff=Backoff(2, 3, 4)))
+    )
+    started = time.monotonic()
+    pending = await client.wait_workflow(later.id, timeout_s=0.3)
+    assert pending.status == "pending" and not pending.is_terminal
+    assert time.monotonic() - started < 3
+    first, second = pending.jobs  # delay_s became delay; the datetime an RFC 3339 string
+    assert timedelta(seconds=595) < first.run_at - first.created_at < timedelta(seconds=605)
+    assert second.run_at == when
+
+    with pytest.raises(NotFoundError):
+        await client.workflow(987654)
+    with pytest.raises(InvalidRequest) as bad:
+        await client.enqueue_workflow(chain(job("echo"), job("echo", priority=5000)))
+    assert bad.value.field == "chain[1].priority"
+    with pytest.raises(InvalidRequest) as own:
+        await client.enqueue_workflow(group(job("echo", depends_on=[1])))
+    assert own.value.field == "group[0].depends_on"
+    with pytest.raises(ValueError, match="both"):
+        await client.enqueue_workflow(group(job("echo", delay_s=1, delay=1)))
+
+
+async def test_auth_errors_from_a_server_with_tokens(make_server: ServerFactory) -> None:
+    server = await make_server(tokens=["full-token"], read_tokens=["read-token"])
+    [address] = await server.serve("127.0.0.1", 0)
+    async with AsyncClient(address, token="read-token") as reader:
+        assert await reader.queues() == []
+        with pytest.raises(AuthError) as forbidden:
+            await reader.pause_queue("q")
+        assert (forbidden.value.status, forbidden.value.code) == (403, "forbidden")
+    async with AsyncClient(address, token="wrong") as wrong:
+        for _ in range(10):
+            with pytest.raises(AuthError) as unauthorized:
+                await wrong.schedules()
+            assert unauthorized.value.status == 401
+            assert not isinstance(unauthorized.value, TooManyFailures)
+        with pytest.raises(TooManyFailures) as throttled:
+            await wrong.schedules()
+    err = throttled.value
+    assert isinstance(err, AuthError)
+    assert (err.status, err.code, err.field) == (429, "too_many_failures", "Authorization")
+    assert err.retry_after_s is not None and 0 < err.retry_after_s <= 60
+
+
 def test_bad_urls_and_ids_are_refused_before_sending() -> None:
     for url in ("127.0.0.1:8000", "ftp://host", "http://"):
         with pytest.raises(ValueError):
@@ -446,6 +724,75 @@ def test_sync_client_round_trip(served: ServeProcess) -> None:
     with pytest.raises(ConnectionFailed, match="not reachable"):
         refused.get(1)
     assert refused.health() is False
+
+
+def test_sync_client_queues_schedules_workflows_and_flow_options(served: ServeProcess) -> None:
+    queue = f"sync-{time.monotonic_ns()}"
+    with Client(served.url, timeout_s=10) as client:
+        # enqueue's new options
+        key = f"{queue}-unique"
+        held_key = client.enqueue("echo", queue=queue, delay_s=600, unique_key=key)
+        assert client.enqueue("echo", ["other"], unique_key=key).id == held_key.id
+        client.cancel(held_key.id)  # frees the key
+        assert client.enqueue("echo", ["free"], unique_key=key).id != held_key.id
+        parent = client.enqueue("echo", [1], queue=queue)
+        child = client.enqueue(
+            "echo", ["c"], queue=queue, depends_on=[parent.id], pass_result=True,
+            callback_url="http://127.0.0.1:9/hook",
+        )  # fmt: skip
+        done = client.wait(child.id, timeout_s=10)
+        assert done.result == {"args": [1, "c"], "kwargs": {}}
+        assert (done.depends_on, done.callback_url) == ((parent.id,), "http://127.0.0.1:9/hook")
+        expiring = client.get(client.enqueue("echo", delay_s=600, deadline_s=900).id)
+        assert expiring.deadline is not None and expiring.deadline > expiring.run_at
+        client.cancel(expiring.id)
+
+        # delete_job
+        client.delete_job(child.id)
+        with pytest.raises(NotFoundError):
+            client.delete_job(child.id)
+
+        # queues: limits, pause / resume, a full queue
+        configured = client.configure_queue(queue, max_depth=1, concurrency_limit=3)
+        assert configured.limits == QueueLimits(3, None, None, 1)
+        assert client.pause_queue(queue).paused
+        held = client.enqueue("echo", ["held"], queue=queue)
+        with pytest.raises(QueueFull) as full:
+            client.enqueue("echo", queue=queue)
+        assert (full.value.status, full.value.retry_after_s) == (429, 1.0)
+        [info] = [q for q in client.queues() if q.name == queue]
+        again = client.queue(queue)
+        assert (info.name, info.limits, info.counts) == (again.name, again.limits, again.counts)
+        assert (info.paused, info.pending) == (True, 1) and info.oldest_due_age_s is not None
+        assert client.get(held.id).waiting == {
+            "code": "queue_paused", "message": f"queue '{queue}' is paused",
+        }  # fmt: skip
+        assert not client.resume_queue(queue).paused
+        assert client.wait(held.id, timeout_s=10).result == "held"
+        lifted = client.configure_queue(queue, max_depth=None)
+        assert lifted.limits == QueueLimits(3, None, None, None)
+
+        # schedules
+        name = f"{queue}-every-5"
+        saved = client.create_schedule(name, "echo", "*/5 * * * *", ["tick"], queue=queue)
+        assert (saved.name, saved.args, saved.missed, saved.source) == (
+            name,
+            ["tick"],
+            "skip",
+            "api",
+        )
+        assert saved in client.schedules() and client.schedule(name) == saved
+        client.delete_schedule(name)
+        assert name not in [s.name for s in client.schedules()]
+        with pytest.raises(NotFoundError):
+            client.schedule(name)
+
+        # a workflow: a chord whose callback sums
+        spec = chord([job("echo", n, queue=queue) for n in (1, 2, 3)], job("cli_sum", queue=queue))
+        workflow_id, job_ids = client.enqueue_workflow(spec)
+        flow = client.wait_workflow(workflow_id, timeout_s=10)
+        assert (flow.status, [j.id for j in flow.jobs]) == ("succeeded", job_ids)
+        assert flow.jobs[-1].result == 6 and client.workflow(workflow_id) == flow
 
 
 def _raw_get(url: str, job_id: int) -> Any:
