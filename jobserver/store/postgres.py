@@ -15,8 +15,6 @@ Everything lives in one PostgreSQL schema, created on first start: `jobserver`, 
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import contextlib
 import dataclasses
 import itertools
@@ -55,6 +53,7 @@ from ..models import (
     error_info,
 )
 from .base import Enqueued, JobFilter, LeaseReport, RescueReport, payload_fingerprint
+from .group_commit import GroupCommitQueue, PendingWrite
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -274,52 +273,14 @@ def _unavailable(exc: BaseException) -> StorageUnavailable:
 _OP_ERRORS = (JobServerError, asyncpg.IntegrityConstraintViolationError, ValueError, TypeError)
 
 
-@dataclass(slots=True)
-class _PendingWrite:
-    op: Op
-    future: asyncio.Future[Any]
-
-
-class _GroupCommitWriter:
+class _GroupCommitWriter(GroupCommitQueue[Op]):
     """Runs queued writes in shared transactions on one connection, each in a savepoint."""
 
     def __init__(self, pool: asyncpg.Pool, max_batch: int = 500) -> None:
+        super().__init__("jobserver-postgres-writer", max_batch)
         self._pool = pool
-        self._max_batch = max_batch
-        self._queue: collections.deque[_PendingWrite] = collections.deque()
-        self._has_work = asyncio.Event()
-        self._closing = False
-        self._task: asyncio.Task[None] | None = None
-        self.observer: Callable[[int, float], None] | None = None  # (writes, seconds)
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="jobserver-postgres-writer")
-
-    async def submit(self, op: Op) -> Any:
-        if self._closing:
-            raise StorageUnavailable("the store is closing")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append(_PendingWrite(op, fut))
-        self._has_work.set()
-        return await fut
-
-    async def close(self) -> None:
-        self._closing = True
-        self._has_work.set()
-        if self._task is not None:
-            await self._task
-
-    async def _run(self) -> None:
-        while True:
-            await self._has_work.wait()
-            self._has_work.clear()
-            while self._queue:
-                count = min(len(self._queue), self._max_batch)
-                await self._commit([self._queue.popleft() for _ in range(count)])
-            if self._closing and not self._queue:
-                return
-
-    async def _commit(self, batch: list[_PendingWrite]) -> None:
+    async def _commit(self, batch: list[PendingWrite[Op]]) -> None:
         outcomes: list[tuple[bool, Any]] = []
         began = time.perf_counter()
         try:

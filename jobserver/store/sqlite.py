@@ -9,8 +9,6 @@ Reads use a second connection; WAL lets them run beside the writer.
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import contextlib
 import fcntl
 import itertools
@@ -53,6 +51,7 @@ from ..models import (
     error_info,
 )
 from .base import Enqueued, JobFilter, LeaseReport, RescueReport, payload_fingerprint
+from .group_commit import GroupCommitQueue, PendingWrite
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -269,57 +268,16 @@ class Effects:
     due: bool = False  # dependants that may start now
 
 
-@dataclass(slots=True)
-class _PendingWrite:
-    op: Op
-    future: asyncio.Future[Any]
-
-
-class _GroupCommitWriter:
+class _GroupCommitWriter(GroupCommitQueue[Op]):
     """Runs queued writes in shared transactions on the writer connection's thread."""
 
     def __init__(self, conn: aiosqlite.Connection, max_batch: int = 2_000) -> None:
+        super().__init__("jobserver-sqlite-writer", max_batch)
         self._conn = conn
-        self._max_batch = max_batch
-        self._queue: collections.deque[_PendingWrite] = collections.deque()
-        self._has_work = asyncio.Event()
-        self._closing = False
-        self._task: asyncio.Task[None] | None = None
-        self.observer: Callable[[int, float], None] | None = None  # (writes, seconds)
         self.batches = 0
         self.writes = 0
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="jobserver-sqlite-writer")
-
-    async def submit(self, op: Op) -> Any:
-        if self._closing:
-            raise StorageUnavailable("the store is closing")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append(_PendingWrite(op, fut))
-        self._has_work.set()
-        return await fut
-
-    async def close(self) -> None:
-        """Finish every write already queued, then stop."""
-        self._closing = True
-        self._has_work.set()
-        if self._task is not None:
-            await self._task
-
-    async def _run(self) -> None:
-        while True:
-            await self._has_work.wait()
-            self._has_work.clear()
-            while self._queue:
-                batch = [
-                    self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))
-                ]
-                await self._commit(batch)
-            if self._closing and not self._queue:
-                return
-
-    async def _commit(self, batch: list[_PendingWrite]) -> None:
+    async def _commit(self, batch: list[PendingWrite[Op]]) -> None:
         ops = [w.op for w in batch]
         began = time.perf_counter()
         try:

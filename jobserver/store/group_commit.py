@@ -1,0 +1,64 @@
+"""Group commit, shared by the stores: writes that arrive while a transaction runs wait in a
+queue and go into the next transaction together (one commit, one fsync, for many writes).
+Each store supplies `_commit`, which runs a batch and settles each write's future."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from ..errors import StorageUnavailable
+
+OpT = TypeVar("OpT")
+
+
+@dataclass(slots=True)
+class PendingWrite(Generic[OpT]):
+    op: OpT
+    future: asyncio.Future[Any]
+
+
+class GroupCommitQueue(Generic[OpT]):
+    def __init__(self, name: str, max_batch: int) -> None:
+        self._name = name
+        self._max_batch = max_batch
+        self._queue: collections.deque[PendingWrite[OpT]] = collections.deque()
+        self._has_work = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self.observer: Callable[[int, float], None] | None = None  # (writes, seconds)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self._name)
+
+    async def submit(self, op: OpT) -> Any:
+        """Queue a write; returns its result once the transaction holding it has committed."""
+        if self._closing:
+            raise StorageUnavailable("the store is closing")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append(PendingWrite(op, fut))
+        self._has_work.set()
+        return await fut
+
+    async def close(self) -> None:
+        """Finish every write already queued, then stop."""
+        self._closing = True
+        self._has_work.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await self._has_work.wait()
+            self._has_work.clear()
+            while self._queue:
+                count = min(len(self._queue), self._max_batch)
+                await self._commit([self._queue.popleft() for _ in range(count)])
+            if self._closing and not self._queue:
+                return
+
+    async def _commit(self, batch: list[PendingWrite[OpT]]) -> None:
+        raise NotImplementedError
