@@ -71,9 +71,11 @@ class Worker:
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- control ----------------------------------------------------------------------------------
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._loops = [
             self._spawn(self._dispatch_loop(), "dispatcher"),
             self._spawn(self._heartbeat_loop(), "heartbeat"),
@@ -279,7 +281,7 @@ class Worker:
     # -- progress ---------------------------------------------------------------------------------
     def _progress_reporter(self, job: Job) -> Callable[[float, str | None], None]:
         """Progress writes are throttled: at most one per interval, the latest value wins."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         state: dict[str, Any] = {"last": float("-inf"), "pending": None, "scheduled": False}
 
         def flush() -> None:

@@ -29,16 +29,19 @@ class GroupCommitQueue(Generic[OpT]):
         self._has_work = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.observer: Callable[[int, float], None] | None = None  # (writes, seconds)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=self._name)
+        # Kept: asking for the running loop on every write is a visible cost at this rate.
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name=self._name)
 
     async def submit(self, op: OpT) -> Any:
         """Queue a write; returns its result once the transaction holding it has committed."""
-        if self._closing:
+        if self._closing or self._loop is None:
             raise StorageUnavailable("the store is closing")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = self._loop.create_future()
         self._queue.append(PendingWrite(op, fut))
         self._has_work.set()
         return await fut
