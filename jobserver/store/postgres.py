@@ -103,6 +103,8 @@ MIGRATIONS: list[tuple[int, str]] = [
                 CHECK (on_dependency_failure IN ('fail', 'cancel')),
             callback_url TEXT,
             workflow_id BIGINT,
+            -- set when another job depends on this one: completing it then has follow-ups
+            has_dependants BOOLEAN NOT NULL DEFAULT FALSE,
             CHECK (attempts >= 0 AND attempts <= max_retries + 1),
             CHECK (status <> 'running' OR blocked_by = 0),
             CHECK ((status = 'running') = (lease_token IS NOT NULL)),
@@ -523,21 +525,25 @@ class PostgresStore:
 
     async def complete(self, job_id: int, token: str, result: bytes, now: float) -> bool:
         async def op(conn: asyncpg.Connection) -> bool:
-            status: str = await conn.execute(
+            done = await conn.fetchrow(
                 """UPDATE jobs SET status = 'succeeded', result = $3, completed_at = $4,
                        progress = 1.0, progress_message = NULL, error = NULL,
                        lease_token = NULL, lease_expires_at = NULL
-                   WHERE id = $1 AND status = 'running' AND lease_token = $2""",
+                   WHERE id = $1 AND status = 'running' AND lease_token = $2
+                   RETURNING has_dependants, callback_url IS NOT NULL AS has_callback""",
                 job_id,
                 token,
                 result,
                 now,
             )
-            if status.split()[-1] == "0":
+            if done is None:
                 return False
             await self._notify_done(conn, [job_id])
-            webhook = await _queue_webhooks(conn, [job_id], now)
-            if await _after_success(conn, job_id) or webhook:
+            # Most jobs have neither: their completion is one statement and a notification.
+            due = done["has_dependants"] and await _after_success(conn, job_id)
+            if done["has_callback"]:
+                due = await _queue_webhooks(conn, [job_id], now) or due
+            if due:
                 await self._notify_due(conn)
             return True
 
@@ -1146,6 +1152,7 @@ async def _link_dependencies(
         "INSERT INTO job_dependencies (job_id, depends_on) VALUES ($1, $2)",
         [(job_id, d) for d in deps],
     )
+    await conn.execute("UPDATE jobs SET has_dependants = TRUE WHERE id = ANY($1::bigint[])", deps)
     waiting = sum(1 for d in deps if found[d] != "succeeded")
     await conn.execute(
         "UPDATE jobs SET depends_on = $1, blocked_by = $2 WHERE id = $3", deps, waiting, job_id

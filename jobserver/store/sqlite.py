@@ -97,6 +97,8 @@ MIGRATIONS: list[tuple[int, str]] = [
                 CHECK (on_dependency_failure IN ('fail', 'cancel')),
             callback_url TEXT,
             workflow_id INTEGER,
+            -- set when another job depends on this one: completing it then has follow-ups
+            has_dependants INTEGER NOT NULL DEFAULT 0 CHECK (has_dependants IN (0, 1)),
             CHECK (attempts >= 0 AND attempts <= max_retries + 1),
             CHECK (status <> 'running' OR blocked_by = 0),
             -- a running job, and only a running job, holds a lease
@@ -591,12 +593,18 @@ class SQLiteStore:
                 """UPDATE jobs SET status = 'succeeded', result = ?, completed_at = ?,
                        progress = 1.0, progress_message = NULL, error = NULL,
                        lease_token = NULL, lease_expires_at = NULL
-                   WHERE id = ? AND status = 'running' AND lease_token = ?""",
+                   WHERE id = ? AND status = 'running' AND lease_token = ?
+                   RETURNING has_dependants, callback_url IS NOT NULL""",
                 (result, now, job_id, token),
-            ).rowcount
-            if done:
-                _after_success(conn, job_id, now, fx)
-            return done > 0
+            ).fetchone()
+            if done is None:
+                return False
+            # Most jobs have neither: their completion is this one statement.
+            if done[0]:
+                _after_success(conn, job_id, fx)
+            if done[1]:
+                _queue_webhooks(conn, [job_id], now, fx)
+            return True
 
         ok: bool = await self._write(op)
         self._emit(fx)
@@ -1183,6 +1191,7 @@ def _link_dependencies(
         "INSERT INTO job_dependencies (job_id, depends_on) VALUES (?, ?)",
         [(job_id, d) for d in deps],
     )
+    conn.execute(f"UPDATE jobs SET has_dependants = 1 WHERE id IN ({marks})", deps)
     waiting = sum(1 for d in deps if found[d] != "succeeded")
     conn.execute(
         "UPDATE jobs SET depends_on = ?, blocked_by = ? WHERE id = ?",
@@ -1222,9 +1231,8 @@ def _queue_webhooks(
         fx.due = True
 
 
-def _after_success(conn: sqlite3.Connection, job_id: int, now: float, fx: Effects) -> None:
+def _after_success(conn: sqlite3.Connection, job_id: int, fx: Effects) -> None:
     """A job succeeded: its dependants wait for one fewer; those waiting for none are due."""
-    _queue_webhooks(conn, [job_id], now, fx)
     left = conn.execute(
         """UPDATE jobs SET blocked_by = blocked_by - 1
            WHERE status = 'pending' AND blocked_by > 0
