@@ -1,5 +1,6 @@
-"""Limits on what clients may hold open: connections, and the size of request lines and
-headers. (Body size and JSON depth are checked where the body is read, in api.py.)"""
+"""Limits on what clients may hold open: connections, how long a request head may take, the
+size of request lines and headers. (Body size, body deadline and JSON depth are checked where
+the body is read, in api.py.) An idle keep-alive connection is closed after KEEPALIVE_S."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from aiohttp import web
 
 MAX_LINE_BYTES = 8190  # request line
 MAX_HEADER_BYTES = 8190  # each header field
+KEEPALIVE_S = 75.0
 
 _REFUSED_BODY = (
     b'{"error":{"code":"unavailable","message":"too many open connections; try again",'
@@ -29,15 +31,62 @@ class _Refuse(asyncio.Protocol):
         transport.close()
 
 
-class ConnectionLimit:
-    """A protocol factory for loop.create_server: aiohttp's, up to `limit` connections."""
+class _HeaderDeadline(asyncio.Protocol):
+    """aiohttp's protocol, but a connection whose first request head (line and headers) has
+    not arrived within `timeout_s` is closed: a client dribbling bytes cannot hold it."""
 
-    def __init__(self, server: web.Server, limit: int) -> None:
+    def __init__(self, inner: asyncio.Protocol, timeout_s: float) -> None:
+        self._inner = inner
+        self._timeout_s = timeout_s
+        self._timer: asyncio.TimerHandle | None = None
+        self._tail = b""
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._timer = asyncio.get_running_loop().call_later(self._timeout_s, self._expire)
+        self._inner.connection_made(transport)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self._transport is not None:
+            self._transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is not None:
+            self._tail = (self._tail + data)[-(len(data) + 3) :]
+            if b"\r\n\r\n" in self._tail:
+                self._timer.cancel()
+                self._timer = None
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+class ConnectionLimit:
+    """A protocol factory for loop.create_server: aiohttp's, up to `limit` connections, each
+    of which must send its first request head within `header_timeout_s`."""
+
+    def __init__(self, server: web.Server, limit: int, header_timeout_s: float = 10.0) -> None:
         self.server = server
         self.limit = limit
+        self.header_timeout_s = header_timeout_s
 
     def __call__(self) -> asyncio.BaseProtocol:
         if len(self.server.connections) >= self.limit:
             return _Refuse()
-        protocol: asyncio.BaseProtocol = self.server()
-        return protocol
+        handler: asyncio.Protocol = self.server()
+        return _HeaderDeadline(handler, self.header_timeout_s)

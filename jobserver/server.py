@@ -28,7 +28,7 @@ from .clock import Clock, SystemClock
 from .errors import NotFound, ValidationError
 from .events import EventBus
 from .executor import Executor
-from .limits import MAX_HEADER_BYTES, MAX_LINE_BYTES, ConnectionLimit
+from .limits import KEEPALIVE_S, MAX_HEADER_BYTES, MAX_LINE_BYTES, ConnectionLimit
 from .metrics import Metrics
 from .models import (
     DEPENDENCY_FAILURE_POLICIES,
@@ -89,6 +89,7 @@ class JobServer:
         max_batch_body_bytes: int = 32 * 1024 * 1024,
         max_connections: int = 1024,
         body_timeout_s: float = 30.0,
+        header_timeout_s: float = 10.0,
         idempotency_window_s: float = 86_400.0,
         webhook_secret: str | None = None,
         tokens: Iterable[str] = (),
@@ -107,6 +108,7 @@ class JobServer:
         self.max_batch_body_bytes = max(max_batch_body_bytes, max_body_bytes)
         self.max_connections = max_connections
         self.body_timeout_s = body_timeout_s  # a client sending its body slower is cut off
+        self.header_timeout_s = header_timeout_s  # ... or its first request head
         self.idempotency_window_s = idempotency_window_s
         self.auth = TokenAuth(tokens, read_tokens)
         self._http_task = HttpTask(http_allowed_hosts)
@@ -234,9 +236,14 @@ class JobServer:
             handle_signals=False,
             max_line_size=MAX_LINE_BYTES,
             max_field_size=MAX_HEADER_BYTES,
+            keepalive_timeout=KEEPALIVE_S,
         )
         await self._runner.setup()
-        factory = ConnectionLimit(self._runner.server, self.max_connections)  # type: ignore[arg-type]
+        factory = ConnectionLimit(
+            self._runner.server,  # type: ignore[arg-type]
+            self.max_connections,
+            header_timeout_s=self.header_timeout_s,
+        )
         self._listener = await asyncio.get_running_loop().create_server(
             factory, host, port, backlog=1024, reuse_address=True
         )

@@ -61,3 +61,20 @@ async def test_a_body_sent_too_slowly_is_cut_off(make_server: ServerFactory) -> 
     assert head.startswith(b"HTTP/1.1 408") and b"Connection: close" in head
     assert json.loads(body)["error"]["field"] == "body"
     assert sum((await server.store.count_by_status()).values()) == 0
+
+
+async def test_a_client_dribbling_its_request_head_is_cut_off(make_server: ServerFactory) -> None:
+    server = await make_server(header_timeout_s=0.3)
+    [base] = await server.serve("127.0.0.1", 0)
+    host, port = host_port(base)
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finishes its headers
+    await writer.drain()
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+    writer.close()
+    # a prompt client on a new connection, and keep-alive requests after the first, are fine
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            async with session.get(f"{base}/healthz") as resp:
+                assert resp.status == 200
+            await asyncio.sleep(0.2)
