@@ -225,7 +225,7 @@ class Worker:
                 self._stale(job)
         elif isinstance(outcome, Cancelled):
             if outcome.reason == "shutdown":
-                if await self.store.release(job.id, token):
+                if await self.store.release(job.id, token, now):
                     self.on_transition(job, JobState.PENDING, {"reason": "released at shutdown"})
             elif outcome.reason == "lease_lost":
                 self._stale(job)
@@ -367,5 +367,5 @@ class Worker:
                 self.wake()
             if report.expired:
                 log.warning("jobs past their deadline, failed as expired: %s", report.expired)
-            for job_id in report.dead_lettered + report.expired:
+            for job_id in report.dead_lettered + report.expired + report.cancelled:
                 self.on_ended(job_id)

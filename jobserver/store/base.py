@@ -32,6 +32,7 @@ class RescueReport:
     requeued: list[int] = field(default_factory=list)
     dead_lettered: list[int] = field(default_factory=list)
     expired: list[int] = field(default_factory=list)  # pending past their deadline: failed
+    cancelled: list[int] = field(default_factory=list)  # lost runs whose cancel was asked
 
 
 @dataclass(slots=True)
@@ -122,8 +123,9 @@ class Store(Protocol):
         """running -> cancelled, after the task saw its cancellation."""
         ...
 
-    async def release(self, job_id: int, token: str) -> bool:
-        """running -> pending at shutdown; the attempt is given back."""
+    async def release(self, job_id: int, token: str, now: float | None = None) -> bool:
+        """running -> pending at shutdown; the attempt is given back (or -> cancelled, if a
+        client asked to cancel it)."""
         ...
 
     async def update_progress(

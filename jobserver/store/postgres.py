@@ -600,14 +600,38 @@ class PostgresStore:
         result: bool = await self._write(op)
         return result
 
-    async def release(self, job_id: int, token: str) -> bool:
-        return await self._guarded(
-            """UPDATE jobs SET status = 'pending', attempts = attempts - 1,
-                   lease_token = NULL, lease_expires_at = NULL
-               WHERE id = $1 AND status = 'running' AND lease_token = $2""",
-            (job_id, token),
-            due=True,
-        )
+    async def release(self, job_id: int, token: str, now: float | None = None) -> bool:
+        async def op(conn: asyncpg.Connection) -> bool:
+            # A job a client asked to cancel ends cancelled rather than running again.
+            cancelled_at = await conn.fetchval(
+                """UPDATE jobs SET status = 'cancelled', completed_at = coalesce($3, started_at),
+                       lease_token = NULL, lease_expires_at = NULL
+                   WHERE id = $1 AND status = 'running' AND lease_token = $2
+                     AND cancel_requested
+                   RETURNING completed_at""",
+                job_id,
+                token,
+                now,
+            )
+            if cancelled_at is not None:
+                ended: list[int] = []
+                await _after_failure(conn, [job_id], cancelled_at, ended)
+                await self._notify_done(conn, [job_id, *ended])
+                return True
+            status: str = await conn.execute(
+                """UPDATE jobs SET status = 'pending', attempts = attempts - 1,
+                       lease_token = NULL, lease_expires_at = NULL
+                   WHERE id = $1 AND status = 'running' AND lease_token = $2""",
+                job_id,
+                token,
+            )
+            if status.split()[-1] == "0":
+                return False
+            await self._notify_due(conn)
+            return True
+
+        result: bool = await self._write(op)
+        return result
 
     async def update_progress(
         self, job_id: int, token: str, fraction: float, message: str | None
@@ -630,10 +654,11 @@ class PostgresStore:
                 now,
             )
             ended: list[int] = []
-            await _after_failure(conn, report.dead_lettered + report.expired, now, ended)
+            gone = report.dead_lettered + report.expired + report.cancelled
+            await _after_failure(conn, gone, now, ended)
             if report.requeued:
                 await self._notify_due(conn)
-            await self._notify_done(conn, report.dead_lettered + report.expired + ended)
+            await self._notify_done(conn, gone + ended)
             await self._notify_due(conn)  # their webhook jobs, if any
             return report
 
@@ -1282,6 +1307,17 @@ async def _fail_for_good(
 
 async def _rescue(conn: asyncpg.Connection, now: float) -> RescueReport:
     error = error_info(None, type_="LeaseExpired", message=LEASE_LOST)
+    # a lost run whose cancellation a client asked for ends cancelled: it must not run again
+    cancelled = await conn.fetch(
+        """WITH lost AS (
+               SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at <= $1
+                   AND cancel_requested
+               FOR UPDATE SKIP LOCKED)
+           UPDATE jobs SET status = 'cancelled', completed_at = $1,
+               lease_token = NULL, lease_expires_at = NULL
+           FROM lost WHERE jobs.id = lost.id RETURNING jobs.id""",
+        now,
+    )
     requeued = await conn.fetch(
         """WITH lost AS (
                SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at <= $1
@@ -1301,7 +1337,11 @@ async def _rescue(conn: asyncpg.Connection, now: float) -> RescueReport:
         error,
         now,
     )
-    return RescueReport(requeued=sorted(r["id"] for r in requeued), dead_lettered=sorted(spent))
+    return RescueReport(
+        requeued=sorted(r["id"] for r in requeued),
+        dead_lettered=sorted(spent),
+        cancelled=sorted(r["id"] for r in cancelled),
+    )
 
 
 async def _queue_rows(

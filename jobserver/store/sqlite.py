@@ -659,13 +659,36 @@ class SQLiteStore:
         self._emit(fx)
         return result
 
-    async def release(self, job_id: int, token: str) -> bool:
-        return await self._guarded_update(
-            """UPDATE jobs SET status = 'pending', attempts = attempts - 1,
-                   lease_token = NULL, lease_expires_at = NULL
-               WHERE id = ? AND status = 'running' AND lease_token = ?""",
-            (job_id, token),
-        )
+    async def release(self, job_id: int, token: str, now: float | None = None) -> bool:
+        fx = Effects()
+
+        def op(conn: sqlite3.Connection) -> bool:
+            # A job a client asked to cancel ends cancelled rather than running again.
+            cancelled = conn.execute(
+                """UPDATE jobs SET status = 'cancelled', completed_at = coalesce(?, started_at),
+                       lease_token = NULL, lease_expires_at = NULL
+                   WHERE id = ? AND status = 'running' AND lease_token = ?
+                     AND cancel_requested = 1
+                   RETURNING completed_at""",
+                (now, job_id, token),
+            ).fetchone()
+            if cancelled:
+                _after_failure(conn, [job_id], cancelled[0], fx)
+                fx.ended.append(job_id)
+                return True
+            return (
+                conn.execute(
+                    """UPDATE jobs SET status = 'pending', attempts = attempts - 1,
+                           lease_token = NULL, lease_expires_at = NULL
+                       WHERE id = ? AND status = 'running' AND lease_token = ?""",
+                    (job_id, token),
+                ).rowcount
+                > 0
+            )
+
+        result: bool = await self._write(op)
+        self._emit(fx)
+        return result
 
     async def update_progress(
         self, job_id: int, token: str, fraction: float, message: str | None
@@ -682,7 +705,7 @@ class SQLiteStore:
         def op(conn: sqlite3.Connection) -> RescueReport:
             report = _rescue(conn, "status = 'running' AND lease_expires_at <= ?", (now,), now)
             report.expired = _expire_overdue(conn, now)
-            _after_failure(conn, report.dead_lettered + report.expired, now, fx)
+            _after_failure(conn, report.dead_lettered + report.expired + report.cancelled, now, fx)
             return report
 
         result: RescueReport = await self._write(op)
@@ -696,7 +719,7 @@ class SQLiteStore:
 
         def op(conn: sqlite3.Connection) -> RescueReport:
             report = _rescue(conn, "status = 'running'", (), now)
-            _after_failure(conn, report.dead_lettered, now, fx)
+            _after_failure(conn, report.dead_lettered + report.cancelled, now, fx)
             return report
 
         result: RescueReport = await self._write(op)
@@ -1332,9 +1355,20 @@ def _expire_overdue(conn: sqlite3.Connection, now: float) -> list[int]:
 def _rescue(
     conn: sqlite3.Connection, where: str, params: tuple[Any, ...], now: float
 ) -> RescueReport:
-    """Running jobs matching `where` lost their worker: back to pending, or failed if spent."""
+    """Running jobs matching `where` lost their worker: back to pending, or failed if spent,
+    or cancelled if a client had asked for that (it must not run again)."""
     report = RescueReport()
     error = codec.dumps(error_info(None, type_="LeaseExpired", message=LEASE_LOST))
+    report.cancelled = [
+        r[0]
+        for r in conn.execute(
+            f"""UPDATE jobs SET status = 'cancelled', completed_at = ?,
+                   lease_token = NULL, lease_expires_at = NULL
+                WHERE {where} AND cancel_requested = 1
+                RETURNING id""",
+            (now, *params),
+        ).fetchall()
+    ]
     report.requeued = [
         r[0]
         for r in conn.execute(
