@@ -553,13 +553,39 @@ class PostgresStore:
     async def schedule_retry(
         self, job_id: int, token: str, error: dict[str, Any], run_at: float, now: float
     ) -> bool:
-        return await self._guarded(
-            """UPDATE jobs SET status = 'pending', run_at = $3, error = $4,
-                   lease_token = NULL, lease_expires_at = NULL
-               WHERE id = $1 AND status = 'running' AND lease_token = $2""",
-            (job_id, token, run_at, error),
-            due=True,
-        )
+        async def op(conn: asyncpg.Connection) -> bool:
+            # An attempt that failed after a client asked to cancel it is not retried.
+            status: str = await conn.execute(
+                """UPDATE jobs SET status = 'cancelled', completed_at = $3, error = $4,
+                       lease_token = NULL, lease_expires_at = NULL
+                   WHERE id = $1 AND status = 'running' AND lease_token = $2
+                     AND cancel_requested""",
+                job_id,
+                token,
+                now,
+                error,
+            )
+            if status.split()[-1] != "0":
+                ended: list[int] = []
+                await _after_failure(conn, [job_id], now, ended)
+                await self._notify_done(conn, [job_id, *ended])
+                return True
+            status = await conn.execute(
+                """UPDATE jobs SET status = 'pending', run_at = $3, error = $4,
+                       lease_token = NULL, lease_expires_at = NULL
+                   WHERE id = $1 AND status = 'running' AND lease_token = $2""",
+                job_id,
+                token,
+                run_at,
+                error,
+            )
+            if status.split()[-1] == "0":
+                return False
+            await self._notify_due(conn)
+            return True
+
+        result: bool = await self._write(op)
+        return result
 
     async def dead_letter(self, job_id: int, token: str, error: dict[str, Any], now: float) -> bool:
         async def op(conn: asyncpg.Connection) -> bool:

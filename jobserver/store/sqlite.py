@@ -613,12 +613,34 @@ class SQLiteStore:
     async def schedule_retry(
         self, job_id: int, token: str, error: dict[str, Any], run_at: float, now: float
     ) -> bool:
-        return await self._guarded_update(
-            """UPDATE jobs SET status = 'pending', run_at = ?, error = ?,
-                   lease_token = NULL, lease_expires_at = NULL
-               WHERE id = ? AND status = 'running' AND lease_token = ?""",
-            (run_at, codec.dumps(error), job_id, token),
-        )
+        fx = Effects()
+        error_json = codec.dumps(error)
+
+        def op(conn: sqlite3.Connection) -> bool:
+            # An attempt that failed after a client asked to cancel it is not retried.
+            if conn.execute(
+                """UPDATE jobs SET status = 'cancelled', completed_at = ?, error = ?,
+                       lease_token = NULL, lease_expires_at = NULL
+                   WHERE id = ? AND status = 'running' AND lease_token = ?
+                     AND cancel_requested = 1""",
+                (now, error_json, job_id, token),
+            ).rowcount:
+                _after_failure(conn, [job_id], now, fx)
+                fx.ended.append(job_id)
+                return True
+            return (
+                conn.execute(
+                    """UPDATE jobs SET status = 'pending', run_at = ?, error = ?,
+                           lease_token = NULL, lease_expires_at = NULL
+                       WHERE id = ? AND status = 'running' AND lease_token = ?""",
+                    (run_at, error_json, job_id, token),
+                ).rowcount
+                > 0
+            )
+
+        result: bool = await self._write(op)
+        self._emit(fx)
+        return result
 
     async def dead_letter(self, job_id: int, token: str, error: dict[str, Any], now: float) -> bool:
         error_json = codec.dumps(error)
