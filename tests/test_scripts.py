@@ -19,3 +19,15 @@ def test_bench_e2e_smoke() -> None:
         check=True,
     ).stdout
     assert "median:" in out and "300 no-op jobs" in out
+
+
+def test_soak_smoke() -> None:
+    out = subprocess.run(
+        [sys.executable, "scripts/soak.py", "--seconds", "20"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert "verdict" in out.lower()
