@@ -611,7 +611,10 @@ class JobServer:
     def _ended_elsewhere(self, job_id: int) -> None:
         """A job ended without this process's worker: wake its waiters, publish its end."""
         self._notify(job_id)
-        if job_id not in self._published_ends and self._started:
+        # Ends of this process's own jobs are published by its worker (often just after the
+        # store's notice of them): reading them back here would be wasted.
+        own = job_id in self.worker.running_ids
+        if not own and job_id not in self._published_ends and self._started:
             task = asyncio.get_running_loop().create_task(self._publish_end(job_id))
             self._background.add(task)
             task.add_done_callback(self._background.discard)

@@ -268,6 +268,14 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+class _NoResetConnection(asyncpg.Connection):  # type: ignore[misc]
+    """Pooled connections keep no session state here (LISTEN is on its own connection), so
+    the reset asyncpg runs on every release (UNLISTEN *, RESET ALL...) is pure cost."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 def _unavailable(exc: BaseException) -> StorageUnavailable:
     return StorageUnavailable(f"PostgreSQL cannot take writes now: {exc}")
 
@@ -360,6 +368,7 @@ class PostgresStore:
             max_size=self.pool_size,
             init=_init_connection,
             server_settings=settings,
+            connection_class=_NoResetConnection,
         )
         self._listener = await asyncpg.connect(self.dsn, server_settings=settings)
         await self._listener.add_listener(self._channel(DUE_CHANNEL), self._heard_due)
