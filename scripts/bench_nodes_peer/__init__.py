@@ -1,0 +1,1 @@
+"""Helper modules for scripts/bench_nodes.py: the jobserver no-op task and the pgqueuer peer."""
