@@ -31,3 +31,16 @@ def test_soak_smoke() -> None:
         check=True,
     ).stdout
     assert "verdict" in out.lower()
+
+
+def test_bench_quick_smoke() -> None:
+    """The issue-5 benchmark in its small mode (no peers): every figure runs to the end."""
+    out = subprocess.run(
+        [sys.executable, "scripts/bench.py", "--quick", "--skip-peers", "--quiet-below", "100"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    ).stdout
+    assert "Targets:" in out and "batch enqueue" in out
