@@ -6,9 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import re
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -27,7 +25,8 @@ from jobserver.cli import main
 from jobserver.client import Client, ClientError
 from jobserver.store.sqlite import MIGRATIONS
 
-REPO = Path(__file__).resolve().parent.parent
+from .procs import REPO, free_port, server_env
+
 READY_TIMEOUT_S = 20.0
 CLI_TIMEOUT_S = 30.0
 SCHEMA = MIGRATIONS[-1][0]  # the schema version `migrate` brings a database to
@@ -35,18 +34,7 @@ WEBHOOK_SECRET = "cli-test-secret"  # callback_url needs one
 BAR = re.compile(r"^job (\d+) \[([#-]{30})\] +(\d+)%(?: (.*))?$")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The test's environment without any JOBSERVER_* setting, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSERVER_")}
-    env.update(extra or {})
-    return env
+clean_env = server_env
 
 
 class ServeProcess:
