@@ -239,6 +239,56 @@ async def test_sigterm_drains_then_gives_back_unfinished_jobs(tmp_path: Path, sp
     assert query_db(db, "PRAGMA integrity_check") == [("ok",)]
 
 
+async def test_sigterm_under_enqueue_load_loses_nothing_and_exits_0(
+    tmp_path: Path, spawn: Spawn
+) -> None:
+    """Enqueuers keep posting through the SIGTERM: every 202 is a stored job, the server stops
+    taking requests, running jobs end or are given back, no row is left running, exit 0."""
+    db = tmp_path / "j.db"
+    server = spawn(db, ["--concurrency", "4", "--grace-period", "1", "--log-level", "warning"])
+    acked: set[int] = set()
+    refused_after = 0
+    signalled = False
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+        await server.wait_ready(session)
+
+        async def enqueuer() -> None:
+            nonlocal refused_after
+            while server.proc.poll() is None:
+                body = {"task": "sleep", "args": [0.05]}
+                try:
+                    async with session.post(f"{server.url}/jobs", json=body) as resp:
+                        if resp.status == 202:
+                            acked.add((await resp.json())["id"])
+                        elif signalled:
+                            refused_after += 1
+                except (aiohttp.ClientError, TimeoutError):
+                    if signalled:
+                        refused_after += 1
+                    await asyncio.sleep(0.01)
+
+        enqueuers = [asyncio.create_task(enqueuer()) for _ in range(6)]
+        await eventually_true(lambda: len(acked) >= 100)
+        signalled = True
+        server.proc.send_signal(signal.SIGTERM)
+        code = await server.wait_exit()
+        await asyncio.gather(*enqueuers)
+    assert code == 0, server.output()
+    assert refused_after > 0  # requests after the signal were not taken
+    stored = dict(query_db(db, "SELECT id, status FROM jobs"))
+    assert acked <= stored.keys(), sorted(acked - stored.keys())
+    assert query_db(db, "SELECT count(*) FROM jobs WHERE status = 'running'") == [(0,)]
+    assert set(stored.values()) <= {"pending", "succeeded"}
+    assert query_db(db, "PRAGMA integrity_check") == [("ok",)]
+
+
+async def eventually_true(check: Any, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
 # -- 3. one process per database ------------------------------------------------------------------
 async def test_second_server_on_same_db_refuses_to_start(tmp_path: Path, spawn: Spawn) -> None:
     db = tmp_path / "j.db"
