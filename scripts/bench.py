@@ -639,6 +639,11 @@ class Bench:
         self.results["quiet_waited_s"].append(waited)
 
     def cleanup(self) -> None:
+        if self.redis.version is not None:  # leave the peers' Redis database empty
+            with contextlib.suppress(Exception):
+                import redis
+
+                redis.Redis.from_url(self.redis_url).flushdb()
         self.redis.stop()
         if not self.args.keep_tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
@@ -1516,7 +1521,7 @@ def one_profile(prof: dict[str, Any]) -> Iterator[str]:
         yield ""
 
 
-def report(bench: Bench, command: str, old_notes: str | None) -> str:
+def report(bench: Bench, command: str, old_notes: str | None, old_tail: str = "") -> str:
     a = bench.args
     mach = machine()
     vers = versions(bench)
@@ -1555,9 +1560,9 @@ def report(bench: Bench, command: str, old_notes: str | None) -> str:
         if old_notes
         else "## Notes\n\n(Kept across reruns: text between these markers is carried over.)",
         NOTES_END,
-        "",
     ]
-    return "\n".join(lines)
+    # sections others keep after the notes (e.g. scripts/bench_nodes.py's) are carried over too
+    return "\n".join(lines) + (old_tail if old_tail.strip() else "\n")
 
 
 def method_lines(bench: Bench) -> Iterator[str]:
@@ -1706,12 +1711,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  skipped {key}: {why}")
     if args.write:
         path = Path(args.write)
-        old_notes = None
+        old_notes, old_tail = None, ""
         if path.exists():
             text = path.read_text()
             if NOTES_START in text and NOTES_END in text:
                 old_notes = text.split(NOTES_START, 1)[1].split(NOTES_END, 1)[0]
-        path.write_text(report(bench, command, old_notes))
+                old_tail = text.split(NOTES_END, 1)[1]
+        path.write_text(report(bench, command, old_notes, old_tail))
         print(f"wrote {path}")
     return 0
 
