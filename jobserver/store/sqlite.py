@@ -1362,7 +1362,9 @@ def _expire_overdue(conn: sqlite3.Connection, now: float) -> list[int]:
     overdue = [
         r[0]
         for r in conn.execute(
-            "SELECT id FROM jobs WHERE status = 'pending' AND deadline IS NOT NULL"
+            # INDEXED BY: left to itself SQLite may scan jobs_status, every pending job
+            "SELECT id FROM jobs INDEXED BY jobs_deadline"
+            " WHERE status = 'pending' AND deadline IS NOT NULL"
             " AND deadline < ?",
             (now,),
         )
@@ -1481,7 +1483,9 @@ CONCURRENCY_RECHECK_S = 1.0  # how soon to look again at a queue held by its con
 def _next_wake_at(conn: sqlite3.Connection, now: float) -> float | None:
     """When the dispatcher should next try to claim, given what is pending and every limit."""
     (wake,) = conn.execute(
-        "SELECT min(run_at) FROM jobs WHERE status = 'pending' AND blocked_by = 0 AND run_at > ?",
+        # INDEXED BY: left to itself SQLite may scan jobs_status, every pending job
+        "SELECT min(run_at) FROM jobs INDEXED BY jobs_next_due"
+        " WHERE status = 'pending' AND blocked_by = 0 AND run_at > ?",
         (now,),
     ).fetchone()
     candidates = [] if wake is None else [wake]
