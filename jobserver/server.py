@@ -349,11 +349,27 @@ class JobServer:
         """Enqueue jobs in one transaction: all of them or none."""
         for job in jobs:
             self.task_spec(job.task)
-        results = await self.store.enqueue(jobs, self.clock.now())
+        now = self.clock.now()
+        loop = asyncio.get_running_loop()
+        writing = loop.create_task(self.store.enqueue(jobs, now))
+        # Woken before the commit, the dispatcher's claim can join the enqueue's transaction:
+        # the job starts one commit after its enqueue, not two. The wake is a callback queued
+        # after the enqueue task's first step, which queues the write (see Store.enqueue), so
+        # the claim it sets off comes after the insert and sees the job.
+        # A job with dependencies waits for them; the store tells when it becomes due.
+        due = [
+            now if j.run_at is None else j.run_at
+            for j in jobs
+            if not (j.depends_on or j.depends_on_index)
+        ]
+        if due:
+            loop.call_soon(self.worker.wake_for, min(due))
+        results = await writing
         for r in results:
             if r.created:
                 self._on_transition(r.job, JobState.PENDING, {"event": "enqueued"})
-        self.worker.wake()
+                if r.job.depends_on and not r.job.blocked_by:  # its dependencies had succeeded
+                    self.worker.wake_for(r.job.run_at)
         return results
 
     async def get_job(self, job_id: int) -> Job:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import random
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ class _Running:
     job: Job
     ctx: JobContext
     task: asyncio.Task[None]
+    recording: bool = False  # the task has returned; its outcome is being written
 
 
 class Worker:
@@ -67,7 +69,15 @@ class Worker:
         self.on_transition = on_transition or (lambda job, state, detail: None)
         self.on_ended = on_ended or (lambda job_id: None)  # for jobs ended by the rescuer
         self._running: dict[int, _Running] = {}
+        # Jobs whose task is still executing: what `concurrency` limits. A job whose outcome
+        # is being written has given its slot back, so the claim of its successor goes into
+        # the same transaction as its completion (one commit a job, not two in a row).
+        self._executing = 0
         self._wake = asyncio.Event()
+        # The dispatcher claims again by this time without being woken; an enqueue of a job due
+        # earlier must wake it. inf: it is claiming now, or waits with no timer; -inf: every
+        # slot is taken (a finished job wakes it).
+        self._planned_wake = math.inf
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -85,6 +95,13 @@ class Worker:
     def wake(self) -> None:
         """A job may be due now: claim at once rather than at the next timer."""
         self._wake.set()
+
+    def wake_for(self, run_at: float) -> None:
+        """A job due at `run_at` was (or is being) enqueued: wake the dispatcher only if it
+        would otherwise claim later than that. Called before the enqueue commits, the claim
+        it sets off lands in the same transaction or a later one, so it sees the job."""
+        if run_at < self._planned_wake:
+            self._wake.set()
 
     @property
     def running_ids(self) -> list[int]:
@@ -125,6 +142,8 @@ class Worker:
         self._loops = []
 
     def _cancel(self, running: _Running, reason: str) -> None:
+        if running.recording and reason != "shutdown":
+            return  # the task has ended; its outcome is being written and stands
         running.ctx.request_cancel(reason)
         running.task.cancel()
 
@@ -142,11 +161,13 @@ class Worker:
                 await self._sleep_or_wake(self.clock.now() + 1.0)
 
     async def _dispatch_once(self) -> None:
-        free = self.concurrency - len(self._running)
+        free = self.concurrency - self._executing
         if free <= 0:
+            self._planned_wake = -math.inf
             self._wake.clear()
             await self._wake.wait()
             return
+        self._planned_wake = math.inf
         self._wake.clear()  # before claiming: an enqueue that commits meanwhile sets it again
         now = self.clock.now()
         jobs = await self.store.claim(free, now, self.lease_ttl_s)
@@ -159,6 +180,7 @@ class Worker:
         next_due = await self.store.next_wake_at(now)
         if next_due is not None and next_due <= self.clock.now():
             return  # due already (a retry scheduled meanwhile): claim again
+        self._planned_wake = math.inf if next_due is None else next_due
         await self._sleep_or_wake(next_due)
 
     async def _sleep_or_wake(self, until: float | None) -> None:
@@ -184,13 +206,17 @@ class Worker:
         )
         task = self._spawn(self._run_job(job, ctx), f"job-{job.id}")
         self._running[job.id] = _Running(job, ctx, task)
+        self._executing += 1
         self.on_transition(job, JobState.RUNNING, {"attempt": job.attempts})
 
     async def _run_job(self, job: Job, ctx: JobContext) -> None:
+        slot_held = True
         try:
             if job.depends_on:
                 job = await self._with_parent_results(job, ctx)
             outcome = await self.executor.run(job, ctx)
+            slot_held = False
+            self._give_back_slot(job.id)
             await self._record(job, outcome)
         except asyncio.CancelledError:
             # Cancelled outside the task itself (shutdown while recording): the lease
@@ -199,8 +225,16 @@ class Worker:
         except Exception:
             log.exception("recording the end of job %s failed; its lease will expire", job.id)
         finally:
+            if slot_held:
+                self._give_back_slot(job.id)
             self._running.pop(job.id, None)
-            self._wake.set()
+
+    def _give_back_slot(self, job_id: int) -> None:
+        self._executing -= 1
+        running = self._running.get(job_id)
+        if running is not None:
+            running.recording = True
+        self._wake.set()
 
     async def _with_parent_results(self, job: Job, ctx: JobContext) -> Job:
         """Give a dependant its dependencies' results: all of them in ctx.parent_results, and

@@ -317,6 +317,26 @@ async def test_delayed_jobs_wait_for_the_clock(
     assert (await server.wait_for(job.id, timeout_s=5)).status == JobState.SUCCEEDED
 
 
+async def test_a_job_due_before_the_planned_wake_moves_the_wake_earlier(
+    make_server: ServerFactory, clock: ManualClock
+) -> None:
+    """An enqueue wakes an idle dispatcher only for a job due before the wake it planned:
+    a job due earlier must still run on time, one due later must not be forgotten."""
+    server = await start(make_server)
+    later = await server.enqueue("add", [1, 0], delay_s=100)
+    await asyncio.sleep(0.05)  # the dispatcher plans its wake for `later`
+    sooner = await server.enqueue("add", [2, 0], delay_s=50)
+    latest = await server.enqueue("add", [3, 0], delay_s=200)
+    clock.advance(50)
+    assert (await server.wait_for(sooner.id, timeout_s=5)).status == JobState.SUCCEEDED
+    assert (await server.wait_for(later.id, timeout_s=0.05)).status == JobState.PENDING
+    clock.advance(50)
+    assert (await server.wait_for(later.id, timeout_s=5)).status == JobState.SUCCEEDED
+    assert (await server.wait_for(latest.id, timeout_s=0.05)).status == JobState.PENDING
+    clock.advance(100)
+    assert (await server.wait_for(latest.id, timeout_s=5)).status == JobState.SUCCEEDED
+
+
 async def test_concurrency_caps_jobs_running_at_once(make_server: ServerFactory) -> None:
     server = await start(make_server, concurrency=2)
     jobs = [await server.enqueue("gated", [f"g{i}"]) for i in range(4)]

@@ -76,7 +76,10 @@ class Store(Protocol):
 
     # -- enqueue and read -------------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
-        """Insert jobs in one transaction; returns once it has committed."""
+        """Insert jobs in one transaction; returns once it has committed.
+
+        The write is queued before the first suspension, so a claim queued after a call
+        has started comes after the insert (JobServer.enqueue_many relies on it)."""
         ...
 
     async def get_job(self, job_id: int) -> Job | None: ...
