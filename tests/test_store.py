@@ -115,6 +115,29 @@ async def test_complete_needs_the_current_lease_token(store: Store) -> None:
     assert again is not None and again.result == {"ok": 1}
 
 
+async def test_completions_sent_together_each_get_their_own_answer(store: Store) -> None:
+    """Completions that meet in one transaction (SQLite writes them as one statement) are
+    still judged one by one: a stale token fails alone, results do not mix."""
+    await store.enqueue([new(args=[i]) for i in range(300)], T0)
+    jobs = await store.claim(300, T0, TTL)
+    tokens = [j.lease_token if j.id % 7 else "stale" for j in jobs]
+    answers = await asyncio.gather(
+        *(
+            store.complete(j.id, token or "", f'{{"n": {j.id}}}'.encode(), T0 + 1)
+            for j, token in zip(jobs, tokens, strict=True)
+        )
+    )
+    assert answers == [token != "stale" for token in tokens]
+    for job, ok in zip(jobs, answers, strict=True):
+        stored = await store.get_job(job.id)
+        assert stored is not None
+        if ok:
+            assert (stored.status, stored.result) == (JobState.SUCCEEDED, {"n": job.id})
+            assert (stored.completed_at, stored.lease_token) == (T0 + 1, None)
+        else:
+            assert (stored.status, stored.result) == (JobState.RUNNING, None)
+
+
 async def test_a_stale_token_from_before_a_reclaim_is_rejected(store: Store) -> None:
     await enqueue_one(store)
     [first] = await store.claim(1, T0, TTL)
