@@ -44,6 +44,7 @@ from .config import (
 from .errors import DatabaseInUse, StoreError, ValidationError
 from .logs import configure_logging
 from .models import JobState
+from .runtime import tune_gc
 from .server import JobServer, open_store
 
 log = logging.getLogger("jobserver")
@@ -105,6 +106,7 @@ async def serve(settings: Settings) -> int:
         log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc)
         await server.stop(0)
         return EXIT_STARTUP
+    tune_gc()
     log.info(
         "jobserver listening on %s (tasks: %s)",
         ", ".join(addresses),

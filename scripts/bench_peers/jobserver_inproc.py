@@ -29,6 +29,7 @@ import uvloop
 
 from jobserver import JobServer, JobState
 from jobserver.models import NewJob
+from jobserver.runtime import tune_gc
 
 TASKS = ["bench_peers.jobserver_tasks"]
 
@@ -58,7 +59,7 @@ async def prepare(server: JobServer, jobs: int) -> float:
 
 
 async def e2e(
-    db: str, jobs: int, concurrency: int, durability: str, enqueue: bool = True
+    db: str, jobs: int, concurrency: int, durability: str, enqueue: bool = True, tune: bool = True
 ) -> dict[str, Any]:
     server = JobServer(db=db, tasks=TASKS, concurrency=concurrency, durability=durability)
     enqueue_s = await prepare(server, jobs) if enqueue else 0.0
@@ -81,6 +82,8 @@ async def e2e(
             await asyncio.sleep(0.05)
             rss_samples.append(_rss_mb())
 
+    if tune:
+        tune_gc()  # as `jobserver serve` does
     sampler = asyncio.create_task(sample_rss())
     cpu_before = _cpu()
     began = time.perf_counter()
@@ -144,9 +147,19 @@ def main() -> None:
     parser.add_argument(
         "--skip-enqueue", action="store_true", help="e2e: the jobs are there already (prepare)"
     )
+    parser.add_argument(
+        "--default-gc", action="store_true", help="e2e: without `serve`'s GC tuning"
+    )
     args = parser.parse_args()
     if args.mode == "e2e":
-        coro = e2e(args.db, args.jobs, args.concurrency, args.durability, not args.skip_enqueue)
+        coro = e2e(
+            args.db,
+            args.jobs,
+            args.concurrency,
+            args.durability,
+            not args.skip_enqueue,
+            not args.default_gc,
+        )
     elif args.mode == "prepare":
         server = JobServer(db=args.db, tasks=TASKS, durability=args.durability)
         coro = _as_dict(prepare(server, args.jobs))
