@@ -651,8 +651,9 @@ class JobServer:
 
     @staticmethod
     def _log_transition(job: Job, state: JobState, detail: dict[str, Any]) -> None:
-        if transitions_log.isEnabledFor(logging.INFO):
-            transitions_log.info(
+        # One line a job and state costs more than the job at thousands a second: DEBUG.
+        if transitions_log.isEnabledFor(logging.DEBUG):
+            transitions_log.debug(
                 "job %s %s -> %s",
                 job.id,
                 job.task,

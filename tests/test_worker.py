@@ -6,6 +6,7 @@ worker was woken, and a retry that waits proves it waits for the clock, not for 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import Any
 
@@ -464,3 +465,22 @@ async def test_a_job_that_falls_due_between_claim_and_sleep_is_not_stranded(
     for job in jobs:
         done = await server.wait_for(job.id, timeout_s=3)
         assert done.status == JobState.SUCCEEDED, done
+
+
+async def test_each_transition_is_logged_at_debug_only(
+    make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await start(make_server)
+    with caplog.at_level(logging.INFO, logger="jobserver.transitions"):
+        job = await server.enqueue("add", [1, 2])
+        await server.wait_for(job.id, timeout_s=5)
+    assert not [r for r in caplog.records if r.name == "jobserver.transitions"]
+    with caplog.at_level(logging.DEBUG, logger="jobserver.transitions"):
+        job = await server.enqueue("add", [3, 4])
+        await server.wait_for(job.id, timeout_s=5)
+    states = [
+        (r.job_id, r.state)  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.name == "jobserver.transitions" and r.levelno == logging.DEBUG
+    ]
+    assert states == [(job.id, "pending"), (job.id, "running"), (job.id, "succeeded")]
