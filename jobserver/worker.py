@@ -73,11 +73,17 @@ class Worker:
         # is being written has given its slot back, so the claim of its successor goes into
         # the same transaction as its completion (one commit a job, not two in a row).
         self._executing = 0
-        self._wake = asyncio.Event()
+        # Set by wake(); the dispatcher clears it before each claim. `_wake_waiter` is what
+        # it awaits while idle: resolved directly, so a wake costs one loop turn.
+        self._woken = False
+        self._wake_waiter: asyncio.Future[None] | None = None
         # The dispatcher claims again by this time without being woken; an enqueue of a job due
-        # earlier must wake it. inf: it is claiming now, or waits with no timer; -inf: every
-        # slot is taken (a finished job wakes it).
+        # earlier must wake it. inf: it waits with no timer; -inf: every slot is taken (a
+        # finished job wakes it). While it claims, enqueues only note their due time
+        # (`_arrived`), which it sleeps no later than: its reads may have missed them.
         self._planned_wake = math.inf
+        self._claiming = False
+        self._arrived = math.inf
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -94,14 +100,19 @@ class Worker:
 
     def wake(self) -> None:
         """A job may be due now: claim at once rather than at the next timer."""
-        self._wake.set()
+        self._woken = True
+        waiter = self._wake_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def wake_for(self, run_at: float) -> None:
         """A job due at `run_at` was (or is being) enqueued: wake the dispatcher only if it
         would otherwise claim later than that. Called before the enqueue commits, the claim
         it sets off lands in the same transaction or a later one, so it sees the job."""
-        if run_at < self._planned_wake:
-            self._wake.set()
+        if self._claiming:
+            self._arrived = min(self._arrived, run_at)
+        elif run_at < self._planned_wake:
+            self.wake()
 
     @property
     def running_ids(self) -> list[int]:
@@ -122,7 +133,7 @@ class Worker:
     async def stop(self, grace_s: float) -> None:
         """Stop claiming; let running jobs finish for `grace_s`, then release the rest."""
         self._stopping = True
-        self._wake.set()
+        self.wake()
         dispatcher = self._loops[0] if self._loops else None
         if dispatcher is not None:
             await dispatcher
@@ -164,36 +175,48 @@ class Worker:
         free = self.concurrency - self._executing
         if free <= 0:
             self._planned_wake = -math.inf
-            self._wake.clear()
-            await self._wake.wait()
+            self._woken = False
+            await self._sleep_or_wake(None)
             return
-        self._planned_wake = math.inf
-        self._wake.clear()  # before claiming: an enqueue that commits meanwhile sets it again
-        now = self.clock.now()
-        jobs = await self.store.claim(free, now, self.lease_ttl_s)
-        for job in jobs:
-            self._start_job(job)
-        if len(jobs) == free or self._stopping:
-            return
-        # Asked as of the claim's own time: a job that fell due since then is counted here,
-        # and the loop claims again at once instead of sleeping past it.
-        next_due = await self.store.next_wake_at(now)
-        if next_due is not None and next_due <= self.clock.now():
+        self._woken = False  # before claiming: a wake meanwhile means claim again
+        self._claiming, self._arrived = True, math.inf
+        try:
+            now = self.clock.now()
+            jobs = await self.store.claim(free, now, self.lease_ttl_s)
+            for job in jobs:
+                self._start_job(job)
+            if len(jobs) == free or self._stopping:
+                return  # claims again at once, after every enqueue noted meanwhile
+            # Asked as of the claim's own time: a job that fell due since then is counted
+            # here, and the loop claims again at once instead of sleeping past it.
+            next_due = await self.store.next_wake_at(now)
+        finally:
+            self._claiming = False
+        wake_at = min(math.inf if next_due is None else next_due, self._arrived)
+        if wake_at <= self.clock.now():
             return  # due already (a retry scheduled meanwhile): claim again
-        self._planned_wake = math.inf if next_due is None else next_due
-        await self._sleep_or_wake(next_due)
+        self._planned_wake = wake_at
+        await self._sleep_or_wake(None if wake_at == math.inf else wake_at)
 
     async def _sleep_or_wake(self, until: float | None) -> None:
-        waiter = asyncio.ensure_future(self._wake.wait())
-        if until is None:
-            await waiter
+        if self._woken:
             return
-        timer = asyncio.ensure_future(self.clock.sleep_until(until))
+        waiter = (self._loop or asyncio.get_running_loop()).create_future()
+        self._wake_waiter = waiter
+        timer = None
+        if until is not None:
+            timer = asyncio.ensure_future(self.clock.sleep_until(until))
+            timer.add_done_callback(self._on_timer)
         try:
-            await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
+            await waiter
         finally:
-            waiter.cancel()
-            timer.cancel()
+            self._wake_waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def _on_timer(self, timer: asyncio.Future[None]) -> None:
+        if not timer.cancelled():  # cancelled: woken otherwise, the timer is moot
+            self.wake()
 
     def _start_job(self, job: Job) -> None:
         ctx = JobContext(
@@ -234,7 +257,7 @@ class Worker:
         running = self._running.get(job_id)
         if running is not None:
             running.recording = True
-        self._wake.set()
+        self.wake()
 
     async def _with_parent_results(self, job: Job, ctx: JobContext) -> Job:
         """Give a dependant its dependencies' results: all of them in ctx.parent_results, and

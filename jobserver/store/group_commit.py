@@ -56,6 +56,9 @@ class GroupCommitQueue(Generic[OpT]):
     async def _run(self) -> None:
         while True:
             await self._has_work.wait()
+            # One more loop turn before taking the batch: a write that the same wake-up sets
+            # off (the dispatcher's claim after an enqueue) joins this transaction.
+            await asyncio.sleep(0)
             self._has_work.clear()
             while self._queue:
                 count = min(len(self._queue), self._max_batch)
