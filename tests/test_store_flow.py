@@ -75,6 +75,19 @@ async def test_max_depth_refuses_an_enqueue_and_writes_nothing(store: Store) -> 
     assert counts["pending"] == 3  # the refused batches left nothing, not even "other"
 
 
+async def test_a_max_depth_set_on_a_queue_already_in_use_holds_at_once(store: Store) -> None:
+    """Enqueues into a queue with no limit may skip checking it; a limit set later counts."""
+    await store.enqueue([new(queue="busy")], T0)
+    await store.enqueue([new(queue="busy")], T0)
+    await store.configure_queue("busy", {"max_depth": 3}, T0)
+    await store.enqueue([new(queue="busy")], T0)
+    with pytest.raises(QueueFull):
+        await store.enqueue([new(queue="busy")], T0)
+    await store.configure_queue("busy", {"max_depth": None}, T0)
+    await store.enqueue([new(queue="busy")], T0)
+    assert (await store.count_by_status())["pending"] == 4
+
+
 async def test_a_job_past_its_deadline_never_starts_and_fails_as_expired(store: Store) -> None:
     [res] = await store.enqueue([new(deadline=T0 + 5)], T0)
     assert await store.claim(10, T0 + 6, TTL) == []

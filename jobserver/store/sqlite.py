@@ -18,7 +18,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -355,18 +355,20 @@ def _apply_batch(conn: sqlite3.Connection, ops: list[Op]) -> list[tuple[bool, An
     conn.execute("BEGIN IMMEDIATE")
     try:
         for op in ops:
-            if not alone:
+            # An atomic op's only write is one statement, which SQLite undoes alone if it fails.
+            savepoint = not alone and not getattr(op, "atomic", False)
+            if savepoint:
                 conn.execute("SAVEPOINT op")
             try:
                 value = op(conn)
             except (JobServerError, sqlite3.IntegrityError, ValueError, TypeError) as exc:
                 # This write alone is refused, with whatever it had done; the rest go on.
-                if not alone:
+                if savepoint:
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                 outcomes.append((False, exc))
                 continue
-            if not alone:
+            if savepoint:
                 conn.execute("RELEASE op")
             outcomes.append((True, value))
         conn.execute("ROLLBACK" if alone and not outcomes[0][0] else "COMMIT")
@@ -410,6 +412,10 @@ class SQLiteStore:
         self._on_due: list[Callable[[], None]] = []
         self._on_done: list[Callable[[int], None]] = []
         self._completions: _CompletionBatch | None = None
+        # Queues known to exist, committed, with no max depth: an enqueue into one of them
+        # skips registering and checking the queue. Added after a commit; removed (on the
+        # database thread) by any write that may give the queue a max depth.
+        self._unlimited_queues: set[str] = set()
 
     # -- opening and closing ----------------------------------------------------------------------
     async def open(self) -> None:
@@ -531,14 +537,19 @@ class SQLiteStore:
     # -- enqueue and read -------------------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
         rows = [_insert_params(j, now) for j in jobs]
-
         fx = Effects()
+        unlimited: list[str] = []
 
         def op(conn: sqlite3.Connection) -> list[Enqueued]:
-            _admit(conn, rows)
+            unlimited.extend(_admit(conn, rows, self._unlimited_queues))
             return _insert_all(conn, rows, now, fx)
 
+        if len(rows) == 1 and _is_plain(rows[0]):
+            # One INSERT, and _admit writes nothing before it could refuse: if the insert
+            # fails, SQLite undoes that statement alone, so no savepoint is needed.
+            op.atomic = True  # type: ignore[attr-defined]
         result: list[Enqueued] = await self._write(op)
+        self._unlimited_queues.update(unlimited)  # committed: known from now on
         self._emit(fx)
         return result
 
@@ -940,6 +951,7 @@ class SQLiteStore:
             raise ValueError(f"not queue settings: {sorted(unknown)}")
 
         def op(conn: sqlite3.Connection) -> QueueInfo:
+            self._unlimited_queues.discard(name)
             conn.execute("INSERT OR IGNORE INTO queues (name) VALUES (?)", (name,))
             if changes:
                 sets = ", ".join(f"{column} = ?" for column in changes)
@@ -1177,23 +1189,79 @@ def _insert_params(job: NewJob, now: float) -> dict[str, Any]:
     }
 
 
-def _admit(conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Register the jobs' queues, and refuse the whole batch if one would pass its max depth."""
+def _admit(
+    conn: sqlite3.Connection, rows: Sequence[dict[str, Any]], unlimited: Collection[str] = ()
+) -> list[str]:
+    """Register the jobs' queues, and refuse the whole batch if one would pass its max depth.
+    Queues in `unlimited` are known to exist without a max depth; returns those found so."""
     adding: dict[str, int] = {}
     for row in rows:
-        adding[row["queue"]] = adding.get(row["queue"], 0) + 1
+        if row["queue"] not in unlimited:
+            adding[row["queue"]] = adding.get(row["queue"], 0) + 1
+    if not adding:
+        return []
     conn.executemany("INSERT OR IGNORE INTO queues (name) VALUES (?)", [(q,) for q in adding])
+    found_unlimited = []
     for queue, count in adding.items():
         (max_depth,) = conn.execute(
             "SELECT max_depth FROM queues WHERE name = ?", (queue,)
         ).fetchone()
         if max_depth is None:
+            found_unlimited.append(queue)
             continue
         (depth,) = conn.execute(
             "SELECT count(*) FROM jobs WHERE status = 'pending' AND queue = ?", (queue,)
         ).fetchone()
         if depth + count > max_depth:
             raise QueueFull(queue, max_depth)
+    return found_unlimited
+
+
+INSERT_JOB = """INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries,
+        timeout_s, backoff, created_at, run_at, idempotency_key, idempotency_expires_at,
+        payload_hash, deadline, unique_key, pass_result, on_dependency_failure, callback_url,
+        workflow_id)
+    VALUES (:task, :queue, :args, :kwargs, :priority, 'pending', :max_retries, :timeout_s,
+        :backoff, :created_at, :run_at, :idempotency_key, :idempotency_expires_at,
+        :payload_hash, :deadline, :unique_key, :pass_result, :on_dependency_failure,
+        :callback_url, :workflow_id)"""
+
+
+def _is_plain(params: dict[str, Any]) -> bool:
+    """A job that needs no lookup before its insert: no keys, no dependencies."""
+    return (
+        params["idempotency_key"] is None
+        and params["unique_key"] is None
+        and not params["depends_on"]
+        and not params["depends_on_index"]
+    )
+
+
+def _new_job_row(params: dict[str, Any], job_id: int) -> Job:
+    """The job just inserted from `params`, as a read would return it (no read needed)."""
+    backoff = codec.loads(params["backoff"]) if params["backoff"] is not None else None
+    return Job(
+        id=job_id,
+        task=params["task"],
+        queue=params["queue"],
+        args=codec.loads(params["args"]),
+        kwargs=codec.loads(params["kwargs"]),
+        priority=params["priority"],
+        status=JobState.PENDING,
+        attempts=0,
+        max_retries=params["max_retries"],
+        timeout_s=params["timeout_s"],
+        backoff=Backoff(**backoff) if backoff is not None else None,
+        created_at=params["created_at"],
+        run_at=params["run_at"],
+        idempotency_key=params["idempotency_key"],
+        deadline=params["deadline"],
+        unique_key=params["unique_key"],
+        pass_result=bool(params["pass_result"]),
+        on_dependency_failure=params["on_dependency_failure"],
+        callback_url=params["callback_url"],
+        workflow_id=params["workflow_id"],
+    )
 
 
 def _insert_one(conn: sqlite3.Connection, params: dict[str, Any], now: float) -> Enqueued:
@@ -1222,25 +1290,22 @@ def _insert_one(conn: sqlite3.Connection, params: dict[str, Any], now: float) ->
         ).fetchone()
         if row is not None:
             return Enqueued(_row_to_job(row), created=False)
-    row = conn.execute(
-        f"""INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries, timeout_s,
-               backoff, created_at, run_at, idempotency_key, idempotency_expires_at,
-               payload_hash, deadline, unique_key, pass_result, on_dependency_failure,
-               callback_url, workflow_id)
-           VALUES (:task, :queue, :args, :kwargs, :priority, 'pending', :max_retries, :timeout_s,
-               :backoff, :created_at, :run_at, :idempotency_key, :idempotency_expires_at,
-               :payload_hash, :deadline, :unique_key, :pass_result, :on_dependency_failure,
-               :callback_url, :workflow_id)
-           RETURNING {JOB_COLUMNS}""",
-        params,
-    ).fetchone()
-    return Enqueued(_row_to_job(row), created=True)
+    job_id = conn.execute(INSERT_JOB, params).lastrowid
+    assert job_id is not None
+    return Enqueued(_new_job_row(params, job_id), created=True)
 
 
 def _insert_all(
     conn: sqlite3.Connection, rows: Sequence[dict[str, Any]], now: float, fx: Effects
 ) -> list[Enqueued]:
     """Insert a batch; `depends_on_index` names earlier jobs of the same batch."""
+    if all(_is_plain(params) for params in rows):
+        # Nothing to look up first: one executemany. This connection is the only writer and
+        # ids are AUTOINCREMENT, so the rows got consecutive ids ending at the last one.
+        conn.executemany(INSERT_JOB, rows)
+        (last,) = conn.execute("SELECT last_insert_rowid()").fetchone()
+        first = last - len(rows) + 1
+        return [Enqueued(_new_job_row(p, first + i), created=True) for i, p in enumerate(rows)]
     results: list[Enqueued] = []
     for params in rows:
         enqueued = _insert_one(conn, params, now)
