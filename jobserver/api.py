@@ -42,6 +42,7 @@ T = TypeVar("T", Job, DeadLetter)
 
 SERVER_KEY: web.AppKey[JobServer] = web.AppKey("jobserver")
 OPENAPI_KEY: web.AppKey[bytes] = web.AppKey("openapi", bytes)
+POLL_PREFIX_KEY: web.AppKey[dict[str, str]] = web.AppKey("poll_prefix", dict)
 MAX_NESTING = 32
 MAX_PAGE = 1000
 DEFAULT_PAGE = 50
@@ -213,6 +214,8 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
 
 
 async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, Any]:
+    if request.content.is_eof():  # the whole body is in already: nothing to time out
+        return await _read_json_object(request, max_bytes)
     try:
         async with asyncio.timeout(request.app[SERVER_KEY].body_timeout_s):
             return await _read_json_object(request, max_bytes)
@@ -468,7 +471,13 @@ def _server(request: web.Request) -> JobServer:
 
 
 def _poll_url(request: web.Request, job_id: int) -> str:
-    return f"{request.app.router['get_job'].url_for(id=str(job_id))}"
+    # url_for builds a URL object each call; the path differs only in the id, so the app
+    # keeps its prefix (known once the app is mounted, where it may gain a path prefix).
+    cache = request.app[POLL_PREFIX_KEY]
+    prefix = cache.get("prefix")
+    if prefix is None:
+        prefix = cache["prefix"] = str(request.app.router["get_job"].url_for(id="0"))[:-1]
+    return f"{prefix}{job_id}"
 
 
 def _accepted(request: web.Request, job: Job) -> dict[str, Any]:
@@ -897,6 +906,7 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
 def create_app(server: JobServer) -> web.Application:
     app = web.Application(middlewares=[error_middleware, auth_middleware])
     app[SERVER_KEY] = server
+    app[POLL_PREFIX_KEY] = {}
     from .openapi import build_spec  # openapi.py reads this module's limits
 
     app[OPENAPI_KEY] = codec.dumps(build_spec(tasks=server.registry.names()))
