@@ -351,7 +351,7 @@ class JobServer:
             self.task_spec(job.task)
         now = self.clock.now()
         loop = asyncio.get_running_loop()
-        writing = loop.create_task(self.store.enqueue(jobs, now))
+        writing = loop.create_task(self._enqueue_and_publish(jobs, now))
         # Woken before the commit, the dispatcher's claim can join the enqueue's transaction:
         # the job starts one commit after its enqueue, not two. The wake is a callback queued
         # after the enqueue task's first step, which queues the write (see Store.enqueue), so
@@ -364,7 +364,13 @@ class JobServer:
         ]
         if due:
             loop.call_soon(self.worker.wake_for, min(due))
-        results = await writing
+        return await writing
+
+    async def _enqueue_and_publish(self, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
+        results = await self.store.enqueue(jobs, now)
+        # Published in the task whose write it is: it resumes in the same loop turn as a claim
+        # committed with it, and before it (its write came first), so `pending` precedes
+        # `running` for every listener.
         for r in results:
             if r.created:
                 self._on_transition(r.job, JobState.PENDING, {"event": "enqueued"})

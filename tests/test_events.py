@@ -11,10 +11,10 @@ import aiohttp
 import pytest
 
 from jobserver import JobServer, JobState
-from jobserver.events import EventBus, EventFilter, Gap
+from jobserver.events import Event, EventBus, EventFilter, Gap
 from jobserver.models import Job
 
-from .conftest import ServerFactory
+from .conftest import ServerFactory, eventually
 
 
 @pytest.fixture
@@ -120,3 +120,32 @@ async def test_a_resume_past_the_kept_events_says_gap() -> None:
     bus.close()
     with pytest.raises(StopAsyncIteration):
         await anext(stream)
+
+
+async def test_each_jobs_events_come_in_the_order_of_its_transitions(
+    make_server: ServerFactory,
+) -> None:
+    """An enqueue to an idle dispatcher commits with the claim it sets off: `pending` must
+    still be told before `running`, one job at a time and for jobs enqueued together."""
+    server = await make_server()
+
+    async def dispatcher_idle() -> bool:
+        return server.worker._wake_waiter is not None  # waiting for a wake, nothing to do
+
+    jobs = []
+    for i in range(10):
+        await eventually(dispatcher_idle, bool)
+        jobs.append(await server.enqueue("echo", [i]))
+        await server.wait_for(jobs[-1].id, timeout_s=5)
+    jobs += await asyncio.gather(*(server.enqueue("echo", [i]) for i in range(20)))
+    for job in jobs:
+        await server.wait_for(job.id, timeout_s=5)
+    order: dict[int, list[str]] = {}  # from the bus's kept history, in publishing order
+    async for event in server.events.stream(EventFilter(), after_id=0, idle_s=0.05):
+        if event is None:
+            break
+        if isinstance(event, Event):
+            order.setdefault(event.job_id, []).append(event.state)
+    assert {job.id: order.get(job.id) for job in jobs} == {
+        job.id: ["pending", "running", "succeeded"] for job in jobs
+    }
