@@ -53,6 +53,37 @@ async def test_enqueue_round_trips_every_field(store: Store) -> None:
     assert await store.get_job(job.id + 1000) is None
 
 
+async def test_a_batch_round_trips_every_field_of_each_job(store: Store) -> None:
+    """Many plain jobs go in by another path than one (SQLite: one statement); same result."""
+    jobs = [
+        new(
+            f"t{i}",
+            args=[i, 'ünï ✓ "q" \\ \n', {"n": [1.5, None, True, 10**15]}, []],
+            kwargs={"k": "v" * i, "e": {}},
+            queue=f"q{i % 3}",
+            priority=i - 5,
+            max_retries=i,
+            timeout_s=None if i % 2 else 0.25 * (i + 1),
+            backoff=Backoff(base_s=0.5, factor=2.0, cap_s=9.0) if i % 3 == 0 else None,
+            run_at=T0 + i / 3,
+            deadline=T0 + 100 + i if i % 4 == 0 else None,
+        )
+        for i in range(12)
+    ]
+    results = await store.enqueue(jobs, T0)
+    for asked, res in zip(jobs, results, strict=True):
+        stored = await store.get_job(res.job.id)
+        assert stored == res.job  # what enqueue answered is what a read gives
+        assert (stored.task, stored.args, stored.kwargs) == (asked.task, asked.args, asked.kwargs)
+        assert (stored.queue, stored.priority, stored.max_retries) == (
+            asked.queue, asked.priority, asked.max_retries,
+        )  # fmt: skip
+        assert (stored.timeout_s, stored.backoff, stored.run_at, stored.deadline) == (
+            asked.timeout_s, asked.backoff, asked.run_at, asked.deadline,
+        )  # fmt: skip
+        assert (stored.status, stored.attempts, stored.created_at) == (JobState.PENDING, 0, T0)
+
+
 async def test_enqueue_of_many_is_one_call_with_ids_in_order(store: Store) -> None:
     results = await store.enqueue([new(args=[i]) for i in range(50)], T0)
     ids = [r.job.id for r in results]

@@ -1227,6 +1227,33 @@ INSERT_JOB = """INSERT INTO jobs (task, queue, args, kwargs, priority, status, m
         :callback_url, :workflow_id)"""
 
 
+# Plain jobs' columns, in the order _json_row gives them; args, kwargs and backoff travel as
+# JSON strings holding their encoded text, so the stored bytes are exactly codec's.
+_JSON_ROW_COLUMNS = (
+    "task", "queue", "args", "kwargs", "priority", "max_retries", "timeout_s", "backoff",
+    "created_at", "run_at", "deadline", "pass_result", "on_dependency_failure", "callback_url",
+    "workflow_id",
+)  # fmt: skip
+_BLOB_COLUMNS = ("args", "kwargs", "backoff")
+INSERT_JOBS_FROM_JSON = (
+    f"INSERT INTO jobs ({', '.join(_JSON_ROW_COLUMNS)}, status) SELECT "
+    + ", ".join(
+        f"CAST(json_extract(value, '$[{i}]') AS BLOB)"
+        if column in _BLOB_COLUMNS
+        else f"json_extract(value, '$[{i}]')"
+        for i, column in enumerate(_JSON_ROW_COLUMNS)
+    )
+    + ", 'pending' FROM json_each(?) ORDER BY key"
+)
+
+
+def _json_row(params: dict[str, Any]) -> list[Any]:
+    return [
+        params[c].decode() if c in _BLOB_COLUMNS and params[c] is not None else params[c]
+        for c in _JSON_ROW_COLUMNS
+    ]
+
+
 def _is_plain(params: dict[str, Any]) -> bool:
     """A job that needs no lookup before its insert: no keys, no dependencies."""
     return (
@@ -1302,7 +1329,12 @@ def _insert_all(
     if all(_is_plain(params) for params in rows):
         # Nothing to look up first: one executemany. This connection is the only writer and
         # ids are AUTOINCREMENT, so the rows got consecutive ids ending at the last one.
-        conn.executemany(INSERT_JOB, rows)
+        if len(rows) == 1:
+            conn.execute(INSERT_JOB, rows[0])
+        else:
+            # The rows as one JSON parameter, inserted by one statement: no per-row binding,
+            # and the database thread keeps no lock on the interpreter while SQLite inserts.
+            conn.execute(INSERT_JOBS_FROM_JSON, (codec.dumps([_json_row(p) for p in rows]),))
         (last,) = conn.execute("SELECT last_insert_rowid()").fetchone()
         first = last - len(rows) + 1
         return [Enqueued(_new_job_row(p, first + i), created=True) for i, p in enumerate(rows)]
