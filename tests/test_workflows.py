@@ -237,6 +237,8 @@ async def test_a_failing_webhook_is_retried_with_backoff(
     await server.enqueue("refuse", callback_url=receiver.url)  # failed jobs are reported too
     for expected in (1, 2, 3):
         await eventually(lambda: _count(receiver), lambda n, e=expected: n == e)  # type: ignore[misc]
+        # the delivery's failure is recorded (its retry scheduled) before time moves
+        await eventually(server.store.count_by_status, lambda c: c["running"] == 0)
         clock.advance(10)  # past the backoff (base 1 s, full jitter)
     headers, body = receiver.calls[-1]
     assert verify(SECRET, headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER], clock.now())
