@@ -4,6 +4,7 @@ whatever happened into an `Outcome` the worker can record."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
@@ -39,6 +40,9 @@ class Cancelled:
 Outcome = Succeeded | Failed | Cancelled
 
 
+_NO_DEADLINE = contextlib.nullcontext()
+
+
 class Executor:
     def __init__(self, registry: Registry, thread_pool: ThreadPool) -> None:
         self.registry = registry
@@ -56,9 +60,10 @@ class Executor:
         if spec.wants_ctx:
             kwargs["ctx"] = ctx
         bind_current_job(ctx)  # this coroutine runs in its own asyncio task: a private context
-        deadline = asyncio.timeout(timeout_s)
+        # No timeout object for a task without one: it is a measurable cost per job.
+        deadline = asyncio.timeout(timeout_s) if timeout_s is not None else None
         try:
-            async with deadline:
+            async with deadline or _NO_DEADLINE:
                 if spec.is_async:
                     result = await spec.fn(*job.args, **kwargs)
                 else:
@@ -67,7 +72,7 @@ class Executor:
                     loop = asyncio.get_running_loop()
                     result = await loop.run_in_executor(self.thread_pool, run_in_context)
         except TimeoutError as exc:
-            if not deadline.expired():
+            if deadline is None or not deadline.expired():
                 return self._failure(exc, spec.is_retryable(exc))  # the task's own TimeoutError
             ctx.request_cancel("timeout")  # a sync task, still in its thread, sees ctx.cancelled
             return Failed(
@@ -88,7 +93,7 @@ class Executor:
             return self._failure(exc, retryable=False)
         except Exception as exc:
             return self._failure(exc, spec.is_retryable(exc))
-        if deadline.expired():
+        if deadline is not None and deadline.expired():
             # The task caught its cancellation and went on: its late result is discarded.
             log.warning(
                 "job %s (%s) ignored its timeout; its result is discarded", job.id, job.task

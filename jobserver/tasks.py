@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextvars
 import importlib
 import inspect
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -178,19 +177,21 @@ class JobContext:
         self.attempt = attempt
         self.max_retries = max_retries
         self._report_progress = report_progress
-        self._cancel_event = threading.Event()
+        # A plain flag, not a threading.Event: nothing waits on it, and a sync task's thread
+        # sees the write at once (one per job; an Event's lock and condition cost more).
+        self._cancelled = False
         self.cancel_reason: str | None = None  # "cancelled" | "timeout" | "shutdown" | "lease_lost"
         # results of the jobs this one depends on, by job id (empty for a job without any)
         self.parent_results: dict[int, Any] = {}
 
     @property
     def cancelled(self) -> bool:
-        return self._cancel_event.is_set()
+        return self._cancelled
 
     def request_cancel(self, reason: str) -> None:
         if self.cancel_reason is None:
             self.cancel_reason = reason
-        self._cancel_event.set()
+        self._cancelled = True
 
     def progress(self, fraction: float, message: str | None = None) -> None:
         """Report progress in [0, 1]; safe to call from sync tasks' threads."""
