@@ -198,17 +198,20 @@ def _reject_nan(name: str) -> Any:
     raise ValueError(f"{name} is not a valid JSON number")
 
 
+def _too_large(max_bytes: int) -> RequestError:
+    return RequestError(413, "too_large", f"the body is over the limit of {max_bytes} bytes")
+
+
 async def read_body(request: web.Request, max_bytes: int) -> bytes:
     """The request body, refused with 413 as soon as it passes `max_bytes` (never buffered past)."""
-    too_large = RequestError(413, "too_large", f"the body is over the limit of {max_bytes} bytes")
     if request.content_length is not None and request.content_length > max_bytes:
-        raise too_large
+        raise _too_large(max_bytes)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_any():
         size += len(chunk)
         if size > max_bytes:
-            raise too_large
+            raise _too_large(max_bytes)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -228,7 +231,13 @@ async def _read_json_object(request: web.Request, max_bytes: int) -> dict[str, A
         raise RequestError(
             415, "unsupported_media_type", "send the body as application/json", "Content-Type"
         )
-    raw = await read_body(request, max_bytes)
+    content = request.content
+    if content.is_eof() and (request.content_length or 0) <= max_bytes:
+        raw = content.read_nowait(-1)  # all in already (the usual small body): no loop
+        if len(raw) > max_bytes:
+            raise _too_large(max_bytes)
+    else:
+        raw = await read_body(request, max_bytes)
     try:
         body = codec.loads(raw)
     except codec.JSONDecodeError as exc:
