@@ -1010,7 +1010,7 @@ class Bench:
             self.results["e2e_max_rss_mb"].append(res["max_rss_mb"])
             self.results["e2e_run_max_rss_mb"].append(res["run_max_rss_mb"])
             self.results["e2e_run_rss_start_mb"].append(res["run_rss_start_mb"])
-            self.results["e2e_tx_per_job"].append(res["transactions"] / max(1, res["writes"]))
+            self.results["e2e_tx_per_job"].append(res["transactions"] / max(1, a.jobs))
             log(
                 f"  end-to-end: {fmt_int(res['rate'])} jobs/s"
                 f" ({res['cpu_us_per_job']:.0f} us CPU a job, RSS {res['run_rss_start_mb']:.0f} ->"
@@ -1325,7 +1325,7 @@ def figure_lines(bench: Bench) -> Iterator[str]:
         yield f"**{i(median(r['e2e']))} jobs/s** (runs: {runs_text(r['e2e'], i)})."
         yield (
             f"CPU {median(r['e2e_cpu_us_per_job']):.0f} us a job (all threads),"
-            f" {median(r['e2e_tx_per_job']):.3f} transactions a write (group commit). RSS under"
+            f" {median(r['e2e_tx_per_job']):.3f} transactions a job (group commit). RSS under"
             f" load: {median(r['e2e_run_rss_start_mb']):.0f} MiB at worker start, at most"
             f" {median(r['e2e_run_max_rss_mb']):.0f} MiB while the {a.jobs:,} jobs ran (sampled"
             f" every 50 ms; the process's peak, {median(r['e2e_max_rss_mb']):.0f} MiB, is the"
