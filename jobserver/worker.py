@@ -228,9 +228,19 @@ class Worker:
             report_progress=self._progress_reporter(job),
         )
         task = self._spawn(self._run_job(job, ctx), f"job-{job.id}")
-        self._running[job.id] = _Running(job, ctx, task)
+        running = self._running[job.id] = _Running(job, ctx, task)
         self._executing += 1
+        task.add_done_callback(lambda _: self._never_started(running))
         self.on_transition(job, JobState.RUNNING, {"attempt": job.attempts})
+
+    def _never_started(self, running: _Running) -> None:
+        """A job task cancelled before its first step runs none of `_run_job`: free its slot
+        here. Its lease, no longer renewed, expires and the rescuer settles the job."""
+        if self._running.get(running.job.id) is running:
+            del self._running[running.job.id]
+            if not running.recording:
+                self._executing -= 1
+                self.wake()
 
     async def _run_job(self, job: Job, ctx: JobContext) -> None:
         slot_held = True

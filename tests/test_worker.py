@@ -454,6 +454,25 @@ async def test_a_healthy_lease_is_renewed_and_never_rescued(
     assert (await server.wait_for(job.id, timeout_s=5)).status == JobState.SUCCEEDED
 
 
+async def test_a_job_task_cancelled_before_its_first_step_gives_its_slot_back(
+    make_server: ServerFactory, clock: ManualClock
+) -> None:
+    server = await start(make_server, concurrency=1, lease_ttl_s=30, rescue_interval_s=5)
+    await server.store.enqueue([NewJob(task="add", args=[2, 3], run_at=clock.now() + 1)], 0)
+    [job] = await server.store.claim(1, clock.now() + 1, 30)
+    worker = server.worker
+    worker._start_job(job)
+    assert worker.cancel_running(job.id)  # in the same loop turn: none of its code has run
+    await eventually(lambda: asyncio.sleep(0, job.id in worker.running_ids), lambda r: not r)
+    assert worker._executing == 0  # the slot is free: the next job can run
+    follower = await server.enqueue("add", [1, 1])
+    assert (await server.wait_for(follower.id, timeout_s=5)).result == 2
+    # Its lease is no longer renewed: once it expires the job is rescued and runs again.
+    clock.advance(1 + 30 + 5)
+    done = await server.wait_for(job.id, timeout_s=5)
+    assert (done.status, done.result, done.attempts) == (JobState.SUCCEEDED, 5, 2)
+
+
 async def test_a_job_that_falls_due_between_claim_and_sleep_is_not_stranded(
     make_server: ServerFactory,
 ) -> None:
