@@ -231,7 +231,6 @@ class Worker:
         running = self._running[job.id] = _Running(job, ctx, task)
         self._executing += 1
         task.add_done_callback(lambda _: self._never_started(running))
-        self.on_transition(job, JobState.RUNNING, {"attempt": job.attempts})
 
     def _never_started(self, running: _Running) -> None:
         """A job task cancelled before its first step runs none of `_run_job`: free its slot
@@ -243,6 +242,11 @@ class Worker:
                 self.wake()
 
     async def _run_job(self, job: Job, ctx: JobContext) -> None:
+        # Published from the task's own first step, which comes before the reply to the
+        # enqueue that the claim shared a transaction with (claims are woken first): the job
+        # starts without waiting for that reply to be written, and `running` still follows
+        # the enqueue's `pending` for every listener.
+        self.on_transition(job, JobState.RUNNING, {"attempt": job.attempts})
         slot_held = True
         try:
             if job.depends_on:

@@ -53,6 +53,29 @@ async def test_enqueue_round_trips_every_field(store: Store) -> None:
     assert await store.get_job(job.id + 1000) is None
 
 
+async def test_a_claim_is_answered_before_the_enqueue_it_shared_a_transaction_with(
+    store: Store,
+) -> None:
+    """The claim's waiter starts the job: it resumes first, so the job need not wait for the
+    reply to its own enqueue to be written."""
+    answered: list[str] = []
+
+    async def enqueue() -> int:
+        [enqueued] = await store.enqueue([new()], T0)
+        answered.append("enqueue")
+        return enqueued.job.id
+
+    async def claim() -> list[int]:
+        jobs = await store.claim(1, T0, 30)
+        answered.append("claim")
+        return [j.id for j in jobs]
+
+    # Both queued before the writer takes its batch: one transaction, the insert first.
+    job_id, claimed = await asyncio.gather(enqueue(), claim())
+    assert claimed == [job_id]
+    assert answered == ["claim", "enqueue"]
+
+
 async def test_a_batch_round_trips_every_field_of_each_job(store: Store) -> None:
     """Many plain jobs go in by another path than one (SQLite: one statement); same result."""
     jobs = [

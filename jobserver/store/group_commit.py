@@ -68,3 +68,23 @@ class GroupCommitQueue(Generic[OpT]):
 
     async def _commit(self, batch: list[PendingWrite[OpT]]) -> None:
         raise NotImplementedError
+
+    @staticmethod
+    def _settle(batch: list[PendingWrite[OpT]], outcomes: list[tuple[bool, Any]]) -> None:
+        """Give each write of a committed batch its outcome: (True, value) or (False, error).
+
+        Claims first (ops marked `claims = True`): their waiter starts jobs, so a job claimed in
+        the transaction of its own enqueue starts before the reply to that enqueue is written.
+        """
+        settled = sorted(zip(batch, outcomes, strict=True), key=_claims_last)
+        for w, (ok, value) in settled:
+            if w.future.done():  # the caller went away; the write has committed all the same
+                continue
+            if ok:
+                w.future.set_result(value)
+            else:
+                w.future.set_exception(value)
+
+
+def _claims_last(settled: tuple[PendingWrite[Any], tuple[bool, Any]]) -> bool:
+    return not getattr(settled[0].op, "claims", False)

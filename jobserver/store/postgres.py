@@ -319,13 +319,7 @@ class _GroupCommitWriter(GroupCommitQueue[Op]):
             return
         if self.observer is not None:
             self.observer(len(batch), time.perf_counter() - began)
-        for w, (ok, value) in zip(batch, outcomes, strict=True):
-            if w.future.done():
-                continue
-            if ok:
-                w.future.set_result(value)
-            else:
-                w.future.set_exception(value)
+        self._settle(batch, outcomes)
 
 
 class PostgresStore:
@@ -505,6 +499,8 @@ class PostgresStore:
 
         async def op(conn: asyncpg.Connection) -> list[Job]:
             return await _claim(conn, limit, now, token, now + lease_ttl_s, start)
+
+        op.claims = True  # type: ignore[attr-defined]
 
         result: list[Job] = await self._write(op)
         return result

@@ -300,13 +300,7 @@ class _GroupCommitWriter(GroupCommitQueue[Op]):
         self.writes += len(batch)
         if self.observer is not None:
             self.observer(len(batch), time.perf_counter() - began)
-        for w, (ok, value) in zip(batch, outcomes, strict=True):
-            if w.future.done():  # the caller went away; the write has committed all the same
-                continue
-            if ok:
-                w.future.set_result(value)
-            else:
-                w.future.set_exception(value)
+        self._settle(batch, outcomes)
 
 
 class _CompletionBatch:
@@ -615,6 +609,8 @@ class SQLiteStore:
 
         def op(conn: sqlite3.Connection) -> list[Job]:
             return _claim(conn, limit, now, token, now + lease_ttl_s, start)
+
+        op.claims = True  # type: ignore[attr-defined]
 
         result: list[Job] = await self._write(op)
         return result
