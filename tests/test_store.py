@@ -192,6 +192,28 @@ async def test_completions_sent_together_each_get_their_own_answer(store: Store)
             assert (stored.status, stored.result) == (JobState.RUNNING, None)
 
 
+async def test_completions_sent_together_set_off_their_follow_ups(store: Store) -> None:
+    """In a shared completion, a job with a dependant frees it and a job with a callback_url
+    queues its webhook delivery; the plain ones beside them have neither."""
+    [parent, hooked, *plain] = await store.enqueue(
+        [new(), new(callback_url="http://127.0.0.1:9/hook"), *(new() for _ in range(5))], T0
+    )
+    [child] = await store.enqueue([new("child", depends_on=[parent.job.id])], T0)
+    assert child.job.blocked_by == 1
+    jobs = await store.claim(10, T0, TTL)
+    assert sorted(j.id for j in jobs) == sorted(e.job.id for e in [parent, hooked, *plain])
+    answers = await asyncio.gather(
+        *(store.complete(j.id, j.lease_token or "", b"null", T0 + 1) for j in jobs)
+    )
+    assert all(answers)
+    freed = await store.get_job(child.job.id)
+    assert freed is not None and (freed.status, freed.blocked_by) == (JobState.PENDING, 0)
+    follow_ups = await store.claim(10, T0 + 2, TTL)
+    deliveries = [j for j in follow_ups if j.task != "child"]
+    assert sorted(j.task for j in follow_ups) == ["child", "jobserver.webhook"]
+    assert deliveries[0].args == ["http://127.0.0.1:9/hook", hooked.job.id]
+
+
 async def test_a_stale_token_from_before_a_reclaim_is_rejected(store: Store) -> None:
     await enqueue_one(store)
     [first] = await store.claim(1, T0, TTL)

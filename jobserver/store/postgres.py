@@ -15,6 +15,7 @@ Everything lives in one PostgreSQL schema, created on first start: `jobserver`, 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import itertools
@@ -283,6 +284,46 @@ def _unavailable(exc: BaseException) -> StorageUnavailable:
 _OP_ERRORS = (JobServerError, asyncpg.IntegrityConstraintViolationError, ValueError, TypeError)
 
 
+class _CompletionBatch:
+    """Jobs that succeeded, written by one statement. Completions join it until the writer
+    takes it into a transaction (`sealed`)."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+        self.items: list[tuple[int, str, bytes, float]] = []
+        self.sealed = False
+        self.written: asyncio.Future[list[bool]] | None = None
+
+    async def __call__(self, conn: asyncpg.Connection) -> list[bool]:
+        ids, tokens, results, times = zip(*self.items, strict=True)
+        ended = await conn.fetch(
+            """UPDATE jobs SET status = 'succeeded', result = v.result, completed_at = v.at,
+                   progress = 1.0, progress_message = NULL, error = NULL,
+                   lease_token = NULL, lease_expires_at = NULL
+               FROM unnest($1::bigint[], $2::text[], $3::jsonb[], $4::float8[])
+                   AS v(id, token, result, at)
+               WHERE jobs.id = v.id AND jobs.status = 'running' AND jobs.lease_token = v.token
+               RETURNING jobs.id, jobs.has_dependants,
+                   jobs.callback_url IS NOT NULL AS has_callback, v.at""",
+            ids,
+            tokens,
+            results,
+            times,
+        )
+        done = {r["id"] for r in ended}
+        await self.store._notify_done(conn, [i for i in ids if i in done])
+        # Most jobs have neither: their completion is that one statement.
+        due = False
+        for r in ended:
+            if r["has_dependants"]:
+                due = await _after_success(conn, r["id"]) or due
+            if r["has_callback"]:
+                due = await _queue_webhooks(conn, [r["id"]], r["at"]) or due
+        if due:
+            await self.store._notify_due(conn)
+        return [i in done for i in ids]
+
+
 class _GroupCommitWriter(GroupCommitQueue[Op]):
     """Runs queued writes in shared transactions on one connection, each in a savepoint."""
 
@@ -291,6 +332,9 @@ class _GroupCommitWriter(GroupCommitQueue[Op]):
         self._pool = pool
 
     async def _commit(self, batch: list[PendingWrite[Op]]) -> None:
+        for w in batch:
+            if isinstance(w.op, _CompletionBatch):
+                w.op.sealed = True  # no completion joins it once its transaction has begun
         outcomes: list[tuple[bool, Any]] = []
         began = time.perf_counter()
         try:
@@ -341,6 +385,7 @@ class PostgresStore:
         self._on_due: list[Callable[[], None]] = []
         self._on_done: list[Callable[[int], None]] = []
         self._turn = itertools.count()  # which queue goes first in a claim: rotates for fairness
+        self._completions: _CompletionBatch | None = None
         self.commit_observer: Callable[[int, float], None] | None = None
 
     # -- opening and closing -----------------------------------------------------------------
@@ -529,31 +574,17 @@ class PostgresStore:
         return result
 
     async def complete(self, job_id: int, token: str, result: bytes, now: float) -> bool:
-        async def op(conn: asyncpg.Connection) -> bool:
-            done = await conn.fetchrow(
-                """UPDATE jobs SET status = 'succeeded', result = $3, completed_at = $4,
-                       progress = 1.0, progress_message = NULL, error = NULL,
-                       lease_token = NULL, lease_expires_at = NULL
-                   WHERE id = $1 AND status = 'running' AND lease_token = $2
-                   RETURNING has_dependants, callback_url IS NOT NULL AS has_callback""",
-                job_id,
-                token,
-                result,
-                now,
-            )
-            if done is None:
-                return False
-            await self._notify_done(conn, [job_id])
-            # Most jobs have neither: their completion is one statement and a notification.
-            due = done["has_dependants"] and await _after_success(conn, job_id)
-            if done["has_callback"]:
-                due = await _queue_webhooks(conn, [job_id], now) or due
-            if due:
-                await self._notify_due(conn)
-            return True
-
-        ok: bool = await self._write(op)
-        return ok
+        # Completions that arrive before the writer takes them share one op, one statement:
+        # a statement a job cost several round trips (savepoint, update, notify) a job.
+        batch = self._completions
+        if batch is None or batch.sealed:
+            batch = self._completions = _CompletionBatch(self)
+            batch.written = asyncio.ensure_future(self._write(batch))
+        index = len(batch.items)
+        batch.items.append((job_id, token, result, now))
+        assert batch.written is not None
+        done: list[bool] = await asyncio.shield(batch.written)
+        return done[index]
 
     async def schedule_retry(
         self, job_id: int, token: str, error: dict[str, Any], run_at: float, now: float
