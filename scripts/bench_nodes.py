@@ -75,7 +75,6 @@ PY = sys.executable
 TASKS = "bench_nodes_peer.noop_tasks"
 PEER_MODULE = "bench_nodes_peer.pgq_peer"
 EXPERIMENTS = {  # --experiment NAME: a module loaded into each node, and what it changes
-    "batched": ("bench_nodes_peer.batched_complete", "batched completions"),
     "noreset": ("bench_nodes_peer.no_pool_reset", "no pool reset"),
     "noevents": ("bench_nodes_peer.no_cross_node_events", "no cross-node event reads"),
 }
@@ -820,8 +819,7 @@ def render(args: argparse.Namespace, rows: list[Row], facts: dict[str, str]) -> 
         lines += [
             "",
             "\\* Experiments, not jobserver as it is: a module of scripts/bench_nodes_peer/ loaded"
-            " into each node. batched_complete.py records the completions waiting for a node's"
-            " writer in one statement; no_pool_reset.py skips asyncpg's reset query when a"
+            " into each node. no_pool_reset.py skips asyncpg's reset query when a"
             " connection goes back to the pool; no_cross_node_events.py stops the reads of every"
             " job another node finished (for GET /events).",
         ]
@@ -888,9 +886,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="NAME[,NAME]",
-        help="also PostgreSQL with a change loaded into the nodes (repeatable): batched"
-        " (bench_nodes_peer/batched_complete.py), noreset (no_pool_reset.py), noevents"
-        " (no_cross_node_events.py)",
+        help="also PostgreSQL with a change loaded into the nodes (repeatable): noreset"
+        " (bench_nodes_peer/no_pool_reset.py), noevents (no_cross_node_events.py)",
     )
     args = parser.parse_args(argv)
     if args.quick:
