@@ -1,12 +1,15 @@
 """Limits on what clients may hold open: connections, how long a request head may take, the
 size of request lines and headers. (Body size, body deadline and JSON depth are checked where
-the body is read, in api.py.) An idle keep-alive connection is closed after KEEPALIVE_S."""
+the body is read, in api.py.) An idle keep-alive connection is closed after KEEPALIVE_S.
+A request aiohttp cannot parse is answered here too, in the API's JSON error shape."""
 
 from __future__ import annotations
 
 import asyncio
+from http import HTTPStatus
 
-from aiohttp import web
+import orjson
+from aiohttp import http_exceptions, web, web_protocol
 
 MAX_LINE_BYTES = 8190  # request line
 MAX_HEADER_BYTES = 8190  # each header field
@@ -76,6 +79,47 @@ class _HeaderDeadline(asyncio.Protocol):
         self._inner.resume_writing()
 
 
+# What part of the request a parse error is in, for the error's "field".
+_PARSE_ERROR_FIELDS: tuple[tuple[type[Exception], str], ...] = (
+    (http_exceptions.BadStatusLine, "request line"),  # method, target or version
+    (http_exceptions.InvalidURLError, "request line"),
+    (http_exceptions.LineTooLong, "headers"),
+    (http_exceptions.InvalidHeader, "headers"),
+    (http_exceptions.PayloadEncodingError, "body"),  # length, chunking, compression
+)
+
+
+class _JSONErrorsRequestHandler(web_protocol.RequestHandler):
+    """aiohttp's protocol, but a request it cannot parse (a bad request line, header or length)
+    gets the API's JSON error instead of aiohttp's plain text. Only the class changes (no new
+    state), so a handler aiohttp built is switched to it."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        plain = super().handle_error(request, status, exc, message)  # logs; refuses if sent
+        if status >= 500:
+            return plain
+        text = (message or HTTPStatus(status).phrase).strip().splitlines()[0].rstrip(":")
+        field = next((f for t, f in _PARSE_ERROR_FIELDS if isinstance(exc, t)), None)
+        if field is None:  # aiohttp's generic parse error: say "headers" when it is about one
+            lowered = text.lower()
+            about_header = any(w in lowered for w in ("header", "content-length", "encoding"))
+            field = "headers" if about_header else "request"
+        body = {"error": {"code": "bad_request", "message": text, "field": field}}
+        reply = web.Response(
+            status=status, body=orjson.dumps(body), content_type="application/json"
+        )
+        reply.force_close()
+        return reply
+
+
 class ConnectionLimit:
     """A protocol factory for loop.create_server: aiohttp's, up to `limit` connections, each
     of which must send its first request head within `header_timeout_s`."""
@@ -88,5 +132,6 @@ class ConnectionLimit:
     def __call__(self) -> asyncio.BaseProtocol:
         if len(self.server.connections) >= self.limit:
             return _Refuse()
-        handler: asyncio.Protocol = self.server()
+        handler = self.server()
+        handler.__class__ = _JSONErrorsRequestHandler
         return _HeaderDeadline(handler, self.header_timeout_s)

@@ -45,6 +45,43 @@ async def test_oversized_headers_are_refused(make_server: ServerFactory) -> None
             assert resp.status == 200
 
 
+async def test_a_request_that_cannot_be_parsed_gets_a_json_error(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server()
+    [base] = await server.serve("127.0.0.1", 0)
+    host, port = host_port(base)
+    cases = [  # (request head, field named, words of the message)
+        (b"GARBAGE / HTTP/1.1\r\nHost: x\r\n\r\n", "request line", "method"),
+        (
+            b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+            "headers",
+            "Content-Length",
+        ),
+        (b"GET /jobs HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", "headers", "header"),
+        (
+            b"GET /jobs HTTP/1.1\r\nHost: x\r\nX-Big: " + b"x" * 10_000 + b"\r\n\r\n",
+            "headers",
+            "8190 bytes",
+        ),
+    ]
+    for head, field, words in cases:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(head)
+        await writer.drain()
+        reply = await asyncio.wait_for(reader.read(), 5)  # then the server hangs up
+        writer.close()
+        status_line, _, rest = reply.partition(b"\r\n")
+        headers, _, body = rest.partition(b"\r\n\r\n")
+        assert status_line.split()[1] == b"400", reply
+        assert b"Content-Type: application/json" in headers, reply
+        error = json.loads(body)["error"]
+        assert (error["code"], error["field"]) == ("bad_request", field), error
+        assert words in error["message"], error
+    async with aiohttp.ClientSession() as session, session.get(f"{base}/healthz") as resp:
+        assert resp.status == 200
+
+
 async def test_a_body_sent_too_slowly_is_cut_off(make_server: ServerFactory) -> None:
     server = await make_server(body_timeout_s=0.3)
     [base] = await server.serve("127.0.0.1", 0)
