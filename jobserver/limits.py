@@ -6,10 +6,13 @@ A request aiohttp cannot parse is answered here too, in the API's JSON error sha
 from __future__ import annotations
 
 import asyncio
+import logging
 from http import HTTPStatus
 
 import orjson
 from aiohttp import http_exceptions, web, web_protocol
+
+log = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 8190  # request line
 MAX_HEADER_BYTES = 8190  # each header field
@@ -103,10 +106,13 @@ class _JSONErrorsRequestHandler(web_protocol.RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        plain = super().handle_error(request, status, exc, message)  # logs; refuses if sent
         if status >= 500:
-            return plain
+            return super().handle_error(request, status, exc, message)
+        if request.writer.output_size > 0:  # part of a reply went out: no room for another
+            raise ConnectionError("a response was sent already; cannot send the error")
         text = (message or HTTPStatus(status).phrase).strip().splitlines()[0].rstrip(":")
+        # The client's mistake, not the server's: one line, not aiohttp's ERROR and traceback.
+        log.info("refused a request from %s that is not valid HTTP: %s", request.remote, text)
         field = next((f for t, f in _PARSE_ERROR_FIELDS if isinstance(exc, t)), None)
         if field is None:  # aiohttp's generic parse error: say "headers" when it is about one
             lowered = text.lower()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import aiohttp
+import pytest
 
 from .conftest import ServerFactory
 
@@ -46,8 +48,9 @@ async def test_oversized_headers_are_refused(make_server: ServerFactory) -> None
 
 
 async def test_a_request_that_cannot_be_parsed_gets_a_json_error(
-    make_server: ServerFactory,
+    make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO)
     server = await make_server()
     [base] = await server.serve("127.0.0.1", 0)
     host, port = host_port(base)
@@ -80,6 +83,10 @@ async def test_a_request_that_cannot_be_parsed_gets_a_json_error(
         assert words in error["message"], error
     async with aiohttp.ClientSession() as session, session.get(f"{base}/healthz") as resp:
         assert resp.status == 200
+    # Logged as the client's mistake: a line each, no error with a traceback.
+    refused = [r for r in caplog.records if "not valid HTTP" in r.getMessage()]
+    assert [r.levelno for r in refused] == [logging.INFO] * len(cases)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_a_body_sent_too_slowly_is_cut_off(make_server: ServerFactory) -> None:
