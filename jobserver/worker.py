@@ -38,7 +38,7 @@ class _Running:
     job: Job
     ctx: JobContext
     task: asyncio.Task[None]
-    recording: bool = False  # the task has returned; its outcome is being written
+    slot_given_back: bool = False  # its task has returned (its outcome is being written) or ended
 
 
 class Worker:
@@ -153,7 +153,7 @@ class Worker:
         self._loops = []
 
     def _cancel(self, running: _Running, reason: str) -> None:
-        if running.recording and reason != "shutdown":
+        if running.slot_given_back and reason != "shutdown":
             return  # the task has ended; its outcome is being written and stands
         running.ctx.request_cancel(reason)
         running.task.cancel()
@@ -230,30 +230,36 @@ class Worker:
         task = self._spawn(self._run_job(job, ctx), f"job-{job.id}")
         running = self._running[job.id] = _Running(job, ctx, task)
         self._executing += 1
-        task.add_done_callback(lambda _: self._never_started(running))
+        # Also for a task cancelled before its first step, which runs none of `_run_job`: its
+        # lease, no longer renewed, expires and the rescuer settles the job.
+        task.add_done_callback(lambda _: self._forget(running))
 
-    def _never_started(self, running: _Running) -> None:
-        """A job task cancelled before its first step runs none of `_run_job`: free its slot
-        here. Its lease, no longer renewed, expires and the rescuer settles the job."""
+    def _give_back_slot(self, running: _Running) -> None:
+        if not running.slot_given_back:
+            running.slot_given_back = True
+            self._executing -= 1
+            self.wake()
+
+    def _forget(self, running: _Running) -> None:
+        """Its task is over: free its slot if it still holds one, stop renewing its lease. By
+        identity: the job may already run again here (a retry due at once, claimed in the
+        transaction that wrote it, starts before this run's task resumes)."""
+        self._give_back_slot(running)
         if self._running.get(running.job.id) is running:
             del self._running[running.job.id]
-            if not running.recording:
-                self._executing -= 1
-                self.wake()
 
     async def _run_job(self, job: Job, ctx: JobContext) -> None:
+        running = self._running[job.id]  # stored by _start_job before this first step
         # Published from the task's own first step, which comes before the reply to the
         # enqueue that the claim shared a transaction with (claims are woken first): the job
         # starts without waiting for that reply to be written, and `running` still follows
         # the enqueue's `pending` for every listener.
         self.on_transition(job, JobState.RUNNING, {"attempt": job.attempts})
-        slot_held = True
         try:
             if job.depends_on:
                 job = await self._with_parent_results(job, ctx)
             outcome = await self.executor.run(job, ctx)
-            slot_held = False
-            self._give_back_slot(job.id)
+            self._give_back_slot(running)
             await self._record(job, outcome)
         except asyncio.CancelledError:
             # Cancelled outside the task itself (shutdown while recording): the lease
@@ -262,16 +268,7 @@ class Worker:
         except Exception:
             log.exception("recording the end of job %s failed; its lease will expire", job.id)
         finally:
-            if slot_held:
-                self._give_back_slot(job.id)
-            self._running.pop(job.id, None)
-
-    def _give_back_slot(self, job_id: int) -> None:
-        self._executing -= 1
-        running = self._running.get(job_id)
-        if running is not None:
-            running.recording = True
-        self.wake()
+            self._forget(running)
 
     async def _with_parent_results(self, job: Job, ctx: JobContext) -> Job:
         """Give a dependant its dependencies' results: all of them in ctx.parent_results, and

@@ -116,6 +116,14 @@ async def gated(name: str) -> str:
     return name
 
 
+@task(registry=reg, max_retries=1)
+async def retries_at_once_then_waits(ctx: JobContext) -> str:
+    if ctx.attempt == 1:
+        raise Retry(delay_s=0)
+    await gates.setdefault("second run", asyncio.Event()).wait()
+    return "second run"
+
+
 @task(registry=reg)
 async def unserialisable() -> object:
     return object()
@@ -471,6 +479,23 @@ async def test_a_job_task_cancelled_before_its_first_step_gives_its_slot_back(
     clock.advance(1 + 30 + 5)
     done = await server.wait_for(job.id, timeout_s=5)
     assert (done.status, done.result, done.attempts) == (JobState.SUCCEEDED, 5, 2)
+
+
+async def test_a_retry_claimed_with_its_own_retry_write_stays_tracked_while_it_runs(
+    make_server: ServerFactory,
+) -> None:
+    """The retry is due at once, so the claim that starts its second run can share the
+    transaction of the retry's write: the first run's end must not forget the second run
+    (which would stop its lease being renewed and a client's cancel reaching it)."""
+    server = await start(make_server)
+    job = await server.enqueue("retries_at_once_then_waits")
+    await eventually(lambda: server.get_job(job.id), lambda j: j.attempts == 2)
+    await eventually(lambda: asyncio.sleep(0, gates.get("second run")), bool)
+    for _ in range(5):  # a few loop turns: whatever the first run's end does has happened
+        await asyncio.sleep(0)
+    assert server.worker.running_ids == [job.id]
+    assert server.worker.cancel_running(job.id)
+    assert (await server.wait_for(job.id, timeout_s=5)).status == JobState.CANCELLED
 
 
 async def test_a_job_that_falls_due_between_claim_and_sleep_is_not_stranded(
