@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from ..errors import StorageUnavailable
 
 OpT = TypeVar("OpT")
+ItemT = TypeVar("ItemT")
 
 
 @dataclass(slots=True)
@@ -62,7 +63,11 @@ class GroupCommitQueue(Generic[OpT]):
             self._has_work.clear()
             while self._queue:
                 count = min(len(self._queue), self._max_batch)
-                await self._commit([self._queue.popleft() for _ in range(count)])
+                batch = [self._queue.popleft() for _ in range(count)]
+                for w in batch:
+                    if isinstance(w.op, GatheredWrite):
+                        w.op.sealed = True  # taken: later items start another
+                await self._commit(batch)
             if self._closing and not self._queue:
                 return
 
@@ -84,6 +89,29 @@ class GroupCommitQueue(Generic[OpT]):
                 w.future.set_result(value)
             else:
                 w.future.set_exception(value)
+
+
+class GatheredWrite(Generic[ItemT]):
+    """One op that the writes arriving before the writer takes it join as items (completions:
+    one statement for all of them). Called by the store, it returns an answer per item."""
+
+    def __init__(self) -> None:
+        self.items: list[ItemT] = []
+        self.sealed = False
+        self.written: asyncio.Future[list[Any]] | None = None
+
+    def start(self, submit: Callable[[Any], Awaitable[list[Any]]]) -> asyncio.Future[list[Any]]:
+        """Queue this op's write (through the store's `submit`), before its first item."""
+        self.written = asyncio.ensure_future(submit(self))
+        return self.written
+
+    async def join(self, item: ItemT) -> Any:
+        """Add an item; returns its own answer once the transaction holding it has committed."""
+        assert self.written is not None and not self.sealed
+        index = len(self.items)
+        self.items.append(item)
+        answers = await asyncio.shield(self.written)  # one caller going away cancels no one
+        return answers[index]
 
 
 def _claims_last(settled: tuple[PendingWrite[Any], tuple[bool, Any]]) -> bool:

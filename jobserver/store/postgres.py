@@ -15,7 +15,6 @@ Everything lives in one PostgreSQL schema, created on first start: `jobserver`, 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import itertools
@@ -54,7 +53,7 @@ from ..models import (
     error_info,
 )
 from .base import Enqueued, JobFilter, LeaseReport, RescueReport, payload_fingerprint
-from .group_commit import GroupCommitQueue, PendingWrite
+from .group_commit import GatheredWrite, GroupCommitQueue, PendingWrite
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -284,15 +283,12 @@ def _unavailable(exc: BaseException) -> StorageUnavailable:
 _OP_ERRORS = (JobServerError, asyncpg.IntegrityConstraintViolationError, ValueError, TypeError)
 
 
-class _CompletionBatch:
-    """Jobs that succeeded, written by one statement. Completions join it until the writer
-    takes it into a transaction (`sealed`)."""
+class _CompletionBatch(GatheredWrite[tuple[int, str, bytes, float]]):
+    """Jobs that succeeded (id, lease token, result, time), written by one statement."""
 
     def __init__(self, store: PostgresStore) -> None:
+        super().__init__()
         self.store = store
-        self.items: list[tuple[int, str, bytes, float]] = []
-        self.sealed = False
-        self.written: asyncio.Future[list[bool]] | None = None
 
     async def __call__(self, conn: asyncpg.Connection) -> list[bool]:
         ids, tokens, results, times = zip(*self.items, strict=True)
@@ -332,9 +328,6 @@ class _GroupCommitWriter(GroupCommitQueue[Op]):
         self._pool = pool
 
     async def _commit(self, batch: list[PendingWrite[Op]]) -> None:
-        for w in batch:
-            if isinstance(w.op, _CompletionBatch):
-                w.op.sealed = True  # no completion joins it once its transaction has begun
         outcomes: list[tuple[bool, Any]] = []
         began = time.perf_counter()
         try:
@@ -579,12 +572,9 @@ class PostgresStore:
         batch = self._completions
         if batch is None or batch.sealed:
             batch = self._completions = _CompletionBatch(self)
-            batch.written = asyncio.ensure_future(self._write(batch))
-        index = len(batch.items)
-        batch.items.append((job_id, token, result, now))
-        assert batch.written is not None
-        done: list[bool] = await asyncio.shield(batch.written)
-        return done[index]
+            batch.start(self._write)
+        done: bool = await batch.join((job_id, token, result, now))
+        return done
 
     async def schedule_retry(
         self, job_id: int, token: str, error: dict[str, Any], run_at: float, now: float

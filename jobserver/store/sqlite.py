@@ -9,7 +9,6 @@ Reads use a second connection; WAL lets them run beside the writer.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import itertools
@@ -52,7 +51,7 @@ from ..models import (
     error_info,
 )
 from .base import Enqueued, JobFilter, LeaseReport, RescueReport, payload_fingerprint
-from .group_commit import GroupCommitQueue, PendingWrite
+from .group_commit import GatheredWrite, GroupCommitQueue, PendingWrite
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -282,9 +281,6 @@ class _GroupCommitWriter(GroupCommitQueue[Op]):
 
     async def _commit(self, batch: list[PendingWrite[Op]]) -> None:
         ops = [w.op for w in batch]
-        for op in ops:
-            if isinstance(op, _CompletionBatch):
-                op.sealed = True  # from here on it runs on the database thread
         began = time.perf_counter()
         try:
             outcomes = await _on_db_thread(self._conn, _apply_batch, ops)
@@ -303,17 +299,14 @@ class _GroupCommitWriter(GroupCommitQueue[Op]):
         self._settle(batch, outcomes)
 
 
-class _CompletionBatch:
-    """Jobs that succeeded, written by one statement. Completions join it until the writer
-    takes it into a transaction (`sealed`, on the event loop's thread)."""
+class _CompletionBatch(GatheredWrite[tuple[int, str, bytes, float]]):
+    """Jobs that succeeded (id, lease token, result, time), written by one statement."""
 
     CHUNK = 256  # rows a statement: 4 parameters each, far below SQLite's limit
 
     def __init__(self) -> None:
-        self.items: list[tuple[int, str, bytes, float]] = []
-        self.sealed = False
+        super().__init__()
         self.fx = Effects()
-        self.written: asyncio.Future[list[bool]] | None = None
 
     def __call__(self, conn: sqlite3.Connection) -> list[bool]:
         done: set[int] = set()
@@ -642,13 +635,9 @@ class SQLiteStore:
         batch = self._completions
         if batch is None or batch.sealed:
             batch = self._completions = _CompletionBatch()
-            batch.written = asyncio.ensure_future(self._write(batch))
-            batch.written.add_done_callback(lambda _: self._emit(batch.fx))
-        index = len(batch.items)
-        batch.items.append((job_id, token, result, now))
-        assert batch.written is not None
-        done: list[bool] = await asyncio.shield(batch.written)
-        return done[index]
+            batch.start(self._write).add_done_callback(lambda _: self._emit(batch.fx))
+        done: bool = await batch.join((job_id, token, result, now))
+        return done
 
     async def schedule_retry(
         self, job_id: int, token: str, error: dict[str, Any], run_at: float, now: float
@@ -1323,7 +1312,7 @@ def _insert_all(
 ) -> list[Enqueued]:
     """Insert a batch; `depends_on_index` names earlier jobs of the same batch."""
     if all(_is_plain(params) for params in rows):
-        # Nothing to look up first: one executemany. This connection is the only writer and
+        # Nothing to look up first: one statement. This connection is the only writer and
         # ids are AUTOINCREMENT, so the rows got consecutive ids ending at the last one.
         if len(rows) == 1:
             conn.execute(INSERT_JOB, rows[0])
