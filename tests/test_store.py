@@ -214,6 +214,33 @@ async def test_completions_sent_together_set_off_their_follow_ups(store: Store) 
     assert deliveries[0].args == ["http://127.0.0.1:9/hook", hooked.job.id]
 
 
+async def test_single_enqueues_sent_together_each_get_their_own_job(store: Store) -> None:
+    """Single enqueues that meet in one transaction (SQLite inserts them with one statement)
+    are still judged one by one: a row the schema refuses fails alone, ids do not mix."""
+    await enqueue_one(store, queue="q")  # the queue exists: later enqueues need no check
+    answers = await asyncio.gather(
+        *(
+            store.enqueue([new(queue="q", args=[i], max_retries=-1 if i == 7 else 2)], T0)
+            for i in range(40)
+        ),
+        return_exceptions=True,
+    )
+    assert isinstance(answers[7], Exception)
+    created = [a for i, a in enumerate(answers) if i != 7]
+    assert all(isinstance(a, list) and a[0].created for a in created)
+    ids = [a[0].job.id for a in created]  # type: ignore[index]
+    assert len(set(ids)) == 39
+    for i, answer in enumerate(answers):
+        if i == 7:
+            continue
+        [enqueued] = answer  # type: ignore[misc]
+        stored = await store.get_job(enqueued.job.id)
+        assert stored is not None
+        assert (stored.args, stored.queue, stored.max_retries) == ([i], "q", 2)
+        assert enqueued.job.args == [i]
+    assert (await store.count_by_status())["pending"] == 40
+
+
 async def test_a_stale_token_from_before_a_reclaim_is_rejected(store: Store) -> None:
     await enqueue_one(store)
     [first] = await store.claim(1, T0, TTL)

@@ -3,6 +3,8 @@ idempotency windows, schedules and retention."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from jobserver.errors import Conflict, NotFound, QueueFull
@@ -86,6 +88,21 @@ async def test_a_max_depth_set_on_a_queue_already_in_use_holds_at_once(store: St
     await store.configure_queue("busy", {"max_depth": None}, T0)
     await store.enqueue([new(queue="busy")], T0)
     assert (await store.count_by_status())["pending"] == 4
+
+
+async def test_a_max_depth_set_just_before_single_enqueues_counts_each_of_them(
+    store: Store,
+) -> None:
+    """Enqueues sent while a limit is being set on their (so far unlimited) queue: the limit
+    is written first, so it holds for each of them, one by one."""
+    await store.enqueue([new(queue="busy")], T0)
+    limit = store.configure_queue("busy", {"max_depth": 3}, T0)
+    answers = await asyncio.gather(
+        limit, *(store.enqueue([new(queue="busy")], T0) for _ in range(5)), return_exceptions=True
+    )
+    outcomes = [type(a).__name__ if isinstance(a, Exception) else "ok" for a in answers[1:]]
+    assert outcomes == ["ok", "ok", "QueueFull", "QueueFull", "QueueFull"]
+    assert (await store.count_by_status())["pending"] == 3
 
 
 async def test_a_job_past_its_deadline_never_starts_and_fails_as_expired(store: Store) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -40,12 +40,17 @@ class GroupCommitQueue(Generic[OpT]):
 
     async def submit(self, op: OpT) -> Any:
         """Queue a write; returns its result once the transaction holding it has committed."""
+        return await self.put(op)
+
+    def put(self, op: OpT) -> asyncio.Future[Any]:
+        """Queue a write now (in the caller's step, so writes keep the order of the calls);
+        the future holds its result once the transaction holding it has committed."""
         if self._closing or self._loop is None:
             raise StorageUnavailable("the store is closing")
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._queue.append(PendingWrite(op, fut))
         self._has_work.set()
-        return await fut
+        return fut
 
     async def close(self) -> None:
         """Finish every write already queued, then stop."""
@@ -83,12 +88,13 @@ class GroupCommitQueue(Generic[OpT]):
         """
         settled = sorted(zip(batch, outcomes, strict=True), key=_claims_last)
         for w, (ok, value) in settled:
-            if w.future.done():  # the caller went away; the write has committed all the same
-                continue
-            if ok:
-                w.future.set_result(value)
-            else:
-                w.future.set_exception(value)
+            _resolve(w, ok, value)
+
+    @staticmethod
+    def _fail(batch: list[PendingWrite[OpT]], error: BaseException) -> None:
+        """The transaction failed as a whole: every write of the batch gets `error`."""
+        for w in batch:
+            _resolve(w, False, error)
 
 
 class GatheredWrite(Generic[ItemT]):
@@ -99,19 +105,50 @@ class GatheredWrite(Generic[ItemT]):
         self.items: list[ItemT] = []
         self.sealed = False
         self.written: asyncio.Future[list[Any]] | None = None
+        self._answers: list[asyncio.Future[Any]] = []  # an item's caller waits on its own
 
-    def start(self, submit: Callable[[Any], Awaitable[list[Any]]]) -> asyncio.Future[list[Any]]:
-        """Queue this op's write (through the store's `submit`), before its first item."""
-        self.written = asyncio.ensure_future(submit(self))
+    def start(self, put: Callable[[Any], asyncio.Future[Any]]) -> asyncio.Future[list[Any]]:
+        """Queue this op's write (through the store's `put`), before its first item."""
+        self.written = put(self)
+        # Its callers hear of a failure through their own answers (see settle); retrieved
+        # here so that asyncio does not report it as never retrieved.
+        self.written.add_done_callback(_retrieve)
         return self.written
 
     async def join(self, item: ItemT) -> Any:
         """Add an item; returns its own answer once the transaction holding it has committed."""
         assert self.written is not None and not self.sealed
-        index = len(self.items)
+        answer = self.written.get_loop().create_future()
         self.items.append(item)
-        answers = await asyncio.shield(self.written)  # one caller going away cancels no one
-        return answers[index]
+        self._answers.append(answer)
+        return await answer  # its caller going away cancels only its own answer
+
+    def settle(self, ok: bool, value: Any) -> None:
+        # Set directly, in the same turn as the other writes' futures (no hop through the
+        # op's future): callers resume in the order the transaction's writes were settled.
+        for index, answer in enumerate(self._answers):
+            if answer.done():
+                continue
+            if ok:
+                answer.set_result(value[index])
+            else:
+                answer.set_exception(value)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _resolve(w: PendingWrite[Any], ok: bool, value: Any) -> None:
+    if isinstance(w.op, GatheredWrite):
+        w.op.settle(ok, value)
+    if w.future.done():  # the caller went away; the write has committed all the same
+        return
+    if ok:
+        w.future.set_result(value)
+    else:
+        w.future.set_exception(value)
 
 
 def _claims_last(settled: tuple[PendingWrite[Any], tuple[bool, Any]]) -> bool:

@@ -15,6 +15,7 @@ Everything lives in one PostgreSQL schema, created on first start: `jobserver`, 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import itertools
@@ -350,9 +351,7 @@ class _GroupCommitWriter(GroupCommitQueue[Op]):
             outcomes = [(False, exc)]
         except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
             failure = _unavailable(exc)
-            for w in batch:
-                if not w.future.done():
-                    w.future.set_exception(failure)
+            self._fail(batch, failure)
             return
         if self.observer is not None:
             self.observer(len(batch), time.perf_counter() - began)
@@ -439,9 +438,13 @@ class PostgresStore:
                     callback(int(job_id))
 
     async def _write(self, op: Op) -> Any:
+        return await self._put(op)
+
+    def _put(self, op: Op) -> asyncio.Future[Any]:
+        """Queue a write now; the future holds its result once committed."""
         if self._writer is None:
             raise StorageUnavailable("the store is not open")
-        return await self._writer.submit(op)
+        return self._writer.put(op)
 
     async def _read(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         if self._pool is None:
@@ -571,8 +574,9 @@ class PostgresStore:
         # a statement a job cost several round trips (savepoint, update, notify) a job.
         batch = self._completions
         if batch is None or batch.sealed:
-            batch = self._completions = _CompletionBatch(self)
-            batch.start(self._write)
+            batch = _CompletionBatch(self)
+            batch.start(self._put)
+            self._completions = batch
         done: bool = await batch.join((job_id, token, result, now))
         return done
 

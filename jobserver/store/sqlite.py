@@ -9,6 +9,7 @@ Reads use a second connection; WAL lets them run beside the writer.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import itertools
@@ -286,9 +287,7 @@ class _GroupCommitWriter(GroupCommitQueue[Op]):
             outcomes = await _on_db_thread(self._conn, _apply_batch, ops)
         except BaseException as exc:
             failure = _storage_error(exc) if isinstance(exc, sqlite3.Error) else exc
-            for w in batch:
-                if not w.future.done():
-                    w.future.set_exception(failure)
+            self._fail(batch, failure)
             if not isinstance(exc, Exception):
                 raise
             return
@@ -333,6 +332,58 @@ class _CompletionBatch(GatheredWrite[tuple[int, str, bytes, float]]):
                 if has_callback:
                     _queue_webhooks(conn, [job_id], completed_at, self.fx)
         return [item[0] in done for item in self.items]
+
+
+class _PlainInsertBatch(GatheredWrite[dict[str, Any]]):
+    """Single plain jobs (no keys, no dependencies) into queues known to have no max depth,
+    inserted by one statement: one step out of Python for all of them, not one a job.
+    Each item's answer is its Enqueued, or the error that refused it alone."""
+
+    atomic = True  # refuses no item by raising: no savepoint around it (see _apply_batch)
+
+    def __init__(self, unlimited: set[str]) -> None:
+        super().__init__()
+        self._unlimited = unlimited  # read on the database thread, when the insert runs
+        self.found_unlimited: list[str] = []
+
+    def note_unlimited(self, written: asyncio.Future[Any]) -> None:
+        """Once committed: queues registered by this write with no max depth are known so."""
+        if not written.cancelled() and written.exception() is None:
+            self._unlimited.update(self.found_unlimited)
+
+    def __call__(self, conn: sqlite3.Connection) -> list[Enqueued | Exception]:
+        rows = self.items
+        if all(params["queue"] in self._unlimited for params in rows):
+            try:
+                if len(rows) == 1:
+                    conn.execute(INSERT_JOB, rows[0])
+                else:
+                    conn.execute(
+                        INSERT_JOBS_FROM_JSON, (codec.dumps([_json_row(p) for p in rows]),)
+                    )
+            except (sqlite3.IntegrityError, ValueError, TypeError):
+                pass  # one row refused undoes the statement: find which, one by one
+            else:
+                (last,) = conn.execute("SELECT last_insert_rowid()").fetchone()
+                first = last - len(rows) + 1
+                return [
+                    Enqueued(_new_job_row(p, first + i), created=True) for i, p in enumerate(rows)
+                ]
+        # A queue's max depth was set since (or a row is refused): each job on its own.
+        answers: list[Enqueued | Exception] = []
+        for params in rows:
+            conn.execute("SAVEPOINT item")
+            try:
+                self.found_unlimited.extend(_admit(conn, [params], self._unlimited))
+                job_id = conn.execute(INSERT_JOB, params).lastrowid
+                assert job_id is not None
+            except (JobServerError, sqlite3.IntegrityError, ValueError, TypeError) as exc:
+                conn.execute("ROLLBACK TO item")
+                answers.append(exc)
+            else:
+                answers.append(Enqueued(_new_job_row(params, job_id), created=True))
+            conn.execute("RELEASE item")
+        return answers
 
 
 def _apply_batch(conn: sqlite3.Connection, ops: list[Op]) -> list[tuple[bool, Any]]:
@@ -399,6 +450,7 @@ class SQLiteStore:
         self._on_due: list[Callable[[], None]] = []
         self._on_done: list[Callable[[int], None]] = []
         self._completions: _CompletionBatch | None = None
+        self._inserts: _PlainInsertBatch | None = None
         # Queues known to exist, committed, with no max depth: an enqueue into one of them
         # skips registering and checking the queue. Added after a commit; removed (on the
         # database thread) by any write that may give the queue a max depth.
@@ -511,9 +563,13 @@ class SQLiteStore:
         return self._reader_conn
 
     async def _write(self, op: Op) -> Any:
+        return await self._put(op)
+
+    def _put(self, op: Op) -> asyncio.Future[Any]:
+        """Queue a write now; the future holds its result once committed."""
         if self._writer is None:
             raise StorageUnavailable("the store is not open")
-        return await self._writer.submit(op)
+        return self._writer.put(op)
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -524,6 +580,8 @@ class SQLiteStore:
     # -- enqueue and read -------------------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
         rows = [_insert_params(j, now) for j in jobs]
+        if len(rows) == 1 and _is_plain(rows[0]) and rows[0]["queue"] in self._unlimited_queues:
+            return [await self._insert_gathered(rows[0])]
         fx = Effects()
         unlimited: list[str] = []
 
@@ -539,6 +597,20 @@ class SQLiteStore:
         self._unlimited_queues.update(unlimited)  # committed: known from now on
         self._emit(fx)
         return result
+
+    async def _insert_gathered(self, params: dict[str, Any]) -> Enqueued:
+        # Single enqueues that arrive before the writer takes them share one op, one INSERT:
+        # under many concurrent clients a statement each cost more in thread hand-offs than
+        # in SQLite itself (as completions do).
+        batch = self._inserts
+        if batch is None or batch.sealed:
+            batch = _PlainInsertBatch(self._unlimited_queues)
+            batch.start(self._put).add_done_callback(batch.note_unlimited)
+            self._inserts = batch
+        answer: Enqueued | Exception = await batch.join(params)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
     async def get_job(self, job_id: int) -> Job | None:
         def fn(conn: sqlite3.Connection) -> Job | None:
@@ -634,8 +706,9 @@ class SQLiteStore:
         # per-row statements cost more in thread hand-offs than in SQLite itself.
         batch = self._completions
         if batch is None or batch.sealed:
-            batch = self._completions = _CompletionBatch()
-            batch.start(self._write).add_done_callback(lambda _: self._emit(batch.fx))
+            batch = _CompletionBatch()
+            batch.start(self._put).add_done_callback(lambda _: self._emit(batch.fx))
+            self._completions = batch
         done: bool = await batch.join((job_id, token, result, now))
         return done
 
