@@ -1,13 +1,16 @@
-"""Limits on what clients may hold open: connections, how long a request head may take, the
-size of request lines and headers. (Body size, body deadline and JSON depth are checked where
-the body is read, in api.py.) An idle keep-alive connection is closed after KEEPALIVE_S.
-A request aiohttp cannot parse is answered here too, in the API's JSON error shape."""
+"""Limits on what clients may hold open: connections, the size of request lines and headers.
+(How long a first request head may take is fast_enqueue.py's to time; body size, body
+deadline and JSON depth are checked where the body is read, in api.py and fast_enqueue.py.)
+An idle keep-alive connection is closed after KEEPALIVE_S. A request aiohttp cannot parse is
+answered here too, in the API's JSON error shape."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from http import HTTPStatus
+from typing import Any, cast
 
 import orjson
 from aiohttp import http_exceptions, web, web_protocol
@@ -28,58 +31,14 @@ class _Refuse(asyncio.Protocol):
     """Answers one 503 and hangs up: a connection past the limit never reaches the app."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
+        # uvloop's transports are not asyncio.WriteTransport subclasses, but have its methods
+        transport = cast(asyncio.WriteTransport, transport)
         transport.write(
             b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
             b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
             % (len(_REFUSED_BODY), _REFUSED_BODY)
         )
         transport.close()
-
-
-class _HeaderDeadline(asyncio.Protocol):
-    """aiohttp's protocol, but a connection whose first request head (line and headers) has
-    not arrived within `timeout_s` is closed: a client dribbling bytes cannot hold it."""
-
-    def __init__(self, inner: asyncio.Protocol, timeout_s: float) -> None:
-        self._inner = inner
-        self._timeout_s = timeout_s
-        self._timer: asyncio.TimerHandle | None = None
-        self._tail = b""
-        self._transport: asyncio.BaseTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport
-        self._timer = asyncio.get_running_loop().call_later(self._timeout_s, self._expire)
-        self._inner.connection_made(transport)
-
-    def _expire(self) -> None:
-        self._timer = None
-        if self._transport is not None:
-            self._transport.close()
-
-    def data_received(self, data: bytes) -> None:
-        if self._timer is not None:
-            self._tail = (self._tail + data)[-(len(data) + 3) :]
-            if b"\r\n\r\n" in self._tail:
-                self._timer.cancel()
-                self._timer = None
-        self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
 
 
 # What part of the request a parse error is in, for the error's "field".
@@ -126,18 +85,28 @@ class _JSONErrorsRequestHandler(web_protocol.RequestHandler):
         return reply
 
 
-class ConnectionLimit:
-    """A protocol factory for loop.create_server: aiohttp's, up to `limit` connections, each
-    of which must send its first request head within `header_timeout_s`."""
+def aiohttp_protocol(server: web.Server) -> asyncio.Protocol:
+    """aiohttp's protocol for one connection, answering a request it cannot parse in JSON."""
+    handler = server()
+    handler.__class__ = _JSONErrorsRequestHandler
+    return handler
 
-    def __init__(self, server: web.Server, limit: int, header_timeout_s: float = 10.0) -> None:
-        self.server = server
+
+class ConnectionLimit:
+    """A protocol factory for loop.create_server: `connection(on_lost)` makes a connection's
+    protocol, which calls `on_lost(itself)` when the connection ends; past `limit` open
+    connections, a new one is answered 503 and closed."""
+
+    def __init__(
+        self, connection: Callable[[Callable[[Any], None]], asyncio.Protocol], limit: int
+    ) -> None:
+        self.connection = connection
         self.limit = limit
-        self.header_timeout_s = header_timeout_s
+        self.open: set[Any] = set()
 
     def __call__(self) -> asyncio.BaseProtocol:
-        if len(self.server.connections) >= self.limit:
+        if len(self.open) >= self.limit:
             return _Refuse()
-        handler = self.server()
-        handler.__class__ = _JSONErrorsRequestHandler
-        return _HeaderDeadline(handler, self.header_timeout_s)
+        protocol = self.connection(self.open.discard)
+        self.open.add(protocol)
+        return protocol

@@ -17,7 +17,7 @@ import os
 from collections.abc import AsyncIterator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -52,6 +52,9 @@ from .tasks import Registry, TaskSpec, default_registry, load_task_modules
 from .webhooks import Webhooks
 from .worker import Worker
 from .workflows import ParseJob
+
+if TYPE_CHECKING:
+    from .fast_enqueue import FastEnqueue
 
 log = logging.getLogger(__name__)
 LAG_PROBE_S = 0.25
@@ -142,6 +145,7 @@ class JobServer:
         self._background: set[asyncio.Task[None]] = set()
         self._lag_watch: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
+        self._fast_enqueue: FastEnqueue | None = None
         self._listener: asyncio.Server | None = None
         self._started = False
 
@@ -187,6 +191,9 @@ class JobServer:
         if self._listener is not None:
             self._listener.close()  # no new connections
             self._listener = None
+        if self._fast_enqueue is not None:
+            await self._fast_enqueue.drain(timeout_s=10.0)  # its requests in flight are answered
+            self._fast_enqueue = None
         if self._runner is not None:
             await self._runner.cleanup()  # lets requests in flight finish
             self._runner = None
@@ -239,11 +246,17 @@ class JobServer:
             keepalive_timeout=KEEPALIVE_S,
         )
         await self._runner.setup()
-        factory = ConnectionLimit(
+        from .api import poll_prefix
+        from .fast_enqueue import FastEnqueue
+
+        self._fast_enqueue = FastEnqueue(
+            self,
             self._runner.server,  # type: ignore[arg-type]
-            self.max_connections,
+            poll_prefix(app),
+            keepalive_s=KEEPALIVE_S,
             header_timeout_s=self.header_timeout_s,
         )
+        factory = ConnectionLimit(self._fast_enqueue.connection, self.max_connections)
         self._listener = await asyncio.get_running_loop().create_server(
             factory, host, port, backlog=1024, reuse_address=True
         )

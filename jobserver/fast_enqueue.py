@@ -1,0 +1,364 @@
+"""`POST /jobs` without aiohttp's request machinery: the hot request of a job server, read and
+answered by a purpose-written HTTP/1.1 protocol on `jobserver serve`'s own listener.
+
+Only the plain, successful case is handled here: a well-formed HTTP/1.1 `POST /jobs` with a
+Content-Length, a JSON object body and (with tokens configured) a full-access token, whose
+job is accepted. Anything else (another route, a query string, chunked or `Expect`, a bad
+header, a body that does not validate, a refused enqueue) hands the connection, from that
+request on, to aiohttp, which parses the request again and answers it the usual way, errors
+included. A refused enqueue wrote nothing, so trying it again there creates at most one job.
+
+Behind aiohttp, a request costs several times what its job costs to write (see BENCHMARKS.md);
+this answers the same request with the same reply (status, body, headers that matter) for a
+fraction of it. Mounted apps (`create_app`) are served by aiohttp alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any, cast
+
+from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
+
+from . import codec
+from .api import BODY_TOO_SLOW, accepted, error_body, nests_too_deep, parse_enqueue
+from .auth import Access
+from .errors import Conflict, NotFound, QueueFull, StorageUnavailable, ValidationError
+from .limits import aiohttp_protocol
+
+if TYPE_CHECKING:
+    from .server import JobServer
+
+log = logging.getLogger(__name__)
+
+REQUEST_LINE = b"POST /jobs HTTP/1.1\r\n"
+MAX_HEAD_BYTES = 16_384  # a longer head is aiohttp's to refuse (its limits are per line)
+MAX_BUFFERED = 65_536  # read no further while a reply is due (a client pipelining requests)
+# Header fields as RFC 9110 allows them (a token, a colon, a value without control
+# characters but tab); a head that does not match is aiohttp's to judge and refuse.
+_FIELDS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
+# The fields read here; a request with any of the others listed is handed to aiohttp.
+_USED = frozenset({b"content-length", b"content-type", b"authorization", b"idempotency-key"})
+_HAND_OFF = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"connection"})
+# Refusals that leave nothing written: aiohttp may try the request again and answer it.
+_REFUSALS = (ValidationError, QueueFull, Conflict, NotFound, StorageUnavailable)
+_STATUS_LINES = {202: b"HTTP/1.1 202 Accepted\r\n", 200: b"HTTP/1.1 200 OK\r\n"}
+_HEAD_TAIL = b"Content-Type: application/json\r\nServer: " + SERVER_SOFTWARE.encode() + b"\r\n"
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")  # as aiohttp decodes header values
+
+
+class _Date:
+    """The Date header's value, formatted once a second."""
+
+    second = -1
+    value = b""
+
+    @classmethod
+    def now(cls) -> bytes:
+        second = int(time.time())
+        if second != cls.second:
+            cls.second = second
+            cls.value = formatdate(second, usegmt=True).encode()
+        return cls.value
+
+
+class FastEnqueue:
+    """Shared by the connections of one listener: the server, aiohttp's protocol factory for
+    connections handed over, and the requests in flight (for a graceful stop)."""
+
+    def __init__(
+        self,
+        server: JobServer,
+        aiohttp_server: web.Server,
+        poll_prefix: str,
+        *,
+        keepalive_s: float,
+        header_timeout_s: float,
+    ) -> None:
+        self.server = server
+        self.aiohttp_server = aiohttp_server
+        self.poll_prefix = poll_prefix
+        self.keepalive_s = keepalive_s
+        self.header_timeout_s = header_timeout_s
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self.idle: set[EnqueueProtocol] = set()  # connections of ours between requests
+        self.answered = 0  # requests answered here
+        self.handed_over = 0  # connections handed to aiohttp
+
+    def connection(self, on_lost: Callable[[Any], None]) -> EnqueueProtocol:
+        """A new connection's protocol (for limits.ConnectionLimit)."""
+        return EnqueueProtocol(self, on_lost)
+
+    def aiohttp_protocol(self) -> asyncio.Protocol:
+        return aiohttp_protocol(self.aiohttp_server)
+
+    async def drain(self, timeout_s: float) -> None:
+        """At shutdown, with the listener closed: answer the requests in flight, then close
+        the connections that wait for another."""
+        if self.in_flight:
+            await asyncio.wait(set(self.in_flight), timeout=timeout_s)
+        for conn in list(self.idle):
+            conn.close_idle()
+
+
+class EnqueueProtocol(asyncio.Protocol):
+    """One connection: `POST /jobs` answered here until a request needs aiohttp, then aiohttp's
+    protocol for the rest of the connection. The first request head must arrive within
+    `header_timeout_s` (a client dribbling bytes cannot hold the connection)."""
+
+    def __init__(self, shared: FastEnqueue, on_lost: Callable[[Any], None]) -> None:
+        self._shared = shared
+        self._on_lost = on_lost
+        self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._buffer = b""
+        self._inner: asyncio.Protocol | None = None  # aiohttp's, once handed over
+        self._head_timer: asyncio.TimerHandle | None = None  # until the first head is in
+        self._tail = b""  # the last bytes seen, to spot the end of the first head
+        self._body_timer: asyncio.TimerHandle | None = None  # a head in, its body not yet
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._last_active = 0.0
+        self._replying = False  # a request of ours is being answered
+        self._paused = False  # reading paused while a reply is due
+        self._eof = False
+        self._closed = False
+        self._client = "?"
+
+    # -- asyncio.Protocol -------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods
+        self._transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self._client = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        self._head_timer = self._loop.call_later(self._shared.header_timeout_s, self._expire)
+        self._last_active = self._loop.time()
+        self._idle_timer = self._loop.call_later(self._shared.keepalive_s, self._check_idle)
+        self._shared.idle.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_timer is not None:
+            self._tail = (self._tail + data)[-(len(data) + 3) :]
+            if b"\r\n\r\n" in self._tail:
+                self._head_timer.cancel()
+                self._head_timer = None
+        if self._inner is not None:
+            self._inner.data_received(data)
+            return
+        self._buffer += data
+        self._last_active = self._loop.time()
+        if not self._replying:
+            self._next_request()
+        elif len(self._buffer) > MAX_BUFFERED and self._transport is not None and not self._paused:
+            self._paused = True  # resumed when the reply is written
+            self._transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        if self._inner is not None:
+            return self._inner.eof_received()
+        self._eof = True
+        return True if self._replying else None  # None: the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._shared.idle.discard(self)
+        for timer in (self._head_timer, self._body_timer, self._idle_timer):
+            if timer is not None:
+                timer.cancel()
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+        self._on_lost(self)
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+    # -- timers -----------------------------------------------------------------------------------
+    def _expire(self) -> None:
+        self._head_timer = None
+        if self._transport is not None:
+            self._transport.close()
+
+    def _check_idle(self) -> None:
+        """Close a connection idle (no request, none in flight) for `keepalive_s`."""
+        self._idle_timer = None
+        if self._inner is not None or self._closed:
+            return  # aiohttp keeps its own time
+        idle_for = self._loop.time() - self._last_active
+        if not self._replying and idle_for >= self._shared.keepalive_s:
+            self.close_idle()
+        else:
+            wait = max(0.1, self._shared.keepalive_s - idle_for)
+            self._idle_timer = self._loop.call_later(wait, self._check_idle)
+
+    def close_idle(self) -> None:
+        if self._inner is None and not self._replying and self._transport is not None:
+            self._transport.close()
+
+    def _body_too_slow(self) -> None:
+        self._body_timer = None
+        if self._inner is not None or self._replying or self._transport is None:
+            return
+        body = error_body("timeout", BODY_TOO_SLOW, "body")
+        self._transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: %d\r\n"
+            b"Content-Type: application/json\r\n\r\n%s" % (len(body), body)
+        )
+        self._transport.close()
+
+    # -- requests ---------------------------------------------------------------------------------
+    def _next_request(self) -> None:
+        """Answer the request at the front of the buffer if it is ours and whole; hand the
+        connection over if it is not ours; else wait for more bytes."""
+        buffer = self._buffer
+        if not buffer:
+            return
+        if not buffer.startswith(REQUEST_LINE):
+            if len(buffer) >= len(REQUEST_LINE) or not REQUEST_LINE.startswith(buffer):
+                self._hand_over()
+            return
+        end = buffer.find(b"\r\n\r\n", len(REQUEST_LINE) - 2)
+        if end < 0:
+            if len(buffer) > MAX_HEAD_BYTES:
+                self._hand_over()
+            return
+        fields = self._fields(buffer[len(REQUEST_LINE) : end + 2])
+        if fields is None:
+            self._hand_over()
+            return
+        length_text = fields.get(b"content-length", b"")
+        server = self._shared.server
+        if not length_text.isdigit() or int(length_text) > server.max_body_bytes:
+            self._hand_over()
+            return
+        body_end = end + 4 + int(length_text)
+        if len(buffer) < body_end:
+            if self._body_timer is None:
+                self._body_timer = self._loop.call_later(server.body_timeout_s, self._body_too_slow)
+            return
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        fields_in = self._accept(fields, buffer[end + 4 : body_end])
+        if fields_in is None:
+            self._hand_over()
+            return
+        self._replying = True
+        self._shared.idle.discard(self)
+        task = self._loop.create_task(self._enqueue(fields_in, body_end))
+        self._shared.in_flight.add(task)
+        task.add_done_callback(self._shared.in_flight.discard)
+
+    @staticmethod
+    def _fields(block: bytes) -> dict[bytes, bytes] | None:
+        """The header fields we read, by lowercase name; None to hand the request over."""
+        if _FIELDS.fullmatch(block) is None:
+            return None
+        found: dict[bytes, bytes] = {}
+        for line in block.split(b"\r\n")[:-1]:
+            name, _, value = line.partition(b":")
+            name = name.lower()
+            if name in _USED:
+                if name in found:
+                    return None  # a field given twice: aiohttp's to judge
+                found[name] = value.strip(b" \t")
+            elif name in _HAND_OFF:
+                return None
+        return found
+
+    def _accept(self, fields: dict[bytes, bytes], raw: bytes) -> dict[str, Any] | None:
+        """The enqueue's arguments, or None when the request is not one answered here."""
+        try:
+            return self._read_request(fields, raw)
+        except Exception:  # whatever it is, aiohttp's handling judges the request again
+            return None
+
+    def _read_request(self, fields: dict[bytes, bytes], raw: bytes) -> dict[str, Any] | None:
+        server = self._shared.server
+        content_type = fields.get(b"content-type", b"").partition(b";")[0].strip().lower()
+        if content_type != b"application/json":
+            return None
+        if server.auth.enabled:
+            header = fields.get(b"authorization")
+            if header is None or server.auth.throttled(self._client, time.monotonic()):
+                return None
+            if server.auth.access(_text(header)) is not Access.FULL:
+                return None
+        try:
+            body = codec.loads(raw)
+        except codec.JSONDecodeError:
+            return None
+        if not isinstance(body, dict) or nests_too_deep(raw, body):
+            return None
+        key = fields.get(b"idempotency-key")
+        return parse_enqueue(body, None if key is None else _text(key))
+
+    async def _enqueue(self, fields: dict[str, Any], request_end: int) -> None:
+        try:
+            enqueued = await self._shared.server.submit(**fields)
+        except _REFUSALS:
+            self._replying = False
+            self._hand_over()  # nothing was written: aiohttp tries again and answers
+            return
+        except Exception:
+            log.exception("unhandled error in POST /jobs")
+            self._reply(500, error_body("internal", "internal server error", None), request_end)
+            return
+        job = enqueued.job
+        body = codec.dumps(accepted(job, self._shared.poll_prefix))
+        self._reply(202 if enqueued.created else 200, body, request_end)
+
+    def _reply(self, status: int, body: bytes, request_end: int) -> None:
+        self._replying = False
+        self._buffer = self._buffer[request_end:]
+        transport = self._transport
+        if self._closed or transport is None:
+            return  # the client went away; its job is committed all the same
+        status_line = _STATUS_LINES.get(status, b"HTTP/1.1 500 Internal Server Error\r\n")
+        transport.write(
+            b"%sContent-Length: %d\r\nDate: %s\r\n%s\r\n%s"
+            % (status_line, len(body), _Date.now(), _HEAD_TAIL, body)
+        )
+        self._last_active = self._loop.time()
+        self._shared.answered += 1
+        if self._paused:
+            self._paused = False
+            transport.resume_reading()
+        self._shared.idle.add(self)
+        self._next_request()
+        if self._eof and not self._replying and self._inner is None:
+            transport.close()  # the client has said all it will: what it sent is answered
+
+    def _hand_over(self) -> None:
+        """aiohttp's protocol takes the connection from here, starting with what is buffered
+        (which begins at a request's first byte)."""
+        if self._transport is None or self._closed:
+            return
+        for timer in (self._body_timer, self._idle_timer):
+            if timer is not None:
+                timer.cancel()
+        self._body_timer = self._idle_timer = None
+        self._shared.idle.discard(self)
+        self._shared.handed_over += 1
+        inner = self._inner = self._shared.aiohttp_protocol()
+        inner.connection_made(self._transport)
+        buffered, self._buffer = self._buffer, b""
+        if self._paused:
+            self._paused = False
+            self._transport.resume_reading()
+        if buffered:
+            inner.data_received(buffered)
+        if self._eof:
+            inner.eof_received()
