@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 
 import aiohttp
 import pytest
+import uvloop
+
+from jobserver.server import JobServer
 
 from .conftest import ServerFactory
 
@@ -122,3 +126,32 @@ async def test_a_client_dribbling_its_request_head_is_cut_off(make_server: Serve
             async with session.get(f"{base}/healthz") as resp:
                 assert resp.status == 200
             await asyncio.sleep(0.2)
+
+
+def test_under_uvloop_as_serve_runs_the_limit_and_the_fast_path_work(tmp_path: Path) -> None:
+    """`jobserver serve` runs on uvloop, whose transports are not asyncio's classes."""
+
+    async def scenario() -> tuple[bytes, bytes]:
+        async with JobServer(db=tmp_path / "uv.db", max_connections=2) as server:
+            [base] = await server.serve("127.0.0.1", 0)
+            host, port = host_port(base)
+            first = await asyncio.open_connection(host, port)
+            body = b'{"task": "echo", "delay": 60}'
+            first[1].write(
+                b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            accepted = await asyncio.wait_for(first[0].readuntil(b"}"), 5)
+            second = await asyncio.open_connection(host, port)
+            await asyncio.sleep(0.05)
+            reader, writer = await asyncio.open_connection(host, port)  # past the limit
+            refused = await asyncio.wait_for(reader.read(), 5)
+            for _, w in (first, second, (reader, writer)):
+                w.close()
+            return accepted, refused
+
+    accepted, refused = uvloop.run(scenario())
+    assert accepted.startswith(b"HTTP/1.1 202 Accepted")
+    head, _, body = refused.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503")
+    assert json.loads(body)["error"]["code"] == "unavailable"
