@@ -241,6 +241,20 @@ async def test_single_enqueues_sent_together_each_get_their_own_job(store: Store
     assert (await store.count_by_status())["pending"] == 40
 
 
+async def test_single_enqueues_that_arrive_together_are_one_write(store: Store) -> None:
+    """Single plain enqueues that arrive before the writer takes them are one op (one
+    INSERT), not one each; every caller gets its own job."""
+    await enqueue_one(store)  # the queue is registered (SQLite then knows it has no limit)
+    writes: list[int] = []
+    store._writer.observer = lambda count, _seconds: writes.append(count)  # type: ignore[attr-defined]
+    results = await asyncio.gather(*(store.enqueue([new(args=[i])], T0) for i in range(200)))
+    assert sum(writes) <= 3  # without gathering: 200 writes
+    assert len({r[0].job.id for r in results}) == 200
+    for i, [enqueued] in enumerate(results):
+        stored = await store.get_job(enqueued.job.id)
+        assert stored is not None and stored.args == enqueued.job.args == [i]
+
+
 async def test_a_stale_token_from_before_a_reclaim_is_rejected(store: Store) -> None:
     await enqueue_one(store)
     [first] = await store.claim(1, T0, TTL)

@@ -112,28 +112,6 @@ async def test_writes_that_arrive_together_share_a_transaction(db: Path) -> None
         await store.close()
 
 
-async def test_single_enqueues_into_a_known_queue_are_gathered_into_one_write(db: Path) -> None:
-    """Once a queue is known to have no max depth, single plain enqueues that arrive before
-    the writer takes them are one op (one INSERT), not one each; every caller gets its own job."""
-    store = SQLiteStore(db)
-    await store.open()
-    try:
-        await store.enqueue([NewJob(task="t")], T0)  # the queue is registered and known
-        before = store.writer_stats
-        results = await asyncio.gather(
-            *[store.enqueue([NewJob(task="t", args=[i])], T0) for i in range(300)]
-        )
-        batches, writes = (a - b for a, b in zip(store.writer_stats, before, strict=True))
-        assert writes <= 3 and batches <= 3  # without gathering: 300 writes
-        ids = [r[0].job.id for r in results]
-        assert len(set(ids)) == 300
-        for i, [enqueued] in enumerate(results):
-            stored = await store.get_job(enqueued.job.id)
-            assert stored is not None and stored.args == enqueued.job.args == [i]
-    finally:
-        await store.close()
-
-
 async def test_durability_setting_reaches_sqlite(tmp_path: Path) -> None:
     for durability, expected in (("full", 2), ("normal", 1)):
         store = SQLiteStore(tmp_path / f"{durability}.db", durability=durability)
