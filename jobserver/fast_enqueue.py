@@ -44,8 +44,10 @@ MAX_BUFFERED = 65_536  # read no further while a reply is due (a client pipelini
 # characters but tab); a head that does not match is aiohttp's to judge and refuse.
 _FIELDS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
 # The fields read here; a request with any of the others listed is handed to aiohttp.
-_USED = frozenset({b"content-length", b"content-type", b"authorization", b"idempotency-key"})
-_HAND_OFF = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"connection"})
+_USED = frozenset(
+    {b"content-length", b"content-type", b"authorization", b"idempotency-key", b"connection"}
+)
+_HAND_OFF = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 # Refusals that leave nothing written: aiohttp may try the request again and answer it.
 _REFUSALS = (ValidationError, QueueFull, Conflict, NotFound, StorageUnavailable)
 _STATUS_LINES = {202: b"HTTP/1.1 202 Accepted\r\n", 200: b"HTTP/1.1 200 OK\r\n"}
@@ -237,6 +239,9 @@ class EnqueueProtocol(asyncio.Protocol):
         fields = self._fields(buffer[len(REQUEST_LINE) : end + 2])
         if fields is None:
             self._hand_over()
+            return
+        if fields.get(b"connection", b"keep-alive").lower() != b"keep-alive":
+            self._hand_over()  # close, upgrade, or a list: aiohttp's to honour
             return
         length_text = fields.get(b"content-length", b"")
         server = self._shared.server

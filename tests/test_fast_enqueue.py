@@ -167,6 +167,24 @@ async def test_a_full_queue_is_refused_once_and_the_next_request_is_answered(
     assert (await server.store.count_by_status())["pending"] == 1
 
 
+async def test_connection_keep_alive_is_answered_here_and_close_by_aiohttp(
+    make_server: ServerFactory,
+) -> None:
+    """Many clients (Python's requests, Node's agent) send `Connection: keep-alive`."""
+    server, base = await serve(make_server)
+    conn = await Conn.open(base)
+    await conn.send(post(headers=b"Connection: keep-alive\r\n"))
+    assert (await conn.reply())[0] == 202
+    assert fast_answered(server) == 1
+    await conn.send(post(headers=b"Connection: close\r\n"))
+    status, headers, _ = await conn.reply()
+    assert (status, headers.get("connection")) == (202, "close")
+    assert await asyncio.wait_for(conn.reader.read(), 5) == b""  # closed after the reply
+    conn.close()
+    assert fast_answered(server) == 1
+    assert (await server.store.count_by_status())["pending"] == 2
+
+
 async def test_an_idempotency_key_header_is_honoured(make_server: ServerFactory) -> None:
     server, base = await serve(make_server)
     conn = await Conn.open(base)
