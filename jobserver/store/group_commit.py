@@ -38,10 +38,6 @@ class GroupCommitQueue(Generic[OpT]):
         self._loop = asyncio.get_running_loop()
         self._task = self._loop.create_task(self._run(), name=self._name)
 
-    async def submit(self, op: OpT) -> Any:
-        """Queue a write; returns its result once the transaction holding it has committed."""
-        return await self.put(op)
-
     def put(self, op: OpT) -> asyncio.Future[Any]:
         """Queue a write now (in the caller's step, so writes keep the order of the calls);
         the future holds its result once the transaction holding it has committed."""
@@ -99,26 +95,35 @@ class GroupCommitQueue(Generic[OpT]):
 
 class GatheredWrite(Generic[ItemT]):
     """One op that the writes arriving before the writer takes it join as items (completions:
-    one statement for all of them). Called by the store, it returns an answer per item."""
+    one statement for all of them). Called by the store, it returns an answer per item; an
+    answer that is an exception is raised to that item's caller alone."""
 
     def __init__(self) -> None:
         self.items: list[ItemT] = []
         self.sealed = False
-        self.written: asyncio.Future[list[Any]] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._answers: list[asyncio.Future[Any]] = []  # an item's caller waits on its own
 
-    def start(self, put: Callable[[Any], asyncio.Future[Any]]) -> asyncio.Future[list[Any]]:
+    def start(self, put: Callable[[Any], asyncio.Future[Any]]) -> None:
         """Queue this op's write (through the store's `put`), before its first item."""
-        self.written = put(self)
-        # Its callers hear of a failure through their own answers (see settle); retrieved
-        # here so that asyncio does not report it as never retrieved.
-        self.written.add_done_callback(_retrieve)
-        return self.written
+        written = put(self)
+        self._loop = written.get_loop()
+        written.add_done_callback(self._written)
+
+    def _written(self, written: asyncio.Future[Any]) -> None:
+        # Callers hear of a failure through their own answers (see settle); retrieving it
+        # here keeps asyncio from reporting it as never retrieved.
+        if not written.cancelled() and written.exception() is None:
+            self.committed()
+
+    def committed(self) -> None:
+        """Called once the transaction holding this write has committed (stores override it
+        to tell what the write set off)."""
 
     async def join(self, item: ItemT) -> Any:
         """Add an item; returns its own answer once the transaction holding it has committed."""
-        assert self.written is not None and not self.sealed
-        answer = self.written.get_loop().create_future()
+        assert self._loop is not None and not self.sealed
+        answer = self._loop.create_future()
         self.items.append(item)
         self._answers.append(answer)
         return await answer  # its caller going away cancels only its own answer
@@ -129,15 +134,29 @@ class GatheredWrite(Generic[ItemT]):
         for index, answer in enumerate(self._answers):
             if answer.done():
                 continue
-            if ok:
-                answer.set_result(value[index])
-            else:
+            if not ok:
                 answer.set_exception(value)
+            elif isinstance(value[index], Exception):
+                answer.set_exception(value[index])
+            else:
+                answer.set_result(value[index])
 
 
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
+GatheredT = TypeVar("GatheredT", bound=GatheredWrite[Any])
+
+
+def open_gathered(
+    current: GatheredT | None,
+    make: Callable[[], GatheredT],
+    put: Callable[[Any], asyncio.Future[Any]],
+) -> GatheredT:
+    """The gathered write to join: `current` until the writer has taken it, else a new one,
+    queued now."""
+    if current is not None and not current.sealed:
+        return current
+    gathered = make()
+    gathered.start(put)
+    return gathered
 
 
 def _resolve(w: PendingWrite[Any], ok: bool, value: Any) -> None:

@@ -54,7 +54,7 @@ from ..models import (
     error_info,
 )
 from .base import Enqueued, JobFilter, LeaseReport, RescueReport, payload_fingerprint
-from .group_commit import GatheredWrite, GroupCommitQueue, PendingWrite
+from .group_commit import GatheredWrite, GroupCommitQueue, PendingWrite, open_gathered
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -515,15 +515,11 @@ class PostgresStore:
     async def _insert_gathered(self, row: _Row) -> Enqueued:
         # Single enqueues that arrive before the writer takes them share one op: a few round
         # trips for all of them instead of a savepoint, a check, an insert and a notify each.
-        batch = self._inserts
-        if batch is None or batch.sealed:
-            batch = _PlainInsertBatch(self)
-            batch.start(self._put)
-            self._inserts = batch
-        answer: Enqueued | Exception = await batch.join(row)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
+        batch = self._inserts = open_gathered(
+            self._inserts, lambda: _PlainInsertBatch(self), self._put
+        )
+        enqueued: Enqueued = await batch.join(row)
+        return enqueued
 
     async def get_job(self, job_id: int) -> Job | None:
         async def fn(conn: asyncpg.Connection) -> Job | None:
@@ -619,11 +615,9 @@ class PostgresStore:
     async def complete(self, job_id: int, token: str, result: bytes, now: float) -> bool:
         # Completions that arrive before the writer takes them share one op, one statement:
         # a statement a job cost several round trips (savepoint, update, notify) a job.
-        batch = self._completions
-        if batch is None or batch.sealed:
-            batch = _CompletionBatch(self)
-            batch.start(self._put)
-            self._completions = batch
+        batch = self._completions = open_gathered(
+            self._completions, lambda: _CompletionBatch(self), self._put
+        )
         done: bool = await batch.join((job_id, token, result, now))
         return done
 

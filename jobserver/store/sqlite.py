@@ -52,7 +52,7 @@ from ..models import (
     error_info,
 )
 from .base import Enqueued, JobFilter, LeaseReport, RescueReport, payload_fingerprint
-from .group_commit import GatheredWrite, GroupCommitQueue, PendingWrite
+from .group_commit import GatheredWrite, GroupCommitQueue, PendingWrite, open_gathered
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -303,9 +303,13 @@ class _CompletionBatch(GatheredWrite[tuple[int, str, bytes, float]]):
 
     CHUNK = 256  # rows a statement: 4 parameters each, far below SQLite's limit
 
-    def __init__(self) -> None:
+    def __init__(self, emit: Callable[[Effects], None]) -> None:
         super().__init__()
         self.fx = Effects()
+        self._emit = emit
+
+    def committed(self) -> None:
+        self._emit(self.fx)
 
     def __call__(self, conn: sqlite3.Connection) -> list[bool]:
         done: set[int] = set()
@@ -346,10 +350,9 @@ class _PlainInsertBatch(GatheredWrite[dict[str, Any]]):
         self._unlimited = unlimited  # read on the database thread, when the insert runs
         self.found_unlimited: list[str] = []
 
-    def note_unlimited(self, written: asyncio.Future[Any]) -> None:
-        """Once committed: queues registered by this write with no max depth are known so."""
-        if not written.cancelled() and written.exception() is None:
-            self._unlimited.update(self.found_unlimited)
+    def committed(self) -> None:
+        # queues this write registered with no max depth are known so from now on
+        self._unlimited.update(self.found_unlimited)
 
     def __call__(self, conn: sqlite3.Connection) -> list[Enqueued | Exception]:
         rows = self.items
@@ -591,15 +594,11 @@ class SQLiteStore:
         # Single enqueues that arrive before the writer takes them share one op, one INSERT:
         # under many concurrent clients a statement each cost more in thread hand-offs than
         # in SQLite itself (as completions do).
-        batch = self._inserts
-        if batch is None or batch.sealed:
-            batch = _PlainInsertBatch(self._unlimited_queues)
-            batch.start(self._put).add_done_callback(batch.note_unlimited)
-            self._inserts = batch
-        answer: Enqueued | Exception = await batch.join(params)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
+        batch = self._inserts = open_gathered(
+            self._inserts, lambda: _PlainInsertBatch(self._unlimited_queues), self._put
+        )
+        enqueued: Enqueued = await batch.join(params)
+        return enqueued
 
     async def get_job(self, job_id: int) -> Job | None:
         def fn(conn: sqlite3.Connection) -> Job | None:
@@ -693,11 +692,9 @@ class SQLiteStore:
     async def complete(self, job_id: int, token: str, result: bytes, now: float) -> bool:
         # Completions that arrive before the writer takes them share one op, one statement:
         # per-row statements cost more in thread hand-offs than in SQLite itself.
-        batch = self._completions
-        if batch is None or batch.sealed:
-            batch = _CompletionBatch()
-            batch.start(self._put).add_done_callback(lambda _: self._emit(batch.fx))
-            self._completions = batch
+        batch = self._completions = open_gathered(
+            self._completions, lambda: _CompletionBatch(self._emit), self._put
+        )
         done: bool = await batch.join((job_id, token, result, now))
         return done
 
