@@ -12,8 +12,9 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, cast
 
-import orjson
 from aiohttp import http_exceptions, web, web_protocol
+
+from .api import error_body
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +22,7 @@ MAX_LINE_BYTES = 8190  # request line
 MAX_HEADER_BYTES = 8190  # each header field
 KEEPALIVE_S = 75.0
 
-_REFUSED_BODY = (
-    b'{"error":{"code":"unavailable","message":"too many open connections; try again",'
-    b'"field":null}}'
-)
+_REFUSED_BODY = error_body("unavailable", "too many open connections; try again", None)
 
 
 class _Refuse(asyncio.Protocol):
@@ -77,9 +75,10 @@ class _JSONErrorsRequestHandler(web_protocol.RequestHandler):
             lowered = text.lower()
             about_header = any(w in lowered for w in ("header", "content-length", "encoding"))
             field = "headers" if about_header else "request"
-        body = {"error": {"code": "bad_request", "message": text, "field": field}}
         reply = web.Response(
-            status=status, body=orjson.dumps(body), content_type="application/json"
+            status=status,
+            body=error_body("bad_request", text, field),
+            content_type="application/json",
         )
         reply.force_close()
         return reply
