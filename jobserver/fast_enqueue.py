@@ -50,12 +50,33 @@ _USED = frozenset(
 _HAND_OFF = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 # Refusals that leave nothing written: aiohttp may try the request again and answer it.
 _REFUSALS = (ValidationError, QueueFull, Conflict, NotFound, StorageUnavailable)
-_STATUS_LINES = {202: b"HTTP/1.1 202 Accepted\r\n", 200: b"HTTP/1.1 200 OK\r\n"}
+_STATUS_LINES = {
+    200: b"HTTP/1.1 200 OK\r\n",
+    202: b"HTTP/1.1 202 Accepted\r\n",
+    408: b"HTTP/1.1 408 Request Timeout\r\n",
+    500: b"HTTP/1.1 500 Internal Server Error\r\n",
+}
 _HEAD_TAIL = b"Content-Type: application/json\r\nServer: " + SERVER_SOFTWARE.encode() + b"\r\n"
 
 
 def _text(value: bytes) -> str:
     return value.decode("utf-8", "surrogateescape")  # as aiohttp decodes header values
+
+
+def _write_reply(
+    transport: asyncio.WriteTransport, status: int, body: bytes, *, close: bool = False
+) -> None:
+    transport.write(
+        b"%s%sContent-Length: %d\r\nDate: %s\r\n%s\r\n%s"
+        % (
+            _STATUS_LINES[status],
+            b"Connection: close\r\n" if close else b"",
+            len(body),
+            _Date.now(),
+            _HEAD_TAIL,
+            body,
+        )
+    )
 
 
 class _Date:
@@ -213,11 +234,7 @@ class EnqueueProtocol(asyncio.Protocol):
         self._body_timer = None
         if self._inner is not None or self._replying or self._transport is None:
             return
-        body = error_body("timeout", BODY_TOO_SLOW, "body")
-        self._transport.write(
-            b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: %d\r\n"
-            b"Content-Type: application/json\r\n\r\n%s" % (len(body), body)
-        )
+        _write_reply(self._transport, 408, error_body("timeout", BODY_TOO_SLOW, "body"), close=True)
         self._transport.close()
 
     # -- requests ---------------------------------------------------------------------------------
@@ -331,11 +348,7 @@ class EnqueueProtocol(asyncio.Protocol):
         transport = self._transport
         if self._closed or transport is None:
             return  # the client went away; its job is committed all the same
-        status_line = _STATUS_LINES.get(status, b"HTTP/1.1 500 Internal Server Error\r\n")
-        transport.write(
-            b"%sContent-Length: %d\r\nDate: %s\r\n%s\r\n%s"
-            % (status_line, len(body), _Date.now(), _HEAD_TAIL, body)
-        )
+        _write_reply(transport, status, body)
         self._last_active = self._loop.time()
         self._shared.answered += 1
         if self._paused:
