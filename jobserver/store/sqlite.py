@@ -367,13 +367,10 @@ class _PlainInsertBatch(GatheredWrite[dict[str, Any]]):
             conn.execute("SAVEPOINT item")
             try:
                 self.found_unlimited.extend(_admit(conn, [params], self._unlimited))
-                job_id = conn.execute(INSERT_JOB, params).lastrowid
-                assert job_id is not None
+                answers.extend(_insert_plain(conn, [params]))
             except (JobServerError, sqlite3.IntegrityError, ValueError, TypeError) as exc:
                 conn.execute("ROLLBACK TO item")
                 answers.append(exc)
-            else:
-                answers.append(Enqueued(_new_job_row(params, job_id), created=True))
             conn.execute("RELEASE item")
         return answers
 
