@@ -9,8 +9,8 @@ request on, to aiohttp, which parses the request again and answers it the usual 
 included. A refused enqueue wrote nothing, so trying it again there creates at most one job.
 
 Behind aiohttp, a request costs several times what its job costs to write (see BENCHMARKS.md);
-this answers the same request with the same reply (status, body, headers that matter) for a
-fraction of it. Mounted apps (`create_app`) are served by aiohttp alone.
+this answers the same request with the same reply (status, body, headers that matter) for
+about 60% of the CPU. Mounted apps (`create_app`) are served by aiohttp alone.
 """
 
 from __future__ import annotations
