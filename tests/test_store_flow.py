@@ -231,3 +231,21 @@ async def test_delete_job(store: Store) -> None:
         await store.delete_job(done.job.id)
     with pytest.raises(Conflict):
         await store.delete_job(pending.job.id)
+
+
+async def test_prune_goes_by_when_a_job_ended_not_when_it_was_created(store: Store) -> None:
+    day = 86_400.0
+    [slow] = await store.enqueue([new()], T0)  # created first, ends last
+    [gone] = await store.enqueue([new()], T0 + 1)
+    [quick] = await store.enqueue([new()], T0 + 2)
+    await store.request_cancel(gone.job.id, T0 + 1)
+    await store.delete_job(gone.job.id)  # a gap in the ids
+    claimed = {j.id: j for j in await store.claim(2, T0 + 2, TTL)}
+    quick_job, slow_job = claimed[quick.job.id], claimed[slow.job.id]
+    assert await store.complete(quick_job.id, quick_job.lease_token, b"1", T0 + 3)  # type: ignore[arg-type]
+    assert await store.complete(slow_job.id, slow_job.lease_token, b"1", T0 + 9 * day)  # type: ignore[arg-type]
+    now = T0 + 9 * day
+    assert await store.prune(now - 7 * day, now - 30 * day, 10) == 1
+    assert await store.get_job(quick.job.id) is None
+    kept = await store.get_job(slow.job.id)
+    assert kept is not None and kept.status == JobState.SUCCEEDED

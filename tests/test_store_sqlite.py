@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from jobserver.errors import DatabaseInUse, SchemaError
-from jobserver.models import NewJob
-from jobserver.store.sqlite import MIGRATIONS, SQLiteStore, _due_ids
+from jobserver.models import JobState, NewJob
+from jobserver.store.base import JobFilter
+from jobserver.store.sqlite import MIGRATIONS, SQLiteStore, _due_ids, _on_db_thread
 
 T0 = 1_800_000_000.0
 
@@ -155,3 +156,75 @@ async def test_a_claim_among_many_delayed_jobs_reads_only_the_due_ones(db: Path)
     assert ids == [r.job.id for r in due]
     assert steps < 50  # under 5,000 steps; walking the 20,000 delayed jobs takes over 100,000
     conn.close()
+
+
+async def test_a_version_1_database_is_migrated_with_its_jobs(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(
+        "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+    )
+    for statement in MIGRATIONS[0][1].split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute("INSERT INTO schema_version VALUES (1, 0)")
+    conn.execute(BASE, ("pending", 0, None, None, None, None))
+    conn.execute(BASE, ("running", 1, 0.0, None, "tok", 5.0))
+    conn.execute(BASE, ("succeeded", 1, 0.0, 1.0, None, None))
+    conn.close()
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        counts = await store.count_by_status()
+        assert (counts["pending"], counts["running"], counts["succeeded"]) == (1, 1, 1)
+        for state in (JobState.PENDING, JobState.RUNNING, JobState.SUCCEEDED):
+            [job] = await store.list_jobs(JobFilter(status=state), 10)
+            assert job.status == state
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    try:
+        indexes = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        assert "jobs_status" in indexes
+        assert not {"jobs_finished", "jobs_next_due"} & indexes
+    finally:
+        conn.close()
+
+
+async def test_statements_that_filter_by_status_read_an_index(db: Path) -> None:
+    """A partial index serves only a query that states its condition: a query that forgot it
+    reads every job. Every statement on jobs that filters by status, run by the listings,
+    counts, claims, retention and queue limits, is checked against its plan."""
+    store = SQLiteStore(db)
+    await store.open()
+    seen: list[str] = []
+    try:
+        for conn in (store._writer_conn, store._reader_conn):
+            assert conn is not None
+            await _on_db_thread(conn, lambda c: c.set_trace_callback(seen.append))
+        await store.configure_queue("capped", {"max_depth": 100}, T0)
+        await store.enqueue([NewJob(task="t"), NewJob(task="t", queue="capped")], T0)
+        await store.enqueue([NewJob(task="t", run_at=T0 + 60, deadline=T0 + 99)], T0)
+        [job, *_] = await store.claim(2, T0, 30)
+        assert job.lease_token is not None
+        await store.complete(job.id, job.lease_token, b"1", T0)
+        await store.next_wake_at(T0)
+        for state in JobState:
+            await store.list_jobs(JobFilter(status=state), 10)
+            await store.list_jobs(JobFilter(status=state, queue="capped"), 10, before_id=99)
+        await store.count_by_status()
+        await store.list_queues(T0)
+        await store.prune(T0 + 10, T0 + 10, 100)
+        await store.rescue_expired(T0 + 3600)
+        statements = {s for s in seen if " jobs" in s and "status" in s.partition("WHERE")[2]}
+        assert len(statements) > 10
+        plans = {}
+        for sql in statements:
+            explain = f"EXPLAIN QUERY PLAN {sql}"
+            rows = await store._read(lambda c, q=explain: c.execute(q).fetchall())
+            plans[sql] = [r[3] for r in rows]
+        whole_table = {sql: plan for sql, plan in plans.items() if "SCAN jobs" in plan}
+        assert whole_table == {}
+    finally:
+        await store.close()

@@ -18,7 +18,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -180,6 +180,20 @@ MIGRATIONS: list[tuple[int, str]] = [
         ) STRICT;
         CREATE INDEX dead_letters_job ON dead_letters (job_id);
         CREATE INDEX dead_letters_failed_at ON dead_letters (failed_at);
+        """,
+    ),
+    (
+        2,
+        # Every index a job's status is in changes twice a job (claim, completion): the hot
+        # path. `jobs_status` leaves out running jobs (`jobs_lease` lists them); retention
+        # walks it in id order instead of keeping `jobs_finished`; the next due time is read
+        # from `jobs_claim`, one seek a queue and priority, instead of keeping `jobs_next_due`.
+        # Measured: end-to-end no-op throughput 10-15% higher (BENCHMARKS.md).
+        """
+        DROP INDEX jobs_finished;
+        DROP INDEX jobs_next_due;
+        DROP INDEX jobs_status;
+        CREATE INDEX jobs_status ON jobs (status, id) WHERE status <> 'running';
         """,
     ),
 ]
@@ -609,9 +623,17 @@ class SQLiteStore:
     ) -> list[Job]:
         clauses: list[str] = []
         params: list[Any] = []
+        index = ""
         if flt.status is not None:
             clauses.append("status = ?")
             params.append(str(flt.status))
+            # Running jobs are in jobs_lease, the others in jobs_status; SQLite uses a partial
+            # index only for a query that states the index's condition.
+            if flt.status == JobState.RUNNING:
+                index = "INDEXED BY jobs_lease"
+                clauses.append("status = 'running'")
+            else:
+                clauses.append("status <> 'running'")
         if flt.queue is not None:
             clauses.append("queue = ?")
             params.append(flt.queue)
@@ -622,7 +644,7 @@ class SQLiteStore:
             clauses.append("id < ?")
             params.append(before_id)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY id DESC LIMIT ?"
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs {index} {where} ORDER BY id DESC LIMIT ?"
         params.append(limit)
 
         def fn(conn: sqlite3.Connection) -> list[Job]:
@@ -646,8 +668,13 @@ class SQLiteStore:
     async def count_by_status(self) -> dict[str, int]:
         def fn(conn: sqlite3.Connection) -> dict[str, int]:
             counts = {s.value: 0 for s in JobState}
-            for status, n in conn.execute("SELECT status, count(*) FROM jobs GROUP BY status"):
+            for status, n in conn.execute(  # jobs_status, which leaves out running jobs
+                "SELECT status, count(*) FROM jobs WHERE status <> 'running' GROUP BY status"
+            ):
                 counts[status] = n
+            (counts["running"],) = conn.execute(
+                "SELECT count(*) FROM jobs INDEXED BY jobs_lease WHERE status = 'running'"
+            ).fetchone()
             return counts
 
         return await self._read(fn)
@@ -1103,17 +1130,24 @@ class SQLiteStore:
                 (("succeeded", "cancelled"), finished_before),
                 (("failed",), failed_before),
             ):
-                marks = ", ".join("?" * len(statuses))
-                gone = [
-                    r[0]
-                    for r in conn.execute(
-                        f"""DELETE FROM jobs WHERE id IN (
-                                SELECT id FROM jobs WHERE status IN ({marks}) AND completed_at < ?
-                                ORDER BY completed_at LIMIT ?)
-                            RETURNING id""",
-                        (*statuses, before, limit),
-                    ).fetchall()
-                ]
+                # Oldest first by id, among the jobs created before `before` (no later one
+                # can have ended before it): an index walk that stops there, not every
+                # finished job.
+                bound = _first_id_created_since(conn, before)
+                gone: list[int] = []
+                for status in statuses:
+                    gone += [
+                        r[0]
+                        for r in conn.execute(
+                            """DELETE FROM jobs WHERE id IN (
+                                    SELECT id FROM jobs INDEXED BY jobs_status
+                                    WHERE status = ? AND status <> 'running' AND id < ?
+                                      AND completed_at < ?
+                                    ORDER BY id LIMIT ?)
+                                RETURNING id""",
+                            (status, bound, before, limit - len(gone)),
+                        ).fetchall()
+                    ]
                 _forget_dependencies(conn, gone)
                 deleted += len(gone)
             deleted += conn.execute(
@@ -1251,7 +1285,9 @@ def _admit(
             found_unlimited.append(queue)
             continue
         (depth,) = conn.execute(
-            "SELECT count(*) FROM jobs WHERE status = 'pending' AND queue = ?", (queue,)
+            "SELECT count(*) FROM jobs"
+            " WHERE status = 'pending' AND status <> 'running' AND queue = ?",  # jobs_status
+            (queue,),
         ).fetchone()
         if depth + count > max_depth:
             raise QueueFull(queue, max_depth)
@@ -1596,10 +1632,59 @@ def _queue_rows(
     return queues
 
 
+def _first_id_created_since(conn: sqlite3.Connection, since: float) -> int:
+    """The lowest job id from which on every job was created at or after `since` (one past
+    the highest id if none was), found by bisection: ids are given in creation order."""
+    (lo,) = conn.execute("SELECT min(id) FROM jobs").fetchone()  # two seeks; min and max
+    if lo is None:  # in one query would read the whole table
+        return 0
+    (hi,) = conn.execute("SELECT max(id) + 1 FROM jobs").fetchone()
+    while lo < hi:
+        mid = (lo + hi) // 2
+        found, created_at = conn.execute(
+            "SELECT id, created_at FROM jobs WHERE id >= ? ORDER BY id LIMIT 1", (mid,)
+        ).fetchone()
+        if created_at < since:
+            lo = min(found + 1, hi)
+        else:
+            hi = mid
+    return int(lo)
+
+
 def _running_by_queue(conn: sqlite3.Connection) -> dict[str, int]:
     return dict(
         conn.execute("SELECT queue, count(*) FROM jobs WHERE status = 'running' GROUP BY queue")
     )
+
+
+def _priority_levels(conn: sqlite3.Connection, queue: str) -> Iterator[int]:
+    """The priority levels of a queue's claimable jobs, highest first: one seek each."""
+    level: int | None = None
+    while True:
+        below, params = ("", (queue,)) if level is None else (" AND priority < ?", (queue, level))
+        (level,) = conn.execute(
+            "SELECT max(priority) FROM jobs INDEXED BY jobs_claim"
+            f" WHERE status = 'pending' AND blocked_by = 0 AND queue = ?{below}",
+            params,
+        ).fetchone()
+        if level is None:
+            return
+        yield level
+
+
+def _next_due_in(conn: sqlite3.Connection, queue: str, now: float) -> float | None:
+    """The earliest run_at after `now` among a queue's claimable jobs."""
+    soonest = None
+    for level in _priority_levels(conn, queue):
+        (due,) = conn.execute(
+            """SELECT min(run_at) FROM jobs INDEXED BY jobs_claim
+               WHERE status = 'pending' AND blocked_by = 0 AND queue = ? AND priority = ?
+                 AND run_at > ?""",
+            (queue, level, now),
+        ).fetchone()
+        if due is not None and (soonest is None or due < soonest):
+            soonest = due
+    return soonest
 
 
 def _due_ids(conn: sqlite3.Connection, queue: str, now: float, limit: int) -> list[int]:
@@ -1609,16 +1694,7 @@ def _due_ids(conn: sqlite3.Connection, queue: str, now: float, limit: int) -> li
     `ORDER BY priority DESC, run_at` walks every pending job of the queue when fewer than
     `limit` are due (measured: 70 ms with 1M jobs delayed, against 0.1 ms this way)."""
     ids: list[int] = []
-    level: int | None = None
-    while len(ids) < limit:
-        below, params = ("", (queue,)) if level is None else (" AND priority < ?", (queue, level))
-        (level,) = conn.execute(
-            "SELECT max(priority) FROM jobs INDEXED BY jobs_claim"
-            f" WHERE status = 'pending' AND blocked_by = 0 AND queue = ?{below}",
-            params,
-        ).fetchone()
-        if level is None:
-            break
+    for level in _priority_levels(conn, queue):
         ids += [
             r[0]
             for r in conn.execute(
@@ -1629,6 +1705,8 @@ def _due_ids(conn: sqlite3.Connection, queue: str, now: float, limit: int) -> li
                 (queue, level, now, now, limit - len(ids)),
             )
         ]
+        if len(ids) >= limit:
+            break
     return ids
 
 
@@ -1677,14 +1755,8 @@ CONCURRENCY_RECHECK_S = 1.0  # how soon to look again at a queue held by its con
 
 def _next_wake_at(conn: sqlite3.Connection, now: float) -> float | None:
     """When the dispatcher should next try to claim, given what is pending and every limit."""
-    (wake,) = conn.execute(
-        # INDEXED BY: left to itself SQLite may scan jobs_status, every pending job
-        "SELECT min(run_at) FROM jobs INDEXED BY jobs_next_due"
-        " WHERE status = 'pending' AND blocked_by = 0 AND run_at > ?",
-        (now,),
-    ).fetchone()
-    candidates = [] if wake is None else [wake]
     queues = _queue_rows(conn)
+    candidates = [due for name in queues if (due := _next_due_in(conn, name, now)) is not None]
     running = _running_by_queue(conn) if queues else {}
     for name, (settings, bucket, bucket_at) in queues.items():
         if settings.paused or (settings.rate_limit is None and settings.concurrency_limit is None):
