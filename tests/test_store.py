@@ -143,6 +143,37 @@ async def test_claim_counts_the_attempt_and_takes_a_lease(store: Store) -> None:
     assert await store.claim(1, T0, TTL) == []  # a running job is not claimed twice
 
 
+async def test_a_claimed_job_is_the_job_as_stored(store: Store) -> None:
+    """The claim reads back only what it did not set itself: the rest must still match."""
+    [dep] = await store.enqueue([new()], T0)
+    [first] = await store.claim(1, T0, TTL)
+    assert await store.complete(first.id, first.lease_token, b"1", T0)  # type: ignore[arg-type]
+    full = new(
+        args=[1, "a"],
+        kwargs={"k": [2]},
+        priority=5,
+        max_retries=4,
+        timeout_s=9.5,
+        backoff=Backoff(base_s=2.0, factor=3.0, cap_s=60.0),
+        idempotency_key="idem",
+        deadline=T0 + 999,
+        unique_key="uniq",
+        depends_on=[dep.job.id],
+        pass_result=True,
+        on_dependency_failure="cancel",
+        callback_url="http://127.0.0.1:9/hook",
+    )
+    [enqueued] = await store.enqueue([full], T0 + 1)
+    [tried] = await store.claim(1, T0 + 2, TTL)  # a first attempt leaves progress and an error
+    token = tried.lease_token
+    assert token is not None
+    await store.update_progress(tried.id, token, 0.5, "half")
+    assert await store.schedule_retry(tried.id, token, {"type": "E"}, T0 + 3, T0 + 2)
+    [job] = await store.claim(1, T0 + 3, TTL)
+    assert job.id == enqueued.job.id and job.attempts == 2 and job.error == {"type": "E"}
+    assert job == await store.get_job(job.id)
+
+
 async def test_claim_respects_the_limit(store: Store) -> None:
     await store.enqueue([new() for _ in range(7)], T0)
     assert len(await store.claim(3, T0, TTL)) == 3

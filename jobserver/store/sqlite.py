@@ -256,6 +256,53 @@ def _row_to_job(r: Sequence[Any]) -> Job:
     )
 
 
+# What a claim reads back: every column but those the claim itself sets, or that a running
+# job's CHECKs fix (completed_at NULL, blocked_by 0). Seven columns and an enum lookup fewer a
+# job, on the writer's thread: about 1 us of its 7 (measured on 64-job claims).
+CLAIMED_COLUMNS = (
+    "id, task, queue, args, kwargs, priority, attempts, max_retries, timeout_s, backoff,"
+    " created_at, run_at, result, error, progress, progress_message, idempotency_key, deadline,"
+    " unique_key, depends_on, pass_result, on_dependency_failure, callback_url, workflow_id"
+)
+
+
+def _claimed_job(r: Sequence[Any], now: float, token: str, expires: float) -> Job:
+    loads = codec.loads
+    return Job(
+        id=r[0],
+        task=r[1],
+        queue=r[2],
+        args=loads(r[3]),
+        kwargs=loads(r[4]),
+        priority=r[5],
+        status=JobState.RUNNING,
+        attempts=r[6],
+        max_retries=r[7],
+        timeout_s=r[8],
+        backoff=Backoff(**loads(r[9])) if r[9] is not None else None,
+        created_at=r[10],
+        run_at=r[11],
+        started_at=now,
+        completed_at=None,
+        result=loads(r[12]) if r[12] is not None else None,
+        error=loads(r[13]) if r[13] is not None else None,
+        progress=r[14],
+        progress_message=r[15],
+        lease_token=token,
+        lease_expires_at=expires,
+        cancel_requested=False,
+        idempotency_key=r[16],
+        deadline=r[17],
+        unique_key=r[18],
+        depends_on=loads(r[19]) if r[19] is not None else [],
+        blocked_by=0,
+        pass_result=bool(r[20]),
+        on_dependency_failure=r[21],
+        callback_url=r[22],
+        workflow_id=r[23],
+    )
+
+
 def _row_to_dead_letter(r: Sequence[Any]) -> DeadLetter:
     return DeadLetter(
         id=r[0],
@@ -1736,10 +1783,10 @@ def _claim(
     rows = conn.execute(
         f"""UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?,
                lease_token = ?, lease_expires_at = ?, cancel_requested = 0
-            WHERE id IN ({marks}) RETURNING {JOB_COLUMNS}""",
+            WHERE id IN ({marks}) RETURNING {CLAIMED_COLUMNS}""",
         (now, token, expires, *chosen),
     ).fetchall()
-    jobs = [_row_to_job(r) for r in rows]
+    jobs = [_claimed_job(r, now, token, expires) for r in rows]
     for name, left in tokens.items():
         taken = sum(1 for j in jobs if j.queue == name)
         conn.execute(
