@@ -67,8 +67,11 @@ async def e2e(
     finished = asyncio.Event()
     done = 0
 
+    served = server.worker.on_transition  # the server's own: metrics, events, waiters
+
     def on_transition(job: Any, state: JobState, detail: dict[str, Any]) -> None:
         nonlocal done
+        served(job, state, detail)
         if state == JobState.SUCCEEDED:
             done += 1
             if done == jobs:
