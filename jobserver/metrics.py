@@ -2,13 +2,26 @@
 
 Counters and histograms are fed by job transitions as they happen; gauges about the queues
 (depth by state, oldest due job, dead letters) are read from the store when scraped.
+
+The counters and histograms fed per job are kept as plain numbers here and handed to
+prometheus-client only when scraped: its own Counter and Histogram take a lock and do several
+calls an update, which at tens of thousands of jobs a second measured about 7 us a job (a
+quarter of a no-op job's whole cost). Everything is updated and scraped on the event loop's
+thread, so no lock is needed.
 """
 
 from __future__ import annotations
 
+import bisect
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from .models import Job, JobState, QueueInfo
 
@@ -25,45 +38,136 @@ def transition_event(state: JobState, detail: dict[str, Any]) -> str | None:
         if detail.get("event") in ("enqueued", "requeued"):
             return "enqueued"
         return "retried" if "retry_in_s" in detail else None  # a release is not a retry
-    return {
-        JobState.RUNNING: "started",
-        JobState.SUCCEEDED: "succeeded",
-        JobState.FAILED: "dead_lettered",
-        JobState.CANCELLED: "cancelled",
-    }.get(state)
+    return _EVENT_OF_STATE.get(state)
+
+
+_EVENT_OF_STATE = {
+    JobState.RUNNING: "started",
+    JobState.SUCCEEDED: "succeeded",
+    JobState.FAILED: "dead_lettered",
+    JobState.CANCELLED: "cancelled",
+}
+
+
+class LabelledCounter:
+    """A counter family: one float per label values, exported as `<name>_total`."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
+        self.name, self.documentation, self.labels = name, documentation, list(labels)
+        self.values: dict[tuple[str, ...], float] = {}
+        self._created: dict[tuple[str, ...], float] = {}
+
+    def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        value = self.values.get(labels)
+        if value is None:
+            value = 0.0
+            self._created[labels] = time.time()
+        self.values[labels] = value + amount
+
+    def family(self) -> Metric:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for labels, value in self.values.items():
+            family.add_metric(labels, value, created=self._created[labels])
+        return family
+
+
+class LabelledHistogram:
+    """A histogram family: per label values, a count per bucket (not cumulative) and a sum."""
+
+    def __init__(
+        self, name: str, documentation: str, labels: Sequence[str], buckets: Sequence[float]
+    ) -> None:
+        self.name, self.documentation, self.labels = name, documentation, list(labels)
+        self.bounds = sorted(float(b) for b in buckets)
+        les = [floatToGoString(b) for b in self.bounds]  # type: ignore[no-untyped-call]
+        self._les: list[str] = [*les, "+Inf"]
+        # labels -> [counts per bucket, the last one +Inf; sum; created]
+        self._series: dict[tuple[str, ...], list[Any]] = {}
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = [[0] * (len(self.bounds) + 1), 0.0, time.time()]
+        # bucket `le` counts values <= le: the first bound not below the value
+        series[0][bisect.bisect_left(self.bounds, value)] += 1
+        series[1] += value
+
+    def cumulative(self, labels: tuple[str, ...]) -> list[tuple[str, int]]:
+        """(le, how many observations were <= le) for every bucket, +Inf last."""
+        counts = self._series[labels][0] if labels in self._series else [0] * (len(self.bounds) + 1)
+        running, out = 0, []
+        for le, count in zip(self._les, counts, strict=True):
+            running += count
+            out.append((le, running))
+        return out
+
+    def family(self) -> Metric:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        for labels, (_, total, created) in self._series.items():
+            family.add_metric(labels, self.cumulative(labels), total)
+            family.samples.append(
+                Sample(f"{self.name}_created", dict(zip(self.labels, labels, strict=True)), created)
+            )
+        return family
+
+
+class _Families(Collector):
+    def __init__(self, families: list[LabelledCounter | LabelledHistogram]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._families:
+            yield family.family()
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        self.jobs = Counter(
+        self.jobs = LabelledCounter(
             "jobserver_jobs",
             "Job events: enqueued, started, succeeded, retried, dead_lettered (failed for good),"
             " cancelled",
             ["event", "queue", "task"],
-            registry=r,
         )
-        self.failures = Counter(
-            "jobserver_job_failures",
-            "Failed attempts, whether retried or not",
-            ["queue", "task"],
-            registry=r,
+        self.failures = LabelledCounter(
+            "jobserver_job_failures", "Failed attempts, whether retried or not", ["queue", "task"]
         )
-        self.duration = Histogram(
+        self.duration = LabelledHistogram(
             "jobserver_job_duration_seconds",
             "Time from an attempt's start to its end",
             ["queue", "task"],
-            buckets=DURATION_BUCKETS,
-            registry=r,
+            DURATION_BUCKETS,
         )
-        self.queue_wait = Histogram(
+        self.queue_wait = LabelledHistogram(
             "jobserver_job_queue_wait_seconds",
             "Time a job waited between being due and starting",
             ["queue"],
-            buckets=DURATION_BUCKETS,
-            registry=r,
+            DURATION_BUCKETS,
+        )
+        self.batch_size = LabelledHistogram(
+            "jobserver_store_batch_size",
+            "Writes per group-committed transaction",
+            [],
+            BATCH_BUCKETS,
+        )
+        self.commit_seconds = LabelledHistogram(
+            "jobserver_store_commit_seconds",
+            "Time to run and commit one group-committed transaction",
+            [],
+            COMMIT_BUCKETS,
+        )
+        r.register(
+            _Families(
+                [
+                    self.jobs,
+                    self.failures,
+                    self.duration,
+                    self.queue_wait,
+                    self.batch_size,
+                    self.commit_seconds,
+                ]
+            )
         )
         self.depth = Gauge(
             "jobserver_queue_jobs", "Jobs in a queue by state", ["queue", "state"], registry=r
@@ -82,47 +186,26 @@ class Metrics:
             "How late the event loop woke a timer (a blocked loop shows here)",
             registry=r,
         )
-        self.batch_size = Histogram(
-            "jobserver_store_batch_size",
-            "Writes per group-committed transaction",
-            buckets=BATCH_BUCKETS,
-            registry=r,
-        )
-        self.commit_seconds = Histogram(
-            "jobserver_store_commit_seconds",
-            "Time to run and commit one group-committed transaction",
-            buckets=COMMIT_BUCKETS,
-            registry=r,
-        )
 
     def record_transition(
         self, job: Job, state: JobState, detail: dict[str, Any], now: float
     ) -> None:
         event = transition_event(state, detail)
         if event is not None:
-            self._child(self.jobs, event, job.queue, job.task).inc()
+            self.jobs.inc((event, job.queue, job.task))
         if state == JobState.RUNNING and job.started_at is not None:
-            self._child(self.queue_wait, job.queue).observe(max(0.0, job.started_at - job.run_at))
+            self.queue_wait.observe((job.queue,), max(0.0, job.started_at - job.run_at))
         if "error" in detail:
-            self._child(self.failures, job.queue, job.task).inc()
+            self.failures.inc((job.queue, job.task))
         attempt_ended = state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED) or (
             state == JobState.PENDING and "retry_in_s" in detail
         )
         if attempt_ended and job.started_at is not None:
-            self._child(self.duration, job.queue, job.task).observe(max(0.0, now - job.started_at))
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        """`metric.labels(*labels)`, looked up once: prometheus_client's own lookup costs a
-        few microseconds, paid several times a job."""
-        key = (id(metric), labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+            self.duration.observe((job.queue, job.task), max(0.0, now - job.started_at))
 
     def record_commit(self, writes: int, seconds: float) -> None:
-        self.batch_size.observe(writes)
-        self.commit_seconds.observe(seconds)
+        self.batch_size.observe((), writes)
+        self.commit_seconds.observe((), seconds)
 
     def render(self, queues: list[QueueInfo], dead_letters: int) -> bytes:
         """The exposition text, with the queue gauges set from a fresh read of the store."""

@@ -633,9 +633,10 @@ class JobServer:
                 )
 
     def _on_transition(self, job: Job, state: JobState, detail: dict[str, Any]) -> None:
-        self.metrics.record_transition(job, state, detail, self.clock.now())
+        now = self.clock.now()
+        self.metrics.record_transition(job, state, detail, now)
         self._log_transition(job, state, detail)
-        self.events.publish(job, state, self.clock.now())
+        self.events.publish(job, state, now)
         if state in TERMINAL_STATES:
             self._published_ends[job.id] = None
             while len(self._published_ends) > 10_000:

@@ -84,3 +84,38 @@ async def test_a_task_that_blocks_the_loop_is_named_in_a_warning(
     ]
     assert warnings and "hogs_the_loop" in warnings[0]
     assert lag >= 0
+
+
+def test_counters_and_histograms_expose_what_prometheus_clients_own_would() -> None:
+    """Kept as plain numbers and exported when scraped: the text must be what
+    prometheus-client's own Counter and Histogram give for the same updates."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from jobserver.metrics import DURATION_BUCKETS, LabelledCounter, LabelledHistogram, _Families
+
+    ours_registry, theirs_registry = CollectorRegistry(), CollectorRegistry()
+    ours_hist = LabelledHistogram("h_seconds", "doc", ["queue"], DURATION_BUCKETS)
+    ours_count = LabelledCounter("c", "doc", ["queue", "task"])
+    ours_registry.register(_Families([ours_count, ours_hist]))
+    theirs_hist = Histogram(
+        "h_seconds", "doc", ["queue"], buckets=DURATION_BUCKETS, registry=theirs_registry
+    )
+    theirs_count = Counter("c", "doc", ["queue", "task"], registry=theirs_registry)
+    # on a bound, between bounds, below the first, above the last
+    values = [0.0, 0.001, 0.0011, 0.05, 1, 4.99, 5.0, 299.9, 1800, 1800.5, 99_999]
+    for i, value in enumerate(values):
+        queue = "a" if i % 3 else "b"
+        ours_hist.observe((queue,), value)
+        theirs_hist.labels(queue).observe(value)
+        ours_count.inc((queue, "t"), 2)
+        theirs_count.labels(queue, "t").inc(2)
+
+    def parsed(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        got = samples(generate_latest(registry))
+        return {k: v for k, v in got.items() if not k[0].endswith("_created")}
+
+    assert parsed(ours_registry) == parsed(theirs_registry)
+    assert parsed(ours_registry)[("h_seconds_bucket", (("le", "0.005"), ("queue", "a")))] == 2
+    created = samples(generate_latest(ours_registry))
+    assert ("h_seconds_created", (("queue", "a"),)) in created
+    assert ("c_created", (("queue", "a"), ("task", "t"))) in created
