@@ -56,9 +56,8 @@ class Executor:
                 retryable=False,
             )
         timeout_s = job.timeout_s if job.timeout_s is not None else spec.timeout_s
-        kwargs = dict(job.kwargs)
-        if spec.wants_ctx:
-            kwargs["ctx"] = ctx
+        # Not copied unless ctx joins it: the call unpacks it into a dict of its own anyway.
+        kwargs = {**job.kwargs, "ctx": ctx} if spec.wants_ctx else job.kwargs
         bind_current_job(ctx)  # this coroutine runs in its own asyncio task: a private context
         # No timeout object for a task without one: it is a measurable cost per job.
         deadline = asyncio.timeout(timeout_s) if timeout_s is not None else None

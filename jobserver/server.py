@@ -665,7 +665,10 @@ class JobServer:
             self.events.publish(job, job.status, job.completed_at or self.clock.now())
 
     def _notify(self, job_id: int) -> None:
-        for fut in self._waiters.pop(job_id, []):
+        waiters = self._waiters.pop(job_id, None)
+        if waiters is None:  # the usual case: nobody waits for this job
+            return
+        for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
 

@@ -159,7 +159,10 @@ class Worker:
         running.task.cancel()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        return asyncio.create_task(coro, name=f"jobserver-{name}")
+        # The loop's own create_task: asyncio.create_task first asks for the running loop,
+        # which costs a getpid() system call, once a job.
+        loop = self._loop or asyncio.get_running_loop()
+        return loop.create_task(coro, name=f"jobserver-{name}")
 
     # -- the dispatcher ---------------------------------------------------------------------------
     async def _dispatch_loop(self) -> None:
@@ -348,6 +351,18 @@ class Worker:
 
     # -- progress ---------------------------------------------------------------------------------
     def _progress_reporter(self, job: Job) -> Callable[[float, str | None], None]:
+        """What a job's ctx.progress calls: built on first use, since most jobs never do."""
+        reporter: Callable[[float, str | None], None] | None = None
+
+        def report(fraction: float, message: str | None) -> None:
+            nonlocal reporter
+            if reporter is None:
+                reporter = self._throttled_reporter(job)
+            reporter(fraction, message)
+
+        return report
+
+    def _throttled_reporter(self, job: Job) -> Callable[[float, str | None], None]:
         """Progress writes are throttled: at most one per interval, the latest value wins."""
         loop = self._loop or asyncio.get_running_loop()
         state: dict[str, Any] = {"last": float("-inf"), "pending": None, "scheduled": False}
