@@ -144,6 +144,9 @@ class JobServer:
         self._published_ends: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._background: set[asyncio.Task[None]] = set()
         self._lag_watch: asyncio.Task[None] | None = None
+        # Kept at start: asyncio.get_running_loop() costs a getpid() system call, once an
+        # enqueue otherwise.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._fast_enqueue: FastEnqueue | None = None
         self._listener: asyncio.Server | None = None
@@ -162,6 +165,7 @@ class JobServer:
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self.store.subscribe(on_due=self.worker.wake, on_done=self._ended_elsewhere)
         await self.store.open()
         report = await self.store.recover_orphans(self.clock.now())
@@ -363,12 +367,10 @@ class JobServer:
         for job in jobs:
             self.task_spec(job.task)
         now = self.clock.now()
-        loop = asyncio.get_running_loop()
-        writing = loop.create_task(self._enqueue_and_publish(jobs, now))
         # Woken before the commit, the dispatcher's claim can join the enqueue's transaction:
-        # the job starts one commit after its enqueue, not two. The wake is a callback queued
-        # after the enqueue task's first step, which queues the write (see Store.enqueue), so
-        # the claim it sets off comes after the insert and sees the job.
+        # the job starts one commit after its enqueue, not two. The wake is a callback, run
+        # after this step, in which the store queues the write (see Store.enqueue): the claim
+        # it sets off comes after the insert and sees the job.
         # A job with dependencies waits for them; the store tells when it becomes due.
         due = [
             now if j.run_at is None else j.run_at
@@ -376,8 +378,9 @@ class JobServer:
             if not (j.depends_on or j.depends_on_index)
         ]
         if due:
+            loop = self._loop or asyncio.get_running_loop()
             loop.call_soon(self.worker.wake_for, min(due))
-        return await writing
+        return await self._enqueue_and_publish(jobs, now)
 
     async def _enqueue_and_publish(self, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
         results = await self.store.enqueue(jobs, now)
