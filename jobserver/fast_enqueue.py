@@ -16,6 +16,7 @@ about 60% of the CPU. Mounted apps (`create_app`) are served by aiohttp alone.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -34,6 +35,7 @@ from .limits import aiohttp_protocol
 
 if TYPE_CHECKING:
     from .server import JobServer
+    from .store.base import Enqueued
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +114,7 @@ class FastEnqueue:
         self.poll_prefix = poll_prefix
         self.keepalive_s = keepalive_s
         self.header_timeout_s = header_timeout_s
-        self.in_flight: set[asyncio.Task[None]] = set()
+        self.in_flight: set[asyncio.Future[Enqueued]] = set()
         self.idle: set[EnqueueProtocol] = set()  # connections of ours between requests
         self.answered = 0  # requests answered here
         self.handed_over = 0  # connections handed to aiohttp
@@ -279,9 +281,21 @@ class EnqueueProtocol(asyncio.Protocol):
             return
         self._replying = True
         self._shared.idle.discard(self)
-        task = self._loop.create_task(self._enqueue(fields_in, body_end))
-        self._shared.in_flight.add(task)
-        task.add_done_callback(self._shared.in_flight.discard)
+        try:
+            written = self._shared.server.submit_soon(**fields_in)
+        except _REFUSALS:
+            self._replying = False
+            self._hand_over()  # nothing was written: aiohttp tries again and answers
+            return
+        except Exception:
+            log.exception("unhandled error in POST /jobs")
+            self._reply(500, error_body("internal", "internal server error", None), body_end)
+            return
+        # Not a task a request: a callback on the write's future (after the server's own,
+        # which publishes `pending`).
+        self._shared.in_flight.add(written)
+        written.add_done_callback(functools.partial(self._written, body_end))
+        written.add_done_callback(self._shared.in_flight.discard)
 
     @staticmethod
     def _fields(block: bytes) -> dict[bytes, bytes] | None:
@@ -327,17 +341,17 @@ class EnqueueProtocol(asyncio.Protocol):
         key = fields.get(b"idempotency-key")
         return parse_enqueue(body, None if key is None else _text(key))
 
-    async def _enqueue(self, fields: dict[str, Any], request_end: int) -> None:
-        try:
-            enqueued = await self._shared.server.submit(**fields)
-        except _REFUSALS:
+    def _written(self, request_end: int, written: asyncio.Future[Enqueued]) -> None:
+        error = written.exception() if not written.cancelled() else StorageUnavailable("stopped")
+        if isinstance(error, _REFUSALS):
             self._replying = False
             self._hand_over()  # nothing was written: aiohttp tries again and answers
             return
-        except Exception:
-            log.exception("unhandled error in POST /jobs")
+        if error is not None:
+            log.error("unhandled error in POST /jobs", exc_info=error)
             self._reply(500, error_body("internal", "internal server error", None), request_end)
             return
+        enqueued = written.result()
         job = enqueued.job
         body = codec.dumps(accepted(job, self._shared.poll_prefix))
         self._reply(202 if enqueued.created else 200, body, request_end)

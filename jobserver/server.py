@@ -296,6 +296,25 @@ class JobServer:
         """Enqueue one job; `created` is False when an idempotency key matched an earlier job."""
         return (await self.enqueue_many([self.new_job(task, *args, **options)]))[0]
 
+    def submit_soon(self, task: str, **options: Any) -> asyncio.Future[Enqueued]:
+        """submit() for a caller that is not a coroutine (the HTTP fast path: a task a request
+        would cost more than the rest of its Python). A bad request raises at once; the
+        future holds the job once committed, and its `pending` has been published before the
+        future's own callbacks run (they are called in the order they were added)."""
+        job = self.new_job(task, **options)
+        now = self.clock.now()
+        written = self.store.enqueue_one_soon(job, now)
+        # As in enqueue_many: a wake scheduled after the write is queued (see the store).
+        if not job.depends_on:
+            loop = self._loop or asyncio.get_running_loop()
+            loop.call_soon(self.worker.wake_for, now if job.run_at is None else job.run_at)
+        written.add_done_callback(self._publish_written)
+        return written
+
+    def _publish_written(self, written: asyncio.Future[Enqueued]) -> None:
+        if not written.cancelled() and written.exception() is None:
+            self._publish_enqueued([written.result()])
+
     def new_job(
         self,
         task: str,
@@ -384,15 +403,18 @@ class JobServer:
 
     async def _enqueue_and_publish(self, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
         results = await self.store.enqueue(jobs, now)
-        # Published in the task whose write it is: it resumes in the same loop turn as a claim
-        # committed with it, and before it (its write came first), so `pending` precedes
-        # `running` for every listener.
+        self._publish_enqueued(results)
+        return results
+
+    def _publish_enqueued(self, results: Sequence[Enqueued]) -> None:
+        # Called as the write's waiter resumes: in the same loop turn as a claim committed with
+        # it, and before the claimed job's first step (claims are settled first, but the job's
+        # task is created after), so `pending` precedes `running` for every listener.
         for r in results:
             if r.created:
                 self._on_transition(r.job, JobState.PENDING, {"event": "enqueued"})
                 if r.job.depends_on and not r.job.blocked_by:  # its dependencies had succeeded
                     self.worker.wake_for(r.job.run_at)
-        return results
 
     async def get_job(self, job_id: int) -> Job:
         job = await self.store.get_job(job_id)

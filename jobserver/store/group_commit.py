@@ -122,11 +122,15 @@ class GatheredWrite(Generic[ItemT]):
 
     async def join(self, item: ItemT) -> Any:
         """Add an item; returns its own answer once the transaction holding it has committed."""
+        return await self.join_soon(item)  # its caller going away cancels only its own answer
+
+    def join_soon(self, item: ItemT) -> asyncio.Future[Any]:
+        """Add an item; the future holds its own answer once the transaction has committed."""
         assert self._loop is not None and not self.sealed
         answer = self._loop.create_future()
         self.items.append(item)
         self._answers.append(answer)
-        return await answer  # its caller going away cancels only its own answer
+        return answer
 
     def settle(self, ok: bool, value: Any) -> None:
         # Set directly, in the same turn as the other writes' futures (no hop through the

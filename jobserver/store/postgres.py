@@ -53,7 +53,14 @@ from ..models import (
     Schedule,
     error_info,
 )
-from .base import Enqueued, JobFilter, LeaseReport, RescueReport, payload_fingerprint
+from .base import (
+    Enqueued,
+    JobFilter,
+    LeaseReport,
+    RescueReport,
+    enqueue_alone_soon,
+    payload_fingerprint,
+)
 from .group_commit import GatheredWrite, GroupCommitQueue, PendingWrite, open_gathered
 
 log = logging.getLogger(__name__)
@@ -499,7 +506,7 @@ class PostgresStore:
     async def enqueue(self, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
         rows = [_row(j, now) for j in jobs]
         if len(rows) == 1 and _is_plain(rows[0]):
-            return [await self._insert_gathered(rows[0])]
+            return [await self._join_inserts(rows[0])]
 
         async def op(conn: asyncpg.Connection) -> list[Enqueued]:
             await _admit(conn, [r.values[1] for r in rows])
@@ -512,14 +519,19 @@ class PostgresStore:
         result: list[Enqueued] = await self._write(op)
         return result
 
-    async def _insert_gathered(self, row: _Row) -> Enqueued:
+    def enqueue_one_soon(self, job: NewJob, now: float) -> asyncio.Future[Enqueued]:
+        row = _row(job, now)
+        if _is_plain(row):
+            return self._join_inserts(row)
+        return enqueue_alone_soon(self.enqueue([job], now))
+
+    def _join_inserts(self, row: _Row) -> asyncio.Future[Enqueued]:
         # Single enqueues that arrive before the writer takes them share one op: a few round
         # trips for all of them instead of a savepoint, a check, an insert and a notify each.
         batch = self._inserts = open_gathered(
             self._inserts, lambda: _PlainInsertBatch(self), self._put
         )
-        enqueued: Enqueued = await batch.join(row)
-        return enqueued
+        return batch.join_soon(row)
 
     async def get_job(self, job_id: int) -> Job | None:
         async def fn(conn: asyncpg.Connection) -> Job | None:

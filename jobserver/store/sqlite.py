@@ -51,7 +51,14 @@ from ..models import (
     Schedule,
     error_info,
 )
-from .base import Enqueued, JobFilter, LeaseReport, RescueReport, payload_fingerprint
+from .base import (
+    Enqueued,
+    JobFilter,
+    LeaseReport,
+    RescueReport,
+    enqueue_alone_soon,
+    payload_fingerprint,
+)
 from .group_commit import GatheredWrite, GroupCommitQueue, PendingWrite, open_gathered
 
 log = logging.getLogger(__name__)
@@ -631,7 +638,7 @@ class SQLiteStore:
     async def enqueue(self, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
         rows = [_insert_params(j, now) for j in jobs]
         if len(rows) == 1 and _is_plain(rows[0]) and rows[0]["queue"] in self._unlimited_queues:
-            return [await self._insert_gathered(rows[0])]
+            return [await self._join_inserts(rows[0])]
         fx = Effects()
         unlimited: list[str] = []
 
@@ -648,15 +655,20 @@ class SQLiteStore:
         self._emit(fx)
         return result
 
-    async def _insert_gathered(self, params: dict[str, Any]) -> Enqueued:
+    def enqueue_one_soon(self, job: NewJob, now: float) -> asyncio.Future[Enqueued]:
+        params = _insert_params(job, now)
+        if _is_plain(params) and params["queue"] in self._unlimited_queues:
+            return self._join_inserts(params)
+        return enqueue_alone_soon(self.enqueue([job], now))
+
+    def _join_inserts(self, params: dict[str, Any]) -> asyncio.Future[Enqueued]:
         # Single enqueues that arrive before the writer takes them share one op, one INSERT:
         # under many concurrent clients a statement each cost more in thread hand-offs than
         # in SQLite itself (as completions do).
         batch = self._inserts = open_gathered(
             self._inserts, lambda: _PlainInsertBatch(self._unlimited_queues), self._put
         )
-        enqueued: Enqueued = await batch.join(params)
-        return enqueued
+        return batch.join_soon(params)
 
     async def get_job(self, job_id: int) -> Job | None:
         def fn(conn: sqlite3.Connection) -> Job | None:
