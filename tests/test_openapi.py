@@ -336,9 +336,13 @@ def storage_unavailable(server: JobServer, monkeypatch: pytest.MonkeyPatch) -> I
     async def refuse(*args: Any, **kwargs: Any) -> Any:
         raise StorageUnavailable("database cannot take writes now: disk I/O error")
 
+    def refuse_soon(*args: Any, **kwargs: Any) -> Any:  # a store call that returns a future
+        raise StorageUnavailable("database cannot take writes now: disk I/O error")
+
     with monkeypatch.context() as patch:
         for name in STORE_CALLS:
             patch.setattr(server.store, name, refuse)
+        patch.setattr(server.store, "enqueue_one_soon", refuse_soon)
         yield
 
 
