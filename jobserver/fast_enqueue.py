@@ -283,13 +283,8 @@ class EnqueueProtocol(asyncio.Protocol):
         self._shared.idle.discard(self)
         try:
             written = self._shared.server.submit_soon(**fields_in)
-        except _REFUSALS:
-            self._replying = False
-            self._hand_over()  # nothing was written: aiohttp tries again and answers
-            return
-        except Exception:
-            log.exception("unhandled error in POST /jobs")
-            self._reply(500, error_body("internal", "internal server error", None), body_end)
+        except Exception as exc:
+            self._not_written(exc, body_end)
             return
         # Not a task a request: a callback on the write's future (after the server's own,
         # which publishes `pending`).
@@ -343,18 +338,21 @@ class EnqueueProtocol(asyncio.Protocol):
 
     def _written(self, request_end: int, written: asyncio.Future[Enqueued]) -> None:
         error = written.exception() if not written.cancelled() else StorageUnavailable("stopped")
-        if isinstance(error, _REFUSALS):
-            self._replying = False
-            self._hand_over()  # nothing was written: aiohttp tries again and answers
-            return
         if error is not None:
-            log.error("unhandled error in POST /jobs", exc_info=error)
-            self._reply(500, error_body("internal", "internal server error", None), request_end)
+            self._not_written(error, request_end)
             return
         enqueued = written.result()
         job = enqueued.job
         body = codec.dumps(accepted(job, self._shared.poll_prefix))
         self._reply(202 if enqueued.created else 200, body, request_end)
+
+    def _not_written(self, error: BaseException, request_end: int) -> None:
+        if isinstance(error, _REFUSALS):
+            self._replying = False
+            self._hand_over()  # nothing was written: aiohttp tries again and answers
+            return
+        log.error("unhandled error in POST /jobs", exc_info=error)
+        self._reply(500, error_body("internal", "internal server error", None), request_end)
 
     def _reply(self, status: int, body: bytes, request_end: int) -> None:
         self._replying = False
