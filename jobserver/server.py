@@ -294,22 +294,29 @@ class JobServer:
 
     async def submit(self, task: str, *args: Any, **options: Any) -> Enqueued:
         """Enqueue one job; `created` is False when an idempotency key matched an earlier job."""
-        return (await self.enqueue_many([self.new_job(task, *args, **options)]))[0]
+        return await self.submit_soon(task, *args, **options)
 
-    def submit_soon(self, task: str, **options: Any) -> asyncio.Future[Enqueued]:
+    def submit_soon(self, task: str, *args: Any, **options: Any) -> asyncio.Future[Enqueued]:
         """submit() for a caller that is not a coroutine (the HTTP fast path: a task a request
         would cost more than the rest of its Python). A bad request raises at once; the
         future holds the job once committed, and its `pending` has been published before the
         future's own callbacks run (they are called in the order they were added)."""
-        job = self.new_job(task, **options)
+        job = self.new_job(task, *args, **options)
         now = self.clock.now()
-        written = self.store.enqueue_one_soon(job, now)
-        # As in enqueue_many: a wake scheduled after the write is queued (see the store).
-        if not job.depends_on:
+        written = self.store.enqueue_gathered(job, now)
+        if written is None:
+            # Published in the task's own step as its write resumes it, not by a callback on
+            # the task, which would run a turn after a job claimed with it had started.
             loop = self._loop or asyncio.get_running_loop()
-            loop.call_soon(self.worker.wake_for, now if job.run_at is None else job.run_at)
-        written.add_done_callback(self._publish_written)
+            written = loop.create_task(self._enqueue_one_and_publish(job, now))
+        else:
+            written.add_done_callback(self._publish_written)
+        if not job.depends_on:  # after the write (or the step queueing it) in the loop's order
+            self._wake_after_write(now if job.run_at is None else job.run_at)
         return written
+
+    async def _enqueue_one_and_publish(self, job: NewJob, now: float) -> Enqueued:
+        return (await self._enqueue_and_publish([job], now))[0]
 
     def _publish_written(self, written: asyncio.Future[Enqueued]) -> None:
         if not written.cancelled() and written.exception() is None:
@@ -386,10 +393,6 @@ class JobServer:
         for job in jobs:
             self.task_spec(job.task)
         now = self.clock.now()
-        # Woken before the commit, the dispatcher's claim can join the enqueue's transaction:
-        # the job starts one commit after its enqueue, not two. The wake is a callback, run
-        # after this step, in which the store queues the write (see Store.enqueue): the claim
-        # it sets off comes after the insert and sees the job.
         # A job with dependencies waits for them; the store tells when it becomes due.
         due = [
             now if j.run_at is None else j.run_at
@@ -397,9 +400,16 @@ class JobServer:
             if not (j.depends_on or j.depends_on_index)
         ]
         if due:
-            loop = self._loop or asyncio.get_running_loop()
-            loop.call_soon(self.worker.wake_for, min(due))
+            self._wake_after_write(min(due))
         return await self._enqueue_and_publish(jobs, now)
+
+    def _wake_after_write(self, run_at: float) -> None:
+        """Woken before the commit, the dispatcher's claim can join the enqueue's transaction:
+        the job starts one commit after its enqueue, not two. The wake is a callback, run after
+        the caller's step, in which the store queues the write (see Store.enqueue): the claim it
+        sets off comes after the insert and sees the job."""
+        loop = self._loop or asyncio.get_running_loop()
+        loop.call_soon(self.worker.wake_for, run_at)
 
     async def _enqueue_and_publish(self, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
         results = await self.store.enqueue(jobs, now)

@@ -342,7 +342,7 @@ def storage_unavailable(server: JobServer, monkeypatch: pytest.MonkeyPatch) -> I
     with monkeypatch.context() as patch:
         for name in STORE_CALLS:
             patch.setattr(server.store, name, refuse)
-        patch.setattr(server.store, "enqueue_one_soon", refuse_soon)
+        patch.setattr(server.store, "enqueue_gathered", refuse_soon)
         yield
 
 

@@ -8,7 +8,7 @@ that lost its lease cannot overwrite the work of the worker that took over.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -61,16 +61,6 @@ def payload_fingerprint(job: NewJob) -> str:
     )
 
 
-def enqueue_alone_soon(enqueue: Coroutine[Any, Any, list[Enqueued]]) -> asyncio.Future[Enqueued]:
-    """A store's enqueue_one_soon for a job it cannot gather: its enqueue, in a task whose first
-    step (which queues the write) is scheduled now."""
-
-    async def first() -> Enqueued:
-        return (await enqueue)[0]
-
-    return asyncio.get_running_loop().create_task(first())
-
-
 class Store(Protocol):
     # True when one process owns the database, so at start every `running` row is an orphan.
     exclusive: bool
@@ -93,13 +83,15 @@ class Store(Protocol):
         has started comes after the insert (JobServer.enqueue_many relies on it)."""
         ...
 
-    def enqueue_one_soon(self, job: NewJob, now: float) -> asyncio.Future[Enqueued]:
-        """enqueue([job]) without a coroutine of the caller's own (the HTTP fast path calls it
-        once a request, and a task a request costs more than the rest of its Python).
+    def enqueue_gathered(self, job: NewJob, now: float) -> asyncio.Future[Enqueued] | None:
+        """enqueue([job]) without a coroutine, for a job that joins the single enqueues the
+        writer has not taken yet (the HTTP fast path calls it once a request, and a task a
+        request costs more than the rest of its Python); None for a job that does not (the
+        caller uses enqueue).
 
-        The write is queued before it returns, or in a step scheduled before it returns: a
-        callback scheduled after the call runs after the write is queued. The future holds
-        the job once committed, or the error that refused it."""
+        The write is queued before it returns. The future holds the job once committed, or
+        the error that refused it, and is set in the same turn as the other writes of its
+        transaction: its callbacks run before the first step of a job claimed with it."""
         ...
 
     async def get_job(self, job_id: int) -> Job | None: ...

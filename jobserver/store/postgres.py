@@ -58,7 +58,6 @@ from .base import (
     JobFilter,
     LeaseReport,
     RescueReport,
-    enqueue_alone_soon,
     payload_fingerprint,
 )
 from .group_commit import GatheredWrite, GroupCommitQueue, PendingWrite, open_gathered
@@ -519,11 +518,9 @@ class PostgresStore:
         result: list[Enqueued] = await self._write(op)
         return result
 
-    def enqueue_one_soon(self, job: NewJob, now: float) -> asyncio.Future[Enqueued]:
+    def enqueue_gathered(self, job: NewJob, now: float) -> asyncio.Future[Enqueued] | None:
         row = _row(job, now)
-        if _is_plain(row):
-            return self._join_inserts(row)
-        return enqueue_alone_soon(self.enqueue([job], now))
+        return self._join_inserts(row) if _is_plain(row) else None
 
     def _join_inserts(self, row: _Row) -> asyncio.Future[Enqueued]:
         # Single enqueues that arrive before the writer takes them share one op: a few round

@@ -56,7 +56,6 @@ from .base import (
     JobFilter,
     LeaseReport,
     RescueReport,
-    enqueue_alone_soon,
     payload_fingerprint,
 )
 from .group_commit import GatheredWrite, GroupCommitQueue, PendingWrite, open_gathered
@@ -637,7 +636,7 @@ class SQLiteStore:
     # -- enqueue and read -------------------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
         rows = [_insert_params(j, now) for j in jobs]
-        if len(rows) == 1 and _is_plain(rows[0]) and rows[0]["queue"] in self._unlimited_queues:
+        if len(rows) == 1 and self._gatherable(rows[0]):
             return [await self._join_inserts(rows[0])]
         fx = Effects()
         unlimited: list[str] = []
@@ -655,11 +654,13 @@ class SQLiteStore:
         self._emit(fx)
         return result
 
-    def enqueue_one_soon(self, job: NewJob, now: float) -> asyncio.Future[Enqueued]:
+    def enqueue_gathered(self, job: NewJob, now: float) -> asyncio.Future[Enqueued] | None:
         params = _insert_params(job, now)
-        if _is_plain(params) and params["queue"] in self._unlimited_queues:
-            return self._join_inserts(params)
-        return enqueue_alone_soon(self.enqueue([job], now))
+        return self._join_inserts(params) if self._gatherable(params) else None
+
+    def _gatherable(self, params: dict[str, Any]) -> bool:
+        """A plain job into a queue known to have no max depth: it joins the gathered insert."""
+        return _is_plain(params) and params["queue"] in self._unlimited_queues
 
     def _join_inserts(self, params: dict[str, Any]) -> asyncio.Future[Enqueued]:
         # Single enqueues that arrive before the writer takes them share one op, one INSERT:
