@@ -308,11 +308,9 @@ class JobServer:
             # Published in the task's own step as its write resumes it, not by a callback on
             # the task, which would run a turn after a job claimed with it had started.
             loop = self._loop or asyncio.get_running_loop()
-            written = loop.create_task(self._enqueue_one_and_publish(job, now))
-        else:
-            written.add_done_callback(self._publish_written)
-        if not job.depends_on:  # after the write (or the step queueing it) in the loop's order
-            self._wake_after_write(now if job.run_at is None else job.run_at)
+            return loop.create_task(self._enqueue_one_and_publish(job, now))
+        written.add_done_callback(self._publish_written)
+        self._wake_after_write([job], now)  # queued: gathered jobs have no dependencies
         return written
 
     async def _enqueue_one_and_publish(self, job: NewJob, now: float) -> Enqueued:
@@ -392,7 +390,15 @@ class JobServer:
         """Enqueue jobs in one transaction: all of them or none."""
         for job in jobs:
             self.task_spec(job.task)
-        now = self.clock.now()
+        return await self._enqueue_and_publish(jobs, self.clock.now())
+
+    def _wake_after_write(self, jobs: Sequence[NewJob], now: float) -> None:
+        """Woken before the commit, the dispatcher's claim can join the enqueue's transaction:
+        the job starts one commit after its enqueue, not two. Called in the step in which the
+        store queues the write (see Store.enqueue), never a step before it: the dispatcher
+        resumes a loop turn later, so its claim is queued after the insert and sees the job,
+        and before the writer, which waits a turn more (GroupCommitQueue._run), takes the
+        batch. (Woken earlier, a claim could run before the insert and the wake be spent.)"""
         # A job with dependencies waits for them; the store tells when it becomes due.
         due = [
             now if j.run_at is None else j.run_at
@@ -400,18 +406,10 @@ class JobServer:
             if not (j.depends_on or j.depends_on_index)
         ]
         if due:
-            self._wake_after_write(min(due))
-        return await self._enqueue_and_publish(jobs, now)
-
-    def _wake_after_write(self, run_at: float) -> None:
-        """Woken before the commit, the dispatcher's claim can join the enqueue's transaction:
-        the job starts one commit after its enqueue, not two. The wake is a callback, run after
-        the caller's step, in which the store queues the write (see Store.enqueue): the claim it
-        sets off comes after the insert and sees the job."""
-        loop = self._loop or asyncio.get_running_loop()
-        loop.call_soon(self.worker.wake_for, run_at)
+            self.worker.wake_for(min(due))
 
     async def _enqueue_and_publish(self, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
+        self._wake_after_write(jobs, now)  # in this step, which queues the write
         results = await self.store.enqueue(jobs, now)
         self._publish_enqueued(results)
         return results

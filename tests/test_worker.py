@@ -511,6 +511,37 @@ async def test_a_job_that_falls_due_between_claim_and_sleep_is_not_stranded(
         assert done.status == JobState.SUCCEEDED, done
 
 
+async def test_a_job_enqueued_to_an_idle_pool_is_claimed_in_its_enqueues_transaction(
+    make_server: ServerFactory,
+) -> None:
+    """The enqueue wakes the sleeping dispatcher before its write commits, so the claim joins
+    that transaction: the job starts one commit (one fsync) after its enqueue, not two. For a
+    single enqueue and a batch."""
+    server = await start(make_server)
+    writer = server.store._writer
+    assert writer is not None
+
+    async def sleeping() -> bool:  # the dispatcher waits for a wake and no write is queued
+        return server.worker._wake_waiter is not None and not writer._queue
+
+    async def one() -> int:
+        return (await server.enqueue("add", [1, 2])).id
+
+    async def batch() -> int:
+        return (await server.enqueue_many([server.new_job("add", [3, 4])]))[0].job.id
+
+    # The first job into a queue takes the store's general path (it registers the queue); the
+    # later single ones its gathered insert, which the HTTP fast path uses too.
+    writes_a_commit: list[int] = []
+    writer.observer = lambda writes, _seconds: writes_a_commit.append(writes)
+    for enqueue in (one, one, batch):
+        await eventually(sleeping, bool)
+        writes_a_commit.clear()
+        job_id = await enqueue()
+        assert (await server.wait_for(job_id, timeout_s=5)).status == JobState.SUCCEEDED
+        assert writes_a_commit[0] == 2, writes_a_commit  # the insert and the claim
+
+
 async def test_each_transition_is_logged_at_debug_only(
     make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -80,7 +80,7 @@ class Store(Protocol):
         """Insert jobs in one transaction; returns once it has committed.
 
         The write is queued before the first suspension, so a claim queued after a call
-        has started comes after the insert (JobServer.enqueue_many relies on it)."""
+        has started comes after the insert (JobServer wakes the dispatcher in that step)."""
         ...
 
     def enqueue_gathered(self, job: NewJob, now: float) -> asyncio.Future[Enqueued] | None:
