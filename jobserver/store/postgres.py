@@ -53,13 +53,7 @@ from ..models import (
     Schedule,
     error_info,
 )
-from .base import (
-    Enqueued,
-    JobFilter,
-    LeaseReport,
-    RescueReport,
-    payload_fingerprint,
-)
+from .base import Enqueued, JobFilter, LeaseReport, RescueReport, payload_fingerprint
 from .group_commit import GatheredWrite, GroupCommitQueue, PendingWrite, open_gathered
 
 log = logging.getLogger(__name__)
