@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -19,15 +20,97 @@ from .procs import ServerProcess, Spawn
 
 T = TypeVar("T")
 
-# Every store backend runs the same conformance tests. PostgreSQL runs where
-# JOBSERVER_TEST_PG names a server (a DSN); .ci/run makes sure one does.
+# Every store backend runs the same conformance tests. PostgreSQL runs against JOBSERVER_TEST_PG,
+# else the server scripts/test-services starts (127.0.0.1:5432, database `test`), when one
+# answers. JOBSERVER_TEST_REQUIRE=postgres (as .ci/run sets it) turns "not reachable" from a skip
+# into a failed run, so that a shipped store cannot break unseen.
 STORE_BACKENDS = ["sqlite", "postgres"]
-PG_DSN = os.environ.get("JOBSERVER_TEST_PG")
-PG_SKIP = "PostgreSQL tests skipped: set JOBSERVER_TEST_PG to a server's DSN to run them"
+DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+REQUIRED = {n.strip() for n in os.environ.get("JOBSERVER_TEST_REQUIRE", "").split(",") if n}
+
+
+def _reachable_pg(dsn: str) -> str | None:
+    """Why PostgreSQL at `dsn` cannot be used, or None when it answers a query."""
+    try:
+        import asyncpg
+    except ImportError:
+        return "asyncpg is not installed (pip install -e '.[test]')"
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(dsn, timeout=3)
+        try:
+            await conn.fetchval("SELECT 1")
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+_PG_CANDIDATE = os.environ.get("JOBSERVER_TEST_PG") or DEFAULT_PG_DSN
+_PG_PROBLEM = _reachable_pg(_PG_CANDIDATE)
+PG_DSN: str | None = None if _PG_PROBLEM else _PG_CANDIDATE
+PG_SKIP = (
+    f"PostgreSQL tests skipped: no server at {_PG_CANDIDATE} ({_PG_PROBLEM}); "
+    "`bash scripts/test-services` starts one, or set JOBSERVER_TEST_PG to a DSN"
+)
+
+CHROMIUM = (
+    os.environ.get("JOBSERVER_TEST_CHROMIUM")
+    or shutil.which("chromium")
+    or shutil.which("chromium-browser")
+)
+CHROMIUM_SKIP = (
+    "dashboard tests skipped: no Chromium binary; `bash scripts/test-services` installs it"
+    " (or set JOBSERVER_TEST_CHROMIUM to one)"
+)
 
 
 def pytest_report_header() -> str:
     return f"PostgreSQL store tests: against {PG_DSN}" if PG_DSN else PG_SKIP
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if "postgres" in REQUIRED and not PG_DSN:
+        raise pytest.UsageError(f"JOBSERVER_TEST_REQUIRE=postgres, but {PG_SKIP}")
+    if "chromium" in REQUIRED and not CHROMIUM:
+        raise pytest.UsageError(f"JOBSERVER_TEST_REQUIRE=chromium, but {CHROMIUM_SKIP}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything under tests/e2e is an end-to-end run, and so is any test marked e2e. They are
+    left out of a plain `pytest` (and `pytest tests/http`), and run with `-m e2e`, or when their
+    file or folder is named: `pytest tests/e2e/test_chaos.py` runs the chaos test."""
+    e2e_dir = Path(__file__).parent / "e2e"
+    for item in items:
+        if e2e_dir in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
+    if config.option.markexpr:
+        return  # -m says what runs
+    named = [Path(arg.split("::")[0]).resolve() for arg in config.args]
+
+    def asked_for(item: pytest.Item) -> bool:
+        return any(n == item.path or (n.is_dir() and e2e_dir in (n, *n.parents)) for n in named)
+
+    kept = [i for i in items if i.get_closest_marker("e2e") is None or asked_for(i)]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+        items[:] = kept
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Each reason for a skip once, with its count (not a line per test)."""
+    reasons: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    for reason, count in sorted(reasons.items()):
+        terminalreporter.write_line(f"SKIPPED {count} test(s): {reason}")
 
 
 async def open_store(kind: str, tmp_path: Path) -> Any:

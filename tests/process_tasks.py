@@ -1,4 +1,4 @@
-"""Tasks for tests/test_process.py: the server subprocess imports this module with
+"""Tasks for tests/e2e/test_process.py: the server subprocess imports this module with
 `--tasks tests.process_tasks` (run from the repository root)."""
 
 from __future__ import annotations

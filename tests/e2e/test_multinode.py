@@ -17,8 +17,8 @@ from jobserver import JobServer, JobState, ManualClock
 from jobserver.store.postgres import PostgresStore, split_schema
 from jobserver.tasks import Registry, task
 
-from .conftest import PG_DSN, PG_SKIP, eventually
-from .procs import EXEC_LOG_ENV, Spawn
+from ..conftest import PG_DSN, PG_SKIP, eventually
+from ..procs import EXEC_LOG_ENV, Spawn
 
 pytestmark = pytest.mark.skipif(not PG_DSN, reason=PG_SKIP)
 

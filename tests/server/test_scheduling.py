@@ -13,7 +13,7 @@ from jobserver.errors import NotFound, ValidationError
 from jobserver.schedule import next_tick
 from jobserver.tasks import Registry, task
 
-from .conftest import ServerFactory, eventually
+from ..conftest import ServerFactory, eventually
 
 reg = Registry()
 runs: list[str] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "jobserver"
+PACKAGE = Path(__file__).resolve().parents[2] / "jobserver"
 
 
 def imports_of(module: str) -> set[str]:

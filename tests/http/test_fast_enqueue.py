@@ -15,7 +15,7 @@ import pytest
 from jobserver import server as server_module
 from jobserver.server import JobServer
 
-from .conftest import ServerFactory
+from ..conftest import ServerFactory
 
 JOB = b'{"task": "echo", "args": [1], "delay": 3600}'
 JSON = {"Content-Type": "application/json"}

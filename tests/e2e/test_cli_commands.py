@@ -25,7 +25,7 @@ from jobserver.cli import main
 from jobserver.client import Client, ClientError
 from jobserver.store.sqlite import MIGRATIONS
 
-from .procs import REPO, free_port, server_env
+from ..procs import REPO, free_port, server_env
 
 READY_TIMEOUT_S = 20.0
 CLI_TIMEOUT_S = 30.0

@@ -16,8 +16,8 @@ import pytest
 from jobserver import JobServer
 from jobserver.auth import MAX_FAILURES
 
-from .conftest import ServerFactory
-from .procs import REPO, server_env
+from ..conftest import ServerFactory
+from ..procs import REPO, server_env
 
 FULL = "full-token-for-tests"
 READ = "read-token-for-tests"

@@ -17,9 +17,9 @@ from jobserver.errors import ValidationError
 from jobserver.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from jobserver.workflows import chain, chord, group, job
 
-from . import workflow_tasks
-from .conftest import ServerFactory, eventually
-from .procs import Spawn
+from .. import workflow_tasks
+from ..conftest import ServerFactory, eventually
+from ..procs import Spawn
 
 TASKS = ["tests.workflow_tasks"]
 SECRET = "s3cret-for-tests"
@@ -142,6 +142,7 @@ async def test_workflows_over_http(make_server: ServerFactory) -> None:
         assert sum((await server.store.count_by_status()).values()) == 3  # nothing from `bad`
 
 
+@pytest.mark.e2e  # a `jobserver serve` subprocess, killed
 async def test_a_chord_callback_runs_once_across_a_kill(tmp_path: Path, spawn: Spawn) -> None:
     log = tmp_path / "callbacks.log"
     env = {workflow_tasks.LOG_ENV: str(log)}

@@ -24,7 +24,7 @@ from jobserver.openapi import build_spec
 from jobserver.tasks import Registry as TaskRegistry
 from jobserver.tasks import task
 
-from .conftest import ServerFactory, eventually
+from ..conftest import ServerFactory, eventually
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 SPEC_URI = "urn:jobserver:openapi"

@@ -18,7 +18,7 @@ from jobserver.models import NewJob
 from jobserver.store.sqlite import SQLiteStore
 from jobserver.tasks import Registry, current_job, task
 
-from .conftest import ServerFactory, eventually
+from ..conftest import ServerFactory, eventually
 
 reg = Registry()
 calls: dict[str, list[Any]] = {}

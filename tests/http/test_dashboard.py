@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,23 +21,14 @@ from aiohttp import web
 from jobserver import JobContext, JobServer, PermanentError, SystemClock
 from jobserver.tasks import Registry, task
 
-from .conftest import ServerFactory, eventually
+from ..conftest import CHROMIUM, CHROMIUM_SKIP, ServerFactory, eventually
 
 pw = pytest.importorskip(
     "playwright.async_api",
     reason="the dashboard tests need Playwright for Python: pip install playwright",
 )
 
-CHROMIUM = (
-    os.environ.get("JOBSERVER_TEST_CHROMIUM")
-    or shutil.which("chromium")
-    or shutil.which("chromium-browser")
-)
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="the dashboard tests need a Chromium binary: apt-get install chromium"
-    " (or set JOBSERVER_TEST_CHROMIUM to one)",
-)
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason=CHROMIUM_SKIP)
 CHROMIUM_ARGS = [
     "--headless=new",
     "--no-sandbox",

@@ -13,7 +13,7 @@ import pytest
 from jobserver import Backoff, JobServer, JobState, ManualClock
 from jobserver.tasks import Registry, task
 
-from .conftest import ServerFactory, eventually
+from ..conftest import ServerFactory, eventually
 
 reg = Registry()
 

@@ -13,7 +13,7 @@ import uvloop
 
 from jobserver.server import JobServer
 
-from .conftest import ServerFactory
+from ..conftest import ServerFactory
 
 
 def host_port(base: str) -> tuple[str, int]:

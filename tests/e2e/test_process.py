@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .procs import (
+from ..procs import (
     EXEC_LOG_ENV,
     ServerProcess,
     Spawn,

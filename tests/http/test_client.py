@@ -48,9 +48,9 @@ from jobserver.tasks import JobContext, Registry, task
 from jobserver.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from jobserver.workflows import chain, chord, group, job
 
-from . import test_cli_commands
-from .conftest import ServerFactory
-from .test_cli_commands import ServeProcess
+from ..conftest import ServerFactory
+from ..e2e import test_cli_commands
+from ..e2e.test_cli_commands import ServeProcess
 
 served = test_cli_commands.served  # the fixture: a `jobserver serve` subprocess for this module
 
@@ -682,6 +682,7 @@ def _sync_get(url: str, status: int) -> Exception:
 
 
 # -- Client (sync) against a server subprocess ----------------------------------------------------
+@pytest.mark.e2e  # a `jobserver serve` subprocess
 def test_sync_client_round_trip(served: ServeProcess) -> None:
     with Client(served.url, timeout_s=10) as client:
         assert client.health() and client.ready()
@@ -726,6 +727,7 @@ def test_sync_client_round_trip(served: ServeProcess) -> None:
     assert refused.health() is False
 
 
+@pytest.mark.e2e  # a `jobserver serve` subprocess
 def test_sync_client_queues_schedules_workflows_and_flow_options(served: ServeProcess) -> None:
     queue = f"sync-{time.monotonic_ns()}"
     with Client(served.url, timeout_s=10) as client:

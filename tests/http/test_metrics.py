@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from jobserver import JobServer, JobState, PermanentError
 from jobserver.tasks import Registry, task
 
-from .conftest import ServerFactory
+from ..conftest import ServerFactory
 
 reg = Registry()
 

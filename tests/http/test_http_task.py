@@ -10,7 +10,7 @@ from aiohttp import web
 from jobserver import JobServer, JobState, ManualClock
 from jobserver.builtin_tasks import retry_after_s
 
-from .conftest import ServerFactory, eventually
+from ..conftest import ServerFactory, eventually
 
 hits: list[str] = []
 

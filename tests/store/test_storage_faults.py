@@ -19,7 +19,7 @@ import pytest
 from jobserver import JobServer, JobState
 from jobserver.store.sqlite import SQLiteStore
 
-from .procs import run_cli
+from ..procs import run_cli
 
 
 @contextlib.contextmanager

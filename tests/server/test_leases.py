@@ -18,7 +18,7 @@ from jobserver.models import NewJob
 from jobserver.store.base import RescueReport, Store
 from jobserver.tasks import Registry, task
 
-from .conftest import ServerFactory, eventually
+from ..conftest import ServerFactory, eventually
 
 T0 = 1_800_000_000.0
 TTL = 30.0

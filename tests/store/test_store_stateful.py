@@ -42,7 +42,7 @@ from jobserver.errors import Conflict, NotFound
 from jobserver.models import TERMINAL_STATES, DeadLetter, Job, JobState, NewJob, is_legal
 from jobserver.store.base import JobFilter, RescueReport
 
-from .conftest import PG_DSN, PG_SKIP, STORE_BACKENDS, drop_store, open_store
+from ..conftest import PG_DSN, PG_SKIP, STORE_BACKENDS, drop_store, open_store
 
 T = TypeVar("T")
 T0 = 1_800_000_000.0

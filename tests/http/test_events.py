@@ -14,7 +14,7 @@ from jobserver import JobServer, JobState
 from jobserver.events import Event, EventBus, EventFilter, Gap
 from jobserver.models import Job
 
-from .conftest import ServerFactory, eventually
+from ..conftest import ServerFactory, eventually
 
 
 @pytest.fixture

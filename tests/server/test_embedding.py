@@ -12,7 +12,7 @@ from aiohttp import web
 from jobserver import JobServer, JobState
 from jobserver.tasks import Registry, task
 
-from .conftest import eventually
+from ..conftest import eventually
 
 reg = Registry()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 NOT_EXAMPLES = {"__init__.py", "tasks.py"}  # the package, and tasks for `--tasks examples.tasks`
 TIMEOUT_S = 30
