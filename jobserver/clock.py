@@ -57,6 +57,23 @@ class ManualClock:
         heapq.heappush(self._sleepers, (when, next(self._seq), fut))
         await fut
 
+    @property
+    def wake_times(self) -> list[float]:
+        """When each sleep now pending on this clock ends, soonest first. A test reads it as
+        proof that a service has gone to sleep, and until when: after that, nothing it would
+        have done before that time is still on its way."""
+        return sorted(when for when, _, fut in self._sleepers if not fut.done())
+
+    async def wait_for_sleep_until(self, when: float, timeout_s: float = 10.0) -> None:
+        """Return once something sleeps on this clock until exactly `when` (real-time
+        `timeout_s` as a backstop: TimeoutError)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while when not in self.wake_times:
+            if loop.time() > deadline:
+                raise TimeoutError(f"nothing slept until {when}; sleeps: {self.wake_times}")
+            await asyncio.sleep(0.001)
+
     def advance(self, seconds: float) -> None:
         self.set(self._now + seconds)
 

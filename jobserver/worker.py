@@ -115,6 +115,11 @@ class Worker:
             self.wake()
 
     @property
+    def dispatcher_idle(self) -> bool:
+        """The dispatcher has claimed what it could and waits for a wake or its timer."""
+        return self._wake_waiter is not None
+
+    @property
     def running_ids(self) -> list[int]:
         return list(self._running)
 

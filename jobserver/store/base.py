@@ -64,7 +64,7 @@ def payload_fingerprint(job: NewJob) -> str:
 class Store(Protocol):
     # True when one process owns the database, so at start every `running` row is an orphan.
     exclusive: bool
-    # Told (writes, seconds) after each group-committed transaction; set before open().
+    # Told (writes, seconds) after each group-committed transaction; may be set at any time.
     commit_observer: Callable[[int, float], None] | None
 
     async def open(self) -> None: ...

@@ -437,7 +437,10 @@ class PostgresStore:
         await self._listener.add_listener(self._channel(DUE_CHANNEL), self._heard_due)
         await self._listener.add_listener(self._channel(DONE_CHANNEL), self._heard_done)
         self._writer = _GroupCommitWriter(self._pool)
-        self._writer.observer = self.commit_observer
+        # looked up at each commit, so an observer set after open() is told too
+        self._writer.observer = lambda writes, s: (
+            self.commit_observer and self.commit_observer(writes, s)
+        )
         self._writer.start()
 
     async def close(self) -> None:

@@ -520,7 +520,10 @@ class SQLiteStore:
             self._drop_process_lock()
             raise
         self._writer = _GroupCommitWriter(self._writer_conn)
-        self._writer.observer = self.commit_observer
+        # looked up at each commit, so an observer set after open() is told too
+        self._writer.observer = lambda writes, s: (
+            self.commit_observer and self.commit_observer(writes, s)
+        )
         self._writer.start()
 
     async def close(self) -> None:

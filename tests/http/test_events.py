@@ -130,7 +130,7 @@ async def test_each_jobs_events_come_in_the_order_of_its_transitions(
     server = await make_server()
 
     async def dispatcher_idle() -> bool:
-        return server.worker._wake_waiter is not None  # waiting for a wake, nothing to do
+        return server.worker.dispatcher_idle  # waiting for a wake, nothing to do
 
     jobs = []
     for i in range(10):

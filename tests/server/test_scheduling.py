@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +57,7 @@ async def test_a_cron_task_runs_at_its_tick_and_not_before(
     server = await start(make_server)
     tick = next_tick("*/5 * * * *", clock.now())
     clock.set(tick - 0.5)
-    await asyncio.sleep(0.05)
+    await clock.wait_for_sleep_until(tick)  # the scheduler sleeps until the tick, none fired
     assert await jobs_of(server, "every_five_minutes") == []
     clock.set(tick)
     [job] = await eventually(lambda: jobs_of(server, "every_five_minutes"), lambda j: len(j) == 1)
@@ -77,7 +76,10 @@ async def test_a_restart_neither_repeats_nor_catches_up_a_skip_schedule(
         await eventually(lambda: jobs_of(server, "every_five_minutes"), lambda j: len(j) == 1)
     clock.advance(3700)  # down for an hour: twelve ticks missed, the last 100 s ago
     async with JobServer(db=db, tasks=list(reg), clock=clock) as server:
-        await asyncio.sleep(0.1)
+        for name in ("task:every_five_minutes", "task:hourly_catch_up"):  # both seen to
+            await eventually(
+                lambda n=name: server.get_schedule(n), lambda s: s.next_tick_at > clock.now()
+            )  # type: ignore[misc]
         assert len(await jobs_of(server, "every_five_minutes")) == 1  # skipped, not repeated
         hourly = await jobs_of(server, "hourly_catch_up")
         assert len(hourly) == 1  # catch_up: the hour's one tick runs after all

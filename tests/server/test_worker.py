@@ -321,7 +321,10 @@ async def test_delayed_jobs_wait_for_the_clock(
     server = await start(make_server)
     job = await server.enqueue("add", [1, 1], delay_s=30)
     clock.advance(29.9)
-    assert (await server.wait_for(job.id, timeout_s=0.05)).status == JobState.PENDING
+    # the dispatcher, having claimed what was due, sleeps until the job's time: proof that it
+    # looked at 29.9 s and left the job alone
+    await clock.wait_for_sleep_until(job.run_at)
+    assert (await server.get_job(job.id)).status == JobState.PENDING
     clock.advance(0.1)
     assert (await server.wait_for(job.id, timeout_s=5)).status == JobState.SUCCEEDED
 
@@ -333,15 +336,18 @@ async def test_a_job_due_before_the_planned_wake_moves_the_wake_earlier(
     a job due earlier must still run on time, one due later must not be forgotten."""
     server = await start(make_server)
     later = await server.enqueue("add", [1, 0], delay_s=100)
-    await asyncio.sleep(0.05)  # the dispatcher plans its wake for `later`
+    await clock.wait_for_sleep_until(later.run_at)  # the dispatcher plans its wake for `later`
     sooner = await server.enqueue("add", [2, 0], delay_s=50)
     latest = await server.enqueue("add", [3, 0], delay_s=200)
+    await clock.wait_for_sleep_until(sooner.run_at)  # ... and moves it earlier for `sooner`
     clock.advance(50)
     assert (await server.wait_for(sooner.id, timeout_s=5)).status == JobState.SUCCEEDED
-    assert (await server.wait_for(later.id, timeout_s=0.05)).status == JobState.PENDING
+    await clock.wait_for_sleep_until(later.run_at)  # asleep again, until `later` is due
+    assert (await server.get_job(later.id)).status == JobState.PENDING
     clock.advance(50)
     assert (await server.wait_for(later.id, timeout_s=5)).status == JobState.SUCCEEDED
-    assert (await server.wait_for(latest.id, timeout_s=0.05)).status == JobState.PENDING
+    await clock.wait_for_sleep_until(latest.run_at)
+    assert (await server.get_job(latest.id)).status == JobState.PENDING
     clock.advance(100)
     assert (await server.wait_for(latest.id, timeout_s=5)).status == JobState.SUCCEEDED
 
@@ -429,16 +435,18 @@ async def test_a_restart_recovers_jobs_left_running_by_a_crash(
 async def test_a_lease_that_expires_is_rescued_and_run_again(
     make_server: ServerFactory, clock: ManualClock
 ) -> None:
-    server = await start(make_server, lease_ttl_s=30, rescue_interval_s=5)
+    server = await start(make_server, lease_ttl_s=30, rescue_interval_s=7)
     # A job claimed by "another worker" that then stops renewing its lease; it is due only
     # in a second, so this server's own worker cannot take it first.
     start_at = clock.now() + 1
     await server.store.enqueue([NewJob(task="add", args=[1, 1], run_at=start_at)], clock.now())
     [held] = await server.store.claim(1, start_at, 30)
     clock.advance(1 + 25)  # lease not yet expired: the rescuer leaves it alone
-    await asyncio.sleep(0.05)
+    # the rescuer sleeps its interval again only after a pass at this time has ended (7 s:
+    # no other service's wake falls there)
+    await clock.wait_for_sleep_until(clock.now() + 7)
     assert (await server.get_job(held.id)).status == JobState.RUNNING
-    clock.advance(5)
+    clock.advance(7)  # the lease ended at 31 s; the rescuer's next pass is at 33 s
     done = await server.wait_for(held.id, timeout_s=5)
     assert done.status == JobState.SUCCEEDED and done.attempts == 2
 
@@ -472,7 +480,7 @@ async def test_a_job_task_cancelled_before_its_first_step_gives_its_slot_back(
     worker._start_job(job)
     assert worker.cancel_running(job.id)  # in the same loop turn: none of its code has run
     await eventually(lambda: asyncio.sleep(0, job.id in worker.running_ids), lambda r: not r)
-    assert worker._executing == 0  # the slot is free: the next job can run
+    # the slot is free: with concurrency 1, the next job can run
     follower = await server.enqueue("add", [1, 1])
     assert (await server.wait_for(follower.id, timeout_s=5)).result == 2
     # Its lease is no longer renewed: once it expires the job is rescued and runs again.
@@ -518,11 +526,9 @@ async def test_a_job_enqueued_to_an_idle_pool_is_claimed_in_its_enqueues_transac
     that transaction: the job starts one commit (one fsync) after its enqueue, not two. For a
     single enqueue and a batch."""
     server = await start(make_server)
-    writer = server.store._writer
-    assert writer is not None
 
-    async def sleeping() -> bool:  # the dispatcher waits for a wake and no write is queued
-        return server.worker._wake_waiter is not None and not writer._queue
+    async def sleeping() -> bool:  # the dispatcher has claimed (its write is done) and waits
+        return server.worker.dispatcher_idle
 
     async def one() -> int:
         return (await server.enqueue("add", [1, 2])).id
@@ -533,7 +539,7 @@ async def test_a_job_enqueued_to_an_idle_pool_is_claimed_in_its_enqueues_transac
     # The first job into a queue takes the store's general path (it registers the queue); the
     # later single ones its gathered insert, which the HTTP fast path uses too.
     writes_a_commit: list[int] = []
-    writer.observer = lambda writes, _seconds: writes_a_commit.append(writes)
+    server.store.commit_observer = lambda writes, _seconds: writes_a_commit.append(writes)
     for enqueue in (one, one, batch):
         await eventually(sleeping, bool)
         writes_a_commit.clear()

@@ -306,7 +306,7 @@ async def test_single_enqueues_that_arrive_together_are_one_write(store: Store) 
     INSERT), not one each; every caller gets its own job."""
     await enqueue_one(store)  # the queue is registered (SQLite then knows it has no limit)
     writes: list[int] = []
-    store._writer.observer = lambda count, _seconds: writes.append(count)  # type: ignore[attr-defined]
+    store.commit_observer = lambda count, _seconds: writes.append(count)
     results = await asyncio.gather(*(store.enqueue([new(args=[i])], T0) for i in range(200)))
     assert sum(writes) <= 3  # without gathering: 200 writes
     assert len({r[0].job.id for r in results}) == 200
