@@ -157,6 +157,12 @@ class Metrics:
             [],
             COMMIT_BUCKETS,
         )
+        self.loop_blocks = LabelledCounter(
+            "jobserver_event_loop_blocks",
+            "Times the event loop was blocked past the warning threshold, by each task running"
+            " then (one of them is the culprit)",
+            ["task"],
+        )
         r.register(
             _Families(
                 [
@@ -166,6 +172,7 @@ class Metrics:
                     self.queue_wait,
                     self.batch_size,
                     self.commit_seconds,
+                    self.loop_blocks,
                 ]
             )
         )

@@ -656,7 +656,10 @@ class JobServer:
             lag = max(0.0, loop.time() - before - LAG_PROBE_S)
             self.metrics.loop_lag.set(lag)
             if lag >= LAG_WARNING_S:
-                running = sorted({f"{j.task} (job {j.id})" for j in self.worker.running_jobs})
+                running_jobs = self.worker.running_jobs
+                for task_name in {j.task for j in running_jobs}:
+                    self.metrics.loop_blocks.inc((task_name,))
+                running = sorted({f"{j.task} (job {j.id})" for j in running_jobs})
                 log.warning(
                     "the event loop was blocked for %.2f s; running then: %s. An async task that"
                     " blocks (time.sleep, CPU work, blocking I/O) should be a sync task, which"
