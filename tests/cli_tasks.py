@@ -1,23 +1,31 @@
-"""Tasks for tests/test_cli_commands.py and tests/test_client.py: the server subprocess imports
-this module with `--tasks tests.cli_tasks` (run from the repository root)."""
+"""Tasks for tests/e2e/test_cli_commands.py and tests/http/test_client.py: the server
+subprocess imports this module with `--tasks tests.cli_tasks` (run from the repository root)."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from jobserver import JobContext, PermanentError, task
 
-# The worker saves progress at most twice a second; steps further apart than that all show.
 PROGRESS_STEPS = (0.25, 0.5, 0.75)
-PROGRESS_STEP_S = 0.8
+GATE_WAIT_S = 60.0  # a test that never opens a gate still ends: the job returns "stuck"
 
 
 @task(name="cli_progress")
-async def cli_progress(ctx: JobContext) -> str:
-    """Reports 25 %, 50 % and 75 %, a step every 0.8 s, then returns "done"."""
-    for fraction in PROGRESS_STEPS:
-        ctx.progress(fraction, f"step {PROGRESS_STEPS.index(fraction) + 1}")
-        await asyncio.sleep(PROGRESS_STEP_S)
+async def cli_progress(gate_dir: str, ctx: JobContext) -> str:
+    """Reports 25 %, 50 % and 75 %; after step N it holds until the test creates the file
+    `gate_dir/step-N` (which the test does once the CLI has drawn step N), then returns "done".
+    The gates make the run as long as the test needs, whatever the machine's speed."""
+    loop = asyncio.get_running_loop()
+    for number, fraction in enumerate(PROGRESS_STEPS, 1):
+        ctx.progress(fraction, f"step {number}")
+        gate = Path(gate_dir) / f"step-{number}"
+        deadline = loop.time() + GATE_WAIT_S
+        while not gate.exists():
+            if loop.time() > deadline:
+                return "stuck"
+            await asyncio.sleep(0.01)
     return "done"
 
 

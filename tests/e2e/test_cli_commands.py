@@ -177,21 +177,36 @@ def test_enqueue_with_options_and_wait(served: ServeProcess) -> None:
     assert enqueue(served, "echo", "--delay", "600", "--idempotency-key", key) == first
 
 
-def test_wait_draws_a_progress_bar(served: ServeProcess) -> None:
-    job_id = enqueue(served, "cli_progress")
-    result = jobserver("wait", str(job_id), "--timeout", "20", url=served.url)
-    assert json.loads(ok(result))["result"] == "done"
-    lines = result.stderr.splitlines()
+def test_wait_draws_a_progress_bar(tmp_path: Path, served: ServeProcess) -> None:
+    """Each step the job reports is drawn, in order, and the bar ends full. The job holds at
+    each step until the bar has drawn it (a gate file), so no step can be missed on a slow or
+    loaded machine."""
+    job_id = enqueue(served, "cli_progress", "--args", json.dumps([str(tmp_path)]))
+    lines: list[str] = []
+    with subprocess.Popen(
+        [sys.executable, "-m", "jobserver", "wait", str(job_id), "--timeout", "30"],
+        cwd=REPO,
+        env=clean_env({"JOBSERVER_URL": served.url}),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as waiter:
+        assert waiter.stderr is not None and waiter.stdout is not None
+        # readline ends at the latest when `wait` gives up (--timeout) and closes stderr
+        for line in iter(waiter.stderr.readline, ""):
+            lines.append(line.rstrip("\n"))
+            drawn = BAR.match(lines[-1])
+            if drawn and drawn.group(4) and drawn.group(4).startswith("step "):
+                (tmp_path / drawn.group(4).replace(" ", "-")).touch()  # open the next gate
+        out = waiter.stdout.read()
+        assert waiter.wait(timeout=CLI_TIMEOUT_S) == 0, (out, lines)
+    assert json.loads(out)["result"] == "done"
     bars = [BAR.match(line) for line in lines]
     assert all(bars), lines
     shown = [(int(m.group(3)), m.group(4)) for m in bars if m]
     assert all(m.group(1) == str(job_id) for m in bars if m)
-    # polled a second at a time, a run of 2.4 s shows at least two of the three steps ...
-    steps = [s for s in shown if s[1] is not None and s[1].startswith("step")]
-    assert len(steps) >= 2, lines
-    assert steps == sorted(steps) and len(set(steps)) == len(steps), lines
-    assert all(s in {(25, "step 1"), (50, "step 2"), (75, "step 3")} for s in steps), lines
-    assert shown[-1] == (100, None)  # ... and ends full
+    assert shown == [(25, "step 1"), (50, "step 2"), (75, "step 3"), (100, None)], lines
     assert bars[-1] is not None and bars[-1].group(2) == "#" * 30
 
 
