@@ -196,6 +196,17 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX jobs_status ON jobs (status, id) WHERE status <> 'running';
         """,
     ),
+    (
+        3,
+        # What /readyz writes to prove the database takes a write (a commit that changes
+        # nothing, or rewrites a row with the same bytes, writes nothing, even to a full disk).
+        """
+        CREATE TABLE ready_probe (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            probes INTEGER NOT NULL
+        );
+        """,
+    ),
 ]
 
 JOB_COLUMNS = (
@@ -332,12 +343,53 @@ class Effects:
     due: bool = False  # dependants that may start now
 
 
+@dataclass(frozen=True, slots=True)
+class DatabaseFile:
+    """The file the connections opened. A write goes in only while the path still names that
+    file: one deleted or replaced under the server would take every acknowledged job with it
+    (the next start makes a new, empty database), so writes are refused (503) instead."""
+
+    path: str
+    device: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: str | os.PathLike[str]) -> DatabaseFile:
+        st = os.stat(path)
+        return cls(os.fspath(path), st.st_dev, st.st_ino)
+
+    def check(self) -> None:
+        """Raise StorageUnavailable unless the path still names this file (one stat call)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise StorageUnavailable(
+                f"the database file {self.path} was deleted while the server ran: writes are"
+                " refused; restart the server once the file is restored"
+            ) from None
+        if (st.st_dev, st.st_ino) != (self.device, self.inode):
+            raise StorageUnavailable(
+                f"the database file {self.path} was replaced while the server ran: writes are"
+                " refused; restart the server to open the new file"
+            )
+
+
+def _apply_batch_to(
+    conn: sqlite3.Connection, file: DatabaseFile, ops: list[Op]
+) -> list[tuple[bool, Any]]:
+    file.check()
+    return _apply_batch(conn, ops)
+
+
 class _GroupCommitWriter(GroupCommitQueue[Op]):
     """Runs queued writes in shared transactions on the writer connection's thread."""
 
-    def __init__(self, conn: aiosqlite.Connection, max_batch: int = 2_000) -> None:
+    def __init__(
+        self, conn: aiosqlite.Connection, file: DatabaseFile, max_batch: int = 2_000
+    ) -> None:
         super().__init__("jobserver-sqlite-writer", max_batch)
         self._conn = conn
+        self._file = file
         self.batches = 0
         self.writes = 0
 
@@ -345,7 +397,7 @@ class _GroupCommitWriter(GroupCommitQueue[Op]):
         ops = [w.op for w in batch]
         began = time.perf_counter()
         try:
-            outcomes = await _on_db_thread(self._conn, _apply_batch, ops)
+            outcomes = await _on_db_thread(self._conn, _apply_batch_to, self._file, ops)
         except BaseException as exc:
             failure = _storage_error(exc) if isinstance(exc, sqlite3.Error) else exc
             self._fail(batch, failure)
@@ -519,7 +571,7 @@ class SQLiteStore:
             await self._close_connections()
             self._drop_process_lock()
             raise
-        self._writer = _GroupCommitWriter(self._writer_conn)
+        self._writer = _GroupCommitWriter(self._writer_conn, DatabaseFile.of(self.path))
         # looked up at each commit, so an observer set after open() is told too
         self._writer.observer = lambda writes, s: (
             self.commit_observer and self.commit_observer(writes, s)
@@ -1239,7 +1291,13 @@ class SQLiteStore:
 
     async def check_writable(self) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute("SELECT 1")
+            # A real write, committed with fsync: a transaction that changes nothing commits
+            # on a full disk too. One row, a new value each time (SQLite skips rewriting the
+            # same bytes), rewritten in place: the file does not grow.
+            conn.execute(
+                "INSERT INTO ready_probe (id, probes) VALUES (1, 1)"
+                " ON CONFLICT (id) DO UPDATE SET probes = probes + 1"
+            )
 
         await self._write(op)
 

@@ -40,12 +40,12 @@ def small_disk(where: Path, size: str = "4m") -> Iterator[Path]:
 def fill(disk: Path) -> Path:
     """Write until the disk is full; the filler file is returned (delete it to free space)."""
     filler = disk / "filler"
-    with open(filler, "wb") as fh:
-        chunk = b"\0" * 65536
-        with contextlib.suppress(OSError):
-            while True:
-                fh.write(chunk)
-                fh.flush()
+    with open(filler, "wb", buffering=0) as fh:
+        for size in (65536, 4096, 512, 1):  # to the last byte: not even a page is left
+            chunk = b"\0" * size
+            with contextlib.suppress(OSError):
+                while True:
+                    fh.write(chunk)
     return filler
 
 
@@ -143,3 +143,66 @@ async def test_read_only_media_at_start_is_a_clear_error_and_leaves_the_file(
         assert "Read-only file system" in result.stderr or "readonly" in result.stderr
         assert "Traceback" not in result.stderr
         assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+
+
+async def test_readyz_proves_a_write_and_says_503_on_a_full_disk(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """A transaction that writes nothing commits on a full disk too: /readyz must write."""
+    with small_disk(tmp_path / "disk") as disk:
+        db = disk / "jobs.db"
+        server = JobServer(db=db, grace_period_s=0.5)
+        await server.start()
+        try:
+            [base] = await server.serve("127.0.0.1", 0)
+            async with session.get(f"{base}/readyz") as resp:
+                assert resp.status == 200
+            # An empty write-ahead log: the next commit must grow it, which a full disk refuses.
+            with contextlib.closing(sqlite3.connect(db)) as other:
+                assert other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+            filler = fill(disk)
+            async with session.get(f"{base}/readyz") as resp:
+                assert resp.status == 503
+                assert (await resp.json())["error"]["code"] == "unavailable"
+            status, _, _ = await post(session, f"{base}/jobs", {"task": "echo"})
+            assert status == 503  # and it acknowledges nothing meanwhile
+            filler.unlink()
+            async with session.get(f"{base}/readyz") as resp:
+                assert resp.status == 200
+        finally:
+            await server.stop()
+
+
+@pytest.mark.parametrize("fault", ["deleted", "replaced"])
+async def test_a_database_file_deleted_or_replaced_under_the_server_stops_acknowledging(
+    tmp_path: Path, session: aiohttp.ClientSession, fault: str
+) -> None:
+    """Writing on into an unlinked file would acknowledge jobs that the next start loses (it
+    makes a new, empty database): every write is refused with 503, and /readyz says so."""
+    db = tmp_path / "jobs.db"
+    server = JobServer(db=db, grace_period_s=0.5)
+    await server.start()
+    try:
+        [base] = await server.serve("127.0.0.1", 0)
+        status, _, _ = await post(session, f"{base}/jobs", {"task": "echo", "delay": 999})
+        assert status == 202
+        if fault == "deleted":
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
+        else:
+            with contextlib.closing(sqlite3.connect(tmp_path / "other.db")) as other:
+                other.execute("CREATE TABLE t (x)")
+            (tmp_path / "other.db").replace(db)
+        for _ in range(3):
+            status, reply, headers = await post(session, f"{base}/jobs", {"task": "echo"})
+            assert status == 503, reply
+            assert reply["error"]["code"] == "unavailable" and fault in reply["error"]["message"]
+            assert "Retry-After" in headers
+        async with session.post(f"{base}/jobs/batch", json={"jobs": [{"task": "echo"}]}) as resp:
+            assert resp.status == 503
+        async with session.get(f"{base}/readyz") as resp:
+            assert resp.status == 503
+        async with session.get(f"{base}/healthz") as resp:
+            assert resp.status == 200  # alive: the operator sees why in /readyz and the log
+    finally:
+        await server.stop()
