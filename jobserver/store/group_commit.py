@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from ..errors import StorageUnavailable
 
+log = logging.getLogger(__name__)
 OpT = TypeVar("OpT")
 ItemT = TypeVar("ItemT")
 
@@ -68,7 +70,14 @@ class GroupCommitQueue(Generic[OpT]):
                 for w in batch:
                     if isinstance(w.op, GatheredWrite):
                         w.op.sealed = True  # taken: later items start another
-                await self._commit(batch)
+                try:
+                    await self._commit(batch)
+                except Exception as exc:
+                    # A store's _commit settles its batch; an error it did not foresee must
+                    # neither end this task (the node would never write again, silently) nor
+                    # leave the batch's callers waiting.
+                    log.exception("%s: a transaction failed unexpectedly", self._name)
+                    self._fail(batch, StorageUnavailable(f"the database write failed: {exc}"))
             if self._closing and not self._queue:
                 return
 

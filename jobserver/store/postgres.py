@@ -63,6 +63,8 @@ Op = Callable[[asyncpg.Connection], Awaitable[Any]]
 DUE_CHANNEL = "jobserver_due"
 DONE_CHANNEL = "jobserver_done"
 MIGRATION_LOCK = 7_362_001  # pg_advisory_lock key: one node migrates at a time
+RELISTEN_FIRST_DELAY_S, RELISTEN_MAX_DELAY_S = 0.1, 5.0  # reconnecting a lost LISTEN
+TRANSACTION_TRIES = 5  # a transaction rolled back by a deadlock with another node runs again
 
 MIGRATIONS: list[tuple[int, str]] = [
     (
@@ -182,6 +184,18 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         CREATE INDEX dead_letters_job ON dead_letters (job_id);
         CREATE INDEX dead_letters_failed_at ON dead_letters (failed_at);
+        """,
+    ),
+    (
+        2,
+        # What /readyz writes to prove the database takes a write (a read-only transaction,
+        # a standby after a failover, or a full disk accept SELECT 1). Numbered 2 here and 3 on
+        # SQLite: each store counts its own migrations.
+        """
+        CREATE TABLE ready_probe (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            probes BIGINT NOT NULL
+        );
         """,
     ),
 ]
@@ -360,33 +374,63 @@ class _GroupCommitWriter(GroupCommitQueue[Op]):
         self._pool = pool
 
     async def _commit(self, batch: list[PendingWrite[Op]]) -> None:
-        outcomes: list[tuple[bool, Any]] = []
         began = time.perf_counter()
-        try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                alone = len(batch) == 1
-                for w in batch:
-                    try:
-                        if alone:
-                            value = await w.op(conn)
-                        else:
-                            async with conn.transaction():  # a savepoint
-                                value = await w.op(conn)
-                    except _OP_ERRORS as exc:
-                        if alone:
-                            raise
-                        outcomes.append((False, exc))
-                    else:
-                        outcomes.append((True, value))
-        except _OP_ERRORS as exc:  # the lone write was refused; its transaction rolled back
-            outcomes = [(False, exc)]
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            failure = _unavailable(exc)
-            self._fail(batch, failure)
-            return
+        for attempt in range(1, TRANSACTION_TRIES + 1):
+            try:
+                outcomes = await self._run_batch(batch)
+            except asyncpg.TransactionRollbackError as exc:
+                # A deadlock or serialization failure with another node: PostgreSQL rolled the
+                # whole transaction back, so running the batch again is safe (ops keep no
+                # state between runs). Lock order cannot prevent it: a transaction holds
+                # whatever writes met in it, in their arrival order.
+                if attempt == TRANSACTION_TRIES:
+                    self._fail(batch, _unavailable(exc))
+                    return
+                log.info("transaction rolled back (%s); running it again", exc)
+                continue
+            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+                self._fail(batch, _unavailable(exc))
+                return
+            except Exception as exc:  # e.g. asyncpg's InternalClientError on a killed session
+                log.warning("the database connection failed in a way not foreseen", exc_info=True)
+                self._fail(batch, _unavailable(exc))
+                return
+            break
         if self.observer is not None:
             self.observer(len(batch), time.perf_counter() - began)
         self._settle(batch, outcomes)
+
+    async def _run_batch(self, batch: list[PendingWrite[Op]]) -> list[tuple[bool, Any]]:
+        """Every write of the batch in one transaction, each in a savepoint (a lone one in
+        none: its refusal rolls the transaction back)."""
+        outcomes: list[tuple[bool, Any]] = []
+        alone = len(batch) == 1
+        async with self._pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    for w in batch:
+                        try:
+                            if alone:
+                                value = await w.op(conn)
+                            else:
+                                async with conn.transaction():  # a savepoint
+                                    value = await w.op(conn)
+                        except _OP_ERRORS as exc:
+                            if alone:
+                                raise
+                            outcomes.append((False, exc))
+                        else:
+                            outcomes.append((True, value))
+            except _OP_ERRORS as exc:  # the lone write was refused; its transaction rolled back
+                return [(False, exc)]
+            except (asyncpg.PostgresError, asyncpg.TransactionRollbackError):
+                raise
+            except Exception:
+                # The session's state is unknown (terminated mid-statement, say): close it,
+                # so that the pool opens a new one instead of handing it out again.
+                conn.terminate()
+                raise
+        return outcomes
 
 
 class PostgresStore:
@@ -405,6 +449,8 @@ class PostgresStore:
         self._pool: asyncpg.Pool | None = None
         self._writer: _GroupCommitWriter | None = None
         self._listener: asyncpg.Connection | None = None
+        self._relisten: asyncio.Task[None] | None = None
+        self._closing = False
         self._on_due: list[Callable[[], None]] = []
         self._on_done: list[Callable[[int], None]] = []
         self._turn = itertools.count()  # which queue goes first in a claim: rotates for fairness
@@ -419,12 +465,10 @@ class PostgresStore:
         except (OSError, asyncpg.PostgresError) as exc:
             raise SchemaError(f"cannot connect to PostgreSQL: {exc}") from exc
         try:
-            await admin.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-            await admin.execute(f'SET search_path TO "{self.schema}"')
-            await _migrate(admin)
+            await _migrate(admin, self.schema)
         finally:
             await admin.close()
-        settings = {"search_path": f'"{self.schema}"'}
+        settings = self._session_settings()
         self._pool = await asyncpg.create_pool(
             self.dsn,
             min_size=2,
@@ -433,9 +477,8 @@ class PostgresStore:
             server_settings=settings,
             connection_class=_NoResetConnection,
         )
-        self._listener = await asyncpg.connect(self.dsn, server_settings=settings)
-        await self._listener.add_listener(self._channel(DUE_CHANNEL), self._heard_due)
-        await self._listener.add_listener(self._channel(DONE_CHANNEL), self._heard_done)
+        self._closing = False
+        await self._listen()
         self._writer = _GroupCommitWriter(self._pool)
         # looked up at each commit, so an observer set after open() is told too
         self._writer.observer = lambda writes, s: (
@@ -443,7 +486,49 @@ class PostgresStore:
         )
         self._writer.start()
 
+    def _session_settings(self) -> dict[str, str]:
+        # application_name: an operator (or a test) finds a node's sessions in pg_stat_activity
+        return {"search_path": f'"{self.schema}"', "application_name": f"jobserver/{self.schema}"}
+
+    async def _listen(self) -> None:
+        """LISTEN for other nodes' due and done notices, on a connection of its own."""
+        conn = await asyncpg.connect(self.dsn, server_settings=self._session_settings())
+        await conn.add_listener(self._channel(DUE_CHANNEL), self._heard_due)
+        await conn.add_listener(self._channel(DONE_CHANNEL), self._heard_done)
+        conn.add_termination_listener(self._listener_lost)
+        self._listener = conn
+
+    def _listener_lost(self, conn: asyncpg.Connection) -> None:
+        if not self._closing and self._relisten is None:
+            self._relisten = asyncio.get_running_loop().create_task(self._listen_again())
+
+    async def _listen_again(self) -> None:
+        """The LISTEN connection was lost (a restart, pg_terminate_backend): without it, other
+        nodes' enqueues no longer wake this one. Reconnect with backoff, then wake once for
+        whatever was announced meanwhile (waiters for jobs ended meanwhile re-check on their
+        own timers)."""
+        delay_s = RELISTEN_FIRST_DELAY_S
+        try:
+            while not self._closing:
+                try:
+                    await self._listen()
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("LISTEN connection lost; again in %.1f s: %s", delay_s, exc)
+                    await asyncio.sleep(delay_s)
+                    delay_s = min(delay_s * 2, RELISTEN_MAX_DELAY_S)
+                    continue
+                log.info("LISTEN connection re-established")
+                self._heard_due()
+                return
+        finally:
+            self._relisten = None
+
     async def close(self) -> None:
+        self._closing = True
+        if self._relisten is not None:
+            self._relisten.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._relisten
         if self._writer is not None:
             await self._writer.close()
             self._writer = None
@@ -1107,7 +1192,10 @@ class PostgresStore:
 
     async def check_writable(self) -> None:
         async def op(conn: asyncpg.Connection) -> None:
-            await conn.execute("SELECT 1")
+            await conn.execute(
+                "INSERT INTO ready_probe (id, probes) VALUES (1, 1)"
+                " ON CONFLICT (id) DO UPDATE SET probes = ready_probe.probes + 1"
+            )
 
         await self._write(op)
 
@@ -1115,10 +1203,13 @@ class PostgresStore:
 # -- SQL ----------------------------------------------------------------------------------------
 
 
-async def _migrate(conn: asyncpg.Connection) -> None:
-    """Apply missing migrations; an advisory lock keeps nodes starting together in line."""
+async def _migrate(conn: asyncpg.Connection, schema: str) -> None:
+    """Create the schema and apply missing migrations; an advisory lock keeps nodes starting
+    together in line (CREATE SCHEMA IF NOT EXISTS itself races: two sessions both see none)."""
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
     try:
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute(f'SET search_path TO "{schema}"')
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_version"
             " (version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
@@ -1205,7 +1296,9 @@ async def _admit(conn: asyncpg.Connection, queues: Sequence[str]) -> None:
             raise QueueFull(queue, max_depth)
 
 
-async def _insert_one(conn: asyncpg.Connection, params: tuple[Any, ...], now: float) -> Enqueued:
+async def _insert_one(
+    conn: asyncpg.Connection, params: tuple[Any, ...], now: float, *, again: bool = False
+) -> Enqueued:
     key, fingerprint, unique = params[10], params[12], params[14]
     if key is not None:
         row = await conn.fetchrow(
@@ -1240,9 +1333,16 @@ async def _insert_one(conn: asyncpg.Connection, params: tuple[Any, ...], now: fl
                 workflow_id)
             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
                 $16, $17, $18, $19)
+            ON CONFLICT DO NOTHING
             RETURNING {JOB_COLUMNS}""",
         *params,
     )
+    if row is None:
+        # Another node inserted the same key after our look-up; the insert waited for that
+        # transaction and found its row. Look again: that job is the answer (or a Conflict).
+        if again:
+            raise StorageUnavailable("the key of this job is being written by another node")
+        return await _insert_one(conn, params, now, again=True)
     return Enqueued(_record_to_job(row), created=True)
 
 
