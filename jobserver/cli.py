@@ -92,6 +92,9 @@ async def serve(settings: Settings) -> int:
             read_tokens=settings.read_token,
             webhook_secret=settings.webhook_secret,
         )
+    except ValidationError as exc:  # e.g. a postgresql:// --db without asyncpg installed
+        log.error("cannot start: %s", exc)
+        return EXIT_STARTUP
     except (ImportError, ValueError) as exc:
         log.error("cannot load tasks: %s: %s", type(exc).__name__, exc)
         return EXIT_STARTUP

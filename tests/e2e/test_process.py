@@ -334,6 +334,21 @@ def test_bad_setting_exits_2_naming_it(
     assert not db.exists(), "a configuration error must not touch the database"
 
 
+def test_a_postgresql_url_without_asyncpg_is_one_clear_line(tmp_path: Path) -> None:
+    """asyncpg is an optional extra: without it, serve said so in a traceback."""
+    hidden = tmp_path / "site" / "asyncpg"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('asyncpg is hidden by this test')\n")
+    result = run_cli(
+        ["serve", "--db", "postgresql://postgres@127.0.0.1:1/none", "--port", "0"],
+        {"PYTHONPATH": str(hidden.parent)},
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    [line] = [x for x in result.stderr.splitlines() if x.strip()]
+    assert "asyncpg" in line and "jobserver[postgres]" in line, line
+
+
 # -- 5. a file that is not a database -------------------------------------------------------------
 def test_file_that_is_not_a_database_is_refused_untouched(tmp_path: Path) -> None:
     db = tmp_path / "j.db"
