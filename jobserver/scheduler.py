@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from .clock import Clock
 from .errors import JobServerError
-from .models import NewJob, Schedule
+from .models import Job, NewJob, Schedule
 from .schedule import ticks_to_fire
 from .store.base import Store
 
@@ -27,7 +27,7 @@ class Scheduler:
         clock: Clock,
         *,
         job_for_tick: Callable[[Schedule, float], NewJob],
-        on_fired: Callable[[list[int]], None],
+        on_fired: Callable[[list[Job]], None],
         idle_recheck_s: float = 60.0,
     ) -> None:
         self.store = store
@@ -52,10 +52,10 @@ class Scheduler:
                 await self._task
             self._task = None
 
-    async def fire_due(self) -> list[int]:
-        """Fire every due schedule once; returns the ids of the jobs enqueued."""
+    async def fire_due(self) -> list[Job]:
+        """Fire every due schedule once; returns the jobs enqueued, as written."""
         now = self.clock.now()
-        fired: list[int] = []
+        fired: list[Job] = []
         for schedule in await self.store.due_schedules(now):
             ticks, next_tick = ticks_to_fire(
                 schedule.cron, schedule.timezone, schedule.next_tick_at, now, schedule.missed
@@ -65,14 +65,14 @@ class Scheduler:
             except JobServerError as exc:  # e.g. its task is gone: skip the tick, keep going
                 log.error("schedule %r cannot enqueue: %s", schedule.name, exc)
                 jobs = []
-            ids = await self.store.fire_schedule(
+            enqueued = await self.store.fire_schedule(
                 schedule.name, schedule.next_tick_at, next_tick, jobs, now
             )
-            if len(ticks) > len(ids) and jobs:
+            if len(ticks) > len(enqueued) and jobs:
                 log.info("schedule %r: tick taken by another node", schedule.name)
             skipped = "" if schedule.missed != "skip" or ticks else " (missed ticks skipped)"
-            log.info("schedule %r fired %d job(s)%s", schedule.name, len(ids), skipped)
-            fired.extend(ids)
+            log.info("schedule %r fired %d job(s)%s", schedule.name, len(enqueued), skipped)
+            fired.extend(enqueued)
         if fired:
             self.on_fired(fired)
         return fired

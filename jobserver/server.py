@@ -130,6 +130,7 @@ class JobServer:
             rescue_interval_s=rescue_interval_s,
             on_transition=self._on_transition,
             on_ended=self._ended_elsewhere,
+            on_requeued=self._requeued,
         )
         self.scheduler = Scheduler(
             self.store, self.clock, job_for_tick=self._job_for_tick, on_fired=self._on_fired
@@ -175,6 +176,7 @@ class JobServer:
                 len(report.requeued),
                 len(report.dead_lettered),
             )
+        self._requeued(report.requeued_jobs)
         await self._sync_task_schedules()
         self.worker.start()
         self.scheduler.start()
@@ -592,8 +594,18 @@ class JobServer:
             idempotency_key=f"schedule:{schedule.name}:{tick:.3f}",
         )
 
-    def _on_fired(self, job_ids: list[int]) -> None:
+    def _on_fired(self, jobs: list[Job]) -> None:
+        """A schedule's jobs, as written: published before the wake that lets them be claimed,
+        so `pending` comes before `running`."""
+        for job in jobs:
+            self._on_transition(job, JobState.PENDING, {"event": "enqueued"})
         self.worker.wake()
+
+    def _requeued(self, jobs: list[Job]) -> None:
+        """Jobs whose run was lost (lease expired, or left by a crashed process), back to
+        pending as the store wrote them."""
+        for job in jobs:
+            self._on_transition(job, JobState.PENDING, {"reason": "lease expired"})
 
     async def wait_for(self, job_id: int, timeout_s: float | None = None) -> Job:
         """The job once it is terminal, or as it stands when `timeout_s` runs out."""

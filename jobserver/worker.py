@@ -55,6 +55,7 @@ class Worker:
         rng: random.Random | None = None,
         on_transition: TransitionHook | None = None,
         on_ended: Callable[[int], None] | None = None,
+        on_requeued: Callable[[list[Job]], None] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -68,6 +69,7 @@ class Worker:
         self.rng = rng or random.Random()
         self.on_transition = on_transition or (lambda job, state, detail: None)
         self.on_ended = on_ended or (lambda job_id: None)  # for jobs ended by the rescuer
+        self.on_requeued = on_requeued or (lambda jobs: None)  # ... and put back to pending
         self._running: dict[int, _Running] = {}
         # Jobs whose task is still executing: what `concurrency` limits. A job whose outcome
         # is being written has given its slot back, so the claim of its successor goes into
@@ -291,28 +293,35 @@ class Worker:
         return dataclasses.replace(job, args=[first, *job.args])
 
     async def _record(self, job: Job, outcome: Outcome) -> None:
+        """Write the attempt's outcome, then publish the state the store says it wrote (which
+        may differ from the one asked for: a cancel requested meanwhile wins over a retry)."""
         assert job.lease_token is not None
         token = job.lease_token
         now = self.clock.now()
+        detail: dict[str, Any] = {}
         if isinstance(outcome, Succeeded):
-            if await self.store.complete(job.id, token, outcome.result, now):
-                self.on_transition(job, JobState.SUCCEEDED, {})
-            else:
-                self._stale(job)
+            stored = await self.store.complete(job.id, token, outcome.result, now)
         elif isinstance(outcome, Cancelled):
+            if outcome.reason == "lease_lost":
+                self._stale(job)
+                return
             if outcome.reason == "shutdown":
-                if await self.store.release(job.id, token, now):
-                    self.on_transition(job, JobState.PENDING, {"reason": "released at shutdown"})
-            elif outcome.reason == "lease_lost":
-                self._stale(job)
-            elif await self.store.mark_cancelled(job.id, token, now):
-                self.on_transition(job, JobState.CANCELLED, {})
+                stored = await self.store.release(job.id, token, now)
+                detail = {"reason": "released at shutdown"}
             else:
-                self._stale(job)
+                stored = await self.store.mark_cancelled(job.id, token, now)
         else:
-            await self._record_failure(job, token, outcome, now)
+            stored, detail = await self._record_failure(job, token, outcome, now)
+        if stored is None:
+            self._stale(job)
+            return
+        if stored == JobState.CANCELLED:
+            detail = {"reason": "cancel requested"}
+        self.on_transition(job, stored, detail)
 
-    async def _record_failure(self, job: Job, token: str, outcome: Failed, now: float) -> None:
+    async def _record_failure(
+        self, job: Job, token: str, outcome: Failed, now: float
+    ) -> tuple[JobState | None, dict[str, Any]]:
         spec = self.executor.registry.get(job.task)
         policy = job.backoff or (spec.backoff if spec else Backoff())
         decision = retry.decide(
@@ -326,26 +335,20 @@ class Worker:
         detail = {"error": outcome.error.get("type"), "attempt": job.attempts}
         if isinstance(decision, retry.RetryAt):
             run_at = now + decision.delay_s
-            if await self.store.schedule_retry(job.id, token, outcome.error, run_at, now):
-                self.on_transition(
-                    job, JobState.PENDING, {**detail, "retry_in_s": decision.delay_s}
-                )
-            else:
-                self._stale(job)
-        else:
-            if await self.store.dead_letter(job.id, token, outcome.error, now):
-                self.on_transition(job, JobState.FAILED, {**detail, "reason": decision.reason})
-                log.warning(
-                    "job %s (%s) failed for good after %s attempt(s), %s: %s\n%s",
-                    job.id,
-                    job.task,
-                    job.attempts,
-                    decision.reason,
-                    outcome.error.get("message"),
-                    outcome.error.get("traceback") or "",
-                )
-            else:
-                self._stale(job)
+            stored = await self.store.schedule_retry(job.id, token, outcome.error, run_at, now)
+            return stored, {**detail, "retry_in_s": decision.delay_s}
+        stored = await self.store.dead_letter(job.id, token, outcome.error, now)
+        if stored == JobState.FAILED:
+            log.warning(
+                "job %s (%s) failed for good after %s attempt(s), %s: %s\n%s",
+                job.id,
+                job.task,
+                job.attempts,
+                decision.reason,
+                outcome.error.get("message"),
+                outcome.error.get("traceback") or "",
+            )
+        return stored, {**detail, "reason": decision.reason}
 
     def _stale(self, job: Job) -> None:
         log.warning(
@@ -452,6 +455,7 @@ class Worker:
                     report.requeued,
                     report.dead_lettered,
                 )
+                self.on_requeued(report.requeued_jobs)  # published before they are claimed
                 self.wake()
             if report.expired:
                 log.warning("jobs past their deadline, failed as expired: %s", report.expired)

@@ -1,8 +1,10 @@
 """The storage interface every backend meets (SQLite by default, PostgreSQL for scale-out).
 
 Each method is one transaction. Methods that move a running job take its lease token and
-change nothing (returning False) when the token is no longer the current one, so a worker
-that lost its lease cannot overwrite the work of the worker that took over.
+return the state they moved it to, read from the row they changed (a failed attempt whose
+cancel was requested ends `cancelled`, not `pending`: the caller publishes what was stored,
+never a guess). They change nothing and return None when the token is no longer the current
+one, so a worker that lost its lease cannot overwrite the work of the worker that took over.
 """
 
 from __future__ import annotations
@@ -30,10 +32,14 @@ class LeaseReport:
 
 @dataclass(slots=True)
 class RescueReport:
-    requeued: list[int] = field(default_factory=list)
+    requeued_jobs: list[Job] = field(default_factory=list)  # as written: pending again
     dead_lettered: list[int] = field(default_factory=list)
     expired: list[int] = field(default_factory=list)  # pending past their deadline: failed
     cancelled: list[int] = field(default_factory=list)  # lost runs whose cancel was asked
+
+    @property
+    def requeued(self) -> list[int]:
+        return [job.id for job in self.requeued_jobs]
 
 
 @dataclass(slots=True)
@@ -120,25 +126,27 @@ class Store(Protocol):
         self, leases: Sequence[tuple[int, str]], now: float, lease_ttl_s: float
     ) -> LeaseReport: ...
 
-    async def complete(self, job_id: int, token: str, result: bytes, now: float) -> bool:
+    async def complete(self, job_id: int, token: str, result: bytes, now: float) -> JobState | None:
         """running -> succeeded; `result` is JSON bytes."""
         ...
 
     async def schedule_retry(
         self, job_id: int, token: str, error: dict[str, Any], run_at: float, now: float
-    ) -> bool:
-        """running -> pending, due at `run_at`."""
+    ) -> JobState | None:
+        """running -> pending, due at `run_at`; -> cancelled if a client asked to cancel it."""
         ...
 
-    async def dead_letter(self, job_id: int, token: str, error: dict[str, Any], now: float) -> bool:
+    async def dead_letter(
+        self, job_id: int, token: str, error: dict[str, Any], now: float
+    ) -> JobState | None:
         """running -> failed, and a dead-letter row, in one transaction."""
         ...
 
-    async def mark_cancelled(self, job_id: int, token: str, now: float) -> bool:
+    async def mark_cancelled(self, job_id: int, token: str, now: float) -> JobState | None:
         """running -> cancelled, after the task saw its cancellation."""
         ...
 
-    async def release(self, job_id: int, token: str, now: float | None = None) -> bool:
+    async def release(self, job_id: int, token: str, now: float | None = None) -> JobState | None:
         """running -> pending at shutdown; the attempt is given back (or -> cancelled, if a
         client asked to cancel it)."""
         ...
@@ -221,7 +229,7 @@ class Store(Protocol):
 
     async def fire_schedule(
         self, name: str, expected_tick: float, next_tick: float, jobs: Sequence[NewJob], now: float
-    ) -> list[int]:
+    ) -> list[Job]:
         """Move a schedule on from `expected_tick` and enqueue its jobs, in one transaction;
         nothing if another process already did (each tick is claimed once, in the database)."""
         ...

@@ -703,19 +703,19 @@ class PostgresStore:
         result: LeaseReport = await self._write(op)
         return result
 
-    async def complete(self, job_id: int, token: str, result: bytes, now: float) -> bool:
+    async def complete(self, job_id: int, token: str, result: bytes, now: float) -> JobState | None:
         # Completions that arrive before the writer takes them share one op, one statement:
         # a statement a job cost several round trips (savepoint, update, notify) a job.
         batch = self._completions = open_gathered(
             self._completions, lambda: _CompletionBatch(self), self._put
         )
         done: bool = await batch.join((job_id, token, result, now))
-        return done
+        return JobState.SUCCEEDED if done else None
 
     async def schedule_retry(
         self, job_id: int, token: str, error: dict[str, Any], run_at: float, now: float
-    ) -> bool:
-        async def op(conn: asyncpg.Connection) -> bool:
+    ) -> JobState | None:
+        async def op(conn: asyncpg.Connection) -> JobState | None:
             # An attempt that failed after a client asked to cancel it is not retried.
             status: str = await conn.execute(
                 """UPDATE jobs SET status = 'cancelled', completed_at = $3, error = $4,
@@ -731,7 +731,7 @@ class PostgresStore:
                 ended: list[int] = []
                 await _after_failure(conn, [job_id], now, ended)
                 await self._notify_done(conn, [job_id, *ended])
-                return True
+                return JobState.CANCELLED
             status = await conn.execute(
                 """UPDATE jobs SET status = 'pending', run_at = $3, error = $4,
                        lease_token = NULL, lease_expires_at = NULL
@@ -742,15 +742,17 @@ class PostgresStore:
                 error,
             )
             if status.split()[-1] == "0":
-                return False
+                return None
             await self._notify_due(conn)
-            return True
+            return JobState.PENDING
 
-        result: bool = await self._write(op)
+        result: JobState | None = await self._write(op)
         return result
 
-    async def dead_letter(self, job_id: int, token: str, error: dict[str, Any], now: float) -> bool:
-        async def op(conn: asyncpg.Connection) -> bool:
+    async def dead_letter(
+        self, job_id: int, token: str, error: dict[str, Any], now: float
+    ) -> JobState | None:
+        async def op(conn: asyncpg.Connection) -> JobState | None:
             failed = await _fail_for_good(
                 conn,
                 "id = $3 AND status = 'running' AND lease_token = $4",
@@ -762,13 +764,13 @@ class PostgresStore:
             await _after_failure(conn, failed, now, ended)
             await self._notify_done(conn, failed + ended)
             await self._notify_due(conn)  # their webhook jobs, if any
-            return bool(failed)
+            return JobState.FAILED if failed else None
 
-        result: bool = await self._write(op)
+        result: JobState | None = await self._write(op)
         return result
 
-    async def mark_cancelled(self, job_id: int, token: str, now: float) -> bool:
-        async def op(conn: asyncpg.Connection) -> bool:
+    async def mark_cancelled(self, job_id: int, token: str, now: float) -> JobState | None:
+        async def op(conn: asyncpg.Connection) -> JobState | None:
             status: str = await conn.execute(
                 """UPDATE jobs SET status = 'cancelled', completed_at = $3,
                        lease_token = NULL, lease_expires_at = NULL
@@ -778,18 +780,18 @@ class PostgresStore:
                 now,
             )
             if status.split()[-1] == "0":
-                return False
+                return None
             ended: list[int] = []
             await _after_failure(conn, [job_id], now, ended)
             await self._notify_done(conn, [job_id, *ended])
             await self._notify_due(conn)  # their webhook jobs, if any
-            return True
+            return JobState.CANCELLED
 
-        result: bool = await self._write(op)
+        result: JobState | None = await self._write(op)
         return result
 
-    async def release(self, job_id: int, token: str, now: float | None = None) -> bool:
-        async def op(conn: asyncpg.Connection) -> bool:
+    async def release(self, job_id: int, token: str, now: float | None = None) -> JobState | None:
+        async def op(conn: asyncpg.Connection) -> JobState | None:
             # A job a client asked to cancel ends cancelled rather than running again.
             cancelled_at = await conn.fetchval(
                 """UPDATE jobs SET status = 'cancelled', completed_at = coalesce($3, started_at),
@@ -805,7 +807,7 @@ class PostgresStore:
                 ended: list[int] = []
                 await _after_failure(conn, [job_id], cancelled_at, ended)
                 await self._notify_done(conn, [job_id, *ended])
-                return True
+                return JobState.CANCELLED
             status: str = await conn.execute(
                 """UPDATE jobs SET status = 'pending', attempts = attempts - 1,
                        lease_token = NULL, lease_expires_at = NULL
@@ -814,11 +816,11 @@ class PostgresStore:
                 token,
             )
             if status.split()[-1] == "0":
-                return False
+                return None
             await self._notify_due(conn)
-            return True
+            return JobState.PENDING
 
-        result: bool = await self._write(op)
+        result: JobState | None = await self._write(op)
         return result
 
     async def update_progress(
@@ -1123,10 +1125,10 @@ class PostgresStore:
 
     async def fire_schedule(
         self, name: str, expected_tick: float, next_tick: float, jobs: Sequence[NewJob], now: float
-    ) -> list[int]:
+    ) -> list[Job]:
         rows = [_row(j, now) for j in jobs]
 
-        async def op(conn: asyncpg.Connection) -> list[int]:
+        async def op(conn: asyncpg.Connection) -> list[Job]:
             status: str = await conn.execute(
                 "UPDATE schedules SET next_tick_at = $1, last_tick_at = $2"
                 " WHERE name = $3 AND next_tick_at = $2",
@@ -1137,11 +1139,11 @@ class PostgresStore:
             if status.split()[-1] == "0":
                 return []  # another node fired this tick
             await _admit(conn, [r.values[1] for r in rows])
-            ids = [e.job.id for e in await _insert_all(conn, rows, now, [])]
+            jobs = [e.job for e in await _insert_all(conn, rows, now, [])]
             await self._notify_due(conn)
-            return ids
+            return jobs
 
-        result: list[int] = await self._write(op)
+        result: list[Job] = await self._write(op)
         return result
 
     # -- retention -----------------------------------------------------------------------------
@@ -1585,7 +1587,7 @@ async def _rescue(conn: asyncpg.Connection, now: float) -> RescueReport:
                FOR UPDATE SKIP LOCKED)
            UPDATE jobs SET status = 'pending', run_at = $1, error = $2,
                lease_token = NULL, lease_expires_at = NULL
-           FROM lost WHERE jobs.id = lost.id RETURNING jobs.id""",
+           FROM lost WHERE jobs.id = lost.id RETURNING jobs.*""",
         now,
         error,
     )
@@ -1598,7 +1600,7 @@ async def _rescue(conn: asyncpg.Connection, now: float) -> RescueReport:
         now,
     )
     return RescueReport(
-        requeued=sorted(r["id"] for r in requeued),
+        requeued_jobs=sorted((_record_to_job(r) for r in requeued), key=lambda j: j.id),
         dead_lettered=sorted(spent),
         cancelled=sorted(r["id"] for r in cancelled),
     )

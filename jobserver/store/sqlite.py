@@ -822,22 +822,22 @@ class SQLiteStore:
         result: LeaseReport = await self._write(op)
         return result
 
-    async def complete(self, job_id: int, token: str, result: bytes, now: float) -> bool:
+    async def complete(self, job_id: int, token: str, result: bytes, now: float) -> JobState | None:
         # Completions that arrive before the writer takes them share one op, one statement:
         # per-row statements cost more in thread hand-offs than in SQLite itself.
         batch = self._completions = open_gathered(
             self._completions, lambda: _CompletionBatch(self._emit), self._put
         )
         done: bool = await batch.join((job_id, token, result, now))
-        return done
+        return JobState.SUCCEEDED if done else None
 
     async def schedule_retry(
         self, job_id: int, token: str, error: dict[str, Any], run_at: float, now: float
-    ) -> bool:
+    ) -> JobState | None:
         fx = Effects()
         error_json = codec.dumps(error)
 
-        def op(conn: sqlite3.Connection) -> bool:
+        def op(conn: sqlite3.Connection) -> JobState | None:
             # An attempt that failed after a client asked to cancel it is not retried.
             if conn.execute(
                 """UPDATE jobs SET status = 'cancelled', completed_at = ?, error = ?,
@@ -848,27 +848,27 @@ class SQLiteStore:
             ).rowcount:
                 _after_failure(conn, [job_id], now, fx)
                 fx.ended.append(job_id)
-                return True
-            return (
-                conn.execute(
-                    """UPDATE jobs SET status = 'pending', run_at = ?, error = ?,
-                           lease_token = NULL, lease_expires_at = NULL
-                       WHERE id = ? AND status = 'running' AND lease_token = ?""",
-                    (run_at, error_json, job_id, token),
-                ).rowcount
-                > 0
-            )
+                return JobState.CANCELLED
+            retried = conn.execute(
+                """UPDATE jobs SET status = 'pending', run_at = ?, error = ?,
+                       lease_token = NULL, lease_expires_at = NULL
+                   WHERE id = ? AND status = 'running' AND lease_token = ?""",
+                (run_at, error_json, job_id, token),
+            ).rowcount
+            return JobState.PENDING if retried else None
 
-        result: bool = await self._write(op)
+        result: JobState | None = await self._write(op)
         self._emit(fx)
         return result
 
-    async def dead_letter(self, job_id: int, token: str, error: dict[str, Any], now: float) -> bool:
+    async def dead_letter(
+        self, job_id: int, token: str, error: dict[str, Any], now: float
+    ) -> JobState | None:
         error_json = codec.dumps(error)
 
         fx = Effects()
 
-        def op(conn: sqlite3.Connection) -> bool:
+        def op(conn: sqlite3.Connection) -> JobState | None:
             failed = _fail_for_good(
                 conn,
                 "id = ? AND status = 'running' AND lease_token = ?",
@@ -878,16 +878,16 @@ class SQLiteStore:
             )
             if failed:
                 _after_failure(conn, [job_id], now, fx)
-            return failed > 0
+            return JobState.FAILED if failed else None
 
-        result: bool = await self._write(op)
+        result: JobState | None = await self._write(op)
         self._emit(fx)
         return result
 
-    async def mark_cancelled(self, job_id: int, token: str, now: float) -> bool:
+    async def mark_cancelled(self, job_id: int, token: str, now: float) -> JobState | None:
         fx = Effects()
 
-        def op(conn: sqlite3.Connection) -> bool:
+        def op(conn: sqlite3.Connection) -> JobState | None:
             done = conn.execute(
                 """UPDATE jobs SET status = 'cancelled', completed_at = ?,
                        lease_token = NULL, lease_expires_at = NULL
@@ -896,16 +896,16 @@ class SQLiteStore:
             ).rowcount
             if done:
                 _after_failure(conn, [job_id], now, fx)
-            return done > 0
+            return JobState.CANCELLED if done else None
 
-        result: bool = await self._write(op)
+        result: JobState | None = await self._write(op)
         self._emit(fx)
         return result
 
-    async def release(self, job_id: int, token: str, now: float | None = None) -> bool:
+    async def release(self, job_id: int, token: str, now: float | None = None) -> JobState | None:
         fx = Effects()
 
-        def op(conn: sqlite3.Connection) -> bool:
+        def op(conn: sqlite3.Connection) -> JobState | None:
             # A job a client asked to cancel ends cancelled rather than running again.
             cancelled = conn.execute(
                 """UPDATE jobs SET status = 'cancelled', completed_at = coalesce(?, started_at),
@@ -918,18 +918,16 @@ class SQLiteStore:
             if cancelled:
                 _after_failure(conn, [job_id], cancelled[0], fx)
                 fx.ended.append(job_id)
-                return True
-            return (
-                conn.execute(
-                    """UPDATE jobs SET status = 'pending', attempts = attempts - 1,
-                           lease_token = NULL, lease_expires_at = NULL
-                       WHERE id = ? AND status = 'running' AND lease_token = ?""",
-                    (job_id, token),
-                ).rowcount
-                > 0
-            )
+                return JobState.CANCELLED
+            released = conn.execute(
+                """UPDATE jobs SET status = 'pending', attempts = attempts - 1,
+                       lease_token = NULL, lease_expires_at = NULL
+                   WHERE id = ? AND status = 'running' AND lease_token = ?""",
+                (job_id, token),
+            ).rowcount
+            return JobState.PENDING if released else None
 
-        result: bool = await self._write(op)
+        result: JobState | None = await self._write(op)
         self._emit(fx)
         return result
 
@@ -1210,12 +1208,12 @@ class SQLiteStore:
 
     async def fire_schedule(
         self, name: str, expected_tick: float, next_tick: float, jobs: Sequence[NewJob], now: float
-    ) -> list[int]:
+    ) -> list[Job]:
         """Move the schedule from `expected_tick` to `next_tick` and enqueue its jobs, in one
         transaction; nothing when another process moved it first (each tick runs once)."""
         rows = [_insert_params(j, now) for j in jobs]
 
-        def op(conn: sqlite3.Connection) -> list[int]:
+        def op(conn: sqlite3.Connection) -> list[Job]:
             moved = conn.execute(
                 "UPDATE schedules SET next_tick_at = ?, last_tick_at = ?"
                 " WHERE name = ? AND next_tick_at = ?",
@@ -1224,9 +1222,9 @@ class SQLiteStore:
             if not moved:
                 return []
             _admit(conn, rows)
-            return [e.job.id for e in _insert_all(conn, rows, now, Effects())]
+            return [e.job for e in _insert_all(conn, rows, now, Effects())]
 
-        result: list[int] = await self._write(op)
+        result: list[Job] = await self._write(op)
         return result
 
     # -- retention ------------------------------------------------------------------------------
@@ -1717,13 +1715,13 @@ def _rescue(
             (now, *params),
         ).fetchall()
     ]
-    report.requeued = [
-        r[0]
+    report.requeued_jobs = [
+        _row_to_job(r)
         for r in conn.execute(
             f"""UPDATE jobs SET status = 'pending', run_at = ?, error = ?,
                    lease_token = NULL, lease_expires_at = NULL
                 WHERE {where} AND attempts <= max_retries
-                RETURNING id""",
+                RETURNING {JOB_COLUMNS}""",
             (now, error, *params),
         ).fetchall()
     ]

@@ -219,7 +219,8 @@ async def test_a_stale_token_is_rejected_and_changes_nothing(
     before = await store.get_job(job_id)
     dead_before = await store.count_dead_letters()
 
-    assert await STALE_WRITES[write](store, job_id, old_token, now) is False
+    nothing = False if write == "update_progress" else None  # the moves return a state
+    assert await STALE_WRITES[write](store, job_id, old_token, now) is nothing
 
     after = await store.get_job(job_id)
     assert after == before, f"a {write} with an old token changed the job"

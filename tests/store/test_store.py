@@ -241,7 +241,7 @@ async def test_completions_sent_together_each_get_their_own_answer(store: Store)
             for j, token in zip(jobs, tokens, strict=True)
         )
     )
-    assert answers == [token != "stale" for token in tokens]
+    assert answers == [JobState.SUCCEEDED if token != "stale" else None for token in tokens]
     for job, ok in zip(jobs, answers, strict=True):
         stored = await store.get_job(job.id)
         assert stored is not None

@@ -311,7 +311,8 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def complete(self, data: st.DataObject) -> None:
         job_id, token = self.pick_running(data)
-        assert self.run(self.store.complete(job_id, token, b'{"ok": true}', self.now))
+        written = self.run(self.store.complete(job_id, token, b'{"ok": true}', self.now))
+        assert written == JobState.SUCCEEDED
         done = self.job(job_id)
         assert (done.status, done.result, done.error) == (JobState.SUCCEEDED, {"ok": True}, None)
         self.retire(job_id)
@@ -322,10 +323,11 @@ class StoreMachine(RuleBasedStateMachine):
         before = self.jobs[job_id]
         # What the worker decides (jobserver.retry.decide): retry while attempts remain.
         if retryable and before.attempts <= before.max_retries:
-            assert self.run(
+            written = self.run(
                 self.store.schedule_retry(job_id, token, error, self.now + delay, self.now)
             )
             after = self.job(job_id)
+            assert written == after.status  # the state it says it wrote is the stored one
             if before.cancel_requested:
                 # A client asked to cancel this run: the failed attempt ends it cancelled, not
                 # retried (tests/server/test_leases.py has the case on its own).
@@ -334,8 +336,9 @@ class StoreMachine(RuleBasedStateMachine):
                 assert (after.status, after.run_at) == (JobState.PENDING, self.now + delay)
             assert after.error == error
         else:
-            assert self.run(self.store.dead_letter(job_id, token, error, self.now))
+            written = self.run(self.store.dead_letter(job_id, token, error, self.now))
             after = self.job(job_id)
+            assert written == after.status
             assert (after.status, after.error) == (JobState.FAILED, error)
         self.retire(job_id)
 
@@ -357,8 +360,8 @@ class StoreMachine(RuleBasedStateMachine):
     def task_saw_its_cancellation(self, data: st.DataObject) -> None:
         flagged = sorted(i for i in self.tokens if self.jobs[i].cancel_requested)
         job_id = data.draw(st.sampled_from(flagged), label="cancel-requested job")
-        assert self.run(self.store.mark_cancelled(job_id, self.tokens[job_id], self.now))
-        assert self.job(job_id).status == JobState.CANCELLED
+        written = self.run(self.store.mark_cancelled(job_id, self.tokens[job_id], self.now))
+        assert written == self.job(job_id).status == JobState.CANCELLED
         self.retire(job_id)
 
     @precondition(lambda self: self.tokens)
@@ -367,8 +370,9 @@ class StoreMachine(RuleBasedStateMachine):
         """Back to pending with the attempt given back; cancelled if a client asked for that."""
         job_id, token = self.pick_running(data)
         before = self.jobs[job_id]
-        assert self.run(self.store.release(job_id, token, self.now))
+        written = self.run(self.store.release(job_id, token, self.now))
         after = self.job(job_id)
+        assert written == after.status
         if before.cancel_requested:
             assert (after.status, after.attempts) == (JobState.CANCELLED, before.attempts)
         else:
@@ -398,7 +402,7 @@ class StoreMachine(RuleBasedStateMachine):
         if write == "renew":
             assert self.run(s.renew_leases([(job_id, token)], now, TTL)).lost == [job_id]
         else:
-            call: Callable[[], Coroutine[Any, Any, bool]] = {
+            call: Callable[[], Coroutine[Any, Any, Any]] = {
                 "complete": lambda: s.complete(job_id, token, b'"stale"', now),
                 "schedule_retry": lambda: s.schedule_retry(job_id, token, ERROR, now, now),
                 "dead_letter": lambda: s.dead_letter(job_id, token, ERROR, now),
@@ -406,7 +410,8 @@ class StoreMachine(RuleBasedStateMachine):
                 "release": lambda: s.release(job_id, token),
                 "update_progress": lambda: s.update_progress(job_id, token, 0.5, "stale"),
             }[write]
-            assert self.run(call()) is False, f"{write} succeeded with a stale token"
+            nothing = False if write == "update_progress" else None  # the moves return a state
+            assert self.run(call()) is nothing, f"{write} succeeded with a stale token"
         assert self.job(job_id) == before, f"{write} with a stale token changed the job"
         assert self.run(self.store.count_dead_letters()) == letters
 

@@ -1,0 +1,172 @@
+"""What the server publishes (its event stream) is what the store wrote, on both stores.
+
+The worker used to guess a write's result from a bool: a failed attempt whose cancel was
+requested (by another node, say) was published `pending` with a retry while the row said
+`cancelled`, and its end was never published; a release at shutdown the same. Jobs put back by
+the rescuer and jobs fired by a schedule were not published at all."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobserver import JobServer, JobState, ManualClock
+from jobserver.events import Event, EventFilter
+from jobserver.models import NewJob
+from jobserver.schedule import next_tick
+from jobserver.tasks import Registry, task
+
+from ..conftest import PG_DSN, PG_SKIP, STORE_BACKENDS, eventually
+
+reg = Registry()
+gates: dict[str, asyncio.Event] = {}
+
+
+@task(registry=reg, max_retries=3)
+async def fails_when_let_go(name: str) -> None:
+    await gates.setdefault(name, asyncio.Event()).wait()
+    raise ValueError("failed after its cancel was asked for")
+
+
+@task(registry=reg)
+async def waits(name: str) -> str:
+    await gates.setdefault(name, asyncio.Event()).wait()
+    return name
+
+
+@task(registry=reg)
+async def noop() -> None:
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    gates.clear()
+
+
+Factory = Callable[..., Awaitable[JobServer]]
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+async def make_server(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock
+) -> AsyncIterator[Factory]:
+    """Started JobServers on a fresh store of each kind; stopped (and dropped) at the end."""
+    started: list[JobServer] = []
+    schema = f"test_{secrets.token_hex(6)}"
+
+    async def factory(**kwargs: Any) -> JobServer:
+        if request.param == "sqlite":
+            kwargs.setdefault("db", tmp_path / "jobs.db")
+        else:
+            if not PG_DSN:
+                pytest.skip(PG_SKIP)
+            from jobserver.store.postgres import PostgresStore
+
+            kwargs.setdefault("store", PostgresStore(PG_DSN, schema=schema))
+        kwargs.setdefault("clock", clock)
+        kwargs.setdefault("tasks", list(reg))
+        server = JobServer(grace_period_s=1.0, **kwargs)
+        await server.start()
+        started.append(server)
+        return server
+
+    yield factory
+    for server in reversed(started):
+        await server.stop(grace_period_s=0.2)
+    if request.param == "postgres" and PG_DSN:
+        import asyncpg
+
+        conn = await asyncpg.connect(PG_DSN)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+
+async def published(server: JobServer, job_id: int) -> list[str]:
+    """The states published for a job, in order (from the server's kept event history)."""
+    states: list[str] = []
+    async for event in server.events.stream(EventFilter(), after_id=0, idle_s=0.02):
+        if event is None:
+            break
+        if isinstance(event, Event) and event.job_id == job_id:
+            states.append(event.state)
+    return states
+
+
+async def last_published(server: JobServer, job_id: int) -> str | None:
+    states = await published(server, job_id)
+    return states[-1] if states else None
+
+
+async def test_a_failed_attempt_whose_cancel_was_requested_is_published_cancelled(
+    make_server: Factory, clock: ManualClock
+) -> None:
+    server = await make_server()
+    job = await server.enqueue("fails_when_let_go", ["a"])
+    await eventually(lambda: server.get_job(job.id), lambda j: j.status == JobState.RUNNING)
+    # Asked of the store, as another node's API would: this node's run is not told at once.
+    await server.store.request_cancel(job.id, clock.now())
+    gates.setdefault("a", asyncio.Event()).set()  # the attempt fails; the worker asks a retry
+    await eventually(lambda: last_published(server, job.id), lambda s: s == "cancelled")
+    stored = await server.get_job(job.id)
+    assert stored.status == JobState.CANCELLED
+    assert await published(server, job.id) == ["pending", "running", "cancelled"]
+
+
+async def test_a_release_at_shutdown_whose_cancel_was_requested_is_published_cancelled(
+    make_server: Factory, clock: ManualClock
+) -> None:
+    server = await make_server()
+    job = await server.enqueue("waits", ["b"])
+    await eventually(lambda: server.get_job(job.id), lambda j: j.status == JobState.RUNNING)
+    await server.store.request_cancel(job.id, clock.now())
+    await server.stop(grace_period_s=0.05)  # cut off: the run is released
+    # (streams end at shutdown; the bus keeps what was published during the drain)
+    assert await published(server, job.id) == ["pending", "running", "cancelled"]
+    await server.store.open()  # the stopped server's store, opened again to read the row
+    try:
+        stored = await server.store.get_job(job.id)
+        assert stored is not None and stored.status == JobState.CANCELLED
+    finally:
+        await server.store.close()
+
+
+async def test_a_job_put_back_by_the_rescuer_is_published_pending_then_runs(
+    make_server: Factory, clock: ManualClock
+) -> None:
+    server = await make_server(lease_ttl_s=30, rescue_interval_s=7)
+    start_at = clock.now() + 1  # due later, so this server's worker cannot take it first
+    [enqueued] = await server.store.enqueue([NewJob(task="noop", run_at=start_at)], clock.now())
+    [held] = await server.store.claim(1, start_at, 30)  # "another node", which then dies
+    clock.advance(1 + 30 + 7)
+    done = await server.wait_for(held.id, timeout_s=5)
+    assert (done.status, done.attempts) == (JobState.SUCCEEDED, 2)
+    assert enqueued.job.id == held.id
+    assert await published(server, held.id) == ["pending", "running", "succeeded"]
+
+
+async def test_a_job_fired_by_a_schedule_is_published_from_pending(
+    make_server: Factory, clock: ManualClock
+) -> None:
+    server = await make_server()
+    saved = await server.save_schedule("every-minute", "noop", "* * * * *")
+    assert saved.next_tick_at == next_tick("* * * * *", clock.now())
+    clock.set(saved.next_tick_at)
+    history = await eventually(
+        lambda: _schedule_jobs(server), lambda jobs: len(jobs) == 1 and jobs[0].is_terminal
+    )
+    assert history[0].status == JobState.SUCCEEDED
+    assert await published(server, history[0].id) == ["pending", "running", "succeeded"]
+
+
+async def _schedule_jobs(server: JobServer) -> list[Any]:
+    from jobserver.store.base import JobFilter
+
+    return await server.list_jobs(JobFilter(task="noop"), 10, None)
