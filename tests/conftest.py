@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -156,13 +157,28 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 ServerFactory = Callable[..., Awaitable[JobServer]]
 
 
-@pytest.fixture
-async def make_server(tmp_path: Path, clock: ManualClock) -> AsyncIterator[ServerFactory]:
-    """Start JobServers on a file in tmp_path (ManualClock by default); stopped at teardown."""
+@pytest.fixture(params=STORE_BACKENDS)
+async def make_server(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock
+) -> AsyncIterator[ServerFactory]:
+    """Start JobServers (ManualClock by default) on each store: a file in tmp_path, or a fresh
+    PostgreSQL schema; stopped (and the schema dropped) at teardown. A test that names its
+    own `db` or `store` runs once, on the SQLite parameter."""
     started: list[JobServer] = []
+    schema = f"test_{secrets.token_hex(6)}"
 
     async def factory(**kwargs: Any) -> JobServer:
-        kwargs.setdefault("db", tmp_path / "jobs.db")
+        own = "db" in kwargs or "store" in kwargs
+        if request.param == "postgres":
+            if own:
+                pytest.skip("this test names its own store: run on the SQLite parameter")
+            if not PG_DSN:
+                pytest.skip(PG_SKIP)
+            from jobserver.store.postgres import PostgresStore
+
+            kwargs["store"] = PostgresStore(PG_DSN, schema=schema)
+        elif not own:
+            kwargs["db"] = tmp_path / "jobs.db"
         kwargs.setdefault("clock", clock)
         kwargs.setdefault("grace_period_s", 1.0)
         server = JobServer(**kwargs)
@@ -173,6 +189,32 @@ async def make_server(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Serve
     yield factory
     for server in reversed(started):
         await server.stop(grace_period_s=0.5)
+    if request.param == "postgres" and started and PG_DSN:
+        import asyncpg
+
+        conn = await asyncpg.connect(PG_DSN)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+
+async def read_outside(store: Any, sql_sqlite: str, sql_postgres: str, *args: Any) -> list[Any]:
+    """Rows read through a connection of the test's own, not the store's: what was committed.
+    SQLite gets `sql_sqlite` with ? parameters, PostgreSQL `sql_postgres` with $n ones, run in
+    the store's schema."""
+    if getattr(store, "path", None) is not None:
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(store.path)) as conn:
+            return [tuple(r) for r in conn.execute(sql_sqlite, args).fetchall()]
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_DSN, server_settings={"search_path": f'"{store.schema}"'})
+    try:
+        return [tuple(r) for r in await conn.fetch(sql_postgres, *args)]
+    finally:
+        await conn.close()
 
 
 async def eventually(

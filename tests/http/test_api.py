@@ -13,7 +13,7 @@ import pytest
 from jobserver import Backoff, JobServer, JobState, ManualClock
 from jobserver.tasks import Registry, task
 
-from ..conftest import ServerFactory, eventually
+from ..conftest import ServerFactory, eventually, read_outside
 
 reg = Registry()
 
@@ -340,15 +340,14 @@ async def test_bad_list_queries_name_the_parameter(api: Api, query: str, field: 
 
 async def test_a_job_enqueued_over_http_is_committed_before_the_reply(api: Api) -> None:
     created = await api.post_job(task="echo", args=["durable"], delay=999)
-    # read it back through a separate connection to the file: the commit happened
-    import sqlite3
-
-    conn = sqlite3.connect(api.server.store.path)  # type: ignore[attr-defined]
-    try:
-        row = conn.execute("SELECT status FROM jobs WHERE id = ?", (created["id"],)).fetchone()
-    finally:
-        conn.close()
-    assert row == (JobState.PENDING.value,)
+    # read it back through a separate connection: the commit happened
+    rows = await read_outside(
+        api.server.store,
+        "SELECT status FROM jobs WHERE id = ?",
+        "SELECT status FROM jobs WHERE id = $1",
+        created["id"],
+    )
+    assert rows == [(JobState.PENDING.value,)]
 
 
 async def test_batch_enqueue_is_one_transaction(api: Api) -> None:

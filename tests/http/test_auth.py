@@ -4,7 +4,6 @@ injection strings stored as data, never run as SQL."""
 from __future__ import annotations
 
 import re
-import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -16,7 +15,7 @@ import pytest
 from jobserver import JobServer
 from jobserver.auth import MAX_FAILURES
 
-from ..conftest import ServerFactory
+from ..conftest import ServerFactory, read_outside
 from ..procs import REPO, server_env
 
 FULL = "full-token-for-tests"
@@ -115,15 +114,16 @@ INJECTIONS = [
 
 
 async def test_injection_strings_are_stored_byte_exact_and_run_nothing(client: Client) -> None:
-    db = client.server.store.path  # type: ignore[attr-defined]
+    async def schema() -> list[tuple[Any, ...]]:  # every table and index, as defined
+        return await read_outside(
+            client.server.store,
+            "SELECT type, name, sql FROM sqlite_master ORDER BY name",
+            "SELECT tablename, indexname, indexdef FROM pg_indexes"
+            " WHERE schemaname = current_schema() ORDER BY 1, 2",
+        )
 
-    def schema() -> list[tuple[Any, ...]]:
-        with sqlite3.connect(db) as conn:
-            return conn.execute(
-                "SELECT type, name, sql FROM sqlite_master ORDER BY name"
-            ).fetchall()
-
-    before = schema()
+    before = await schema()
+    assert before
     ids = []
     for text in INJECTIONS:
         body = {"task": "echo", "args": [text], "kwargs": {text: text}, "delay": 999,
@@ -142,4 +142,4 @@ async def test_injection_strings_are_stored_byte_exact_and_run_nothing(client: C
         job = await client.server.get_job(job_id)
         assert job.args == [text] and job.kwargs == {text: text}
         assert job.idempotency_key == text and job.unique_key == text
-    assert schema() == before
+    assert await schema() == before

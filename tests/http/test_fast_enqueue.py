@@ -280,11 +280,10 @@ async def test_at_stop_requests_in_flight_are_answered_and_idle_connections_clos
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             answered.append((await conn.reply())[2]["id"])
         conn.close()
-    # each answered job was committed (checked on a reopened store)
-    reopened = JobServer(db=server.store.path)  # type: ignore[attr-defined]
-    await reopened.store.open()
+    # each answered job was committed (checked on the store, opened again)
+    await server.store.open()
     try:
         for job_id in answered:
-            assert await reopened.store.get_job(job_id) is not None
+            assert await server.store.get_job(job_id) is not None
     finally:
-        await reopened.store.close()
+        await server.store.close()

@@ -387,7 +387,7 @@ async def test_shutdown_releases_unfinished_jobs_without_using_an_attempt(
     job = await server.enqueue("gated", ["held"])
     await eventually(lambda: status_of(server, job.id), lambda s: s == JobState.RUNNING)
     await server.stop(grace_period_s=0.05)
-    store = SQLiteStore(server.store.path)  # type: ignore[attr-defined]
+    store = server.store  # the stopped server's store, opened again to read the row
     await store.open()
     try:
         after = await store.get_job(job.id)
@@ -407,7 +407,7 @@ async def test_shutdown_lets_running_jobs_finish_within_the_grace_period(
     await asyncio.sleep(0)  # let stop() begin: no new claims from here on
     gates.setdefault("soon", asyncio.Event()).set()
     await stopping
-    store = SQLiteStore(server.store.path)  # type: ignore[attr-defined]
+    store = server.store  # the stopped server's store, opened again to read the row
     await store.open()
     try:
         after = await store.get_job(job.id)
@@ -459,6 +459,7 @@ async def test_a_healthy_lease_is_renewed_and_never_rescued(
     await eventually(lambda: status_of(server, job.id), lambda s: s == JobState.RUNNING)
     for _ in range(12):  # two minutes of clock time, four lease lifetimes
         first = (await server.get_job(job.id)).lease_expires_at
+        await clock.wait_for_sleep_until(clock.now() + 10)  # the heartbeat waits its interval
         clock.advance(10)
         await eventually(
             lambda: server.get_job(job.id),
@@ -559,9 +560,24 @@ async def test_each_transition_is_logged_at_debug_only(
     with caplog.at_level(logging.DEBUG, logger="jobserver.transitions"):
         job = await server.enqueue("add", [3, 4])
         await server.wait_for(job.id, timeout_s=5)
+        # the waiter may wake (on PostgreSQL, told by the database) before the worker logs
+        await eventually(
+            lambda: asyncio.sleep(
+                0,
+                [
+                    r
+                    for r in caplog.records
+                    if getattr(r, "state", "") == "succeeded"
+                    and getattr(r, "job_id", None) == job.id
+                ],
+            ),
+            bool,
+        )
     states = [
         (r.job_id, r.state)  # type: ignore[attr-defined]
         for r in caplog.records
-        if r.name == "jobserver.transitions" and r.levelno == logging.DEBUG
+        # (the first job's end may be logged a moment after its waiter woke, on PostgreSQL
+        # where the waiter hears of it from the database)
+        if r.name == "jobserver.transitions" and r.levelno == logging.DEBUG and r.job_id == job.id  # type: ignore[attr-defined]
     ]
     assert states == [(job.id, "pending"), (job.id, "running"), (job.id, "succeeded")]
