@@ -150,6 +150,23 @@ class DeadLetter:
     failed_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One run of a job, as its history keeps it. `outcome`: running, succeeded, failed (the
+    job may have been retried after it), cancelled, lease_expired (the run was lost: its
+    process died or stalled). `error` holds type, message and the task's own traceback."""
+
+    attempt: int
+    started_at: float | None
+    ended_at: float | None
+    node: str | None
+    outcome: str
+    error: dict[str, Any] | None
+
+
+ATTEMPT_OUTCOMES = ("running", "succeeded", "failed", "cancelled", "lease_expired")
+
+
 def _cap(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text

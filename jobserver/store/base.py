@@ -10,12 +10,14 @@ one, so a worker that lost its lease cannot overwrite the work of the worker tha
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .. import codec
-from ..models import DeadLetter, Job, JobState, NewJob, QueueInfo, Schedule
+from ..models import Attempt, DeadLetter, Job, JobState, NewJob, QueueInfo, Schedule
 
 
 @dataclass(slots=True)
@@ -67,6 +69,29 @@ def payload_fingerprint(job: NewJob) -> str:
     )
 
 
+def node_name() -> str:
+    """This process, as the job history names it: host and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def with_current_attempt(
+    kept: list[Attempt],
+    status: str,
+    attempts: int,
+    started_at: float | None,
+    completed_at: float | None,
+    node: str | None,
+) -> list[Attempt]:
+    """A job's history: the attempts kept as rows, then the one its row describes when that
+    one has no row of its own (running now, or the attempt that succeeded)."""
+    if attempts >= 1 and not any(a.attempt == attempts for a in kept):
+        if status == JobState.RUNNING.value:
+            kept.append(Attempt(attempts, started_at, None, node, "running", None))
+        elif status == JobState.SUCCEEDED.value:
+            kept.append(Attempt(attempts, started_at, completed_at, node, "succeeded", None))
+    return kept
+
+
 class Store(Protocol):
     # True when one process owns the database, so at start every `running` row is an orphan.
     exclusive: bool
@@ -114,6 +139,13 @@ class Store(Protocol):
         ...
 
     async def count_by_status(self) -> dict[str, int]: ...
+
+    async def list_attempts(self, job_id: int) -> list[Attempt] | None:
+        """The job's attempts, first to last; None for no such job. Attempts that ended
+        without ending the job well are kept as rows (written with their end, pruned with the
+        job); the running or succeeded one is read from the job itself, so a job that
+        succeeds first time writes nothing more than before."""
+        ...
 
     async def count_dead_letters(self) -> int: ...
 

@@ -43,6 +43,7 @@ from ..models import (
     WEBHOOK_MAX_RETRIES,
     WEBHOOK_QUEUE,
     WEBHOOK_TASK,
+    Attempt,
     Backoff,
     DeadLetter,
     Job,
@@ -53,7 +54,15 @@ from ..models import (
     Schedule,
     error_info,
 )
-from .base import Enqueued, JobFilter, LeaseReport, RescueReport, payload_fingerprint
+from .base import (
+    Enqueued,
+    JobFilter,
+    LeaseReport,
+    RescueReport,
+    node_name,
+    payload_fingerprint,
+    with_current_attempt,
+)
 from .group_commit import GatheredWrite, GroupCommitQueue, PendingWrite, open_gathered
 
 log = logging.getLogger(__name__)
@@ -195,6 +204,24 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE TABLE ready_probe (
             id INTEGER PRIMARY KEY CHECK (id = 1),
             probes BIGINT NOT NULL
+        );
+        """,
+    ),
+    (
+        3,
+        # A job's history (as SQLite's migration 4): each attempt that ended without ending
+        # the job well; the running or succeeded one is read from the job row.
+        """
+        ALTER TABLE jobs ADD COLUMN claimed_by TEXT;
+        CREATE TABLE job_attempts (
+            job_id BIGINT NOT NULL,
+            attempt INTEGER NOT NULL CHECK (attempt >= 1),
+            started_at DOUBLE PRECISION,
+            ended_at DOUBLE PRECISION NOT NULL,
+            node TEXT,
+            outcome TEXT NOT NULL CHECK (outcome IN ('failed', 'cancelled', 'lease_expired')),
+            error JSONB,
+            PRIMARY KEY (job_id, attempt)
         );
         """,
     ),
@@ -446,6 +473,7 @@ class PostgresStore:
         self.dsn = dsn
         self.schema = schema
         self.pool_size = pool_size
+        self.node = node_name()  # written on each job it claims: the history's `node`
         self._pool: asyncpg.Pool | None = None
         self._writer: _GroupCommitWriter | None = None
         self._listener: asyncpg.Connection | None = None
@@ -650,6 +678,25 @@ class PostgresStore:
 
         return await self._read(fn)
 
+    async def list_attempts(self, job_id: int) -> list[Attempt] | None:
+        async def fn(conn: asyncpg.Connection) -> list[Attempt] | None:
+            job = await conn.fetchrow(
+                "SELECT status, attempts, started_at, completed_at, claimed_by FROM jobs"
+                " WHERE id = $1",
+                job_id,
+            )
+            if job is None:
+                return None
+            rows = await conn.fetch(
+                "SELECT attempt, started_at, ended_at, node, outcome, error FROM job_attempts"
+                " WHERE job_id = $1 ORDER BY attempt",
+                job_id,
+            )
+            kept = [Attempt(*r) for r in rows]
+            return with_current_attempt(kept, *job)
+
+        return await self._read(fn)
+
     async def count_dead_letters(self) -> int:
         async def fn(conn: asyncpg.Connection) -> int:
             count: int = await conn.fetchval("SELECT count(*) FROM dead_letters")
@@ -673,7 +720,7 @@ class PostgresStore:
         start = next(self._turn)
 
         async def op(conn: asyncpg.Connection) -> list[Job]:
-            return await _claim(conn, limit, now, token, now + lease_ttl_s, start)
+            return await _claim(conn, limit, now, token, now + lease_ttl_s, start, self.node)
 
         op.claims = True  # type: ignore[attr-defined]
 
@@ -728,6 +775,7 @@ class PostgresStore:
                 error,
             )
             if status.split()[-1] != "0":
+                await _record_attempts(conn, [job_id], "cancelled", error, now)
                 ended: list[int] = []
                 await _after_failure(conn, [job_id], now, ended)
                 await self._notify_done(conn, [job_id, *ended])
@@ -743,6 +791,7 @@ class PostgresStore:
             )
             if status.split()[-1] == "0":
                 return None
+            await _record_attempts(conn, [job_id], "failed", error, now)
             await self._notify_due(conn)
             return JobState.PENDING
 
@@ -760,6 +809,7 @@ class PostgresStore:
                 error,
                 now,
             )
+            await _record_attempts(conn, failed, "failed", error, now)
             ended: list[int] = []
             await _after_failure(conn, failed, now, ended)
             await self._notify_done(conn, failed + ended)
@@ -781,6 +831,7 @@ class PostgresStore:
             )
             if status.split()[-1] == "0":
                 return None
+            await _record_attempts(conn, [job_id], "cancelled", None, now)
             ended: list[int] = []
             await _after_failure(conn, [job_id], now, ended)
             await self._notify_done(conn, [job_id, *ended])
@@ -804,6 +855,7 @@ class PostgresStore:
                 now,
             )
             if cancelled_at is not None:
+                await _record_attempts(conn, [job_id], "cancelled", None, cancelled_at)
                 ended: list[int] = []
                 await _after_failure(conn, [job_id], cancelled_at, ended)
                 await self._notify_done(conn, [job_id, *ended])
@@ -1163,7 +1215,7 @@ class PostgresStore:
                     before,
                     limit,
                 )
-                await _forget_dependencies(conn, [r["id"] for r in gone])
+                await _forget_jobs(conn, [r["id"] for r in gone])
                 deleted += len(gone)
             status: str = await conn.execute(
                 """DELETE FROM dead_letters WHERE id IN (
@@ -1188,7 +1240,7 @@ class PostgresStore:
             if status not in ("succeeded", "failed", "cancelled"):
                 raise Conflict(f"job {job_id} is {status}: only finished jobs can be deleted")
             await conn.execute("DELETE FROM jobs WHERE id = $1", job_id)
-            await _forget_dependencies(conn, [job_id])
+            await _forget_jobs(conn, [job_id])
 
         await self._write(op)
 
@@ -1534,12 +1586,41 @@ async def _end_dependant(
     await _queue_webhooks(conn, [job_id], now)
 
 
-async def _forget_dependencies(conn: asyncpg.Connection, job_ids: Sequence[int]) -> None:
+async def _forget_jobs(conn: asyncpg.Connection, job_ids: Sequence[int]) -> None:
+    """What goes with deleted jobs: their dependency links and their history."""
     if job_ids:
         await conn.execute(
             "DELETE FROM job_dependencies"
             " WHERE job_id = ANY($1::bigint[]) OR depends_on = ANY($1::bigint[])",
             list(job_ids),
+        )
+        await conn.execute(
+            "DELETE FROM job_attempts WHERE job_id = ANY($1::bigint[])", list(job_ids)
+        )
+
+
+async def _record_attempts(
+    conn: asyncpg.Connection,
+    job_ids: Sequence[int],
+    outcome: str,
+    error: dict[str, Any] | None,
+    now: float,
+) -> None:
+    """Keep the current attempt of each job (number, start and node from its row) in its
+    history as ended now with `outcome`. Called in the transaction that ends the attempt."""
+    if job_ids:
+        await conn.execute(
+            """INSERT INTO job_attempts
+                   (job_id, attempt, started_at, ended_at, node, outcome, error)
+               SELECT id, attempts, started_at, $2, claimed_by, $3, $4 FROM jobs
+               WHERE id = ANY($1::bigint[]) AND attempts >= 1
+               ON CONFLICT (job_id, attempt) DO UPDATE SET started_at = excluded.started_at,
+                   ended_at = excluded.ended_at, node = excluded.node,
+                   outcome = excluded.outcome, error = excluded.error""",
+            list(job_ids),
+            now,
+            outcome,
+            error,
         )
 
 
@@ -1599,6 +1680,8 @@ async def _rescue(conn: asyncpg.Connection, now: float) -> RescueReport:
         error,
         now,
     )
+    lost = [r["id"] for r in cancelled] + [r["id"] for r in requeued] + spent
+    await _record_attempts(conn, lost, "lease_expired", error, now)
     return RescueReport(
         requeued_jobs=sorted((_record_to_job(r) for r in requeued), key=lambda j: j.id),
         dead_lettered=sorted(spent),
@@ -1638,7 +1721,13 @@ async def _running_by_queue(conn: asyncpg.Connection) -> dict[str, int]:
 
 
 async def _claim(
-    conn: asyncpg.Connection, limit: int, now: float, token: str, expires: float, start: int
+    conn: asyncpg.Connection,
+    limit: int,
+    now: float,
+    token: str,
+    expires: float,
+    start: int,
+    node: str,
 ) -> list[Job]:
     queues = await _queue_rows(conn, lock_limited=True)
     limited = any(st.concurrency_limit for st, _, _ in queues.values())
@@ -1667,12 +1756,13 @@ async def _claim(
         return []
     rows = await conn.fetch(
         f"""UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = $1,
-               lease_token = $2, lease_expires_at = $3, cancel_requested = FALSE
+               lease_token = $2, lease_expires_at = $3, cancel_requested = FALSE, claimed_by = $5
             WHERE id = ANY($4::bigint[]) RETURNING {JOB_COLUMNS}""",
         now,
         token,
         expires,
         chosen,
+        node,
     )
     jobs = [_record_to_job(r) for r in rows]
     for name, left in tokens.items():

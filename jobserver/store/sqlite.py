@@ -41,6 +41,7 @@ from ..models import (
     WEBHOOK_MAX_RETRIES,
     WEBHOOK_QUEUE,
     WEBHOOK_TASK,
+    Attempt,
     Backoff,
     DeadLetter,
     Job,
@@ -51,7 +52,15 @@ from ..models import (
     Schedule,
     error_info,
 )
-from .base import Enqueued, JobFilter, LeaseReport, RescueReport, payload_fingerprint
+from .base import (
+    Enqueued,
+    JobFilter,
+    LeaseReport,
+    RescueReport,
+    node_name,
+    payload_fingerprint,
+    with_current_attempt,
+)
 from .group_commit import GatheredWrite, GroupCommitQueue, PendingWrite, open_gathered
 
 log = logging.getLogger(__name__)
@@ -205,6 +214,25 @@ MIGRATIONS: list[tuple[int, str]] = [
             id INTEGER PRIMARY KEY CHECK (id = 1),
             probes INTEGER NOT NULL
         );
+        """,
+    ),
+    (
+        4,
+        # A job's history: each attempt that ended without ending the job well (failed,
+        # cancelled, lost), written with that end; the running or succeeded attempt is read
+        # from the job row (claimed_by: the node that took it), so the hot path writes no row.
+        """
+        ALTER TABLE jobs ADD COLUMN claimed_by TEXT;
+        CREATE TABLE job_attempts (
+            job_id INTEGER NOT NULL,
+            attempt INTEGER NOT NULL CHECK (attempt >= 1),
+            started_at REAL,
+            ended_at REAL NOT NULL,
+            node TEXT,
+            outcome TEXT NOT NULL CHECK (outcome IN ('failed', 'cancelled', 'lease_expired')),
+            error BLOB,
+            PRIMARY KEY (job_id, attempt)
+        ) WITHOUT ROWID;
         """,
     ),
 ]
@@ -543,6 +571,7 @@ class SQLiteStore:
             raise ValueError("durability must be 'full' or 'normal'")
         self.path = Path(path)
         self.durability = durability
+        self.node = node_name()  # written on each job it claims: the history's `node`
         self._writer_conn: aiosqlite.Connection | None = None
         self._reader_conn: aiosqlite.Connection | None = None
         self._writer: _GroupCommitWriter | None = None
@@ -767,6 +796,28 @@ class SQLiteStore:
 
         return await self._read(fn)
 
+    async def list_attempts(self, job_id: int) -> list[Attempt] | None:
+        def fn(conn: sqlite3.Connection) -> list[Attempt] | None:
+            job = conn.execute(
+                "SELECT status, attempts, started_at, completed_at, claimed_by FROM jobs"
+                " WHERE id = ?",
+                (job_id,),
+            ).fetchone()
+            if job is None:
+                return None
+            rows = conn.execute(
+                "SELECT attempt, started_at, ended_at, node, outcome, error FROM job_attempts"
+                " WHERE job_id = ? ORDER BY attempt",
+                (job_id,),
+            ).fetchall()
+            kept = [
+                Attempt(r[0], r[1], r[2], r[3], r[4], None if r[5] is None else codec.loads(r[5]))
+                for r in rows
+            ]
+            return with_current_attempt(kept, job[0], job[1], job[2], job[3], job[4])
+
+        return await self._read(fn)
+
     async def count_dead_letters(self) -> int:
         def fn(conn: sqlite3.Connection) -> int:
             count: int = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
@@ -794,7 +845,7 @@ class SQLiteStore:
         start = next(self._turn)
 
         def op(conn: sqlite3.Connection) -> list[Job]:
-            return _claim(conn, limit, now, token, now + lease_ttl_s, start)
+            return _claim(conn, limit, now, token, now + lease_ttl_s, start, self.node)
 
         op.claims = True  # type: ignore[attr-defined]
 
@@ -846,6 +897,7 @@ class SQLiteStore:
                      AND cancel_requested = 1""",
                 (now, error_json, job_id, token),
             ).rowcount:
+                _record_attempts(conn, [job_id], "cancelled", error_json, now)
                 _after_failure(conn, [job_id], now, fx)
                 fx.ended.append(job_id)
                 return JobState.CANCELLED
@@ -855,7 +907,10 @@ class SQLiteStore:
                    WHERE id = ? AND status = 'running' AND lease_token = ?""",
                 (run_at, error_json, job_id, token),
             ).rowcount
-            return JobState.PENDING if retried else None
+            if not retried:
+                return None
+            _record_attempts(conn, [job_id], "failed", error_json, now)
+            return JobState.PENDING
 
         result: JobState | None = await self._write(op)
         self._emit(fx)
@@ -877,6 +932,7 @@ class SQLiteStore:
                 now,
             )
             if failed:
+                _record_attempts(conn, [job_id], "failed", error_json, now)
                 _after_failure(conn, [job_id], now, fx)
             return JobState.FAILED if failed else None
 
@@ -895,6 +951,7 @@ class SQLiteStore:
                 (now, job_id, token),
             ).rowcount
             if done:
+                _record_attempts(conn, [job_id], "cancelled", None, now)
                 _after_failure(conn, [job_id], now, fx)
             return JobState.CANCELLED if done else None
 
@@ -916,6 +973,7 @@ class SQLiteStore:
                 (now, job_id, token),
             ).fetchone()
             if cancelled:
+                _record_attempts(conn, [job_id], "cancelled", None, cancelled[0])
                 _after_failure(conn, [job_id], cancelled[0], fx)
                 fx.ended.append(job_id)
                 return JobState.CANCELLED
@@ -1255,7 +1313,7 @@ class SQLiteStore:
                             (status, bound, before, limit - len(gone)),
                         ).fetchall()
                     ]
-                _forget_dependencies(conn, gone)
+                _forget_jobs(conn, gone)
                 deleted += len(gone)
             deleted += conn.execute(
                 "DELETE FROM dead_letters WHERE id IN"
@@ -1283,7 +1341,7 @@ class SQLiteStore:
             if row[0] not in ("succeeded", "failed", "cancelled"):
                 raise Conflict(f"job {job_id} is {row[0]}: only finished jobs can be deleted")
             conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-            _forget_dependencies(conn, [job_id])
+            _forget_jobs(conn, [job_id])
 
         await self._write(op)
 
@@ -1569,12 +1627,34 @@ def _link_dependencies(
         _end_dependant(conn, job_id, failed[0], found[failed[0]], now, fx)
 
 
-def _forget_dependencies(conn: sqlite3.Connection, job_ids: Sequence[int]) -> None:
+def _forget_jobs(conn: sqlite3.Connection, job_ids: Sequence[int]) -> None:
+    """What goes with deleted jobs: their dependency links and their history."""
     if job_ids:
         marks = ", ".join("?" * len(job_ids))
         conn.execute(
             f"DELETE FROM job_dependencies WHERE job_id IN ({marks}) OR depends_on IN ({marks})",
             (*job_ids, *job_ids),
+        )
+        conn.execute(f"DELETE FROM job_attempts WHERE job_id IN ({marks})", job_ids)
+
+
+def _record_attempts(
+    conn: sqlite3.Connection,
+    job_ids: Sequence[int],
+    outcome: str,
+    error_json: bytes | None,
+    now: float,
+) -> None:
+    """Keep the current attempt of each job (number, start and node from its row) in its
+    history as ended now with `outcome`. Called in the transaction that ends the attempt."""
+    if job_ids:
+        marks = ", ".join("?" * len(job_ids))
+        conn.execute(
+            f"""INSERT OR REPLACE INTO job_attempts
+                    (job_id, attempt, started_at, ended_at, node, outcome, error)
+                SELECT id, attempts, started_at, ?, claimed_by, ?, ? FROM jobs
+                WHERE id IN ({marks}) AND attempts >= 1""",
+            (now, outcome, error_json, *job_ids),
         )
 
 
@@ -1731,6 +1811,8 @@ def _rescue(
     for (job_id,) in spent:
         _fail_for_good(conn, "id = ? AND status = 'running'", (job_id,), error, now)
         report.dead_lettered.append(job_id)
+    lost = report.cancelled + report.requeued + report.dead_lettered
+    _record_attempts(conn, lost, "lease_expired", error, now)
     return report
 
 
@@ -1824,7 +1906,13 @@ def _due_ids(conn: sqlite3.Connection, queue: str, now: float, limit: int) -> li
 
 
 def _claim(
-    conn: sqlite3.Connection, limit: int, now: float, token: str, expires: float, start: int
+    conn: sqlite3.Connection,
+    limit: int,
+    now: float,
+    token: str,
+    expires: float,
+    start: int,
+    node: str,
 ) -> list[Job]:
     """Take due jobs: each queue's within its budget (pause, concurrency, rate), shared fairly."""
     queues = _queue_rows(conn)
@@ -1848,9 +1936,9 @@ def _claim(
     marks = ", ".join("?" * len(chosen))
     rows = conn.execute(
         f"""UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?,
-               lease_token = ?, lease_expires_at = ?, cancel_requested = 0
+               lease_token = ?, lease_expires_at = ?, cancel_requested = 0, claimed_by = ?
             WHERE id IN ({marks}) RETURNING {CLAIMED_COLUMNS}""",
-        (now, token, expires, *chosen),
+        (now, token, expires, node, *chosen),
     ).fetchall()
     jobs = [_claimed_job(r, now, token, expires) for r in rows]
     for name, left in tokens.items():
