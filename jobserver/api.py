@@ -31,7 +31,14 @@ from .models import (
     QueueInfo,
     Schedule,
 )
-from .render import MAX_TS, MIN_TS, dead_letter_to_dict, job_to_dict, rfc3339
+from .render import (
+    MAX_TS,
+    MIN_TS,
+    attempt_to_dict,
+    dead_letter_to_dict,
+    job_to_dict,
+    rfc3339,
+)
 from .store.base import JobFilter, payload_fingerprint
 
 if TYPE_CHECKING:
@@ -611,6 +618,12 @@ async def list_jobs(request: web.Request) -> web.Response:
     return json_response({"items": [job_to_dict(j) for j in jobs], "next_cursor": next_cursor})
 
 
+async def list_attempts(request: web.Request) -> web.Response:
+    job_id = _path_id(request, "job")
+    attempts = await _server(request).list_attempts(job_id)
+    return json_response({"job_id": job_id, "items": [attempt_to_dict(a) for a in attempts]})
+
+
 async def cancel_job(request: web.Request) -> web.Response:
     job = await _server(request).cancel(_path_id(request, "job"))
     return json_response(job_to_dict(job))
@@ -909,6 +922,7 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
     ("GET", f"/jobs/{ID}", get_job, "get_job"),
     ("DELETE", f"/jobs/{ID}", delete_job, "delete_job"),
     ("POST", f"/jobs/{ID}/cancel", cancel_job, "cancel_job"),
+    ("GET", f"/jobs/{ID}/attempts", list_attempts, "list_attempts"),
     ("GET", "/dead-letters", list_dead_letters, "list_dead_letters"),
     ("GET", f"/dead-letters/{ID}", get_dead_letter, "get_dead_letter"),
     ("POST", f"/dead-letters/{ID}/requeue", requeue_dead_letter, "requeue_dead_letter"),

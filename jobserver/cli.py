@@ -328,6 +328,10 @@ def add_client_commands(commands: Any) -> None:
     p = add("get", cmd_get, "print a job as JSON")
     p.add_argument("id", type=int, help="the job's id")
 
+    p = add("attempts", cmd_attempts, "a job's history: each attempt's outcome, node and error")
+    p.add_argument("id", type=int, help="the job's id")
+    p.add_argument("--traceback", action="store_true", help="print each failed attempt's traceback")
+
     p = add(
         "wait",
         cmd_wait,
@@ -604,6 +608,30 @@ def cmd_enqueue(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_get(client: Client, args: argparse.Namespace) -> int:
     _print_json(client.get(args.id).to_dict())
+    return 0
+
+
+def cmd_attempts(client: Client, args: argparse.Namespace) -> int:
+    attempts = client.attempts(args.id)
+    rows = [
+        [
+            str(a.attempt),
+            a.outcome,
+            _utc(a.started_at) if a.started_at else "",
+            _utc(a.ended_at) if a.ended_at else "",
+            a.node or "",
+            _cell(str(a.error)) if a.error else "",
+        ]
+        for a in attempts
+    ]
+    if not rows:
+        print(f"job {args.id} has not run yet", file=sys.stderr)
+        return 0
+    print(_table(["ATTEMPT", "OUTCOME", "STARTED", "ENDED", "NODE", "ERROR"], rows))
+    if args.traceback:
+        for a in attempts:
+            if a.traceback:
+                print(f"\n-- attempt {a.attempt} --\n{a.traceback.rstrip()}")
     return 0
 
 

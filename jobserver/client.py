@@ -40,6 +40,7 @@ __all__ = [
     "NOT_GIVEN",
     "ApiError",
     "AsyncClient",
+    "AttemptInfo",
     "AuthError",
     "Client",
     "ClientError",
@@ -360,6 +361,33 @@ class JobInfo:
             "callback_url": self.callback_url,
             **({"waiting": self.waiting} if self.status == JobState.PENDING else {}),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptInfo:
+    """One attempt in a job's history (GET /jobs/{id}/attempts). `outcome`: running,
+    succeeded, failed, cancelled or lease_expired; `traceback` is the task's own, if it raised."""
+
+    attempt: int
+    started_at: datetime | None
+    ended_at: datetime | None
+    node: str | None
+    outcome: str
+    error: JobError | None
+    traceback: str | None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AttemptInfo:
+        error = data.get("error")
+        return cls(
+            attempt=int(data["attempt"]),
+            started_at=_time(data.get("started_at")),
+            ended_at=_time(data.get("ended_at")),
+            node=data.get("node"),
+            outcome=str(data["outcome"]),
+            error=JobError.from_dict(error),
+            traceback=None if error is None else error.get("traceback"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -870,6 +898,14 @@ class _Ops:
         return _job(reply.data)
 
     @staticmethod
+    def attempts(job_id: int) -> _Op[list[AttemptInfo]]:
+        reply = yield _Call("GET", f"/jobs/{_job_id(job_id)}/attempts")
+        items = _parse(
+            "attempts", lambda d: [AttemptInfo.from_dict(a) for a in d["items"]], reply.data
+        )
+        return cast(list[AttemptInfo], items)
+
+    @staticmethod
     def wait(job_id: int, timeout_s: float | None) -> _Op[JobInfo]:
         if timeout_s is not None and not timeout_s >= 0:
             raise ValueError(f"timeout_s must be a number of seconds >= 0, got {timeout_s!r}")
@@ -1197,6 +1233,10 @@ class AsyncClient(_Base):
         """The job; with `wait_s` (at most 60), answered when it ends or `wait_s` has passed."""
         return await self._run(_Ops.get(job_id, wait_s))
 
+    async def attempts(self, job_id: int) -> list[AttemptInfo]:
+        """The job's attempts, first to last: start, end, node, outcome and error."""
+        return await self._run(_Ops.attempts(job_id))
+
     async def wait(self, job_id: int, timeout_s: float | None = None) -> JobInfo:
         """The job once terminal, or as it stands after `timeout_s` (None: no limit)."""
         return await self._run(_Ops.wait(job_id, timeout_s))
@@ -1485,6 +1525,9 @@ class Client(_Base):
 
     def get(self, job_id: int, *, wait_s: float | None = None) -> JobInfo:
         return self._run(_Ops.get(job_id, wait_s))
+
+    def attempts(self, job_id: int) -> list[AttemptInfo]:
+        return self._run(_Ops.attempts(job_id))
 
     def wait(self, job_id: int, timeout_s: float | None = None) -> JobInfo:
         return self._run(_Ops.wait(job_id, timeout_s))

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import api
-from .models import JobState
+from .models import ATTEMPT_OUTCOMES, JobState
 
 SCHEMAS = "#/components/schemas/"
 RESPONSES = "#/components/responses/"
@@ -534,6 +534,40 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
                 "failed_at": timestamp,
             }
         ),
+        "Attempt": _record(
+            {
+                "attempt": {"type": "integer", "minimum": 1},
+                "outcome": {"type": "string", "enum": list(ATTEMPT_OUTCOMES)},
+                "started_at": _nullable(timestamp),
+                "ended_at": _nullable(timestamp),
+                "node": {"type": ["string", "null"], "description": "host:pid that ran it"},
+                "error": {
+                    "anyOf": [
+                        _record(
+                            {
+                                "type": {"type": ["string", "null"]},
+                                "message": {"type": ["string", "null"]},
+                                "traceback": {
+                                    "type": ["string", "null"],
+                                    "description": "The task's own, when it raised.",
+                                },
+                            }
+                        ),
+                        {"type": "null"},
+                    ]
+                },
+            }
+        ),
+        "AttemptList": _record(
+            {
+                "job_id": {"type": "integer", "minimum": 1},
+                "items": {
+                    "type": "array",
+                    "items": ref("Attempt"),
+                    "description": "First attempt first.",
+                },
+            }
+        ),
         "JobPage": _page_schema("Job"),
         "DeadLetterPage": _page_schema("DeadLetter"),
         "Health": {
@@ -855,6 +889,21 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": _response("The job.", ref("Job")),
                     **_errors("NotFound", "Conflict", "Unavailable"),
+                },
+            }
+        },
+        "/jobs/{id}/attempts": {
+            "get": {
+                "operationId": "list_attempts",
+                "tags": ["jobs"],
+                "summary": "A job's history",
+                "description": "Every attempt, first to last: start, end, the node that ran it,"
+                " its outcome (running, succeeded, failed, cancelled, lease_expired) and its"
+                " error with the task's traceback. Kept with the job and pruned with it.",
+                "parameters": [_param("JobId")],
+                "responses": {
+                    "200": _response("The attempts.", ref("AttemptList")),
+                    **_errors("NotFound", "Unavailable"),
                 },
             }
         },

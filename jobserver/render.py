@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from .models import DeadLetter, Job
+from .models import Attempt, DeadLetter, Job
 
 MIN_TS = datetime(1, 1, 1, tzinfo=UTC).timestamp()
 MAX_TS = datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC).timestamp()
@@ -68,4 +68,24 @@ def dead_letter_to_dict(dl: DeadLetter) -> dict[str, Any]:
         "error": public_error(dl.error),
         "attempts": dl.attempts,
         "failed_at": rfc3339(dl.failed_at),
+    }
+
+
+def attempt_to_dict(attempt: Attempt) -> dict[str, Any]:
+    """One attempt of a job's history. Its error keeps the traceback: the task's own, asked
+    for by a client that may read the job (the job's `error` shows type and message only)."""
+    error = attempt.error
+    return {
+        "attempt": attempt.attempt,
+        "outcome": attempt.outcome,
+        "started_at": rfc3339(attempt.started_at),
+        "ended_at": rfc3339(attempt.ended_at),
+        "node": attempt.node,
+        "error": None
+        if error is None
+        else {
+            "type": error.get("type"),
+            "message": error.get("message"),
+            "traceback": error.get("traceback"),
+        },
     }

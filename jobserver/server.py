@@ -34,6 +34,7 @@ from .models import (
     DEPENDENCY_FAILURE_POLICIES,
     MISSED_TICK_POLICIES,
     TERMINAL_STATES,
+    Attempt,
     Backoff,
     DeadLetter,
     Job,
@@ -431,6 +432,13 @@ class JobServer:
         if job is None:
             raise NotFound(f"no job {job_id}")
         return job
+
+    async def list_attempts(self, job_id: int) -> list[Attempt]:
+        """The job's history: each attempt's start, end, node, outcome and error."""
+        attempts = await self.store.list_attempts(job_id)
+        if attempts is None:
+            raise NotFound(f"no job {job_id}")
+        return attempts
 
     async def list_jobs(self, flt: JobFilter, limit: int, before_id: int | None) -> list[Job]:
         return await self.store.list_jobs(flt, limit, before_id)

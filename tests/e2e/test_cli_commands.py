@@ -210,6 +210,20 @@ def test_wait_draws_a_progress_bar(tmp_path: Path, served: ServeProcess) -> None
     assert bars[-1] is not None and bars[-1].group(2) == "#" * 30
 
 
+def test_attempts_shows_a_jobs_history(served: ServeProcess) -> None:
+    result = jobserver(
+        "enqueue", "cli_refuse", "--args", '["no thanks"]', "--wait", "10", url=served.url
+    )
+    job_id = json.loads(result.stdout)["id"]
+    rows = table(ok(jobserver("attempts", str(job_id), url=served.url)))
+    assert rows[0] == ["ATTEMPT", "OUTCOME", "STARTED", "ENDED", "NODE", "ERROR"]
+    assert rows[1][:2] == ["1", "failed"] and rows[1][-3:] == ["PermanentError:", "no", "thanks"]
+    shown = ok(jobserver("attempts", str(job_id), "--traceback", url=served.url))
+    assert "-- attempt 1 --" in shown and "PermanentError: no thanks" in shown
+    missing = jobserver("attempts", "999999", url=served.url)
+    assert missing.returncode != 0 and "no job 999999" in missing.stderr
+
+
 def test_a_failed_or_unfinished_job_exits_1(served: ServeProcess) -> None:
     result = jobserver(
         "enqueue", "cli_refuse", "--args", '["bad input"]', "--wait", "10", url=served.url

@@ -267,6 +267,12 @@ async def drive_jobs_routes(c: Checked) -> None:
     status, _ = await c.call("POST", "/jobs/999999/cancel", "/jobs/{id}/cancel")
     assert status == 404
 
+    # attempts: 200, 404
+    status, history = await c.call("GET", f"/jobs/{job['id']}/attempts", "/jobs/{id}/attempts")
+    assert status == 200 and [a["outcome"] for a in history["items"]] == ["succeeded"]
+    status, _ = await c.call("GET", "/jobs/999999/attempts", "/jobs/{id}/attempts")
+    assert status == 404
+
 
 async def drive_dead_letter_and_health_routes(c: Checked) -> None:
     failed = await c.terminal((await c.enqueue(task="openapi_explode"))["id"])
@@ -327,7 +333,7 @@ STORE_CALLS = [
     "enqueue", "get_job", "list_jobs", "request_cancel", "list_dead_letters", "get_dead_letter",
     "requeue_dead_letter", "delete_dead_letter", "check_writable", "delete_job", "list_queues",
     "get_queue", "configure_queue", "save_schedule", "list_schedules", "get_schedule",
-    "delete_schedule", "create_workflow", "workflow_jobs", "count_dead_letters",
+    "delete_schedule", "create_workflow", "workflow_jobs", "count_dead_letters", "list_attempts",
 ]  # fmt: skip
 
 
@@ -354,6 +360,7 @@ async def drive_storage_faults(c: Checked, monkeypatch: pytest.MonkeyPatch) -> N
             ("GET", "/jobs", "/jobs", None),
             ("GET", "/jobs/1", "/jobs/{id}", None),
             ("POST", "/jobs/1/cancel", "/jobs/{id}/cancel", None),
+            ("GET", "/jobs/1/attempts", "/jobs/{id}/attempts", None),
             ("GET", "/dead-letters", "/dead-letters", None),
             ("GET", "/dead-letters/1", "/dead-letters/{id}", None),
             ("POST", "/dead-letters/1/requeue", "/dead-letters/{id}/requeue", None),
