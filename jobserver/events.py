@@ -80,7 +80,12 @@ class EventBus:
         self._subscribers: set[_Subscriber] = set()
 
     def publish(self, job: Job, state: JobState, at: float) -> Event:
-        event = Event(self._next_id, job.id, job.task, job.queue, str(state), job.attempts, at)
+        return self.publish_fields(job.id, job.task, job.queue, state, job.attempts, at)
+
+    def publish_fields(
+        self, job_id: int, task: str, queue: str, state: JobState, attempts: int, at: float
+    ) -> Event:
+        event = Event(self._next_id, job_id, task, queue, str(state), attempts, at)
         self._next_id += 1
         self._events.append(event)
         for sub in list(self._subscribers):

@@ -47,7 +47,7 @@ from .models import (
 from .retention import DAY_S, Retention
 from .schedule import check_cron, next_tick
 from .scheduler import Scheduler
-from .store.base import Enqueued, JobFilter, Store
+from .store.base import Ended, Enqueued, JobFilter, Store
 from .store.sqlite import SQLiteStore
 from .tasks import Registry, TaskSpec, default_registry, load_task_modules
 from .webhooks import Webhooks
@@ -694,22 +694,34 @@ class JobServer:
         self._log_transition(job, state, detail)
         self.events.publish(job, state, now)
         if state in TERMINAL_STATES:
-            self._published_ends[job.id] = None
-            while len(self._published_ends) > 10_000:
-                self._published_ends.popitem(last=False)
+            self._remember_published_end(job.id)
         if state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
             self._notify(job.id)
 
-    def _ended_elsewhere(self, job_id: int) -> None:
-        """A job ended without this process's worker: wake its waiters, publish its end."""
+    def _ended_elsewhere(self, job_id: int, ended: Ended | None = None) -> None:
+        """A job ended without this process's worker: wake its waiters, publish its end
+        (from the notice when it says what ended it, else read back)."""
         self._notify(job_id)
         # Ends of this process's own jobs are published by its worker (often just after the
         # store's notice of them): reading them back here would be wasted.
         own = job_id in self.worker.running_ids
-        if not own and job_id not in self._published_ends and self._started:
+        if own or job_id in self._published_ends or not self._started:
+            return
+        if ended is not None:
+            self._remember_published_end(job_id)
+            at = ended.at if ended.at is not None else self.clock.now()
+            self.events.publish_fields(
+                job_id, ended.task, ended.queue, ended.status, ended.attempts, at
+            )
+        else:
             task = asyncio.get_running_loop().create_task(self._publish_end(job_id))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+
+    def _remember_published_end(self, job_id: int) -> None:
+        self._published_ends[job_id] = None
+        while len(self._published_ends) > 10_000:
+            self._published_ends.popitem(last=False)
 
     async def _publish_end(self, job_id: int) -> None:
         try:
@@ -717,7 +729,7 @@ class JobServer:
         except Exception:  # the event is a courtesy; the job itself is safe in the store
             return
         if job is not None and job.is_terminal and job_id not in self._published_ends:
-            self._published_ends[job_id] = None
+            self._remember_published_end(job_id)
             self.events.publish(job, job.status, job.completed_at or self.clock.now())
 
     def _notify(self, job_id: int) -> None:

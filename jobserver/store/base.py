@@ -26,6 +26,19 @@ class Enqueued:
     created: bool  # False: an earlier job with the same idempotency key was returned
 
 
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """A job that another node's write ended, as its notice tells it: enough to publish the
+    end without reading the job back (a read per job and per node cost more than the job)."""
+
+    job_id: int
+    status: JobState
+    attempts: int
+    queue: str
+    task: str
+    at: float | None
+
+
 @dataclass(slots=True)
 class LeaseReport:
     lost: list[int] = field(default_factory=list)  # leases that are no longer ours
@@ -102,8 +115,11 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    def subscribe(self, on_due: Callable[[], None], on_done: Callable[[int], None]) -> None:
-        """Hear about other processes' work: jobs that became due, jobs that ended."""
+    def subscribe(
+        self, on_due: Callable[[], None], on_done: Callable[[int, Ended | None], None]
+    ) -> None:
+        """Hear about work done outside this process's worker: jobs that became due, jobs that
+        ended (with what ended them when the notice carries it, else None: read it back)."""
         ...
 
     # -- enqueue and read -------------------------------------------------------------------

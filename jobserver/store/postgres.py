@@ -55,6 +55,7 @@ from ..models import (
     error_info,
 )
 from .base import (
+    Ended,
     Enqueued,
     JobFilter,
     LeaseReport,
@@ -70,6 +71,15 @@ T = TypeVar("T")
 Op = Callable[[asyncpg.Connection], Awaitable[Any]]
 
 DUE_CHANNEL = "jobserver_due"
+# Ended jobs as JSON arrays [id, status, attempts, queue, task, completed_at], 16 a notice:
+# at most 16 * (200 + 100 + 80) bytes with the longest task and queue names, under 8,000.
+NOTIFY_DONE = """SELECT pg_notify($1, chunk) FROM (
+        SELECT json_agg(json_build_array(id, status, attempts, queue, task, completed_at))::text
+            AS chunk
+        FROM (SELECT id, status, attempts, queue, task, completed_at,
+                  (row_number() OVER (ORDER BY id) - 1) / 16 AS part
+              FROM jobs WHERE id = ANY($2::bigint[])) ended
+        GROUP BY part) notices"""
 DONE_CHANNEL = "jobserver_done"
 MIGRATION_LOCK = 7_362_001  # pg_advisory_lock key: one node migrates at a time
 RELISTEN_FIRST_DELAY_S, RELISTEN_MAX_DELAY_S = 0.1, 5.0  # reconnecting a lost LISTEN
@@ -480,7 +490,7 @@ class PostgresStore:
         self._relisten: asyncio.Task[None] | None = None
         self._closing = False
         self._on_due: list[Callable[[], None]] = []
-        self._on_done: list[Callable[[int], None]] = []
+        self._on_done: list[Callable[[int, Ended | None], None]] = []
         self._turn = itertools.count()  # which queue goes first in a claim: rotates for fairness
         self._completions: _CompletionBatch | None = None
         self._inserts: _PlainInsertBatch | None = None
@@ -527,6 +537,7 @@ class PostgresStore:
         self._listener = conn
 
     def _listener_lost(self, conn: asyncpg.Connection) -> None:
+        conn.terminate()  # its socket is gone: mark it closed, or it is reported unclosed
         if not self._closing and self._relisten is None:
             self._relisten = asyncio.get_running_loop().create_task(self._listen_again())
 
@@ -568,7 +579,9 @@ class PostgresStore:
             await self._pool.close()
             self._pool = None
 
-    def subscribe(self, on_due: Callable[[], None], on_done: Callable[[int], None]) -> None:
+    def subscribe(
+        self, on_due: Callable[[], None], on_done: Callable[[int, Ended | None], None]
+    ) -> None:
         self._on_due.append(on_due)
         self._on_done.append(on_done)
 
@@ -580,10 +593,15 @@ class PostgresStore:
             callback()
 
     def _heard_done(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        for job_id in payload.split(","):
-            if job_id.isdigit():
-                for callback in self._on_done:
-                    callback(int(job_id))
+        try:
+            entries = codec.loads(payload)
+        except ValueError:
+            log.warning("a done notice that is not JSON was ignored: %.100r", payload)
+            return
+        for job_id, status, attempts, queue, task, at in entries:
+            ended = Ended(job_id, JobState(status), attempts, queue, task, at)
+            for callback in self._on_done:
+                callback(job_id, ended)
 
     async def _write(self, op: Op) -> Any:
         return await self._put(op)
@@ -607,9 +625,11 @@ class PostgresStore:
         await conn.execute("SELECT pg_notify($1, '')", self._channel(DUE_CHANNEL))
 
     async def _notify_done(self, conn: asyncpg.Connection, job_ids: Sequence[int]) -> None:
+        """Tell every node these jobs ended, with what an event needs (see Ended): one
+        statement, the payloads built by PostgreSQL from the rows, in chunks under NOTIFY's
+        8,000-byte limit."""
         if job_ids:
-            payload = ",".join(str(i) for i in job_ids)
-            await conn.execute("SELECT pg_notify($1, $2)", self._channel(DONE_CHANNEL), payload)
+            await conn.execute(NOTIFY_DONE, self._channel(DONE_CHANNEL), list(job_ids))
 
     # -- enqueue and read ----------------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:

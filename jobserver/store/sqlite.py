@@ -53,6 +53,7 @@ from ..models import (
     error_info,
 )
 from .base import (
+    Ended,
     Enqueued,
     JobFilter,
     LeaseReport,
@@ -579,7 +580,7 @@ class SQLiteStore:
         self._turn = itertools.count()  # which queue goes first in a claim: rotates for fairness
         self.commit_observer: Callable[[int, float], None] | None = None
         self._on_due: list[Callable[[], None]] = []
-        self._on_done: list[Callable[[int], None]] = []
+        self._on_done: list[Callable[[int, Ended | None], None]] = []
         self._completions: _CompletionBatch | None = None
         self._inserts: _PlainInsertBatch | None = None
         # Queues known to exist, committed, with no max depth: an enqueue into one of them
@@ -618,7 +619,9 @@ class SQLiteStore:
         await self._close_connections()
         self._drop_process_lock()
 
-    def subscribe(self, on_due: Callable[[], None], on_done: Callable[[int], None]) -> None:
+    def subscribe(
+        self, on_due: Callable[[], None], on_done: Callable[[int, Ended | None], None]
+    ) -> None:
         """One process owns the file; what it hears about is its own follow-ups: dependants
         that became due, or ended because a dependency failed."""
         self._on_due.append(on_due)
@@ -629,7 +632,7 @@ class SQLiteStore:
             log.info("ended because a job they depend on did not succeed: %s", fx.ended)
         for job_id in fx.ended:
             for on_done in self._on_done:
-                on_done(job_id)
+                on_done(job_id, None)  # in this process: the server reads it back
         if fx.due:
             for on_due in self._on_due:
                 on_due()

@@ -229,3 +229,30 @@ async def test_readiness_is_a_write_a_read_only_database_refuses(
         return True
 
     await within(10, writable)
+
+
+async def test_another_node_hears_each_end_with_what_an_event_needs(
+    nodes: Callable[[], Awaitable[Any]],
+) -> None:
+    """A node publishes the ends of other nodes' jobs from their notices, without reading each
+    job back (that read, once a job and a node, made nodes slow each other down). Notices are
+    cut under PostgreSQL's 8,000-byte limit: 40 jobs with the longest names end in one
+    transaction."""
+    from jobserver.models import JobState
+    from jobserver.store.base import Ended
+
+    worker, watcher = await nodes(), await nodes()
+    heard: dict[int, Ended | None] = {}
+    watcher.subscribe(lambda: None, lambda job_id, ended: heard.__setitem__(job_id, ended))
+    task_name, queue_name = "t" * 200, "q" * 100
+    jobs = [NewJob(task=task_name, queue=queue_name, args=[i]) for i in range(40)]
+    await worker.enqueue(jobs, T0)
+    claimed = await worker.claim(40, T0, 30)
+    assert len(claimed) == 40
+    written = await asyncio.gather(
+        *(worker.complete(j.id, j.lease_token, b"1", T0 + 1) for j in claimed)
+    )
+    assert set(written) == {JobState.SUCCEEDED}
+    await within(10, lambda: asyncio.sleep(0, len(heard) == 40))
+    for job in claimed:
+        assert heard[job.id] == Ended(job.id, JobState.SUCCEEDED, 1, queue_name, task_name, T0 + 1)
