@@ -55,6 +55,9 @@ from ..models import (
     error_info,
 )
 from .base import (
+    CONCURRENCY_RECHECK_S,
+    EXPIRED,
+    LEASE_LOST,
     Ended,
     Enqueued,
     JobFilter,
@@ -251,10 +254,7 @@ SCHEDULE_COLUMNS = (
     " last_tick_at, source"
 )
 QUEUE_SETTINGS = ("paused", "concurrency_limit", "rate_limit", "rate_burst", "max_depth")
-CONCURRENCY_RECHECK_S = 1.0
-EXPIRED = "expired: its deadline passed before it could start"
 DEAD_LETTER_COLUMNS = "id, job_id, task, queue, args, kwargs, error, attempts, failed_at"
-LEASE_LOST = "worker stopped renewing its lease (node crashed or stalled)"
 
 
 def split_schema(dsn: str) -> tuple[str, str | None]:
@@ -1806,9 +1806,9 @@ async def _next_wake_at(conn: asyncpg.Connection, now: float) -> float | None:
     for name, (settings, bucket, bucket_at) in queues.items():
         if settings.paused or (settings.rate_limit is None and settings.concurrency_limit is None):
             continue
-        has_due = await conn.fetchval(
+        has_due = await conn.fetchval(  # claimable: a job past its deadline is not
             "SELECT 1 FROM jobs WHERE status = 'pending' AND blocked_by = 0 AND queue = $1"
-            " AND run_at <= $2 LIMIT 1",
+            " AND run_at <= $2 AND (deadline IS NULL OR deadline >= $2) LIMIT 1",
             name,
             now,
         )

@@ -53,6 +53,9 @@ from ..models import (
     error_info,
 )
 from .base import (
+    CONCURRENCY_RECHECK_S,
+    EXPIRED,
+    LEASE_LOST,
     Ended,
     Enqueued,
     JobFilter,
@@ -253,8 +256,6 @@ SCHEDULE_COLUMNS = (
 )
 DEAD_LETTER_COLUMNS = "id, job_id, task, queue, args, kwargs, error, attempts, failed_at"
 
-LEASE_LOST = "worker stopped renewing its lease (crashed or stalled)"
-EXPIRED = "expired: its deadline passed before it could start"
 
 _UNAVAILABLE_MARKERS = ("disk is full", "database is locked", "disk i/o error", "database is busy")
 
@@ -1952,9 +1953,6 @@ def _claim(
     order = {job_id: i for i, job_id in enumerate(chosen)}
     jobs.sort(key=lambda j: order[j.id])
     return jobs
-
-
-CONCURRENCY_RECHECK_S = 1.0  # how soon to look again at a queue held by its concurrency limit
 
 
 def _next_wake_at(conn: sqlite3.Connection, now: float) -> float | None:

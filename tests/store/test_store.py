@@ -601,3 +601,15 @@ async def test_idempotency_compares_every_option_but_the_start_time(store: Store
         [new(args=[1], priority=1, run_at=T0 + 9, idempotency_key="opt")], T0
     )
     assert not again.created
+
+
+async def test_a_job_past_its_deadline_keeps_no_recheck_of_a_limited_queue(store: Store) -> None:
+    """A queue held by its concurrency limit is looked at again soon while it has claimable
+    jobs; one whose only due job is past its deadline has none (the rescuer expires it). The
+    two stores disagreed here."""
+    await store.configure_queue("q", {"concurrency_limit": 1}, T0)
+    await store.enqueue([new(queue="q")], T0)
+    assert len(await store.claim(1, T0, TTL)) == 1  # holds the queue's one slot
+    await store.enqueue([new(queue="q", deadline=T0 + 5)], T0)
+    assert await store.next_wake_at(T0 + 1) == T0 + 1 + 1.0  # due, held by the limit
+    assert await store.next_wake_at(T0 + 10) is None  # past its deadline: nothing to claim
