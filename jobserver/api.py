@@ -834,6 +834,11 @@ async def post_workflow(request: web.Request) -> web.Response:
 def _parse_workflow_job(item: dict[str, Any]) -> dict[str, Any]:
     if "depends_on" in item or "pass_result" in item:
         raise ValidationError("depends_on", "a workflow sets its own dependencies")
+    if "on_dependency_failure" in item:
+        # post_workflow took the root's: a job elsewhere in the workflow would have it ignored
+        raise ValidationError(
+            "on_dependency_failure", "is the whole workflow's: give it beside the root node only"
+        )
     return parse_enqueue(item, None)
 
 

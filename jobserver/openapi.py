@@ -2,8 +2,8 @@
 
 `build_spec()` returns the document as a dict; the server serves it at `GET /openapi.json`
 (computed once per application, with the server's own task names as the `task` enum).
-tests/test_openapi.py keeps it true: every route is in it, and the real responses validate
-against it; tests/test_schemathesis.py fuzzes the live server with it."""
+tests/http/test_openapi.py keeps it true: every route is in it, and the real responses validate
+against it; tests/http/test_schemathesis.py fuzzes the live server with it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import api
-from .models import ATTEMPT_OUTCOMES, JobState
+from .models import ATTEMPT_OUTCOMES, DEPENDENCY_FAILURE_POLICIES, JobState
+from .workflows import MAX_WORKFLOW_JOBS
 
 SCHEMAS = "#/components/schemas/"
 RESPONSES = "#/components/responses/"
@@ -203,11 +204,9 @@ def _job_request(tasks: list[str] | None, *, in_workflow: bool = False) -> dict[
                         "type": "boolean",
                         "description": "Give the dependencies' result(s) as the first argument.",
                     },
-                    "on_dependency_failure": {
-                        "type": "string",
-                        "enum": ["fail", "cancel"],
-                        "description": "What a dependency that did not succeed does to this job.",
-                    },
+                    "on_dependency_failure": _dependency_failure_policy(
+                        "What a dependency that did not succeed does to this job."
+                    ),
                 }
             ),
         },
@@ -229,6 +228,71 @@ def _job_request(tasks: list[str] | None, *, in_workflow: bool = False) -> dict[
                 }
             },
         ],
+    }
+
+
+def _dependency_failure_policy(description: str) -> dict[str, Any]:
+    return {
+        "type": "string",
+        "enum": list(DEPENDENCY_FAILURE_POLICIES),
+        "default": DEPENDENCY_FAILURE_POLICIES[0],
+        "description": description,
+    }
+
+
+def _workflow_schemas(tasks: list[str] | None) -> dict[str, Any]:
+    """WorkflowRequest, the body of POST /workflows: a job, or a chain, group or chord of
+    WorkflowNodes, which may also give `on_dependency_failure` for every job of the workflow.
+    A WorkflowNode is the same without that field: api.post_workflow takes it off the root, and
+    refuses it anywhere else."""
+    root_only = {
+        "on_dependency_failure": _dependency_failure_policy(
+            "Only on the root (the body itself), for the whole workflow: what a dependency that"
+            " did not succeed does to the jobs after it."
+        )
+    }
+    job = _job_request(tasks, in_workflow=True)
+    job["properties"].update(root_only)
+    nodes = {"type": "array", "minItems": 1, "items": ref("WorkflowNode")}
+
+    def only(kind: str, schema: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "required": [kind],
+            "additionalProperties": False,
+            "properties": {kind: schema, **root_only},
+        }
+
+    return {
+        "WorkflowJob": job,
+        "WorkflowRequest": {
+            "description": (
+                "A workflow: a job, or a chain, group or chord of nodes; the root alone may give"
+                " `on_dependency_failure`, for all of its jobs. The body nests at most"
+                f" {api.MAX_NESTING} levels deep (JSON arrays and objects, the body itself"
+                f" included) and holds at most {MAX_WORKFLOW_JOBS} jobs."
+            ),
+            "anyOf": [
+                ref("WorkflowJob"),
+                only("chain", nodes),
+                only("group", nodes),
+                only(
+                    "chord",
+                    {
+                        "type": "object",
+                        "required": ["group", "callback"],
+                        "additionalProperties": False,
+                        "properties": {"group": nodes, "callback": ref("WorkflowNode")},
+                    },
+                ),
+            ],
+        },
+        "WorkflowNode": {
+            "description": "A node inside a workflow: a job, chain, group or chord as the root"
+            " is, without `on_dependency_failure`.",
+            "allOf": [ref("WorkflowRequest")],
+            "properties": {"on_dependency_failure": False},
+        },
     }
 
 
@@ -367,49 +431,7 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
                 "until": {**timestamp, "description": "When it may start, if known."},
             },
         },
-        "WorkflowJob": _job_request(tasks, in_workflow=True),
-        "WorkflowNode": {
-            "description": "A job, or a chain, group or chord of nodes.",
-            "anyOf": [
-                ref("WorkflowJob"),
-                {
-                    "type": "object",
-                    "required": ["chain"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "chain": {"type": "array", "minItems": 1, "items": ref("WorkflowNode")}
-                    },
-                },
-                {
-                    "type": "object",
-                    "required": ["group"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "group": {"type": "array", "minItems": 1, "items": ref("WorkflowNode")}
-                    },
-                },
-                {
-                    "type": "object",
-                    "required": ["chord"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "chord": {
-                            "type": "object",
-                            "required": ["group", "callback"],
-                            "additionalProperties": False,
-                            "properties": {
-                                "group": {
-                                    "type": "array",
-                                    "minItems": 1,
-                                    "items": ref("WorkflowNode"),
-                                },
-                                "callback": ref("WorkflowNode"),
-                            },
-                        }
-                    },
-                },
-            ],
-        },
+        **_workflow_schemas(tasks),
         "WorkflowAccepted": _record(
             {
                 "id": {"type": "integer", "minimum": 1},
@@ -1061,7 +1083,7 @@ def _paths() -> dict[str, Any]:
                 "operationId": "create_workflow",
                 "tags": ["workflows"],
                 "summary": "Enqueue a chain, group or chord in one transaction",
-                "requestBody": _body("WorkflowNode"),
+                "requestBody": _body("WorkflowRequest"),
                 "responses": {
                     "202": _response("Enqueued.", ref("WorkflowAccepted")),
                     **_errors(*BODY_ERRORS, "Conflict", "Invalid", "QueueFull", "Unavailable"),

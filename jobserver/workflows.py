@@ -70,7 +70,7 @@ def _build(
     node: Any, path: str, incoming: list[int], out: list[FlatJob], parse_job: ParseJob
 ) -> tuple[list[int], list[int]]:
     """Add `node`'s jobs after `incoming`; returns the indices of its first and last jobs."""
-    if len(out) > MAX_WORKFLOW_JOBS:
+    if len(out) >= MAX_WORKFLOW_JOBS:  # every node holds a job, or is refused
         raise ValidationError("body", f"a workflow has at most {MAX_WORKFLOW_JOBS} jobs")
     if not isinstance(node, dict):
         raise ValidationError(path or "body", "must be an object: a job, chain, group or chord")

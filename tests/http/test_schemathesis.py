@@ -1,27 +1,44 @@
 """Schemathesis against the live server and the spec it serves at /openapi.json: every check,
-positive and negative data, the examples, coverage and fuzzing phases; 0 failures."""
+positive and negative data, the examples, coverage and fuzzing phases; 0 failures.
+
+The default run is the HTTP contract in short: the examples and coverage phases and a few fuzzed
+cases per operation. The full fuzz (`pytest -m e2e`) makes MAX_EXAMPLES cases per operation.
+A failure prints a curl command that replays it: the output is not sanitized (the generated
+values are no secrets, and "[Filtered]" in their place would not replay)."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import json
 import os
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import schemathesis
+from jsonschema import Draft202012Validator
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
 from schemathesis import Case, GenerationMode
 
-from jobserver import JobServer, api
+from jobserver import JobServer, api, codec
 from jobserver.api import DECIMAL, MAX_KEY_LEN, MAX_WAIT_S
 from jobserver.errors import ValidationError
 
-# Examples per operation in the fuzzing phase; for a longer run:
-#   JOBSERVER_FUZZ_EXAMPLES=1000 JOBSERVER_FUZZ_SEED=7 pytest tests/test_schemathesis.py
+# Fuzzed cases per operation: a few in the default run, MAX_EXAMPLES in the full one (-m e2e):
+#   JOBSERVER_FUZZ_EXAMPLES=1000 JOBSERVER_FUZZ_SEED=7 pytest -m e2e tests/http/test_schemathesis.py
+SHORT_EXAMPLES = 10
 MAX_EXAMPLES = int(os.environ.get("JOBSERVER_FUZZ_EXAMPLES", "50"))
 SEED = int(os.environ.get("JOBSERVER_FUZZ_SEED", "20261127"))
+# The full fuzz's own budget (the whole run is one pytest item): pytest-timeout's default would
+# strike inside a generated case, which Hypothesis then reports as that case being flaky.
+FULL_RUN_TIMEOUT_S = 300 + 6 * MAX_EXAMPLES
 # Long polls are real: a generated `wait` of 60 on a pending job holds the call for a minute.
 # Valid waits are cut to this before the call (invalid ones are sent as generated).
 TEST_WAIT_S = 0.05
@@ -81,14 +98,15 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         yield server
 
 
-@pytest.fixture(scope="module")
-def api_schema(live_server: LiveServer) -> Any:
+def configured_schema(server: LiveServer, max_examples: int) -> Any:
     config = schemathesis.Config(seed=SEED)
-    schema = schemathesis.openapi.from_url(f"{live_server.url}/openapi.json", config=config)
-    schema.config.update(base_url=live_server.url, request_timeout=10)
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json", config=config)
+    schema.config.update(base_url=server.url, request_timeout=10)
+    # the curl command printed for a failure sends the generated values, not "[Filtered]"
+    schema.config.output.sanitization.update(enabled=False)
     schema.config.generation.update(
         modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
-        max_examples=MAX_EXAMPLES,
+        max_examples=max_examples,
         deterministic=True,
         database="none",
     )
@@ -96,13 +114,28 @@ def api_schema(live_server: LiveServer) -> Any:
     return schema
 
 
+@pytest.fixture(scope="module")
+def api_schema(live_server: LiveServer) -> Any:
+    return configured_schema(live_server, SHORT_EXAMPLES)
+
+
+@pytest.fixture(scope="module")
+def full_api_schema(live_server: LiveServer) -> Any:
+    return configured_schema(live_server, MAX_EXAMPLES)
+
+
 # Every operation: GET /openapi.json served the schema, which is left out unless a filter
 # selects it.
-schema = (
-    schemathesis.pytest.from_fixture("api_schema")
-    .include(path_regex="^/")
-    .exclude(path="/events")  # a stream that ends only when the server stops; see test_events
-)
+def every_operation(fixture: str) -> Any:
+    return (
+        schemathesis.pytest.from_fixture(fixture)
+        .include(path_regex="^/")
+        .exclude(path="/events")  # a stream that ends only when the server stops; see test_events
+    )
+
+
+schema = every_operation("api_schema")
+full_schema = every_operation("full_api_schema")
 
 
 def shorten_wait(case: Case) -> None:
@@ -152,6 +185,17 @@ def _drop_what_needs_server_state(job: Any) -> None:
         job.pop("deadline_in")
 
 
+def _one_item_per_key(job: Any, keys: set[str]) -> None:
+    """Items of a batch may share an idempotency key only with one payload (else 422), which
+    the spec cannot say: a valid key an earlier item gave is dropped."""
+    if not isinstance(job, dict) or not _valid_text(job.get("idempotency_key"), MAX_KEY_LEN):
+        return
+    if job["idempotency_key"] in keys:
+        job.pop("idempotency_key")
+    else:
+        keys.add(job["idempotency_key"])
+
+
 def _valid_time(value: Any) -> bool:
     try:
         api.parse_rfc3339("deadline", value)
@@ -191,8 +235,10 @@ def only_what_this_server_can_accept(case: Case) -> None:
     if path == "/jobs":
         _drop_what_needs_server_state(body)
     elif path == "/jobs/batch" and isinstance(body, dict) and isinstance(body.get("jobs"), list):
+        keys: set[str] = set()
         for item in body["jobs"]:
             _drop_what_needs_server_state(item)
+            _one_item_per_key(item, keys)
     elif path == "/workflows":
         _walk_workflow(body)
     elif path == "/schedules" and isinstance(body, dict):
@@ -201,6 +247,47 @@ def only_what_this_server_can_accept(case: Case) -> None:
             body["cron"] = "*/5 * * * *"
         if _valid_text(body.get("timezone"), 100):
             body["timezone"] = "UTC"
+
+
+def prepare(case: Case) -> None:
+    """Make the generated case one this server can answer as the spec says. A component an edit
+    changed is assigned back, which has Schemathesis validate it again: it takes a change made
+    in place before the call as the value it generated, so a negative case that an edit made
+    valid (dropping `deadline` and `deadline_in`, each valid, that it gave together) was still
+    expected to be refused."""
+    generated = {name: copy.deepcopy(getattr(case, name)) for name in ("query", "body")}
+    shorten_wait(case)
+    agree_on_the_idempotency_key(case)
+    only_what_this_server_can_accept(case)
+    for name, value in generated.items():
+        if getattr(case, name) != value:
+            setattr(case, name, getattr(case, name))
+
+
+def nests_too_deep(body: Any) -> bool:
+    return codec.nesting_depth(body, api.MAX_NESTING + 1) > api.MAX_NESTING
+
+
+def check(case: Case, session: requests.Session) -> None:
+    prepare(case)
+    meta = case.meta
+    if meta is not None and meta.generation.mode.is_positive and nests_too_deep(case.body):
+        # The spec says in words only that a body nests at most MAX_NESTING levels deep (a
+        # workflow's nodes count too): a valid body past that is refused, as the words say.
+        response = case.call(session=session)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["field"] == "body", response.text
+        return
+    case.call_and_validate(session=session)
+
+
+@pytest.fixture(scope="module")
+def http() -> Iterator[requests.Session]:
+    """One connection kept alive for every case (Schemathesis opens one for each otherwise), and
+    no proxy or .netrc look-up in the environment for each call."""
+    with requests.Session() as session:
+        session.trust_env = False
+        yield session
 
 
 @pytest.fixture
@@ -212,8 +299,81 @@ def lazy_schema_on_pytest_9_2(request: pytest.FixtureRequest) -> None:
 
 @pytest.mark.usefixtures("lazy_schema_on_pytest_9_2")
 @schema.parametrize()
-def test_the_api_keeps_to_its_spec(case: Case) -> None:
-    shorten_wait(case)
-    agree_on_the_idempotency_key(case)
-    only_what_this_server_can_accept(case)
-    case.call_and_validate()
+def test_the_api_keeps_to_its_spec(case: Case, http: requests.Session) -> None:
+    check(case, http)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(FULL_RUN_TIMEOUT_S)
+@pytest.mark.usefixtures("lazy_schema_on_pytest_9_2")
+@full_schema.parametrize()
+def test_the_api_keeps_to_its_spec_in_full(case: Case, http: requests.Session) -> None:
+    check(case, http)
+
+
+# -- POST /workflows: bodies the spec and the server once disagreed on ---------------------------
+ECHO = {"task": "echo"}
+ISSUE_16 = {
+    "max_retries": None,
+    "args": [[{}, [None, False, -1.0354104609481765e248]]],
+    "run_at": None,
+    "task": "echo",
+    "unique_key": None,
+    "timeout": 312672.7223594662,
+    "kwargs": {"Inf": "BEGIN IMMEDIATE"},
+}
+WORKFLOW_BODIES: list[tuple[dict[str, Any], bool]] = [
+    # the workflow's policy beside its root, as the client and `jobserver workflow` send it:
+    # the spec used to refuse it (no such field on any node) while the server took it
+    ({"chain": [ECHO, ECHO], "on_dependency_failure": "cancel"}, True),
+    ({"group": [ECHO], "on_dependency_failure": "fail"}, True),
+    ({"chord": {"group": [ECHO], "callback": ECHO}, "on_dependency_failure": "cancel"}, True),
+    ({**ECHO, "on_dependency_failure": "cancel"}, True),
+    ({"chain": [ECHO], "on_dependency_failure": None}, False),
+    ({"chain": [ECHO], "on_dependency_failure": "ignore"}, False),
+    # ... and on a job inside: the spec refused it, the server took it and ignored it
+    ({"chain": [ECHO, {**ECHO, "on_dependency_failure": "cancel"}]}, False),
+    ({"group": [{**ECHO, "on_dependency_failure": "fail"}]}, False),
+    ({"chord": {"group": [ECHO], "callback": {**ECHO, "on_dependency_failure": "fail"}}}, False),
+    ({"chain": [{"chain": [ECHO], "on_dependency_failure": "cancel"}]}, False),
+    # issue 16's case, as generated: negative for giving both deadline and deadline_in. The
+    # fuzz test dropped the two (each valid alone), and the server rightly took what was left.
+    (
+        ISSUE_16 | {"deadline": "1295-12-21T18:22:27+14:15", "deadline_in": 25596919.515404828},
+        False,
+    ),
+    (ISSUE_16, True),
+]
+
+
+def post_json(url: str, body: Any) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read())
+
+
+def test_workflow_bodies_get_the_answer_the_spec_gives(live_server: LiveServer) -> None:
+    with urllib.request.urlopen(f"{live_server.url}/openapi.json", timeout=10) as response:
+        spec = json.loads(response.read())
+    body_schema = spec["paths"]["/workflows"]["post"]["requestBody"]["content"]
+    registry: Registry[Any] = Registry().with_resource(
+        "urn:jobserver:openapi", DRAFT202012.create_resource(spec)
+    )
+    validator = Draft202012Validator(
+        {"$ref": "urn:jobserver:openapi" + body_schema["application/json"]["schema"]["$ref"]},
+        registry=registry,
+        format_checker=Draft202012Validator.FORMAT_CHECKER,
+    )
+    for body, valid in WORKFLOW_BODIES:
+        assert validator.is_valid(body) == valid, f"the spec: {body}"
+        status, answer = post_json(f"{live_server.url}/workflows", body)
+        assert status == (202 if valid else 422), f"{body} -> {status} {answer}"
