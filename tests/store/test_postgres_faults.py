@@ -202,33 +202,49 @@ async def test_many_nodes_creating_the_schema_at_once_all_start(schema: str) -> 
         await asyncio.gather(*(s.close() for s in stores), return_exceptions=True)
 
 
-async def test_readiness_is_a_write_a_read_only_database_refuses(
-    nodes: Callable[[], Awaitable[Any]], schema: str
-) -> None:
+async def test_readiness_is_a_write_a_read_only_database_refuses() -> None:
     """SELECT 1 succeeds in a read-only database (a standby after a failover, or
-    default_transaction_read_only): /readyz must write to know."""
-    store = await nodes()
-    await store.check_writable()
+    default_transaction_read_only): /readyz must write to know. On a database of its own, so
+    that the setting touches nothing else."""
+    assert PG_DSN is not None
+    database = f"jobserver_ro_{secrets.token_hex(4)}"
     admin = await asyncpg.connect(PG_DSN)
-    database = await admin.fetchval("SELECT current_database()")
+    await admin.execute(f'CREATE DATABASE "{database}"')
+    dsn = PG_DSN.rsplit("/", 1)[0] + f"/{database}"
+    store = PostgresStore(dsn, schema="readonly")
     try:
+        await store.open()
+        await store.check_writable()
         await admin.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
-        await terminate(schema)  # new sessions take the setting
-        with pytest.raises(StorageUnavailable):
-            await store.check_writable()
-    finally:
+        await _terminate_database(admin, database)  # new sessions take the setting
+        # The first calls may fail on a killed session; once the pool has new ones, a probe
+        # that only reads would pass: every one must fail while the database is read-only.
+        for _ in range(20):
+            with pytest.raises(StorageUnavailable):
+                await store.check_writable()
         await admin.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+        await _terminate_database(admin, database)
+
+        async def writable() -> bool:
+            try:
+                await store.check_writable()
+            except StorageUnavailable:
+                return False
+            return True
+
+        await within(10, writable)
+    finally:
+        await store.close()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         await admin.close()
-    await terminate(schema)
 
-    async def writable() -> bool:
-        try:
-            await store.check_writable()
-        except StorageUnavailable:
-            return False
-        return True
 
-    await within(10, writable)
+async def _terminate_database(admin: Any, database: str) -> None:
+    await admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = $1 AND pid <> pg_backend_pid()",
+        database,
+    )
 
 
 async def test_another_node_hears_each_end_with_what_an_event_needs(
