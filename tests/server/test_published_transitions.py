@@ -8,9 +8,6 @@ the rescuer and jobs fired by a schedule were not published at all."""
 from __future__ import annotations
 
 import asyncio
-import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +18,7 @@ from jobserver.models import NewJob
 from jobserver.schedule import next_tick
 from jobserver.tasks import Registry, task
 
-from ..conftest import PG_DSN, PG_SKIP, STORE_BACKENDS, eventually
+from ..conftest import ServerFactory, eventually
 
 reg = Registry()
 gates: dict[str, asyncio.Event] = {}
@@ -49,44 +46,9 @@ def _reset() -> None:
     gates.clear()
 
 
-Factory = Callable[..., Awaitable[JobServer]]
-
-
-@pytest.fixture(params=STORE_BACKENDS)
-async def make_server(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock
-) -> AsyncIterator[Factory]:
-    """Started JobServers on a fresh store of each kind; stopped (and dropped) at the end."""
-    started: list[JobServer] = []
-    schema = f"test_{secrets.token_hex(6)}"
-
-    async def factory(**kwargs: Any) -> JobServer:
-        if request.param == "sqlite":
-            kwargs.setdefault("db", tmp_path / "jobs.db")
-        else:
-            if not PG_DSN:
-                pytest.skip(PG_SKIP)
-            from jobserver.store.postgres import PostgresStore
-
-            kwargs.setdefault("store", PostgresStore(PG_DSN, schema=schema))
-        kwargs.setdefault("clock", clock)
-        kwargs.setdefault("tasks", list(reg))
-        server = JobServer(grace_period_s=1.0, **kwargs)
-        await server.start()
-        started.append(server)
-        return server
-
-    yield factory
-    for server in reversed(started):
-        await server.stop(grace_period_s=0.2)
-    if request.param == "postgres" and PG_DSN:
-        import asyncpg
-
-        conn = await asyncpg.connect(PG_DSN)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
+async def start(make_server: ServerFactory, **kwargs: Any) -> JobServer:
+    """A server on each store (conftest's make_server), with this module's tasks."""
+    return await make_server(tasks=list(reg), **kwargs)
 
 
 async def published(server: JobServer, job_id: int) -> list[str]:
@@ -106,9 +68,9 @@ async def last_published(server: JobServer, job_id: int) -> str | None:
 
 
 async def test_a_failed_attempt_whose_cancel_was_requested_is_published_cancelled(
-    make_server: Factory, clock: ManualClock
+    make_server: ServerFactory, clock: ManualClock
 ) -> None:
-    server = await make_server()
+    server = await start(make_server)
     job = await server.enqueue("fails_when_let_go", ["a"])
     await eventually(lambda: server.get_job(job.id), lambda j: j.status == JobState.RUNNING)
     # Asked of the store, as another node's API would: this node's run is not told at once.
@@ -121,9 +83,9 @@ async def test_a_failed_attempt_whose_cancel_was_requested_is_published_cancelle
 
 
 async def test_a_release_at_shutdown_whose_cancel_was_requested_is_published_cancelled(
-    make_server: Factory, clock: ManualClock
+    make_server: ServerFactory, clock: ManualClock
 ) -> None:
-    server = await make_server()
+    server = await start(make_server)
     job = await server.enqueue("waits", ["b"])
     await eventually(lambda: server.get_job(job.id), lambda j: j.status == JobState.RUNNING)
     await server.store.request_cancel(job.id, clock.now())
@@ -139,9 +101,9 @@ async def test_a_release_at_shutdown_whose_cancel_was_requested_is_published_can
 
 
 async def test_a_job_put_back_by_the_rescuer_is_published_pending_then_runs(
-    make_server: Factory, clock: ManualClock
+    make_server: ServerFactory, clock: ManualClock
 ) -> None:
-    server = await make_server(lease_ttl_s=30, rescue_interval_s=7)
+    server = await start(make_server, lease_ttl_s=30, rescue_interval_s=7)
     start_at = clock.now() + 1  # due later, so this server's worker cannot take it first
     [enqueued] = await server.store.enqueue([NewJob(task="noop", run_at=start_at)], clock.now())
     [held] = await server.store.claim(1, start_at, 30)  # "another node", which then dies
@@ -153,9 +115,9 @@ async def test_a_job_put_back_by_the_rescuer_is_published_pending_then_runs(
 
 
 async def test_a_job_fired_by_a_schedule_is_published_from_pending(
-    make_server: Factory, clock: ManualClock
+    make_server: ServerFactory, clock: ManualClock
 ) -> None:
-    server = await make_server()
+    server = await start(make_server)
     saved = await server.save_schedule("every-minute", "noop", "* * * * *")
     assert saved.next_tick_at == next_tick("* * * * *", clock.now())
     clock.set(saved.next_tick_at)
