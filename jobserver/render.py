@@ -83,9 +83,5 @@ def attempt_to_dict(attempt: Attempt) -> dict[str, Any]:
         "node": attempt.node,
         "error": None
         if error is None
-        else {
-            "type": error.get("type"),
-            "message": error.get("message"),
-            "traceback": error.get("traceback"),
-        },
+        else {**(public_error(error) or {}), "traceback": error.get("traceback")},
     }

@@ -460,7 +460,7 @@ class _GroupCommitWriter(GroupCommitQueue[Op]):
                             outcomes.append((True, value))
             except _OP_ERRORS as exc:  # the lone write was refused; its transaction rolled back
                 return [(False, exc)]
-            except (asyncpg.PostgresError, asyncpg.TransactionRollbackError):
+            except asyncpg.PostgresError:  # the server answered (a rollback included): sound
                 raise
             except Exception:
                 # The session's state is unknown (terminated mid-statement, say): close it,
