@@ -26,9 +26,6 @@ class Enqueued:
     created: bool  # False: an earlier job with the same idempotency key was returned
 
 
-# Rules both dialects apply, stated once.
-LEASE_LOST = "worker stopped renewing its lease (its process crashed or stalled)"
-EXPIRED = "expired: its deadline passed before it could start"
 CONCURRENCY_RECHECK_S = 1.0  # how soon to look again at a queue held by its concurrency limit
 
 

@@ -29,21 +29,17 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from .. import codec, flow
+from .. import codec, flow, lifecycle
 from ..errors import (
     Conflict,
     JobServerError,
-    NotFound,
     QueueFull,
     SchemaError,
     StorageUnavailable,
-    ValidationError,
 )
+from ..lifecycle import Changes, Program, Sql
 from ..models import (
-    WEBHOOK_MAX_RETRIES,
-    WEBHOOK_QUEUE,
-    WEBHOOK_TASK,
-    Attempt,
+    TERMINAL_STATES,
     Backoff,
     DeadLetter,
     Job,
@@ -51,23 +47,18 @@ from ..models import (
     NewJob,
     QueueInfo,
     QueueSettings,
-    Schedule,
-    error_info,
 )
+from . import queries
 from .base import (
     CONCURRENCY_RECHECK_S,
-    EXPIRED,
-    LEASE_LOST,
     Ended,
     Enqueued,
     JobFilter,
-    LeaseReport,
-    RescueReport,
     node_name,
     payload_fingerprint,
-    with_current_attempt,
 )
 from .group_commit import GatheredWrite, GroupCommitQueue, PendingWrite, open_gathered
+from .jobstore import JobStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -257,6 +248,40 @@ QUEUE_SETTINGS = ("paused", "concurrency_limit", "rate_limit", "rate_burst", "ma
 DEAD_LETTER_COLUMNS = "id, job_id, task, queue, args, kwargs, error, attempts, failed_at"
 
 
+QUERIES = queries.load("postgres", JOB_COLUMNS)
+
+
+async def _run(conn: asyncpg.Connection, program: Program[T]) -> T:
+    """Run a lifecycle program on this connection (inside the caller's transaction)."""
+    try:
+        statement = next(program)
+        while True:
+            statement = program.send(await _execute(conn, statement))
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+
+
+async def _execute(conn: asyncpg.Connection, statement: Sql) -> Any:
+    sql, params, mode = QUERIES[statement.name], statement.params, statement.mode
+    if mode == "count":
+        status: str = await conn.execute(sql, *params)
+        return int(status.split()[-1])
+    if mode == "rows":
+        return await conn.fetch(sql, *params)
+    if mode == "jobs":
+        return [_record_to_job(r) for r in await conn.fetch(sql, *params)]
+    if mode == "many":
+        await conn.executemany(sql, params)
+        return None
+    if mode == "value":
+        return await conn.fetchval(sql, *params)
+    first = await conn.fetchrow(sql, *params)
+    if mode == "row":
+        return first
+    return None if first is None else _record_to_job(first)  # mode == "job"
+
+
 def split_schema(dsn: str) -> tuple[str, str | None]:
     """`postgresql://host/db?schema=name` -> (the DSN without it, name): our own parameter."""
     parts = urlsplit(dsn)
@@ -301,6 +326,11 @@ def _record_to_job(r: Mapping[str, Any]) -> Job:
         callback_url=r["callback_url"],
         workflow_id=r["workflow_id"],
     )
+
+
+def _ended_if(state: JobState | None, job_id: int) -> list[int]:
+    """The job, if the move ended it."""
+    return [job_id] if state in TERMINAL_STATES else []
 
 
 def _record_to_dead_letter(r: Mapping[str, Any]) -> DeadLetter:
@@ -361,13 +391,13 @@ class _CompletionBatch(GatheredWrite[tuple[int, str, bytes, float]]):
         done = {r["id"] for r in ended}
         await self.store._notify_done(conn, [i for i in ids if i in done])
         # Most jobs have neither: their completion is that one statement.
-        due = False
+        changes = Changes()
         for r in ended:
             if r["has_dependants"]:
-                due = await _after_success(conn, r["id"]) or due
+                await _run(conn, lifecycle.after_success(r["id"], changes))
             if r["has_callback"]:
-                due = await _queue_webhooks(conn, [r["id"]], r["at"]) or due
-        if due:
+                await _run(conn, lifecycle.queue_webhooks([r["id"]], r["at"], changes))
+        if changes.due:
             await self.store._notify_due(conn)
         return [i in done for i in ids]
 
@@ -470,7 +500,7 @@ class _GroupCommitWriter(GroupCommitQueue[Op]):
         return outcomes
 
 
-class PostgresStore:
+class PostgresStore(JobStore):
     """A store on PostgreSQL: several jobserver processes may share one database."""
 
     exclusive = False  # many nodes share the database
@@ -639,10 +669,10 @@ class PostgresStore:
 
         async def op(conn: asyncpg.Connection) -> list[Enqueued]:
             await _admit(conn, [r.values[1] for r in rows])
-            ended: list[int] = []
-            results = await _insert_all(conn, rows, now, ended)
+            changes = Changes()
+            results = await _insert_all(conn, rows, now, changes)
             await self._notify_due(conn)
-            await self._notify_done(conn, ended)
+            await self._notify_done(conn, changes.ended)
             return results
 
         result: list[Enqueued] = await self._write(op)
@@ -659,13 +689,6 @@ class PostgresStore:
             self._inserts, lambda: _PlainInsertBatch(self), self._put
         )
         return batch.join_soon(row)
-
-    async def get_job(self, job_id: int) -> Job | None:
-        async def fn(conn: asyncpg.Connection) -> Job | None:
-            row = await conn.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)
-            return _record_to_job(row) if row else None
-
-        return await self._read(fn)
 
     async def list_jobs(
         self, flt: JobFilter, limit: int, before_id: int | None = None
@@ -698,32 +721,6 @@ class PostgresStore:
 
         return await self._read(fn)
 
-    async def list_attempts(self, job_id: int) -> list[Attempt] | None:
-        async def fn(conn: asyncpg.Connection) -> list[Attempt] | None:
-            job = await conn.fetchrow(
-                "SELECT status, attempts, started_at, completed_at, claimed_by FROM jobs"
-                " WHERE id = $1",
-                job_id,
-            )
-            if job is None:
-                return None
-            rows = await conn.fetch(
-                "SELECT attempt, started_at, ended_at, node, outcome, error FROM job_attempts"
-                " WHERE job_id = $1 ORDER BY attempt",
-                job_id,
-            )
-            kept = [Attempt(*r) for r in rows]
-            return with_current_attempt(kept, *job)
-
-        return await self._read(fn)
-
-    async def count_dead_letters(self) -> int:
-        async def fn(conn: asyncpg.Connection) -> int:
-            count: int = await conn.fetchval("SELECT count(*) FROM dead_letters")
-            return count
-
-        return await self._read(fn)
-
     async def count_by_status(self) -> dict[str, int]:
         async def fn(conn: asyncpg.Connection) -> dict[str, int]:
             counts = {s.value: 0 for s in JobState}
@@ -747,29 +744,6 @@ class PostgresStore:
         result: list[Job] = await self._write(op)
         return result
 
-    async def renew_leases(
-        self, leases: Sequence[tuple[int, str]], now: float, lease_ttl_s: float
-    ) -> LeaseReport:
-        async def op(conn: asyncpg.Connection) -> LeaseReport:
-            report = LeaseReport()
-            for job_id, token in leases:
-                flag = await conn.fetchval(
-                    """UPDATE jobs SET lease_expires_at = $1
-                       WHERE id = $2 AND status = 'running' AND lease_token = $3
-                       RETURNING cancel_requested""",
-                    now + lease_ttl_s,
-                    job_id,
-                    token,
-                )
-                if flag is None:
-                    report.lost.append(job_id)
-                elif flag:
-                    report.cancel_requested.append(job_id)
-            return report
-
-        result: LeaseReport = await self._write(op)
-        return result
-
     async def complete(self, job_id: int, token: str, result: bytes, now: float) -> JobState | None:
         # Completions that arrive before the writer takes them share one op, one statement:
         # a statement a job cost several round trips (savepoint, update, notify) a job.
@@ -779,279 +753,35 @@ class PostgresStore:
         done: bool = await batch.join((job_id, token, result, now))
         return JobState.SUCCEEDED if done else None
 
-    async def schedule_retry(
-        self, job_id: int, token: str, error: dict[str, Any], run_at: float, now: float
-    ) -> JobState | None:
-        async def op(conn: asyncpg.Connection) -> JobState | None:
-            # An attempt that failed after a client asked to cancel it is not retried.
-            status: str = await conn.execute(
-                """UPDATE jobs SET status = 'cancelled', completed_at = $3, error = $4,
-                       lease_token = NULL, lease_expires_at = NULL
-                   WHERE id = $1 AND status = 'running' AND lease_token = $2
-                     AND cancel_requested""",
-                job_id,
-                token,
-                now,
-                error,
-            )
-            if status.split()[-1] != "0":
-                await _record_attempts(conn, [job_id], "cancelled", error, now)
-                ended: list[int] = []
-                await _after_failure(conn, [job_id], now, ended)
-                await self._notify_done(conn, [job_id, *ended])
-                return JobState.CANCELLED
-            status = await conn.execute(
-                """UPDATE jobs SET status = 'pending', run_at = $3, error = $4,
-                       lease_token = NULL, lease_expires_at = NULL
-                   WHERE id = $1 AND status = 'running' AND lease_token = $2""",
-                job_id,
-                token,
-                run_at,
-                error,
-            )
-            if status.split()[-1] == "0":
-                return None
-            await _record_attempts(conn, [job_id], "failed", error, now)
-            await self._notify_due(conn)
-            return JobState.PENDING
+    async def _move(
+        self,
+        program: Callable[[Changes], Program[T]],
+        ended: Callable[[T], list[int]] | None = None,
+    ) -> T:
+        """Run a lifecycle program as one write, and tell every node what it did: the jobs
+        it ended (`ended` names them from its result; their dependants too) and whether jobs
+        became due. The notices go out when the transaction commits."""
 
-        result: JobState | None = await self._write(op)
-        return result
-
-    async def dead_letter(
-        self, job_id: int, token: str, error: dict[str, Any], now: float
-    ) -> JobState | None:
-        async def op(conn: asyncpg.Connection) -> JobState | None:
-            failed = await _fail_for_good(
-                conn,
-                "id = $3 AND status = 'running' AND lease_token = $4",
-                (job_id, token),
-                error,
-                now,
-            )
-            await _record_attempts(conn, failed, "failed", error, now)
-            ended: list[int] = []
-            await _after_failure(conn, failed, now, ended)
-            await self._notify_done(conn, failed + ended)
-            await self._notify_due(conn)  # their webhook jobs, if any
-            return JobState.FAILED if failed else None
-
-        result: JobState | None = await self._write(op)
-        return result
-
-    async def mark_cancelled(self, job_id: int, token: str, now: float) -> JobState | None:
-        async def op(conn: asyncpg.Connection) -> JobState | None:
-            status: str = await conn.execute(
-                """UPDATE jobs SET status = 'cancelled', completed_at = $3,
-                       lease_token = NULL, lease_expires_at = NULL
-                   WHERE id = $1 AND status = 'running' AND lease_token = $2""",
-                job_id,
-                token,
-                now,
-            )
-            if status.split()[-1] == "0":
-                return None
-            await _record_attempts(conn, [job_id], "cancelled", None, now)
-            ended: list[int] = []
-            await _after_failure(conn, [job_id], now, ended)
-            await self._notify_done(conn, [job_id, *ended])
-            await self._notify_due(conn)  # their webhook jobs, if any
-            return JobState.CANCELLED
-
-        result: JobState | None = await self._write(op)
-        return result
-
-    async def release(self, job_id: int, token: str, now: float | None = None) -> JobState | None:
-        async def op(conn: asyncpg.Connection) -> JobState | None:
-            # A job a client asked to cancel ends cancelled rather than running again.
-            cancelled_at = await conn.fetchval(
-                """UPDATE jobs SET status = 'cancelled', completed_at = coalesce($3, started_at),
-                       lease_token = NULL, lease_expires_at = NULL
-                   WHERE id = $1 AND status = 'running' AND lease_token = $2
-                     AND cancel_requested
-                   RETURNING completed_at""",
-                job_id,
-                token,
-                now,
-            )
-            if cancelled_at is not None:
-                await _record_attempts(conn, [job_id], "cancelled", None, cancelled_at)
-                ended: list[int] = []
-                await _after_failure(conn, [job_id], cancelled_at, ended)
-                await self._notify_done(conn, [job_id, *ended])
-                return JobState.CANCELLED
-            status: str = await conn.execute(
-                """UPDATE jobs SET status = 'pending', attempts = attempts - 1,
-                       lease_token = NULL, lease_expires_at = NULL
-                   WHERE id = $1 AND status = 'running' AND lease_token = $2""",
-                job_id,
-                token,
-            )
-            if status.split()[-1] == "0":
-                return None
-            await self._notify_due(conn)
-            return JobState.PENDING
-
-        result: JobState | None = await self._write(op)
-        return result
-
-    async def update_progress(
-        self, job_id: int, token: str, fraction: float, message: str | None
-    ) -> bool:
-        return await self._guarded(
-            """UPDATE jobs SET progress = $3, progress_message = $4
-               WHERE id = $1 AND status = 'running' AND lease_token = $2""",
-            (job_id, token, fraction, message),
-        )
-
-    async def rescue_expired(self, now: float) -> RescueReport:
-        async def op(conn: asyncpg.Connection) -> RescueReport:
-            report = await _rescue(conn, now)
-            report.expired = await _fail_for_good(
-                conn,
-                "id IN (SELECT id FROM jobs WHERE status = 'pending' AND deadline < $3"
-                " FOR UPDATE SKIP LOCKED)",
-                (now,),
-                error_info(None, type_="expired", message=EXPIRED),
-                now,
-            )
-            ended: list[int] = []
-            gone = report.dead_lettered + report.expired + report.cancelled
-            await _after_failure(conn, gone, now, ended)
-            if report.requeued:
+        async def op(conn: asyncpg.Connection) -> T:
+            changes = Changes()  # per run: a transaction rolled back by a deadlock runs again
+            result = await _run(conn, program(changes))
+            done = ended(result) if ended is not None else []
+            await self._notify_done(conn, [*done, *changes.ended])
+            if changes.due or changes.requeued:
                 await self._notify_due(conn)
-            await self._notify_done(conn, gone + ended)
-            await self._notify_due(conn)  # their webhook jobs, if any
-            return report
+            return result
 
-        result: RescueReport = await self._write(op)
+        result: T = await self._write(op)
         return result
 
-    async def recover_orphans(self, now: float) -> RescueReport:
-        # Other nodes may be alive and holding their leases: only expired ones are orphans.
-        return await self.rescue_expired(now)
+    async def _look(self, program: Program[T]) -> T:
+        return await self._read(lambda conn: _run(conn, program))
 
-    async def _guarded(
-        self, sql: str, params: tuple[Any, ...], *, due: bool = False, done: int | None = None
-    ) -> bool:
-        async def op(conn: asyncpg.Connection) -> bool:
-            status: str = await conn.execute(sql, *params)
-            changed = status.split()[-1] != "0"
-            if changed and due:
-                await self._notify_due(conn)
-            if changed and done is not None:
-                await self._notify_done(conn, [done])
-            return changed
-
-        result: bool = await self._write(op)
-        return result
+    def _json(self, stored: Any) -> Any:
+        return stored  # jsonb is decoded by the connection's codec
 
     # -- the client's side -----------------------------------------------------------------------
-    async def request_cancel(self, job_id: int, now: float) -> tuple[Job, JobState]:
-        async def op(conn: asyncpg.Connection) -> tuple[Job, JobState]:
-            row = await conn.fetchrow(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE", job_id
-            )
-            if row is None:
-                raise NotFound(f"no job {job_id}")
-            job = _record_to_job(row)
-            if job.status == JobState.PENDING:
-                await conn.execute(
-                    "UPDATE jobs SET status = 'cancelled', completed_at = $2 WHERE id = $1",
-                    job_id,
-                    now,
-                )
-                ended: list[int] = []
-                await _after_failure(conn, [job_id], now, ended)
-                await self._notify_done(conn, [job_id, *ended])
-                await self._notify_due(conn)  # their webhook jobs, if any
-            elif job.status == JobState.RUNNING:
-                await conn.execute("UPDATE jobs SET cancel_requested = TRUE WHERE id = $1", job_id)
-            elif job.status == JobState.CANCELLED:
-                return job, job.status
-            else:
-                raise Conflict(f"job {job_id} is already {job.status}")
-            after = await conn.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)
-            return _record_to_job(after), job.status
-
-        result: tuple[Job, JobState] = await self._write(op)
-        return result
-
-    async def list_dead_letters(self, limit: int, before_id: int | None = None) -> list[DeadLetter]:
-        async def fn(conn: asyncpg.Connection) -> list[DeadLetter]:
-            rows = await conn.fetch(
-                f"""SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters
-                    WHERE $1::bigint IS NULL OR id < $1 ORDER BY id DESC LIMIT $2""",
-                before_id,
-                limit,
-            )
-            return [_record_to_dead_letter(r) for r in rows]
-
-        return await self._read(fn)
-
-    async def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
-        async def fn(conn: asyncpg.Connection) -> DeadLetter | None:
-            row = await conn.fetchrow(
-                f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = $1", dead_letter_id
-            )
-            return _record_to_dead_letter(row) if row else None
-
-        return await self._read(fn)
-
-    async def requeue_dead_letter(self, dead_letter_id: int, now: float) -> Job:
-        async def op(conn: asyncpg.Connection) -> Job:
-            row = await conn.fetchrow(
-                """DELETE FROM dead_letters WHERE id = $1
-                   RETURNING job_id, task, queue, args, kwargs""",
-                dead_letter_id,
-            )
-            if row is None:
-                raise NotFound(f"no dead letter {dead_letter_id}")
-            orig = await conn.fetchrow(
-                "SELECT priority, max_retries, timeout_s, backoff FROM jobs WHERE id = $1",
-                row["job_id"],
-            )
-            new = await conn.fetchrow(
-                f"""INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries,
-                        timeout_s, backoff, created_at, run_at)
-                    VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $9)
-                    RETURNING {JOB_COLUMNS}""",
-                row["task"],
-                row["queue"],
-                row["args"],
-                row["kwargs"],
-                orig["priority"] if orig else 0,
-                orig["max_retries"] if orig else 3,
-                orig["timeout_s"] if orig else None,
-                orig["backoff"] if orig else None,
-                now,
-            )
-            await self._notify_due(conn)
-            return _record_to_job(new)
-
-        result: Job = await self._write(op)
-        return result
-
-    async def delete_dead_letter(self, dead_letter_id: int) -> bool:
-        async def op(conn: asyncpg.Connection) -> bool:
-            status: str = await conn.execute(
-                "DELETE FROM dead_letters WHERE id = $1", dead_letter_id
-            )
-            return status.split()[-1] != "0"
-
-        result: bool = await self._write(op)
-        return result
-
     # -- workflows ----------------------------------------------------------------------------
-    async def results_of(self, job_ids: Sequence[int]) -> dict[int, Any]:
-        ids = list(job_ids)
-
-        async def fn(conn: asyncpg.Connection) -> dict[int, Any]:
-            rows = await conn.fetch("SELECT id, result FROM jobs WHERE id = ANY($1::bigint[])", ids)
-            return {r["id"]: r["result"] for r in rows}
-
-        return await self._read(fn) if ids else {}
-
     async def create_workflow(self, jobs: Sequence[NewJob], now: float) -> tuple[int, list[Job]]:
         async def op(conn: asyncpg.Connection) -> tuple[int, list[Job]]:
             workflow_id: int = await conn.fetchval(
@@ -1059,25 +789,14 @@ class PostgresStore:
             )
             rows = [_row(dataclasses.replace(j, workflow_id=workflow_id), now) for j in jobs]
             await _admit(conn, [r.values[1] for r in rows])
-            ended: list[int] = []
-            results = await _insert_all(conn, rows, now, ended)
+            changes = Changes()
+            results = await _insert_all(conn, rows, now, changes)
             await self._notify_due(conn)
-            await self._notify_done(conn, ended)
+            await self._notify_done(conn, changes.ended)
             return workflow_id, [e.job for e in results]
 
         result: tuple[int, list[Job]] = await self._write(op)
         return result
-
-    async def workflow_jobs(self, workflow_id: int) -> list[Job] | None:
-        async def fn(conn: asyncpg.Connection) -> list[Job] | None:
-            if not await conn.fetchval("SELECT 1 FROM workflows WHERE id = $1", workflow_id):
-                return None
-            rows = await conn.fetch(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE workflow_id = $1 ORDER BY id", workflow_id
-            )
-            return [_record_to_job(r) for r in rows]
-
-        return await self._read(fn)
 
     # -- queues -------------------------------------------------------------------------------
     async def list_queues(self, now: float) -> list[QueueInfo]:
@@ -1112,89 +831,6 @@ class PostgresStore:
         return result
 
     # -- schedules ---------------------------------------------------------------------------
-    async def save_schedule(self, schedule: Schedule, *, keep_next_tick: bool) -> Schedule:
-        async def op(conn: asyncpg.Connection) -> Schedule:
-            old = await conn.fetchrow(
-                "SELECT cron, timezone, next_tick_at, last_tick_at FROM schedules"
-                " WHERE name = $1 FOR UPDATE",
-                schedule.name,
-            )
-            next_tick, last_tick = schedule.next_tick_at, schedule.last_tick_at
-            if (
-                old is not None
-                and keep_next_tick
-                and (old["cron"], old["timezone"]) == (schedule.cron, schedule.timezone)
-            ):
-                next_tick, last_tick = old["next_tick_at"], old["last_tick_at"]
-            row = await conn.fetchrow(
-                f"""INSERT INTO schedules ({SCHEDULE_COLUMNS})
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-                    ON CONFLICT (name) DO UPDATE SET task = $2, args = $3, kwargs = $4,
-                        queue = $5, priority = $6, cron = $7, timezone = $8, missed = $9,
-                        paused = $10, next_tick_at = $11, last_tick_at = $12, source = $13
-                    RETURNING {SCHEDULE_COLUMNS}""",
-                schedule.name,
-                schedule.task,
-                schedule.args,
-                schedule.kwargs,
-                schedule.queue,
-                schedule.priority,
-                schedule.cron,
-                schedule.timezone,
-                schedule.missed,
-                schedule.paused,
-                next_tick,
-                last_tick,
-                schedule.source,
-            )
-            return Schedule(**dict(row))
-
-        result: Schedule = await self._write(op)
-        return result
-
-    async def list_schedules(self) -> list[Schedule]:
-        async def fn(conn: asyncpg.Connection) -> list[Schedule]:
-            rows = await conn.fetch(f"SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY name")
-            return [Schedule(**dict(r)) for r in rows]
-
-        return await self._read(fn)
-
-    async def get_schedule(self, name: str) -> Schedule | None:
-        async def fn(conn: asyncpg.Connection) -> Schedule | None:
-            row = await conn.fetchrow(
-                f"SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = $1", name
-            )
-            return Schedule(**dict(row)) if row else None
-
-        return await self._read(fn)
-
-    async def delete_schedule(self, name: str) -> bool:
-        async def op(conn: asyncpg.Connection) -> bool:
-            status: str = await conn.execute("DELETE FROM schedules WHERE name = $1", name)
-            return status.split()[-1] != "0"
-
-        result: bool = await self._write(op)
-        return result
-
-    async def due_schedules(self, now: float) -> list[Schedule]:
-        async def fn(conn: asyncpg.Connection) -> list[Schedule]:
-            rows = await conn.fetch(
-                f"SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE NOT paused AND next_tick_at <= $1",
-                now,
-            )
-            return [Schedule(**dict(r)) for r in rows]
-
-        return await self._read(fn)
-
-    async def next_schedule_at(self) -> float | None:
-        async def fn(conn: asyncpg.Connection) -> float | None:
-            value: float | None = await conn.fetchval(
-                "SELECT min(next_tick_at) FROM schedules WHERE NOT paused"
-            )
-            return value
-
-        return await self._read(fn)
-
     async def fire_schedule(
         self, name: str, expected_tick: float, next_tick: float, jobs: Sequence[NewJob], now: float
     ) -> list[Job]:
@@ -1211,7 +847,7 @@ class PostgresStore:
             if status.split()[-1] == "0":
                 return []  # another node fired this tick
             await _admit(conn, [r.values[1] for r in rows])
-            jobs = [e.job for e in await _insert_all(conn, rows, now, [])]
+            jobs = [e.job for e in await _insert_all(conn, rows, now, Changes())]
             await self._notify_due(conn)
             return jobs
 
@@ -1235,7 +871,7 @@ class PostgresStore:
                     before,
                     limit,
                 )
-                await _forget_jobs(conn, [r["id"] for r in gone])
+                await _run(conn, lifecycle.forget_jobs([r["id"] for r in gone]))
                 deleted += len(gone)
             status: str = await conn.execute(
                 """DELETE FROM dead_letters WHERE id IN (
@@ -1251,27 +887,6 @@ class PostgresStore:
 
     async def reclaim_space(self, pages: int) -> None:
         """PostgreSQL's autovacuum reuses the space of deleted rows: nothing to do here."""
-
-    async def delete_job(self, job_id: int) -> None:
-        async def op(conn: asyncpg.Connection) -> None:
-            status = await conn.fetchval("SELECT status FROM jobs WHERE id = $1 FOR UPDATE", job_id)
-            if status is None:
-                raise NotFound(f"no job {job_id}")
-            if status not in ("succeeded", "failed", "cancelled"):
-                raise Conflict(f"job {job_id} is {status}: only finished jobs can be deleted")
-            await conn.execute("DELETE FROM jobs WHERE id = $1", job_id)
-            await _forget_jobs(conn, [job_id])
-
-        await self._write(op)
-
-    async def check_writable(self) -> None:
-        async def op(conn: asyncpg.Connection) -> None:
-            await conn.execute(
-                "INSERT INTO ready_probe (id, probes) VALUES (1, 1)"
-                " ON CONFLICT (id) DO UPDATE SET probes = ready_probe.probes + 1"
-            )
-
-        await self._write(op)
 
 
 # -- SQL ----------------------------------------------------------------------------------------
@@ -1476,7 +1091,7 @@ async def _insert_plain(conn: asyncpg.Connection, rows: Sequence[_Row]) -> list[
 
 
 async def _insert_all(
-    conn: asyncpg.Connection, rows: Sequence[_Row], now: float, ended: list[int]
+    conn: asyncpg.Connection, rows: Sequence[_Row], now: float, changes: Changes
 ) -> list[Enqueued]:
     """Insert a batch; `depends_on_index` names earlier jobs of the same batch."""
     if all(_is_plain(row) for row in rows):
@@ -1487,226 +1102,13 @@ async def _insert_all(
         batch_deps = [results[i].job.id for i in row.depends_on_index]
         deps = list(dict.fromkeys([*row.depends_on, *batch_deps]))
         if enqueued.created and deps:
-            await _link_dependencies(conn, enqueued.job.id, deps, now, ended)
+            await _run(conn, lifecycle.link_dependencies(enqueued.job.id, deps, now, changes))
             fresh = await conn.fetchrow(
                 f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", enqueued.job.id
             )
             enqueued = Enqueued(_record_to_job(fresh), created=True)
         results.append(enqueued)
     return results
-
-
-async def _link_dependencies(
-    conn: asyncpg.Connection, job_id: int, deps: list[int], now: float, ended: list[int]
-) -> None:
-    """Make `job_id` wait for `deps`; if one of them already failed, it ends at once."""
-    rows = await conn.fetch(
-        "SELECT id, status FROM jobs WHERE id = ANY($1::bigint[]) FOR SHARE", deps
-    )
-    found = {r["id"]: r["status"] for r in rows}
-    missing = [d for d in deps if d not in found]
-    if missing:
-        raise ValidationError("depends_on", f"no job {missing[0]}")
-    await conn.executemany(
-        "INSERT INTO job_dependencies (job_id, depends_on) VALUES ($1, $2)",
-        [(job_id, d) for d in deps],
-    )
-    await conn.execute("UPDATE jobs SET has_dependants = TRUE WHERE id = ANY($1::bigint[])", deps)
-    waiting = sum(1 for d in deps if found[d] != "succeeded")
-    await conn.execute(
-        "UPDATE jobs SET depends_on = $1, blocked_by = $2 WHERE id = $3", deps, waiting, job_id
-    )
-    failed = [d for d in deps if found[d] in ("failed", "cancelled")]
-    if failed:
-        await _end_dependant(conn, job_id, failed[0], found[failed[0]], now, ended)
-
-
-async def _queue_webhooks(conn: asyncpg.Connection, job_ids: Sequence[int], now: float) -> bool:
-    """Jobs that ended and have a callback_url: their delivery jobs, in this same transaction."""
-    if not job_ids:
-        return False
-    status: str = await conn.execute(
-        """INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries,
-               created_at, run_at)
-           SELECT $1, $2, jsonb_build_array(callback_url, id), '{}'::jsonb, 0, 'pending', $3,
-               $4, $4
-           FROM jobs WHERE id = ANY($5::bigint[]) AND callback_url IS NOT NULL""",
-        WEBHOOK_TASK,
-        WEBHOOK_QUEUE,
-        WEBHOOK_MAX_RETRIES,
-        now,
-        list(job_ids),
-    )
-    if status.split()[-1] == "0":
-        return False
-    await conn.execute(
-        "INSERT INTO queues (name) VALUES ($1) ON CONFLICT DO NOTHING", WEBHOOK_QUEUE
-    )
-    return True
-
-
-async def _after_success(conn: asyncpg.Connection, job_id: int) -> bool:
-    """A job succeeded: its dependants wait for one fewer. True if some may start now."""
-    left = await conn.fetch(
-        """UPDATE jobs SET blocked_by = blocked_by - 1
-           WHERE status = 'pending' AND blocked_by > 0
-             AND id IN (SELECT job_id FROM job_dependencies WHERE depends_on = $1)
-           RETURNING blocked_by""",
-        job_id,
-    )
-    return any(r["blocked_by"] == 0 for r in left)
-
-
-async def _after_failure(
-    conn: asyncpg.Connection, job_ids: Sequence[int], now: float, ended: list[int]
-) -> None:
-    """Jobs ended without success: every pending job depending on them, directly or not,
-    ends too (failed as `dependency_failed`, or cancelled, as each asked). Every job that
-    ended, the given ones too, gets its webhook queued."""
-    await _queue_webhooks(conn, job_ids, now)
-    frontier = list(job_ids)
-    while frontier:
-        root = frontier.pop()
-        root_status = await conn.fetchval("SELECT status FROM jobs WHERE id = $1", root)
-        dependants = await conn.fetch(
-            """SELECT j.id FROM jobs j JOIN job_dependencies d ON d.job_id = j.id
-               WHERE d.depends_on = $1 AND j.status = 'pending' FOR UPDATE OF j""",
-            root,
-        )
-        for r in dependants:
-            await _end_dependant(conn, r["id"], root, root_status or "gone", now, ended)
-            frontier.append(r["id"])
-
-
-async def _end_dependant(
-    conn: asyncpg.Connection, job_id: int, root: int, root_status: str, now: float, ended: list[int]
-) -> None:
-    policy = await conn.fetchval("SELECT on_dependency_failure FROM jobs WHERE id = $1", job_id)
-    if policy == "cancel":
-        await conn.execute(
-            "UPDATE jobs SET status = 'cancelled', completed_at = $1"
-            " WHERE id = $2 AND status = 'pending'",
-            now,
-            job_id,
-        )
-    else:
-        error = error_info(
-            None,
-            type_="dependency_failed",
-            message=f"job {root}, which this job depends on, ended {root_status}",
-        )
-        await conn.execute(
-            "UPDATE jobs SET status = 'failed', completed_at = $1, error = $2"
-            " WHERE id = $3 AND status = 'pending'",
-            now,
-            error,
-            job_id,
-        )
-    ended.append(job_id)
-    await _queue_webhooks(conn, [job_id], now)
-
-
-async def _forget_jobs(conn: asyncpg.Connection, job_ids: Sequence[int]) -> None:
-    """What goes with deleted jobs: their dependency links and their history."""
-    if job_ids:
-        await conn.execute(
-            "DELETE FROM job_dependencies"
-            " WHERE job_id = ANY($1::bigint[]) OR depends_on = ANY($1::bigint[])",
-            list(job_ids),
-        )
-        await conn.execute(
-            "DELETE FROM job_attempts WHERE job_id = ANY($1::bigint[])", list(job_ids)
-        )
-
-
-async def _record_attempts(
-    conn: asyncpg.Connection,
-    job_ids: Sequence[int],
-    outcome: str,
-    error: dict[str, Any] | None,
-    now: float,
-) -> None:
-    """Keep the current attempt of each job (number, start and node from its row) in its
-    history as ended now with `outcome`. Called in the transaction that ends the attempt."""
-    if job_ids:
-        await conn.execute(
-            """INSERT INTO job_attempts
-                   (job_id, attempt, started_at, ended_at, node, outcome, error)
-               SELECT id, attempts, started_at, $2, claimed_by, $3, $4 FROM jobs
-               WHERE id = ANY($1::bigint[]) AND attempts >= 1
-               ON CONFLICT (job_id, attempt) DO UPDATE SET started_at = excluded.started_at,
-                   ended_at = excluded.ended_at, node = excluded.node,
-                   outcome = excluded.outcome, error = excluded.error""",
-            list(job_ids),
-            now,
-            outcome,
-            error,
-        )
-
-
-async def _fail_for_good(
-    conn: asyncpg.Connection,
-    where: str,
-    params: tuple[Any, ...],
-    error: dict[str, Any],
-    now: float,
-) -> list[int]:
-    """running -> failed plus a dead-letter row for each job matching `where` ($3, $4, ...)."""
-    rows = await conn.fetch(
-        f"""WITH failed AS (
-                UPDATE jobs SET status = 'failed', error = $1, completed_at = $2,
-                    lease_token = NULL, lease_expires_at = NULL
-                WHERE {where}
-                RETURNING id, task, queue, args, kwargs, attempts)
-            INSERT INTO dead_letters (job_id, task, queue, args, kwargs, error, attempts, failed_at)
-            SELECT id, task, queue, args, kwargs, $1, attempts, $2 FROM failed
-            RETURNING job_id""",
-        error,
-        now,
-        *params,
-    )
-    return [r["job_id"] for r in rows]
-
-
-async def _rescue(conn: asyncpg.Connection, now: float) -> RescueReport:
-    error = error_info(None, type_="LeaseExpired", message=LEASE_LOST)
-    # a lost run whose cancellation a client asked for ends cancelled: it must not run again
-    cancelled = await conn.fetch(
-        """WITH lost AS (
-               SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at <= $1
-                   AND cancel_requested
-               FOR UPDATE SKIP LOCKED)
-           UPDATE jobs SET status = 'cancelled', completed_at = $1,
-               lease_token = NULL, lease_expires_at = NULL
-           FROM lost WHERE jobs.id = lost.id RETURNING jobs.id""",
-        now,
-    )
-    requeued = await conn.fetch(
-        """WITH lost AS (
-               SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at <= $1
-                   AND attempts <= max_retries
-               FOR UPDATE SKIP LOCKED)
-           UPDATE jobs SET status = 'pending', run_at = $1, error = $2,
-               lease_token = NULL, lease_expires_at = NULL
-           FROM lost WHERE jobs.id = lost.id RETURNING jobs.*""",
-        now,
-        error,
-    )
-    spent = await _fail_for_good(
-        conn,
-        "id IN (SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at <= $3"
-        " AND attempts > max_retries FOR UPDATE SKIP LOCKED)",
-        (now,),
-        error,
-        now,
-    )
-    lost = [r["id"] for r in cancelled] + [r["id"] for r in requeued] + spent
-    await _record_attempts(conn, lost, "lease_expired", error, now)
-    return RescueReport(
-        requeued_jobs=sorted((_record_to_job(r) for r in requeued), key=lambda j: j.id),
-        dead_lettered=sorted(spent),
-        cancelled=sorted(r["id"] for r in cancelled),
-    )
 
 
 async def _queue_rows(

@@ -15,33 +15,29 @@ import fcntl
 import itertools
 import logging
 import os
+import re
 import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 
-from .. import codec, flow
+from .. import codec, flow, lifecycle
 from ..errors import (
     Conflict,
     DatabaseInUse,
     JobServerError,
-    NotFound,
     QueueFull,
     SchemaError,
     StorageUnavailable,
     StoreError,
-    ValidationError,
 )
+from ..lifecycle import Changes, Program, Sql
 from ..models import (
-    WEBHOOK_MAX_RETRIES,
-    WEBHOOK_QUEUE,
-    WEBHOOK_TASK,
-    Attempt,
     Backoff,
     DeadLetter,
     Job,
@@ -50,22 +46,18 @@ from ..models import (
     QueueInfo,
     QueueSettings,
     Schedule,
-    error_info,
 )
+from . import queries
 from .base import (
     CONCURRENCY_RECHECK_S,
-    EXPIRED,
-    LEASE_LOST,
     Ended,
     Enqueued,
     JobFilter,
-    LeaseReport,
-    RescueReport,
     node_name,
     payload_fingerprint,
-    with_current_attempt,
 )
 from .group_commit import GatheredWrite, GroupCommitQueue, PendingWrite, open_gathered
+from .jobstore import JobStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -365,12 +357,58 @@ def _storage_error(exc: sqlite3.Error) -> StoreError:
     return StoreError(f"database error: {exc}")
 
 
-@dataclass(slots=True)
-class Effects:
-    """What a write set off beyond its own rows, told to listeners once it has committed."""
+def _statements(sql: str) -> list[tuple[str, int]]:
+    """A named query's statements, with `$N` as SQLite's `?N` and how many parameters each
+    takes (sqlite3 wants exactly that many)."""
+    found = []
+    for text in sql.split(";"):
+        if text.strip():
+            numbers = [int(n) for n in re.findall(r"\$(\d+)", text)]
+            found.append((re.sub(r"\$(\d+)", r"?\1", text), max(numbers, default=0)))
+    return found
 
-    ended: list[int] = field(default_factory=list)  # dependants that ended with it
-    due: bool = False  # dependants that may start now
+
+QUERIES = {name: _statements(sql) for name, sql in queries.load("sqlite", JOB_COLUMNS).items()}
+
+
+def _run(conn: sqlite3.Connection, program: Program[T]) -> T:
+    """Run a lifecycle program on this connection (inside the caller's transaction)."""
+    try:
+        statement = next(program)
+        while True:
+            statement = program.send(_execute(conn, statement))
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+
+
+def _execute(conn: sqlite3.Connection, statement: Sql) -> Any:
+    steps = QUERIES[statement.name]
+    if statement.mode == "many":
+        conn.executemany(steps[0][0], statement.params)
+        return None
+    params = [
+        codec.dumps(p).decode() if isinstance(p, list) else p  # ids, read by json_each
+        for p in statement.params
+    ]
+    for sql, n in steps[:-1]:
+        conn.execute(sql, params[:n])
+    sql, n = steps[-1]
+    cursor = conn.execute(sql, params[:n])
+    mode = statement.mode
+    if mode == "count":
+        return cursor.rowcount
+    if mode == "rows":
+        return cursor.fetchall()
+    if mode == "jobs":
+        return [_row_to_job(r) for r in cursor.fetchall()]
+    first = cursor.fetchone()
+    cursor.fetchall()  # a RETURNING statement finishes its changes once read to the end
+    if mode == "row":
+        return first
+    if mode == "value":
+        return None if first is None else first[0]
+    return None if first is None else _row_to_job(first)  # mode == "job"
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,13 +484,13 @@ class _CompletionBatch(GatheredWrite[tuple[int, str, bytes, float]]):
 
     CHUNK = 256  # rows a statement: 4 parameters each, far below SQLite's limit
 
-    def __init__(self, emit: Callable[[Effects], None]) -> None:
+    def __init__(self, emit: Callable[[Changes], None]) -> None:
         super().__init__()
-        self.fx = Effects()
+        self.changes = Changes()
         self._emit = emit
 
     def committed(self) -> None:
-        self._emit(self.fx)
+        self._emit(self.changes)
 
     def __call__(self, conn: sqlite3.Connection) -> list[bool]:
         done: set[int] = set()
@@ -475,9 +513,9 @@ class _CompletionBatch(GatheredWrite[tuple[int, str, bytes, float]]):
             for job_id, has_dependants, has_callback, completed_at in ended:
                 done.add(job_id)
                 if has_dependants:
-                    _after_success(conn, job_id, self.fx)
+                    _run(conn, lifecycle.after_success(job_id, self.changes))
                 if has_callback:
-                    _queue_webhooks(conn, [job_id], completed_at, self.fx)
+                    _run(conn, lifecycle.queue_webhooks([job_id], completed_at, self.changes))
         return [item[0] in done for item in self.items]
 
 
@@ -560,7 +598,7 @@ async def _on_db_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args:
     return result
 
 
-class SQLiteStore:
+class SQLiteStore(JobStore):
     """The default store: one SQLite file in WAL mode, owned by one process at a time."""
 
     exclusive = True  # one process owns the file (its lock)
@@ -628,13 +666,13 @@ class SQLiteStore:
         self._on_due.append(on_due)
         self._on_done.append(on_done)
 
-    def _emit(self, fx: Effects) -> None:
-        if fx.ended:
-            log.info("ended because a job they depend on did not succeed: %s", fx.ended)
-        for job_id in fx.ended:
+    def _emit(self, changes: Changes) -> None:
+        if changes.ended:
+            log.info("ended because a job they depend on did not succeed: %s", changes.ended)
+        for job_id in changes.ended:
             for on_done in self._on_done:
                 on_done(job_id, None)  # in this process: the server reads it back
-        if fx.due:
+        if changes.due:
             for on_due in self._on_due:
                 on_due()
 
@@ -720,12 +758,12 @@ class SQLiteStore:
         rows = [_insert_params(j, now) for j in jobs]
         if len(rows) == 1 and self._gatherable(rows[0]):
             return [await self._join_inserts(rows[0])]
-        fx = Effects()
+        changes = Changes()
         unlimited: list[str] = []
 
         def op(conn: sqlite3.Connection) -> list[Enqueued]:
             unlimited.extend(_admit(conn, rows, self._unlimited_queues))
-            return _insert_all(conn, rows, now, fx)
+            return _insert_all(conn, rows, now, changes)
 
         if len(rows) == 1 and _is_plain(rows[0]):
             # One INSERT, and _admit writes nothing before it could refuse: if the insert
@@ -733,7 +771,7 @@ class SQLiteStore:
             op.atomic = True  # type: ignore[attr-defined]
         result: list[Enqueued] = await self._write(op)
         self._unlimited_queues.update(unlimited)  # committed: known from now on
-        self._emit(fx)
+        self._emit(changes)
         return result
 
     def enqueue_gathered(self, job: NewJob, now: float) -> asyncio.Future[Enqueued] | None:
@@ -752,13 +790,6 @@ class SQLiteStore:
             self._inserts, lambda: _PlainInsertBatch(self._unlimited_queues), self._put
         )
         return batch.join_soon(params)
-
-    async def get_job(self, job_id: int) -> Job | None:
-        def fn(conn: sqlite3.Connection) -> Job | None:
-            row = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            return _row_to_job(row) if row else None
-
-        return await self._read(fn)
 
     async def list_jobs(
         self, flt: JobFilter, limit: int, before_id: int | None = None
@@ -800,35 +831,6 @@ class SQLiteStore:
 
         return await self._read(fn)
 
-    async def list_attempts(self, job_id: int) -> list[Attempt] | None:
-        def fn(conn: sqlite3.Connection) -> list[Attempt] | None:
-            job = conn.execute(
-                "SELECT status, attempts, started_at, completed_at, claimed_by FROM jobs"
-                " WHERE id = ?",
-                (job_id,),
-            ).fetchone()
-            if job is None:
-                return None
-            rows = conn.execute(
-                "SELECT attempt, started_at, ended_at, node, outcome, error FROM job_attempts"
-                " WHERE job_id = ? ORDER BY attempt",
-                (job_id,),
-            ).fetchall()
-            kept = [
-                Attempt(r[0], r[1], r[2], r[3], r[4], None if r[5] is None else codec.loads(r[5]))
-                for r in rows
-            ]
-            return with_current_attempt(kept, job[0], job[1], job[2], job[3], job[4])
-
-        return await self._read(fn)
-
-    async def count_dead_letters(self) -> int:
-        def fn(conn: sqlite3.Connection) -> int:
-            count: int = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
-            return count
-
-        return await self._read(fn)
-
     async def count_by_status(self) -> dict[str, int]:
         def fn(conn: sqlite3.Connection) -> dict[str, int]:
             counts = {s.value: 0 for s in JobState}
@@ -856,27 +858,6 @@ class SQLiteStore:
         result: list[Job] = await self._write(op)
         return result
 
-    async def renew_leases(
-        self, leases: Sequence[tuple[int, str]], now: float, lease_ttl_s: float
-    ) -> LeaseReport:
-        def op(conn: sqlite3.Connection) -> LeaseReport:
-            report = LeaseReport()
-            for job_id, token in leases:
-                row = conn.execute(
-                    """UPDATE jobs SET lease_expires_at = ?
-                       WHERE id = ? AND status = 'running' AND lease_token = ?
-                       RETURNING cancel_requested""",
-                    (now + lease_ttl_s, job_id, token),
-                ).fetchone()
-                if row is None:
-                    report.lost.append(job_id)
-                elif row[0]:
-                    report.cancel_requested.append(job_id)
-            return report
-
-        result: LeaseReport = await self._write(op)
-        return result
-
     async def complete(self, job_id: int, token: str, result: bytes, now: float) -> JobState | None:
         # Completions that arrive before the writer takes them share one op, one statement:
         # per-row statements cost more in thread hand-offs than in SQLite itself.
@@ -886,263 +867,34 @@ class SQLiteStore:
         done: bool = await batch.join((job_id, token, result, now))
         return JobState.SUCCEEDED if done else None
 
-    async def schedule_retry(
-        self, job_id: int, token: str, error: dict[str, Any], run_at: float, now: float
-    ) -> JobState | None:
-        fx = Effects()
-        error_json = codec.dumps(error)
+    async def _move(
+        self,
+        program: Callable[[Changes], Program[T]],
+        ended: Callable[[T], list[int]] | None = None,
+    ) -> T:
+        """Run a lifecycle program as one write; tell listeners what it set off once committed
+        (the moved job itself its caller publishes: this process is the database's only user)."""
+        changes = Changes()
 
-        def op(conn: sqlite3.Connection) -> JobState | None:
-            # An attempt that failed after a client asked to cancel it is not retried.
-            if conn.execute(
-                """UPDATE jobs SET status = 'cancelled', completed_at = ?, error = ?,
-                       lease_token = NULL, lease_expires_at = NULL
-                   WHERE id = ? AND status = 'running' AND lease_token = ?
-                     AND cancel_requested = 1""",
-                (now, error_json, job_id, token),
-            ).rowcount:
-                _record_attempts(conn, [job_id], "cancelled", error_json, now)
-                _after_failure(conn, [job_id], now, fx)
-                fx.ended.append(job_id)
-                return JobState.CANCELLED
-            retried = conn.execute(
-                """UPDATE jobs SET status = 'pending', run_at = ?, error = ?,
-                       lease_token = NULL, lease_expires_at = NULL
-                   WHERE id = ? AND status = 'running' AND lease_token = ?""",
-                (run_at, error_json, job_id, token),
-            ).rowcount
-            if not retried:
-                return None
-            _record_attempts(conn, [job_id], "failed", error_json, now)
-            return JobState.PENDING
+        def op(conn: sqlite3.Connection) -> T:
+            return _run(conn, program(changes))
 
-        result: JobState | None = await self._write(op)
-        self._emit(fx)
+        result: T = await self._write(op)
+        self._emit(changes)
         return result
 
-    async def dead_letter(
-        self, job_id: int, token: str, error: dict[str, Any], now: float
-    ) -> JobState | None:
-        error_json = codec.dumps(error)
+    async def _look(self, program: Program[T]) -> T:
+        return await self._read(_run, program)
 
-        fx = Effects()
-
-        def op(conn: sqlite3.Connection) -> JobState | None:
-            failed = _fail_for_good(
-                conn,
-                "id = ? AND status = 'running' AND lease_token = ?",
-                (job_id, token),
-                error_json,
-                now,
-            )
-            if failed:
-                _record_attempts(conn, [job_id], "failed", error_json, now)
-                _after_failure(conn, [job_id], now, fx)
-            return JobState.FAILED if failed else None
-
-        result: JobState | None = await self._write(op)
-        self._emit(fx)
-        return result
-
-    async def mark_cancelled(self, job_id: int, token: str, now: float) -> JobState | None:
-        fx = Effects()
-
-        def op(conn: sqlite3.Connection) -> JobState | None:
-            done = conn.execute(
-                """UPDATE jobs SET status = 'cancelled', completed_at = ?,
-                       lease_token = NULL, lease_expires_at = NULL
-                   WHERE id = ? AND status = 'running' AND lease_token = ?""",
-                (now, job_id, token),
-            ).rowcount
-            if done:
-                _record_attempts(conn, [job_id], "cancelled", None, now)
-                _after_failure(conn, [job_id], now, fx)
-            return JobState.CANCELLED if done else None
-
-        result: JobState | None = await self._write(op)
-        self._emit(fx)
-        return result
-
-    async def release(self, job_id: int, token: str, now: float | None = None) -> JobState | None:
-        fx = Effects()
-
-        def op(conn: sqlite3.Connection) -> JobState | None:
-            # A job a client asked to cancel ends cancelled rather than running again.
-            cancelled = conn.execute(
-                """UPDATE jobs SET status = 'cancelled', completed_at = coalesce(?, started_at),
-                       lease_token = NULL, lease_expires_at = NULL
-                   WHERE id = ? AND status = 'running' AND lease_token = ?
-                     AND cancel_requested = 1
-                   RETURNING completed_at""",
-                (now, job_id, token),
-            ).fetchone()
-            if cancelled:
-                _record_attempts(conn, [job_id], "cancelled", None, cancelled[0])
-                _after_failure(conn, [job_id], cancelled[0], fx)
-                fx.ended.append(job_id)
-                return JobState.CANCELLED
-            released = conn.execute(
-                """UPDATE jobs SET status = 'pending', attempts = attempts - 1,
-                       lease_token = NULL, lease_expires_at = NULL
-                   WHERE id = ? AND status = 'running' AND lease_token = ?""",
-                (job_id, token),
-            ).rowcount
-            return JobState.PENDING if released else None
-
-        result: JobState | None = await self._write(op)
-        self._emit(fx)
-        return result
-
-    async def update_progress(
-        self, job_id: int, token: str, fraction: float, message: str | None
-    ) -> bool:
-        return await self._guarded_update(
-            """UPDATE jobs SET progress = ?, progress_message = ?
-               WHERE id = ? AND status = 'running' AND lease_token = ?""",
-            (fraction, message, job_id, token),
-        )
-
-    async def rescue_expired(self, now: float) -> RescueReport:
-        fx = Effects()
-
-        def op(conn: sqlite3.Connection) -> RescueReport:
-            report = _rescue(conn, "status = 'running' AND lease_expires_at <= ?", (now,), now)
-            report.expired = _expire_overdue(conn, now)
-            _after_failure(conn, report.dead_lettered + report.expired + report.cancelled, now, fx)
-            return report
-
-        result: RescueReport = await self._write(op)
-        self._emit(fx)
-        return result
-
-    async def recover_orphans(self, now: float) -> RescueReport:
-        # The process lock makes this process the database's only user, so every running
-        # row was left by a process that died: take them all back now, not after the TTL.
-        fx = Effects()
-
-        def op(conn: sqlite3.Connection) -> RescueReport:
-            report = _rescue(conn, "status = 'running'", (), now)
-            _after_failure(conn, report.dead_lettered + report.cancelled, now, fx)
-            return report
-
-        result: RescueReport = await self._write(op)
-        self._emit(fx)
-        return result
-
-    async def _guarded_update(self, sql: str, params: tuple[Any, ...]) -> bool:
-        def op(conn: sqlite3.Connection) -> bool:
-            return conn.execute(sql, params).rowcount > 0
-
-        result: bool = await self._write(op)
-        return result
+    def _json(self, stored: Any) -> Any:
+        return None if stored is None else codec.loads(stored)
 
     # -- the client's side ------------------------------------------------------------------------
-    async def request_cancel(self, job_id: int, now: float) -> tuple[Job, JobState]:
-        fx = Effects()
-
-        def op(conn: sqlite3.Connection) -> tuple[Job, JobState]:
-            row = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                raise NotFound(f"no job {job_id}")
-            job = _row_to_job(row)
-            if job.status == JobState.PENDING:
-                conn.execute(
-                    "UPDATE jobs SET status = 'cancelled', completed_at = ? WHERE id = ?",
-                    (now, job_id),
-                )
-                _after_failure(conn, [job_id], now, fx)
-            elif job.status == JobState.RUNNING:
-                conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
-            elif job.status == JobState.CANCELLED:
-                return job, job.status  # cancelling twice is fine
-            else:
-                raise Conflict(f"job {job_id} is already {job.status}")
-            after = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
-            return _row_to_job(after.fetchone()), job.status
-
-        result: tuple[Job, JobState] = await self._write(op)
-        self._emit(fx)
-        return result
-
-    async def list_dead_letters(self, limit: int, before_id: int | None = None) -> list[DeadLetter]:
-        def fn(conn: sqlite3.Connection) -> list[DeadLetter]:
-            if before_id is None:
-                rows = conn.execute(
-                    f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters ORDER BY id DESC LIMIT ?",
-                    (limit,),
-                )
-            else:
-                rows = conn.execute(
-                    f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id < ?"
-                    " ORDER BY id DESC LIMIT ?",
-                    (before_id, limit),
-                )
-            return [_row_to_dead_letter(r) for r in rows]
-
-        return await self._read(fn)
-
-    async def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
-        def fn(conn: sqlite3.Connection) -> DeadLetter | None:
-            row = conn.execute(
-                f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?", (dead_letter_id,)
-            ).fetchone()
-            return _row_to_dead_letter(row) if row else None
-
-        return await self._read(fn)
-
-    async def requeue_dead_letter(self, dead_letter_id: int, now: float) -> Job:
-        def op(conn: sqlite3.Connection) -> Job:
-            row = conn.execute(
-                """DELETE FROM dead_letters WHERE id = ?
-                   RETURNING job_id, task, queue, args, kwargs""",
-                (dead_letter_id,),
-            ).fetchone()
-            if row is None:
-                raise NotFound(f"no dead letter {dead_letter_id}")
-            job_id, task, queue, args, kwargs = row
-            # Copy what the original job asked for; the new job starts with fresh attempts.
-            orig = conn.execute(
-                "SELECT priority, max_retries, timeout_s, backoff FROM jobs WHERE id = ?",
-                (job_id,),
-            ).fetchone()
-            priority, max_retries, timeout_s, backoff = orig if orig else (0, 3, None, None)
-            new_id = conn.execute(
-                """INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries,
-                       timeout_s, backoff, created_at, run_at)
-                   VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?) RETURNING id""",
-                (task, queue, args, kwargs, priority, max_retries, timeout_s, backoff, now, now),
-            ).fetchone()[0]
-            return _row_to_job(
-                conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (new_id,)).fetchone()
-            )
-
-        result: Job = await self._write(op)
-        return result
-
-    async def delete_dead_letter(self, dead_letter_id: int) -> bool:
-        def op(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute("DELETE FROM dead_letters WHERE id = ?", (dead_letter_id,))
-            return cur.rowcount > 0
-
-        result: bool = await self._write(op)
-        return result
-
     # -- workflows ----------------------------------------------------------------------------
-    async def results_of(self, job_ids: Sequence[int]) -> dict[int, Any]:
-        """The results of finished jobs (for dependants that receive them)."""
-        ids = list(job_ids)
-
-        def fn(conn: sqlite3.Connection) -> dict[int, Any]:
-            marks = ", ".join("?" * len(ids))
-            rows = conn.execute(f"SELECT id, result FROM jobs WHERE id IN ({marks})", ids)
-            return {i: codec.loads(r) if r is not None else None for i, r in rows}
-
-        return await self._read(fn) if ids else {}
-
     async def create_workflow(self, jobs: Sequence[NewJob], now: float) -> tuple[int, list[Job]]:
         """A workflow's jobs, with their dependencies on each other, in one transaction."""
         rows = [_insert_params(j, now) for j in jobs]
-        fx = Effects()
+        changes = Changes()
 
         def op(conn: sqlite3.Connection) -> tuple[int, list[Job]]:
             (workflow_id,) = conn.execute(
@@ -1151,22 +903,11 @@ class SQLiteStore:
             for row in rows:
                 row["workflow_id"] = workflow_id
             _admit(conn, rows)
-            return workflow_id, [e.job for e in _insert_all(conn, rows, now, fx)]
+            return workflow_id, [e.job for e in _insert_all(conn, rows, now, changes)]
 
         result: tuple[int, list[Job]] = await self._write(op)
-        self._emit(fx)
+        self._emit(changes)
         return result
-
-    async def workflow_jobs(self, workflow_id: int) -> list[Job] | None:
-        def fn(conn: sqlite3.Connection) -> list[Job] | None:
-            if not conn.execute("SELECT 1 FROM workflows WHERE id = ?", (workflow_id,)).fetchone():
-                return None
-            rows = conn.execute(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE workflow_id = ? ORDER BY id", (workflow_id,)
-            )
-            return [_row_to_job(r) for r in rows]
-
-        return await self._read(fn)
 
     # -- queues ---------------------------------------------------------------------------------
     async def list_queues(self, now: float) -> list[QueueInfo]:
@@ -1200,74 +941,6 @@ class SQLiteStore:
         return result
 
     # -- schedules ------------------------------------------------------------------------------
-    async def save_schedule(self, schedule: Schedule, *, keep_next_tick: bool) -> Schedule:
-        """Insert or replace a schedule; `keep_next_tick` keeps a stored one's next tick when
-        its cron and zone are unchanged (a restart must not move or repeat a tick)."""
-        row = _schedule_params(schedule)
-
-        def op(conn: sqlite3.Connection) -> Schedule:
-            old = conn.execute(
-                "SELECT cron, timezone, next_tick_at, last_tick_at FROM schedules WHERE name = ?",
-                (schedule.name,),
-            ).fetchone()
-            if old is not None and keep_next_tick and old[:2] == (schedule.cron, schedule.timezone):
-                row["next_tick_at"], row["last_tick_at"] = old[2], old[3]
-            conn.execute(
-                f"INSERT OR REPLACE INTO schedules ({SCHEDULE_COLUMNS})"
-                f" VALUES ({', '.join(':' + c for c in SCHEDULE_COLUMNS.split(', '))})",
-                row,
-            )
-            return _schedule_from_row(
-                conn.execute(
-                    f"SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = ?", (schedule.name,)
-                ).fetchone()
-            )
-
-        result: Schedule = await self._write(op)
-        return result
-
-    async def list_schedules(self) -> list[Schedule]:
-        def fn(conn: sqlite3.Connection) -> list[Schedule]:
-            rows = conn.execute(f"SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY name")
-            return [_schedule_from_row(r) for r in rows]
-
-        return await self._read(fn)
-
-    async def get_schedule(self, name: str) -> Schedule | None:
-        def fn(conn: sqlite3.Connection) -> Schedule | None:
-            row = conn.execute(
-                f"SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = ?", (name,)
-            ).fetchone()
-            return _schedule_from_row(row) if row else None
-
-        return await self._read(fn)
-
-    async def delete_schedule(self, name: str) -> bool:
-        def op(conn: sqlite3.Connection) -> bool:
-            return conn.execute("DELETE FROM schedules WHERE name = ?", (name,)).rowcount > 0
-
-        result: bool = await self._write(op)
-        return result
-
-    async def due_schedules(self, now: float) -> list[Schedule]:
-        def fn(conn: sqlite3.Connection) -> list[Schedule]:
-            rows = conn.execute(
-                f"SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE paused = 0 AND next_tick_at <= ?",
-                (now,),
-            )
-            return [_schedule_from_row(r) for r in rows]
-
-        return await self._read(fn)
-
-    async def next_schedule_at(self) -> float | None:
-        def fn(conn: sqlite3.Connection) -> float | None:
-            row = conn.execute(
-                "SELECT min(next_tick_at) FROM schedules WHERE paused = 0"
-            ).fetchone()
-            return row[0] if row else None
-
-        return await self._read(fn)
-
     async def fire_schedule(
         self, name: str, expected_tick: float, next_tick: float, jobs: Sequence[NewJob], now: float
     ) -> list[Job]:
@@ -1284,7 +957,7 @@ class SQLiteStore:
             if not moved:
                 return []
             _admit(conn, rows)
-            return [e.job for e in _insert_all(conn, rows, now, Effects())]
+            return [e.job for e in _insert_all(conn, rows, now, Changes())]
 
         result: list[Job] = await self._write(op)
         return result
@@ -1317,7 +990,7 @@ class SQLiteStore:
                             (status, bound, before, limit - len(gone)),
                         ).fetchall()
                     ]
-                _forget_jobs(conn, gone)
+                _run(conn, lifecycle.forget_jobs(gone))
                 deleted += len(gone)
             deleted += conn.execute(
                 "DELETE FROM dead_letters WHERE id IN"
@@ -1334,30 +1007,6 @@ class SQLiteStore:
 
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
-
-        await self._write(op)
-
-    async def delete_job(self, job_id: int) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                raise NotFound(f"no job {job_id}")
-            if row[0] not in ("succeeded", "failed", "cancelled"):
-                raise Conflict(f"job {job_id} is {row[0]}: only finished jobs can be deleted")
-            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-            _forget_jobs(conn, [job_id])
-
-        await self._write(op)
-
-    async def check_writable(self) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            # A real write, committed with fsync: a transaction that changes nothing commits
-            # on a full disk too. One row, a new value each time (SQLite skips rewriting the
-            # same bytes), rewritten in place: the file does not grow.
-            conn.execute(
-                "INSERT INTO ready_probe (id, probes) VALUES (1, 1)"
-                " ON CONFLICT (id) DO UPDATE SET probes = probes + 1"
-            )
 
         await self._write(op)
 
@@ -1587,7 +1236,7 @@ def _insert_one(conn: sqlite3.Connection, params: dict[str, Any], now: float) ->
 
 
 def _insert_all(
-    conn: sqlite3.Connection, rows: Sequence[dict[str, Any]], now: float, fx: Effects
+    conn: sqlite3.Connection, rows: Sequence[dict[str, Any]], now: float, changes: Changes
 ) -> list[Enqueued]:
     """Insert a batch; `depends_on_index` names earlier jobs of the same batch."""
     if all(_is_plain(params) for params in rows):
@@ -1598,226 +1247,13 @@ def _insert_all(
         batch_deps = [results[i].job.id for i in params["depends_on_index"]]
         deps = list(dict.fromkeys([*params["depends_on"], *batch_deps]))
         if enqueued.created and deps:
-            _link_dependencies(conn, enqueued.job.id, deps, now, fx)
+            _run(conn, lifecycle.link_dependencies(enqueued.job.id, deps, now, changes))
             row = conn.execute(
                 f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (enqueued.job.id,)
             ).fetchone()
             enqueued = Enqueued(_row_to_job(row), created=True)
         results.append(enqueued)
     return results
-
-
-def _link_dependencies(
-    conn: sqlite3.Connection, job_id: int, deps: list[int], now: float, fx: Effects
-) -> None:
-    """Make `job_id` wait for `deps`; if one of them already failed, it ends at once."""
-    marks = ", ".join("?" * len(deps))
-    found = dict(conn.execute(f"SELECT id, status FROM jobs WHERE id IN ({marks})", deps))
-    missing = [d for d in deps if d not in found]
-    if missing:
-        raise ValidationError("depends_on", f"no job {missing[0]}")
-    conn.executemany(
-        "INSERT INTO job_dependencies (job_id, depends_on) VALUES (?, ?)",
-        [(job_id, d) for d in deps],
-    )
-    conn.execute(f"UPDATE jobs SET has_dependants = 1 WHERE id IN ({marks})", deps)
-    waiting = sum(1 for d in deps if found[d] != "succeeded")
-    conn.execute(
-        "UPDATE jobs SET depends_on = ?, blocked_by = ? WHERE id = ?",
-        (codec.dumps(deps), waiting, job_id),
-    )
-    failed = [d for d in deps if found[d] in ("failed", "cancelled")]
-    if failed:
-        _end_dependant(conn, job_id, failed[0], found[failed[0]], now, fx)
-
-
-def _forget_jobs(conn: sqlite3.Connection, job_ids: Sequence[int]) -> None:
-    """What goes with deleted jobs: their dependency links and their history."""
-    if job_ids:
-        marks = ", ".join("?" * len(job_ids))
-        conn.execute(
-            f"DELETE FROM job_dependencies WHERE job_id IN ({marks}) OR depends_on IN ({marks})",
-            (*job_ids, *job_ids),
-        )
-        conn.execute(f"DELETE FROM job_attempts WHERE job_id IN ({marks})", job_ids)
-
-
-def _record_attempts(
-    conn: sqlite3.Connection,
-    job_ids: Sequence[int],
-    outcome: str,
-    error_json: bytes | None,
-    now: float,
-) -> None:
-    """Keep the current attempt of each job (number, start and node from its row) in its
-    history as ended now with `outcome`. Called in the transaction that ends the attempt."""
-    if job_ids:
-        marks = ", ".join("?" * len(job_ids))
-        conn.execute(
-            f"""INSERT OR REPLACE INTO job_attempts
-                    (job_id, attempt, started_at, ended_at, node, outcome, error)
-                SELECT id, attempts, started_at, ?, claimed_by, ?, ? FROM jobs
-                WHERE id IN ({marks}) AND attempts >= 1""",
-            (now, outcome, error_json, *job_ids),
-        )
-
-
-def _queue_webhooks(
-    conn: sqlite3.Connection, job_ids: Sequence[int], now: float, fx: Effects
-) -> None:
-    """Jobs that ended and have a callback_url: their delivery jobs, in this same transaction."""
-    if not job_ids:
-        return
-    marks = ", ".join("?" * len(job_ids))
-    queued = conn.execute(
-        f"""INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries,
-                created_at, run_at)
-            SELECT ?, ?, CAST(json_array(callback_url, id) AS BLOB), CAST('{{}}' AS BLOB), 0,
-                'pending', ?, ?, ?
-            FROM jobs WHERE id IN ({marks}) AND callback_url IS NOT NULL""",
-        (WEBHOOK_TASK, WEBHOOK_QUEUE, WEBHOOK_MAX_RETRIES, now, now, *job_ids),
-    ).rowcount
-    if queued:
-        conn.execute("INSERT OR IGNORE INTO queues (name) VALUES (?)", (WEBHOOK_QUEUE,))
-        fx.due = True
-
-
-def _after_success(conn: sqlite3.Connection, job_id: int, fx: Effects) -> None:
-    """A job succeeded: its dependants wait for one fewer; those waiting for none are due."""
-    left = conn.execute(
-        """UPDATE jobs SET blocked_by = blocked_by - 1
-           WHERE status = 'pending' AND blocked_by > 0
-             AND id IN (SELECT job_id FROM job_dependencies WHERE depends_on = ?)
-           RETURNING blocked_by""",
-        (job_id,),
-    ).fetchall()
-    if any(n == 0 for (n,) in left):
-        fx.due = True
-
-
-def _after_failure(
-    conn: sqlite3.Connection, job_ids: Sequence[int], now: float, fx: Effects
-) -> None:
-    """Jobs ended without success: every pending job that depends on them, directly or not,
-    ends too (failed as `dependency_failed`, or cancelled, as each asked)."""
-    _queue_webhooks(conn, job_ids, now, fx)
-    frontier = list(job_ids)
-    while frontier:
-        root = frontier.pop()
-        root_status = conn.execute("SELECT status FROM jobs WHERE id = ?", (root,)).fetchone()
-        dependants = conn.execute(
-            """SELECT j.id FROM jobs j JOIN job_dependencies d ON d.job_id = j.id
-               WHERE d.depends_on = ? AND j.status = 'pending'""",
-            (root,),
-        ).fetchall()
-        for (dependant,) in dependants:
-            _end_dependant(
-                conn, dependant, root, root_status[0] if root_status else "gone", now, fx
-            )
-            frontier.append(dependant)
-
-
-def _end_dependant(
-    conn: sqlite3.Connection, job_id: int, root: int, root_status: str, now: float, fx: Effects
-) -> None:
-    (policy,) = conn.execute(
-        "SELECT on_dependency_failure FROM jobs WHERE id = ?", (job_id,)
-    ).fetchone()
-    if policy == "cancel":
-        conn.execute(
-            "UPDATE jobs SET status = 'cancelled', completed_at = ?"
-            " WHERE id = ? AND status = 'pending'",
-            (now, job_id),
-        )
-    else:
-        error = error_info(
-            None,
-            type_="dependency_failed",
-            message=f"job {root}, which this job depends on, ended {root_status}",
-        )
-        conn.execute(
-            """UPDATE jobs SET status = 'failed', completed_at = ?, error = ?
-               WHERE id = ? AND status = 'pending'""",
-            (now, codec.dumps(error), job_id),
-        )
-    fx.ended.append(job_id)
-    _queue_webhooks(conn, [job_id], now, fx)
-
-
-def _fail_for_good(
-    conn: sqlite3.Connection, where: str, params: tuple[Any, ...], error_json: bytes, now: float
-) -> int:
-    """running -> failed plus a dead-letter row for each job matching `where`."""
-    rows = conn.execute(
-        f"""UPDATE jobs SET status = 'failed', error = ?, completed_at = ?,
-               lease_token = NULL, lease_expires_at = NULL
-            WHERE {where}
-            RETURNING id, task, queue, args, kwargs, attempts""",
-        (error_json, now, *params),
-    ).fetchall()
-    conn.executemany(
-        """INSERT INTO dead_letters (job_id, task, queue, args, kwargs, error, attempts, failed_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
-        [(*r[:5], error_json, r[5], now) for r in rows],
-    )
-    return len(rows)
-
-
-def _expire_overdue(conn: sqlite3.Connection, now: float) -> list[int]:
-    """Pending jobs past their deadline will never start: failed, reason `expired`."""
-    overdue = [
-        r[0]
-        for r in conn.execute(
-            # INDEXED BY: left to itself SQLite may scan jobs_status, every pending job
-            "SELECT id FROM jobs INDEXED BY jobs_deadline"
-            " WHERE status = 'pending' AND deadline IS NOT NULL"
-            " AND deadline < ?",
-            (now,),
-        )
-    ]
-    if overdue:
-        error = codec.dumps(error_info(None, type_="expired", message=EXPIRED))
-        marks = ", ".join("?" * len(overdue))
-        _fail_for_good(conn, f"id IN ({marks}) AND status = 'pending'", tuple(overdue), error, now)
-    return overdue
-
-
-def _rescue(
-    conn: sqlite3.Connection, where: str, params: tuple[Any, ...], now: float
-) -> RescueReport:
-    """Running jobs matching `where` lost their worker: back to pending, or failed if spent,
-    or cancelled if a client had asked for that (it must not run again)."""
-    report = RescueReport()
-    error = codec.dumps(error_info(None, type_="LeaseExpired", message=LEASE_LOST))
-    report.cancelled = [
-        r[0]
-        for r in conn.execute(
-            f"""UPDATE jobs SET status = 'cancelled', completed_at = ?,
-                   lease_token = NULL, lease_expires_at = NULL
-                WHERE {where} AND cancel_requested = 1
-                RETURNING id""",
-            (now, *params),
-        ).fetchall()
-    ]
-    report.requeued_jobs = [
-        _row_to_job(r)
-        for r in conn.execute(
-            f"""UPDATE jobs SET status = 'pending', run_at = ?, error = ?,
-                   lease_token = NULL, lease_expires_at = NULL
-                WHERE {where} AND attempts <= max_retries
-                RETURNING {JOB_COLUMNS}""",
-            (now, error, *params),
-        ).fetchall()
-    ]
-    spent = conn.execute(
-        f"SELECT id FROM jobs WHERE {where} AND attempts > max_retries", params
-    ).fetchall()
-    for (job_id,) in spent:
-        _fail_for_good(conn, "id = ? AND status = 'running'", (job_id,), error, now)
-        report.dead_lettered.append(job_id)
-    lost = report.cancelled + report.requeued + report.dead_lettered
-    _record_attempts(conn, lost, "lease_expired", error, now)
-    return report
 
 
 def _queue_rows(

@@ -1,0 +1,325 @@
+"""The job lifecycle, written once for every store: how a job moves between states.
+
+Each move is a *program*: a generator that yields the named SQL statements it needs (`Sql`)
+and is sent each one's result. It does no I/O of its own. A store's driver runs it inside one
+of its transactions: SQLite's synchronously on its writer thread, PostgreSQL's with an await
+a statement. The SQL of each name lives in the dialect's `store/sql/<dialect>.sql`; a rule
+that differs between the stores is a bug unless a comment there says why.
+
+Parameters are positional (`$1`, `$2`...). A list parameter is a list of ids (PostgreSQL binds
+an array, SQLite a JSON array read with json_each). JSON values are passed encoded (bytes).
+
+Every move is guarded in SQL by the job's status (and, for a running job, its lease token):
+a move that finds the row changed returns None and changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from . import codec
+from .errors import Conflict, NotFound, ValidationError
+from .models import (
+    WEBHOOK_MAX_RETRIES,
+    WEBHOOK_QUEUE,
+    WEBHOOK_TASK,
+    Job,
+    JobState,
+    error_info,
+)
+from .store.base import RescueReport
+
+T = TypeVar("T")
+
+# Rules both dialects apply, stated once.
+LEASE_LOST = "worker stopped renewing its lease (its process crashed or stalled)"
+EXPIRED = "expired: its deadline passed before it could start"
+
+
+@dataclass(frozen=True, slots=True)
+class Sql:
+    """One statement a program asks its driver to run, and what it wants back."""
+
+    name: str
+    params: tuple[Any, ...]
+    mode: str  # count | rows | row | value | job | jobs | many
+
+
+Program = Generator[Sql, Any, T]
+
+
+def count(name: str, *params: Any) -> Sql:
+    """The number of rows the statement changed."""
+    return Sql(name, params, "count")
+
+
+def rows(name: str, *params: Any) -> Sql:
+    """Every row, as a sequence of values."""
+    return Sql(name, params, "rows")
+
+
+def row(name: str, *params: Any) -> Sql:
+    """The first row, or None."""
+    return Sql(name, params, "row")
+
+
+def value(name: str, *params: Any) -> Sql:
+    """The first column of the first row, or None."""
+    return Sql(name, params, "value")
+
+
+def job(name: str, *params: Any) -> Sql:
+    """The first row as a Job (the statement selects the driver's job columns), or None."""
+    return Sql(name, params, "job")
+
+
+def jobs(name: str, *params: Any) -> Sql:
+    return Sql(name, params, "jobs")
+
+
+def many(name: str, param_rows: Sequence[tuple[Any, ...]]) -> Sql:
+    """The statement once for each row of parameters."""
+    return Sql(name, tuple(param_rows), "many")
+
+
+@dataclass(slots=True)
+class Changes:
+    """What a move set off beyond the job it moved, for the driver to tell listeners once
+    the transaction has committed (SQLite: callbacks; PostgreSQL: NOTIFY to every node)."""
+
+    ended: list[int] = field(default_factory=list)  # dependants that ended with it
+    due: bool = False  # jobs that may start now: unblocked dependants, webhook deliveries
+    requeued: bool = False  # jobs pending again (a retry, a release, a rescue)
+
+
+# -- a running job's end --------------------------------------------------------------------
+
+
+def retry(
+    job_id: int, token: str, error: dict[str, Any], run_at: float, now: float, ch: Changes
+) -> Program[JobState | None]:
+    """running -> pending, due at `run_at`; -> cancelled if a client asked to cancel it (an
+    attempt that failed after its cancel was asked is not retried)."""
+    error_json = codec.dumps(error)
+    if (yield count("cancel_leased_if_requested", job_id, token, now, error_json)):
+        yield from _attempt_ended([job_id], "cancelled", error_json, now, ch)
+        return JobState.CANCELLED
+    if not (yield count("retry_leased", job_id, token, run_at, error_json)):
+        return None
+    yield from record_attempts([job_id], "failed", error_json, now)
+    ch.requeued = True
+    return JobState.PENDING
+
+
+def dead_letter(
+    job_id: int, token: str, error: dict[str, Any], now: float, ch: Changes
+) -> Program[JobState | None]:
+    """running -> failed, with a dead-letter row."""
+    error_json = codec.dumps(error)
+    failed = yield value("fail_leased", job_id, token, error_json, now)
+    if failed is None:
+        return None
+    yield from _attempt_ended([job_id], "failed", error_json, now, ch)
+    return JobState.FAILED
+
+
+def mark_cancelled(job_id: int, token: str, now: float, ch: Changes) -> Program[JobState | None]:
+    """running -> cancelled, after the task saw its cancellation."""
+    if not (yield count("cancel_leased", job_id, token, now)):
+        return None
+    yield from _attempt_ended([job_id], "cancelled", None, now, ch)
+    return JobState.CANCELLED
+
+
+def release(job_id: int, token: str, now: float | None, ch: Changes) -> Program[JobState | None]:
+    """running -> pending at shutdown, the attempt given back; -> cancelled if a client asked
+    (ended at `now`, or when it started if no time is given)."""
+    ended_at = yield value("release_leased_if_cancel_requested", job_id, token, now)
+    if ended_at is not None:
+        yield from _attempt_ended([job_id], "cancelled", None, ended_at, ch)
+        return JobState.CANCELLED
+    if not (yield count("release_leased", job_id, token)):
+        return None
+    ch.requeued = True
+    return JobState.PENDING
+
+
+def _attempt_ended(
+    job_ids: list[int], outcome: str, error_json: bytes | None, now: float, ch: Changes
+) -> Program[None]:
+    """Jobs whose attempt ended them without success: keep the attempt, end their dependants."""
+    yield from record_attempts(job_ids, outcome, error_json, now)
+    yield from after_failure(job_ids, now, ch)
+
+
+def record_attempts(
+    job_ids: Sequence[int], outcome: str, error_json: bytes | None, now: float
+) -> Program[None]:
+    """Keep each job's current attempt (number, start and node from its row) in its history,
+    ended now with `outcome`. Run in the transaction that ends the attempt."""
+    if job_ids:
+        yield count("record_attempts", list(job_ids), now, outcome, error_json)
+
+
+# -- lost workers and missed deadlines -------------------------------------------------------
+
+
+def rescue_expired(now: float, ch: Changes) -> Program[RescueReport]:
+    """Jobs whose lease ran out go back to pending (or fail if no attempts are left, or end
+    cancelled if a client asked); pending jobs past their deadline fail as `expired`."""
+    report = yield from _rescue(now, now, ch)
+    error = codec.dumps(error_info(None, type_="expired", message=EXPIRED))
+    report.expired = sorted(r[0] for r in (yield rows("expire_overdue", now, error)))
+    yield from after_failure(report.dead_lettered + report.expired + report.cancelled, now, ch)
+    return report
+
+
+def recover_orphans(now: float, ch: Changes) -> Program[RescueReport]:
+    """At start, for a store one process owns: every running job was left by a process that
+    died, so all of them are taken back now, not after their lease runs out."""
+    report = yield from _rescue(float("inf"), now, ch)
+    yield from after_failure(report.dead_lettered + report.cancelled, now, ch)
+    return report
+
+
+def _rescue(lease_ends_by: float, now: float, ch: Changes) -> Program[RescueReport]:
+    """Running jobs whose lease ends by `lease_ends_by` lost their worker."""
+    error = codec.dumps(error_info(None, type_="LeaseExpired", message=LEASE_LOST))
+    cancelled = [r[0] for r in (yield rows("rescue_cancel_requested", lease_ends_by, now))]
+    requeued: list[Job] = yield jobs("rescue_requeue", lease_ends_by, now, error)
+    spent = [r[0] for r in (yield rows("rescue_spent", lease_ends_by, now, error))]
+    lost = cancelled + [j.id for j in requeued] + spent
+    yield from record_attempts(lost, "lease_expired", error, now)
+    if requeued:
+        ch.requeued = True
+    return RescueReport(
+        requeued_jobs=sorted(requeued, key=lambda j: j.id),
+        dead_lettered=sorted(spent),
+        cancelled=sorted(cancelled),
+    )
+
+
+# -- dependencies and webhooks ------------------------------------------------------------------
+
+
+def after_success(job_id: int, ch: Changes) -> Program[None]:
+    """A job succeeded: its dependants wait for one fewer; those waiting for none are due."""
+    left = yield rows("unblock_dependants", job_id)
+    if any(r[0] == 0 for r in left):
+        ch.due = True
+
+
+def after_failure(job_ids: Sequence[int], now: float, ch: Changes) -> Program[None]:
+    """Jobs ended without success: every pending job that depends on them, directly or not,
+    ends too (failed as `dependency_failed`, or cancelled, as each asked). Every job that
+    ended, the given ones too, gets its webhook queued."""
+    yield from queue_webhooks(job_ids, now, ch)
+    frontier = list(job_ids)
+    while frontier:
+        root = frontier.pop()
+        root_status = yield value("job_status", root)
+        for (dependant,) in (yield rows("pending_dependants", root)):
+            yield from _end_dependant(dependant, root, root_status or "gone", now, ch)
+            frontier.append(dependant)
+
+
+def _end_dependant(
+    job_id: int, root: int, root_status: str, now: float, ch: Changes
+) -> Program[None]:
+    policy = yield value("dependency_policy", job_id)
+    if policy == "cancel":
+        yield count("cancel_pending", job_id, now)
+    else:
+        error = error_info(
+            None,
+            type_="dependency_failed",
+            message=f"job {root}, which this job depends on, ended {root_status}",
+        )
+        yield count("fail_pending", job_id, now, codec.dumps(error))
+    ch.ended.append(job_id)
+    yield from queue_webhooks([job_id], now, ch)
+
+
+def queue_webhooks(job_ids: Sequence[int], now: float, ch: Changes) -> Program[None]:
+    """Jobs that ended and have a callback_url: their delivery jobs, in this same transaction."""
+    if not job_ids:
+        return
+    queued = yield count(
+        "queue_webhooks", list(job_ids), now, WEBHOOK_TASK, WEBHOOK_QUEUE, WEBHOOK_MAX_RETRIES
+    )
+    if queued:
+        yield count("register_queue", WEBHOOK_QUEUE)
+        ch.due = True
+
+
+def link_dependencies(job_id: int, deps: list[int], now: float, ch: Changes) -> Program[None]:
+    """Make `job_id` wait for `deps`; if one of them already failed, it ends at once."""
+    found = {r[0]: r[1] for r in (yield rows("statuses_of", deps))}
+    missing = [d for d in deps if d not in found]
+    if missing:
+        raise ValidationError("depends_on", f"no job {missing[0]}")
+    yield many("insert_dependency", [(job_id, d) for d in deps])
+    yield count("mark_has_dependants", deps)
+    waiting = sum(1 for d in deps if found[d] != "succeeded")
+    yield count("set_dependencies", job_id, codec.dumps(deps), waiting)
+    failed = [d for d in deps if found[d] in ("failed", "cancelled")]
+    if failed:
+        yield from _end_dependant(job_id, failed[0], found[failed[0]], now, ch)
+
+
+def forget_jobs(job_ids: Sequence[int]) -> Program[None]:
+    """What goes with deleted jobs: their dependency links and their history."""
+    if job_ids:
+        yield count("forget_dependencies", list(job_ids))
+        yield count("forget_attempts", list(job_ids))
+
+
+# -- the client's side ----------------------------------------------------------------------------
+
+
+def request_cancel(job_id: int, now: float, ch: Changes) -> Program[tuple[Job, JobState]]:
+    """pending -> cancelled at once; running -> flagged for its worker. Returns the job after
+    and its state before; cancelling a cancelled job changes nothing."""
+    before: Job | None = yield job("job_for_update", job_id)
+    if before is None:
+        raise NotFound(f"no job {job_id}")
+    if before.status == JobState.PENDING:
+        yield count("cancel_pending", job_id, now)
+        yield from after_failure([job_id], now, ch)
+    elif before.status == JobState.RUNNING:
+        yield count("flag_cancel", job_id)
+    elif before.status == JobState.CANCELLED:
+        return before, before.status
+    else:
+        raise Conflict(f"job {job_id} is already {before.status}")
+    after: Job = yield job("job_by_id", job_id)
+    return after, before.status
+
+
+def requeue_dead_letter(dead_letter_id: int, now: float, ch: Changes) -> Program[Job]:
+    """A new pending job from a dead letter, which is removed; it starts with fresh attempts
+    and what the original job asked for (its priority, retries, timeout and backoff)."""
+    letter = yield row("take_dead_letter", dead_letter_id)
+    if letter is None:
+        raise NotFound(f"no dead letter {dead_letter_id}")
+    job_id, task, queue, args, kwargs = letter
+    original = yield row("job_options", job_id)
+    priority, max_retries, timeout_s, backoff = original if original else (0, 3, None, None)
+    new: Job = yield job(
+        "insert_requeued", task, queue, args, kwargs, priority, max_retries, timeout_s, backoff, now
+    )
+    ch.requeued = True
+    return new
+
+
+def delete_job(job_id: int) -> Program[None]:
+    """Delete a finished job; NotFound, or Conflict for one still pending or running."""
+    status = yield value("job_status_for_update", job_id)
+    if status is None:
+        raise NotFound(f"no job {job_id}")
+    if status not in ("succeeded", "failed", "cancelled"):
+        raise Conflict(f"job {job_id} is {status}: only finished jobs can be deleted")
+    yield count("delete_job", job_id)
+    yield from forget_jobs([job_id])

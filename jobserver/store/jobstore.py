@@ -1,0 +1,264 @@
+"""The Store methods written once for both dialects.
+
+Each method is a lifecycle program (jobserver/lifecycle.py) or a small read program below,
+run by the dialect's driver: `_move` runs a program as one group-committed write and tells
+listeners what it set off; `_look` runs one on a reading connection. SQLiteStore and
+PostgresStore subclass this with their connections, notifications and hot paths (claim,
+completion and insert batches, whose statements are shaped by the dialect).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from .. import codec, lifecycle
+from ..lifecycle import Changes, Program, count, job, row, rows, value
+from ..models import Attempt, DeadLetter, Job, JobState, Schedule
+from .base import LeaseReport, RescueReport, with_current_attempt
+
+T = TypeVar("T")
+
+
+class JobStore:
+    exclusive: bool  # one process owns the database: at start every running job is an orphan
+
+    # -- what a dialect supplies ------------------------------------------------------------
+    async def _move(
+        self,
+        program: Callable[[Changes], Program[T]],
+        ended: Callable[[T], list[int]] | None = None,
+    ) -> T:
+        """Run `program` as one write. `ended` names the jobs its result says it ended (a
+        driver that tells other nodes about ends needs them; the dependants are in Changes)."""
+        raise NotImplementedError
+
+    async def _look(self, program: Program[T]) -> T:
+        """Run a program that only reads, on a reading connection."""
+        raise NotImplementedError
+
+    def _json(self, stored: Any) -> Any:
+        """A JSON column's value as read (PostgreSQL's driver decodes jsonb itself)."""
+        raise NotImplementedError
+
+    # -- a running job's end ------------------------------------------------------------------
+    async def schedule_retry(
+        self, job_id: int, token: str, error: dict[str, Any], run_at: float, now: float
+    ) -> JobState | None:
+        return await self._move(
+            lambda ch: lifecycle.retry(job_id, token, error, run_at, now, ch),
+            lambda state: _ended_if(state, job_id),
+        )
+
+    async def dead_letter(
+        self, job_id: int, token: str, error: dict[str, Any], now: float
+    ) -> JobState | None:
+        return await self._move(
+            lambda ch: lifecycle.dead_letter(job_id, token, error, now, ch),
+            lambda state: _ended_if(state, job_id),
+        )
+
+    async def mark_cancelled(self, job_id: int, token: str, now: float) -> JobState | None:
+        return await self._move(
+            lambda ch: lifecycle.mark_cancelled(job_id, token, now, ch),
+            lambda state: _ended_if(state, job_id),
+        )
+
+    async def release(self, job_id: int, token: str, now: float | None = None) -> JobState | None:
+        return await self._move(
+            lambda ch: lifecycle.release(job_id, token, now, ch),
+            lambda state: _ended_if(state, job_id),
+        )
+
+    async def renew_leases(
+        self, leases: Sequence[tuple[int, str]], now: float, lease_ttl_s: float
+    ) -> LeaseReport:
+        return await self._move(lambda ch: _renew(leases, now + lease_ttl_s))
+
+    async def update_progress(
+        self, job_id: int, token: str, fraction: float, message: str | None
+    ) -> bool:
+        return await self._move(
+            lambda ch: _changed(count("update_progress", job_id, token, fraction, message))
+        )
+
+    # -- lost workers and missed deadlines ------------------------------------------------------
+    async def rescue_expired(self, now: float) -> RescueReport:
+        return await self._move(lambda ch: lifecycle.rescue_expired(now, ch), _rescue_ended)
+
+    async def recover_orphans(self, now: float) -> RescueReport:
+        if not self.exclusive:  # other nodes may be alive: only expired leases are orphans
+            return await self.rescue_expired(now)
+        return await self._move(lambda ch: lifecycle.recover_orphans(now, ch), _rescue_ended)
+
+    # -- the client's side ------------------------------------------------------------------------
+    async def request_cancel(self, job_id: int, now: float) -> tuple[Job, JobState]:
+        return await self._move(
+            lambda ch: lifecycle.request_cancel(job_id, now, ch),
+            lambda moved: [job_id] if moved[1] == JobState.PENDING else [],
+        )
+
+    async def requeue_dead_letter(self, dead_letter_id: int, now: float) -> Job:
+        return await self._move(lambda ch: lifecycle.requeue_dead_letter(dead_letter_id, now, ch))
+
+    async def delete_job(self, job_id: int) -> None:
+        await self._move(lambda ch: lifecycle.delete_job(job_id))
+
+    async def delete_dead_letter(self, dead_letter_id: int) -> bool:
+        return await self._move(lambda ch: _changed(count("delete_dead_letter", dead_letter_id)))
+
+    async def check_writable(self) -> None:
+        # A real write, committed: a transaction that changes nothing commits on a full disk
+        # or a read-only standby too. One row, a new value each time, rewritten in place.
+        await self._move(lambda ch: _changed(count("ready_probe")))
+
+    # -- reads ------------------------------------------------------------------------------------
+    async def get_job(self, job_id: int) -> Job | None:
+        return await self._look(_one(job("job_by_id", job_id)))
+
+    async def list_attempts(self, job_id: int) -> list[Attempt] | None:
+        return await self._look(self._attempts(job_id))
+
+    def _attempts(self, job_id: int) -> Program[list[Attempt] | None]:
+        head = yield row("job_history_head", job_id)
+        if head is None:
+            return None
+        kept = [
+            Attempt(r[0], r[1], r[2], r[3], r[4], self._json(r[5]))
+            for r in (yield rows("job_attempts", job_id))
+        ]
+        return with_current_attempt(kept, *head)
+
+    async def count_dead_letters(self) -> int:
+        found: int = await self._look(_one(value("count_dead_letters")))
+        return found
+
+    async def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
+        found = await self._look(_one(row("dead_letter_by_id", dead_letter_id)))
+        return None if found is None else self._dead_letter(found)
+
+    async def list_dead_letters(self, limit: int, before_id: int | None = None) -> list[DeadLetter]:
+        page = (
+            rows("dead_letters_newest", limit)
+            if before_id is None
+            else rows("dead_letters_before", before_id, limit)
+        )
+        return [self._dead_letter(r) for r in await self._look(_one(page))]
+
+    def _dead_letter(self, r: Sequence[Any]) -> DeadLetter:
+        args, kwargs, error = (self._json(v) for v in r[4:7])
+        return DeadLetter(r[0], r[1], r[2], r[3], args, kwargs, error, r[7], r[8])
+
+    async def results_of(self, job_ids: Sequence[int]) -> dict[int, Any]:
+        """The results of finished jobs, for dependants that receive them."""
+        if not job_ids:
+            return {}
+        found = await self._look(_one(rows("results_of", list(job_ids))))
+        return {r[0]: self._json(r[1]) for r in found}
+
+    async def workflow_jobs(self, workflow_id: int) -> list[Job] | None:
+        return await self._look(_workflow_jobs(workflow_id))
+
+    # -- schedules --------------------------------------------------------------------------------
+    async def save_schedule(self, schedule: Schedule, *, keep_next_tick: bool) -> Schedule:
+        """Insert or replace a schedule; `keep_next_tick` keeps a stored one's next tick when
+        its cron and zone are unchanged (a restart must not move or repeat a tick)."""
+        saved = await self._move(lambda ch: _save_schedule(schedule, keep_next_tick))
+        return self._schedule(saved)
+
+    async def list_schedules(self) -> list[Schedule]:
+        return [self._schedule(r) for r in await self._look(_one(rows("schedules_all")))]
+
+    async def get_schedule(self, name: str) -> Schedule | None:
+        found = await self._look(_one(row("schedule_by_name", name)))
+        return None if found is None else self._schedule(found)
+
+    async def delete_schedule(self, name: str) -> bool:
+        return await self._move(lambda ch: _changed(count("delete_schedule", name)))
+
+    async def due_schedules(self, now: float) -> list[Schedule]:
+        return [self._schedule(r) for r in await self._look(_one(rows("schedules_due", now)))]
+
+    async def next_schedule_at(self) -> float | None:
+        found: float | None = await self._look(_one(value("next_schedule_at")))
+        return found
+
+    def _schedule(self, r: Sequence[Any]) -> Schedule:
+        return Schedule(
+            name=r[0],
+            task=r[1],
+            args=self._json(r[2]),
+            kwargs=self._json(r[3]),
+            queue=r[4],
+            priority=r[5],
+            cron=r[6],
+            timezone=r[7],
+            missed=r[8],
+            paused=bool(r[9]),
+            next_tick_at=r[10],
+            last_tick_at=r[11],
+            source=r[12],
+        )
+
+
+def _ended_if(state: JobState | None, job_id: int) -> list[int]:
+    """The job, if the move ended it."""
+    return [job_id] if state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED) else []
+
+
+def _rescue_ended(report: RescueReport) -> list[int]:
+    return report.dead_lettered + report.expired + report.cancelled
+
+
+def _one(statement: lifecycle.Sql) -> Program[Any]:
+    return (yield statement)
+
+
+def _changed(statement: lifecycle.Sql) -> Program[bool]:
+    return bool((yield statement))
+
+
+def _renew(leases: Sequence[tuple[int, str]], expires: float) -> Program[LeaseReport]:
+    report = LeaseReport()
+    for job_id, token in leases:
+        flag = yield value("renew_lease", expires, job_id, token)
+        if flag is None:
+            report.lost.append(job_id)
+        elif flag:
+            report.cancel_requested.append(job_id)
+    return report
+
+
+def _workflow_jobs(workflow_id: int) -> Program[list[Job] | None]:
+    if (yield value("workflow_exists", workflow_id)) is None:
+        return None
+    found: list[Job] = yield lifecycle.jobs("workflow_jobs", workflow_id)
+    return found
+
+
+def _save_schedule(schedule: Schedule, keep_next_tick: bool) -> Program[Sequence[Any]]:
+    next_tick, last_tick = schedule.next_tick_at, schedule.last_tick_at
+    old = yield row("schedule_ticks", schedule.name)
+    if (
+        old is not None
+        and keep_next_tick
+        and (old[0], old[1]) == (schedule.cron, schedule.timezone)
+    ):
+        next_tick, last_tick = old[2], old[3]
+    saved: Sequence[Any] = yield row(
+        "save_schedule",
+        schedule.name,
+        schedule.task,
+        codec.dumps(schedule.args),
+        codec.dumps(schedule.kwargs),
+        schedule.queue,
+        schedule.priority,
+        schedule.cron,
+        schedule.timezone,
+        schedule.missed,
+        schedule.paused,
+        next_tick,
+        last_tick,
+        schedule.source,
+    )
+    return saved

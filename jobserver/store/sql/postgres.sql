@@ -1,0 +1,253 @@
+-- The lifecycle's statements for PostgreSQL (see jobserver/lifecycle.py for what each is for).
+-- Parameters are $1, $2...; a list parameter is an array of ids.
+-- {job_columns} stands for the columns the driver reads a Job from.
+-- Several nodes write at once: rows a statement will change are locked as it finds them, and
+-- the rescuer's and expirer's scans skip rows another node holds (FOR UPDATE SKIP LOCKED).
+
+-- name: cancel_leased_if_requested
+UPDATE jobs SET status = 'cancelled', completed_at = $3, error = $4,
+    lease_token = NULL, lease_expires_at = NULL
+WHERE id = $1 AND status = 'running' AND lease_token = $2 AND cancel_requested;
+
+-- name: retry_leased
+UPDATE jobs SET status = 'pending', run_at = $3, error = $4,
+    lease_token = NULL, lease_expires_at = NULL
+WHERE id = $1 AND status = 'running' AND lease_token = $2;
+
+-- name: fail_leased
+WITH failed AS (
+    UPDATE jobs SET status = 'failed', error = $3, completed_at = $4,
+        lease_token = NULL, lease_expires_at = NULL
+    WHERE id = $1 AND status = 'running' AND lease_token = $2
+    RETURNING id, task, queue, args, kwargs, attempts)
+INSERT INTO dead_letters (job_id, task, queue, args, kwargs, error, attempts, failed_at)
+SELECT id, task, queue, args, kwargs, $3, attempts, $4 FROM failed
+RETURNING job_id;
+
+-- name: cancel_leased
+UPDATE jobs SET status = 'cancelled', completed_at = $3,
+    lease_token = NULL, lease_expires_at = NULL
+WHERE id = $1 AND status = 'running' AND lease_token = $2;
+
+-- name: release_leased_if_cancel_requested
+UPDATE jobs SET status = 'cancelled', completed_at = coalesce($3, started_at),
+    lease_token = NULL, lease_expires_at = NULL
+WHERE id = $1 AND status = 'running' AND lease_token = $2 AND cancel_requested
+RETURNING completed_at;
+
+-- name: release_leased
+UPDATE jobs SET status = 'pending', attempts = attempts - 1,
+    lease_token = NULL, lease_expires_at = NULL
+WHERE id = $1 AND status = 'running' AND lease_token = $2;
+
+-- name: record_attempts
+INSERT INTO job_attempts (job_id, attempt, started_at, ended_at, node, outcome, error)
+SELECT id, attempts, started_at, $2, claimed_by, $3, $4 FROM jobs
+WHERE id = ANY($1::bigint[]) AND attempts >= 1
+ON CONFLICT (job_id, attempt) DO UPDATE SET started_at = excluded.started_at,
+    ended_at = excluded.ended_at, node = excluded.node,
+    outcome = excluded.outcome, error = excluded.error;
+
+-- name: expire_overdue
+WITH failed AS (
+    UPDATE jobs SET status = 'failed', error = $2, completed_at = $1
+    WHERE id IN (
+        SELECT id FROM jobs WHERE status = 'pending' AND deadline < $1
+        FOR UPDATE SKIP LOCKED)
+    RETURNING id, task, queue, args, kwargs, attempts)
+INSERT INTO dead_letters (job_id, task, queue, args, kwargs, error, attempts, failed_at)
+SELECT id, task, queue, args, kwargs, $2, attempts, $1 FROM failed
+RETURNING job_id;
+
+-- name: rescue_cancel_requested
+UPDATE jobs SET status = 'cancelled', completed_at = $2,
+    lease_token = NULL, lease_expires_at = NULL
+WHERE id IN (
+    SELECT id FROM jobs
+    WHERE status = 'running' AND lease_expires_at <= $1 AND cancel_requested
+    FOR UPDATE SKIP LOCKED)
+RETURNING id;
+
+-- name: rescue_requeue
+UPDATE jobs SET status = 'pending', run_at = $2, error = $3,
+    lease_token = NULL, lease_expires_at = NULL
+WHERE id IN (
+    SELECT id FROM jobs
+    WHERE status = 'running' AND lease_expires_at <= $1 AND attempts <= max_retries
+    FOR UPDATE SKIP LOCKED)
+RETURNING {job_columns};
+
+-- name: rescue_spent
+WITH failed AS (
+    UPDATE jobs SET status = 'failed', error = $3, completed_at = $2,
+        lease_token = NULL, lease_expires_at = NULL
+    WHERE id IN (
+        SELECT id FROM jobs
+        WHERE status = 'running' AND lease_expires_at <= $1 AND attempts > max_retries
+        FOR UPDATE SKIP LOCKED)
+    RETURNING id, task, queue, args, kwargs, attempts)
+INSERT INTO dead_letters (job_id, task, queue, args, kwargs, error, attempts, failed_at)
+SELECT id, task, queue, args, kwargs, $3, attempts, $2 FROM failed
+RETURNING job_id;
+
+-- name: unblock_dependants
+UPDATE jobs SET blocked_by = blocked_by - 1
+WHERE status = 'pending' AND blocked_by > 0
+  AND id IN (SELECT job_id FROM job_dependencies WHERE depends_on = $1)
+RETURNING blocked_by;
+
+-- name: job_status
+SELECT status FROM jobs WHERE id = $1;
+
+-- name: pending_dependants
+SELECT j.id FROM jobs j JOIN job_dependencies d ON d.job_id = j.id
+WHERE d.depends_on = $1 AND j.status = 'pending'
+FOR UPDATE OF j;
+
+-- name: dependency_policy
+SELECT on_dependency_failure FROM jobs WHERE id = $1;
+
+-- name: cancel_pending
+UPDATE jobs SET status = 'cancelled', completed_at = $2 WHERE id = $1 AND status = 'pending';
+
+-- name: fail_pending
+UPDATE jobs SET status = 'failed', completed_at = $2, error = $3
+WHERE id = $1 AND status = 'pending';
+
+-- name: queue_webhooks
+INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries, created_at, run_at)
+SELECT $3, $4, jsonb_build_array(callback_url, id), '{}'::jsonb, 0, 'pending', $5, $2, $2
+FROM jobs WHERE id = ANY($1::bigint[]) AND callback_url IS NOT NULL;
+
+-- name: register_queue
+INSERT INTO queues (name) VALUES ($1) ON CONFLICT DO NOTHING;
+
+-- name: statuses_of
+SELECT id, status FROM jobs WHERE id = ANY($1::bigint[]) FOR SHARE;
+
+-- name: insert_dependency
+INSERT INTO job_dependencies (job_id, depends_on) VALUES ($1, $2);
+
+-- name: mark_has_dependants
+UPDATE jobs SET has_dependants = TRUE WHERE id = ANY($1::bigint[]);
+
+-- name: set_dependencies
+UPDATE jobs SET depends_on = $2, blocked_by = $3 WHERE id = $1;
+
+-- name: forget_dependencies
+DELETE FROM job_dependencies WHERE job_id = ANY($1::bigint[]) OR depends_on = ANY($1::bigint[]);
+
+-- name: forget_attempts
+DELETE FROM job_attempts WHERE job_id = ANY($1::bigint[]);
+
+-- name: job_for_update
+SELECT {job_columns} FROM jobs WHERE id = $1 FOR UPDATE;
+
+-- name: job_by_id
+SELECT {job_columns} FROM jobs WHERE id = $1;
+
+-- name: flag_cancel
+UPDATE jobs SET cancel_requested = TRUE WHERE id = $1;
+
+-- name: take_dead_letter
+DELETE FROM dead_letters WHERE id = $1 RETURNING job_id, task, queue, args, kwargs;
+
+-- name: job_options
+SELECT priority, max_retries, timeout_s, backoff FROM jobs WHERE id = $1;
+
+-- name: insert_requeued
+INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries, timeout_s, backoff,
+    created_at, run_at)
+VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $9)
+RETURNING {job_columns};
+
+-- name: job_status_for_update
+SELECT status FROM jobs WHERE id = $1 FOR UPDATE;
+
+-- name: delete_job
+DELETE FROM jobs WHERE id = $1;
+
+-- Reads and small writes the stores share (store/jobstore.py).
+
+-- name: renew_lease
+UPDATE jobs SET lease_expires_at = $1
+WHERE id = $2 AND status = 'running' AND lease_token = $3
+RETURNING cancel_requested;
+
+-- name: update_progress
+UPDATE jobs SET progress = $3, progress_message = $4
+WHERE id = $1 AND status = 'running' AND lease_token = $2;
+
+-- name: delete_dead_letter
+DELETE FROM dead_letters WHERE id = $1;
+
+-- name: ready_probe
+INSERT INTO ready_probe (id, probes) VALUES (1, 1)
+ON CONFLICT (id) DO UPDATE SET probes = ready_probe.probes + 1;
+
+-- name: job_history_head
+SELECT status, attempts, started_at, completed_at, claimed_by FROM jobs WHERE id = $1;
+
+-- name: job_attempts
+SELECT attempt, started_at, ended_at, node, outcome, error FROM job_attempts
+WHERE job_id = $1 ORDER BY attempt;
+
+-- name: count_dead_letters
+SELECT count(*) FROM dead_letters;
+
+-- name: dead_letter_by_id
+SELECT id, job_id, task, queue, args, kwargs, error, attempts, failed_at
+FROM dead_letters WHERE id = $1;
+
+-- name: dead_letters_newest
+SELECT id, job_id, task, queue, args, kwargs, error, attempts, failed_at
+FROM dead_letters ORDER BY id DESC LIMIT $1;
+
+-- name: dead_letters_before
+SELECT id, job_id, task, queue, args, kwargs, error, attempts, failed_at
+FROM dead_letters WHERE id < $1 ORDER BY id DESC LIMIT $2;
+
+-- name: workflow_exists
+SELECT 1 FROM workflows WHERE id = $1;
+
+-- name: workflow_jobs
+SELECT {job_columns} FROM jobs WHERE workflow_id = $1 ORDER BY id;
+
+-- name: save_schedule
+INSERT INTO schedules (name, task, args, kwargs, queue, priority, cron, timezone, missed, paused,
+    next_tick_at, last_tick_at, source)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+ON CONFLICT (name) DO UPDATE SET task = excluded.task, args = excluded.args,
+    kwargs = excluded.kwargs, queue = excluded.queue, priority = excluded.priority,
+    cron = excluded.cron, timezone = excluded.timezone, missed = excluded.missed,
+    paused = excluded.paused, next_tick_at = excluded.next_tick_at,
+    last_tick_at = excluded.last_tick_at, source = excluded.source
+RETURNING name, task, args, kwargs, queue, priority, cron, timezone, missed, paused,
+    next_tick_at, last_tick_at, source;
+
+-- name: schedules_all
+SELECT name, task, args, kwargs, queue, priority, cron, timezone, missed, paused, next_tick_at,
+    last_tick_at, source
+FROM schedules ORDER BY name;
+
+-- name: schedule_by_name
+SELECT name, task, args, kwargs, queue, priority, cron, timezone, missed, paused, next_tick_at,
+    last_tick_at, source
+FROM schedules WHERE name = $1;
+
+-- name: delete_schedule
+DELETE FROM schedules WHERE name = $1;
+
+-- name: results_of
+SELECT id, result FROM jobs WHERE id = ANY($1::bigint[]);
+
+-- name: schedule_ticks
+SELECT cron, timezone, next_tick_at, last_tick_at FROM schedules WHERE name = $1 FOR UPDATE;
+
+-- name: schedules_due
+SELECT name, task, args, kwargs, queue, priority, cron, timezone, missed, paused, next_tick_at,
+    last_tick_at, source
+FROM schedules WHERE NOT paused AND next_tick_at <= $1;
+
+-- name: next_schedule_at
+SELECT min(next_tick_at) FROM schedules WHERE NOT paused;

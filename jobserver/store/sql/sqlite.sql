@@ -1,0 +1,241 @@
+-- The lifecycle's statements for SQLite (see jobserver/lifecycle.py for what each is for).
+-- Parameters are $1, $2...; a list parameter arrives as a JSON array (read with json_each).
+-- A name may hold several statements, run in order; the last one's result is returned.
+-- {job_columns} stands for the columns the driver reads a Job from.
+-- SQLite has one writer at a time: no row locks (PostgreSQL's file takes them).
+
+-- name: cancel_leased_if_requested
+UPDATE jobs SET status = 'cancelled', completed_at = $3, error = $4,
+    lease_token = NULL, lease_expires_at = NULL
+WHERE id = $1 AND status = 'running' AND lease_token = $2 AND cancel_requested = 1;
+
+-- name: retry_leased
+UPDATE jobs SET status = 'pending', run_at = $3, error = $4,
+    lease_token = NULL, lease_expires_at = NULL
+WHERE id = $1 AND status = 'running' AND lease_token = $2;
+
+-- name: fail_leased
+-- (no data-changing CTEs in SQLite: the dead letter is copied first, then the job fails)
+INSERT INTO dead_letters (job_id, task, queue, args, kwargs, error, attempts, failed_at)
+SELECT id, task, queue, args, kwargs, $3, attempts, $4 FROM jobs
+WHERE id = $1 AND status = 'running' AND lease_token = $2;
+UPDATE jobs SET status = 'failed', error = $3, completed_at = $4,
+    lease_token = NULL, lease_expires_at = NULL
+WHERE id = $1 AND status = 'running' AND lease_token = $2
+RETURNING id;
+
+-- name: cancel_leased
+UPDATE jobs SET status = 'cancelled', completed_at = $3,
+    lease_token = NULL, lease_expires_at = NULL
+WHERE id = $1 AND status = 'running' AND lease_token = $2;
+
+-- name: release_leased_if_cancel_requested
+UPDATE jobs SET status = 'cancelled', completed_at = coalesce($3, started_at),
+    lease_token = NULL, lease_expires_at = NULL
+WHERE id = $1 AND status = 'running' AND lease_token = $2 AND cancel_requested = 1
+RETURNING completed_at;
+
+-- name: release_leased
+UPDATE jobs SET status = 'pending', attempts = attempts - 1,
+    lease_token = NULL, lease_expires_at = NULL
+WHERE id = $1 AND status = 'running' AND lease_token = $2;
+
+-- name: record_attempts
+INSERT OR REPLACE INTO job_attempts (job_id, attempt, started_at, ended_at, node, outcome, error)
+SELECT id, attempts, started_at, $2, claimed_by, $3, $4 FROM jobs
+WHERE id IN (SELECT value FROM json_each($1)) AND attempts >= 1;
+
+-- name: expire_overdue
+-- INDEXED BY: left to itself SQLite may scan jobs_status, every pending job
+INSERT INTO dead_letters (job_id, task, queue, args, kwargs, error, attempts, failed_at)
+SELECT id, task, queue, args, kwargs, $2, attempts, $1 FROM jobs INDEXED BY jobs_deadline
+WHERE status = 'pending' AND deadline IS NOT NULL AND deadline < $1;
+UPDATE jobs SET status = 'failed', error = $2, completed_at = $1
+WHERE id IN (
+    SELECT id FROM jobs INDEXED BY jobs_deadline
+    WHERE status = 'pending' AND deadline IS NOT NULL AND deadline < $1)
+RETURNING id;
+
+-- name: rescue_cancel_requested
+UPDATE jobs SET status = 'cancelled', completed_at = $2,
+    lease_token = NULL, lease_expires_at = NULL
+WHERE status = 'running' AND lease_expires_at <= $1 AND cancel_requested = 1
+RETURNING id;
+
+-- name: rescue_requeue
+UPDATE jobs SET status = 'pending', run_at = $2, error = $3,
+    lease_token = NULL, lease_expires_at = NULL
+WHERE status = 'running' AND lease_expires_at <= $1 AND attempts <= max_retries
+RETURNING {job_columns};
+
+-- name: rescue_spent
+INSERT INTO dead_letters (job_id, task, queue, args, kwargs, error, attempts, failed_at)
+SELECT id, task, queue, args, kwargs, $3, attempts, $2 FROM jobs
+WHERE status = 'running' AND lease_expires_at <= $1 AND attempts > max_retries;
+UPDATE jobs SET status = 'failed', error = $3, completed_at = $2,
+    lease_token = NULL, lease_expires_at = NULL
+WHERE status = 'running' AND lease_expires_at <= $1 AND attempts > max_retries
+RETURNING id;
+
+-- name: unblock_dependants
+UPDATE jobs SET blocked_by = blocked_by - 1
+WHERE status = 'pending' AND blocked_by > 0
+  AND id IN (SELECT job_id FROM job_dependencies WHERE depends_on = $1)
+RETURNING blocked_by;
+
+-- name: job_status
+SELECT status FROM jobs WHERE id = $1;
+
+-- name: pending_dependants
+SELECT j.id FROM jobs j JOIN job_dependencies d ON d.job_id = j.id
+WHERE d.depends_on = $1 AND j.status = 'pending';
+
+-- name: dependency_policy
+SELECT on_dependency_failure FROM jobs WHERE id = $1;
+
+-- name: cancel_pending
+UPDATE jobs SET status = 'cancelled', completed_at = $2 WHERE id = $1 AND status = 'pending';
+
+-- name: fail_pending
+UPDATE jobs SET status = 'failed', completed_at = $2, error = $3
+WHERE id = $1 AND status = 'pending';
+
+-- name: queue_webhooks
+INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries, created_at, run_at)
+SELECT $3, $4, CAST(json_array(callback_url, id) AS BLOB), CAST('{}' AS BLOB), 0, 'pending', $5,
+    $2, $2
+FROM jobs WHERE id IN (SELECT value FROM json_each($1)) AND callback_url IS NOT NULL;
+
+-- name: register_queue
+INSERT OR IGNORE INTO queues (name) VALUES ($1);
+
+-- name: statuses_of
+SELECT id, status FROM jobs WHERE id IN (SELECT value FROM json_each($1));
+
+-- name: insert_dependency
+INSERT INTO job_dependencies (job_id, depends_on) VALUES ($1, $2);
+
+-- name: mark_has_dependants
+UPDATE jobs SET has_dependants = 1 WHERE id IN (SELECT value FROM json_each($1));
+
+-- name: set_dependencies
+UPDATE jobs SET depends_on = $2, blocked_by = $3 WHERE id = $1;
+
+-- name: forget_dependencies
+DELETE FROM job_dependencies
+WHERE job_id IN (SELECT value FROM json_each($1)) OR depends_on IN (SELECT value FROM json_each($1));
+
+-- name: forget_attempts
+DELETE FROM job_attempts WHERE job_id IN (SELECT value FROM json_each($1));
+
+-- name: job_for_update
+SELECT {job_columns} FROM jobs WHERE id = $1;
+
+-- name: job_by_id
+SELECT {job_columns} FROM jobs WHERE id = $1;
+
+-- name: flag_cancel
+UPDATE jobs SET cancel_requested = 1 WHERE id = $1;
+
+-- name: take_dead_letter
+DELETE FROM dead_letters WHERE id = $1 RETURNING job_id, task, queue, args, kwargs;
+
+-- name: job_options
+SELECT priority, max_retries, timeout_s, backoff FROM jobs WHERE id = $1;
+
+-- name: insert_requeued
+INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries, timeout_s, backoff,
+    created_at, run_at)
+VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $9)
+RETURNING {job_columns};
+
+-- name: job_status_for_update
+SELECT status FROM jobs WHERE id = $1;
+
+-- name: delete_job
+DELETE FROM jobs WHERE id = $1;
+
+-- Reads and small writes the stores share (store/jobstore.py).
+
+-- name: renew_lease
+UPDATE jobs SET lease_expires_at = $1
+WHERE id = $2 AND status = 'running' AND lease_token = $3
+RETURNING cancel_requested;
+
+-- name: update_progress
+UPDATE jobs SET progress = $3, progress_message = $4
+WHERE id = $1 AND status = 'running' AND lease_token = $2;
+
+-- name: delete_dead_letter
+DELETE FROM dead_letters WHERE id = $1;
+
+-- name: ready_probe
+INSERT INTO ready_probe (id, probes) VALUES (1, 1)
+ON CONFLICT (id) DO UPDATE SET probes = ready_probe.probes + 1;
+
+-- name: job_history_head
+SELECT status, attempts, started_at, completed_at, claimed_by FROM jobs WHERE id = $1;
+
+-- name: job_attempts
+SELECT attempt, started_at, ended_at, node, outcome, error FROM job_attempts
+WHERE job_id = $1 ORDER BY attempt;
+
+-- name: count_dead_letters
+SELECT count(*) FROM dead_letters;
+
+-- name: dead_letter_by_id
+SELECT id, job_id, task, queue, args, kwargs, error, attempts, failed_at
+FROM dead_letters WHERE id = $1;
+
+-- name: dead_letters_newest
+SELECT id, job_id, task, queue, args, kwargs, error, attempts, failed_at
+FROM dead_letters ORDER BY id DESC LIMIT $1;
+
+-- name: dead_letters_before
+SELECT id, job_id, task, queue, args, kwargs, error, attempts, failed_at
+FROM dead_letters WHERE id < $1 ORDER BY id DESC LIMIT $2;
+
+-- name: workflow_exists
+SELECT 1 FROM workflows WHERE id = $1;
+
+-- name: workflow_jobs
+SELECT {job_columns} FROM jobs WHERE workflow_id = $1 ORDER BY id;
+
+-- name: save_schedule
+INSERT INTO schedules (name, task, args, kwargs, queue, priority, cron, timezone, missed, paused,
+    next_tick_at, last_tick_at, source)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+ON CONFLICT (name) DO UPDATE SET task = excluded.task, args = excluded.args,
+    kwargs = excluded.kwargs, queue = excluded.queue, priority = excluded.priority,
+    cron = excluded.cron, timezone = excluded.timezone, missed = excluded.missed,
+    paused = excluded.paused, next_tick_at = excluded.next_tick_at,
+    last_tick_at = excluded.last_tick_at, source = excluded.source
+RETURNING name, task, args, kwargs, queue, priority, cron, timezone, missed, paused,
+    next_tick_at, last_tick_at, source;
+
+-- name: schedules_all
+SELECT name, task, args, kwargs, queue, priority, cron, timezone, missed, paused, next_tick_at,
+    last_tick_at, source
+FROM schedules ORDER BY name;
+
+-- name: schedule_by_name
+SELECT name, task, args, kwargs, queue, priority, cron, timezone, missed, paused, next_tick_at,
+    last_tick_at, source
+FROM schedules WHERE name = $1;
+
+-- name: delete_schedule
+DELETE FROM schedules WHERE name = $1;
+
+-- name: results_of
+SELECT id, result FROM jobs WHERE id IN (SELECT value FROM json_each($1));
+
+-- name: schedule_ticks
+SELECT cron, timezone, next_tick_at, last_tick_at FROM schedules WHERE name = $1;
+
+-- name: schedules_due
+SELECT name, task, args, kwargs, queue, priority, cron, timezone, missed, paused, next_tick_at,
+    last_tick_at, source
+FROM schedules WHERE paused = 0 AND next_tick_at <= $1;
+
+-- name: next_schedule_at
+SELECT min(next_tick_at) FROM schedules WHERE paused = 0;
