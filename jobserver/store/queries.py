@@ -1,4 +1,4 @@
-"""The named SQL of a dialect, read from `store/sql/<dialect>.sql`.
+"""A dialect's SQL, kept in files: `store/<dialect>/queries.sql` and its migrations.
 
 A file is a list of blocks, each opened by a `-- name: <name>` line; other comment lines are
 left out. A block may hold several statements (SQLite runs them in order)."""
@@ -10,7 +10,7 @@ from importlib import resources
 
 def load(dialect: str, job_columns: str) -> dict[str, str]:
     """name -> SQL text, with `{job_columns}` replaced by the driver's job columns."""
-    text = resources.files(__package__).joinpath("sql", f"{dialect}.sql").read_text("utf-8")
+    text = resources.files(__package__).joinpath(dialect, "queries.sql").read_text("utf-8")
     found: dict[str, list[str]] = {}
     current: list[str] | None = None
     for line in text.splitlines():
@@ -18,7 +18,7 @@ def load(dialect: str, job_columns: str) -> dict[str, str]:
         if stripped.startswith("-- name:"):
             name = stripped.removeprefix("-- name:").strip()
             if name in found:
-                raise ValueError(f"{dialect}.sql names {name!r} twice")
+                raise ValueError(f"{dialect}/queries.sql names {name!r} twice")
             current = found[name] = []
         elif stripped.startswith("--") or current is None:
             continue
@@ -28,3 +28,16 @@ def load(dialect: str, job_columns: str) -> dict[str, str]:
         name: "\n".join(lines).strip().replace("{job_columns}", job_columns)
         for name, lines in found.items()
     }
+
+
+def migrations(dialect: str) -> list[tuple[int, str]]:
+    """The dialect's numbered migrations, `migrations/NNNN_name.sql`, in order."""
+    folder = resources.files(__package__).joinpath(dialect, "migrations")
+    found = sorted(
+        (int(entry.name.split("_", 1)[0]), entry.read_text("utf-8"))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".sql")
+    )
+    if [version for version, _ in found] != list(range(1, len(found) + 1)):
+        raise ValueError(f"{dialect} migrations are not numbered 1, 2, 3...")
+    return found

@@ -11,7 +11,8 @@ import pytest
 from jobserver.errors import DatabaseInUse, SchemaError
 from jobserver.models import JobState, NewJob
 from jobserver.store.base import JobFilter
-from jobserver.store.sqlite import MIGRATIONS, SQLiteStore, _due_ids, _on_db_thread
+from jobserver.store.sqlite import SQLiteStore
+from jobserver.store.sqlite.driver import MIGRATIONS, _due_ids, _on_db_thread
 
 T0 = 1_800_000_000.0
 
