@@ -9,12 +9,13 @@ completion and insert batches, whose statements are shaped by the dialect).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import secrets
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from .. import codec, lifecycle
 from ..lifecycle import Changes, Program, count, job, row, rows, value
-from ..models import Attempt, DeadLetter, Job, JobState, Schedule
+from ..models import Attempt, DeadLetter, Job, JobState, QueueInfo, Schedule
 from .base import LeaseReport, RescueReport, with_current_attempt
 
 T = TypeVar("T")
@@ -22,15 +23,21 @@ T = TypeVar("T")
 
 class JobStore:
     exclusive: bool  # one process owns the database: at start every running job is an orphan
+    dialect: lifecycle.Dialect
+    node: str  # written on each job it claims: the history's `node`
+    _turn: Iterator[int]  # which queue goes first in a claim: rotates for fairness
 
     # -- what a dialect supplies ------------------------------------------------------------
     async def _move(
         self,
         program: Callable[[Changes], Program[T]],
         ended: Callable[[T], list[int]] | None = None,
+        *,
+        claims: bool = False,
     ) -> T:
         """Run `program` as one write. `ended` names the jobs its result says it ended (a
-        driver that tells other nodes about ends needs them; the dependants are in Changes)."""
+        driver that tells other nodes about ends needs them; the dependants are in Changes).
+        `claims`: the write takes jobs (group commit then waits for no more writes)."""
         raise NotImplementedError
 
     async def _look(self, program: Program[T]) -> T:
@@ -40,6 +47,30 @@ class JobStore:
     def _json(self, stored: Any) -> Any:
         """A JSON column's value as read (PostgreSQL's driver decodes jsonb itself)."""
         raise NotImplementedError
+
+    # -- claiming and queues ---------------------------------------------------------------------
+    async def claim(self, limit: int, now: float, lease_ttl_s: float) -> list[Job]:
+        token = secrets.token_hex(8)
+        start = next(self._turn)
+        expires = now + lease_ttl_s
+        return await self._move(
+            lambda ch: lifecycle.claim(limit, now, token, expires, start, self.node, self.dialect),
+            claims=True,
+        )
+
+    async def next_wake_at(self, now: float) -> float | None:
+        return await self._look(lifecycle.next_wake_at(now, self.dialect))
+
+    async def list_queues(self, now: float) -> list[QueueInfo]:
+        return await self._look(lifecycle.queue_infos(now, None))
+
+    async def get_queue(self, name: str, now: float) -> QueueInfo | None:
+        infos = await self._look(lifecycle.queue_infos(now, name))
+        return infos[0] if infos else None
+
+    async def configure_queue(self, name: str, changes: dict[str, Any], now: float) -> QueueInfo:
+        """Set some of paused, concurrency_limit, rate_limit, rate_burst, max_depth."""
+        return await self._move(lambda ch: lifecycle.configure_queue(name, changes, now, ch))
 
     # -- a running job's end ------------------------------------------------------------------
     async def schedule_retry(

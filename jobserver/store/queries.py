@@ -8,8 +8,8 @@ from __future__ import annotations
 from importlib import resources
 
 
-def load(dialect: str, job_columns: str) -> dict[str, str]:
-    """name -> SQL text, with `{job_columns}` replaced by the driver's job columns."""
+def load(dialect: str, **columns: str) -> dict[str, str]:
+    """name -> SQL text, each `{key}` of `columns` (the driver's column lists) filled in."""
     text = resources.files(__package__).joinpath(dialect, "queries.sql").read_text("utf-8")
     found: dict[str, list[str]] = {}
     current: list[str] | None = None
@@ -24,10 +24,13 @@ def load(dialect: str, job_columns: str) -> dict[str, str]:
             continue
         else:
             current.append(line)
-    return {
-        name: "\n".join(lines).strip().replace("{job_columns}", job_columns)
-        for name, lines in found.items()
-    }
+    queries = {}
+    for name, lines in found.items():
+        sql = "\n".join(lines).strip()
+        for key, text in columns.items():
+            sql = sql.replace(f"{{{key}}}", text)
+        queries[name] = sql
+    return queries
 
 
 def migrations(dialect: str) -> list[tuple[int, str]]:

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from jobserver.errors import DatabaseInUse, SchemaError
+from jobserver import lifecycle
+from jobserver.errors import DatabaseInUse, QueueFull, SchemaError
 from jobserver.models import JobState, NewJob
 from jobserver.store.base import JobFilter
 from jobserver.store.sqlite import SQLiteStore
-from jobserver.store.sqlite.driver import MIGRATIONS, _due_ids, _on_db_thread
+from jobserver.store.sqlite.driver import DIALECT, MIGRATIONS, _on_db_thread, _run
 
 T0 = 1_800_000_000.0
 
@@ -152,7 +153,7 @@ async def test_a_claim_among_many_delayed_jobs_reads_only_the_due_ones(db: Path)
         return 0
 
     conn.set_progress_handler(count, 100)
-    ids = _due_ids(conn, "default", T0, 64)
+    ids = _run(conn, lifecycle.due_ids("default", T0, 64, DIALECT))
     conn.set_progress_handler(None, 0)
     assert ids == [r.job.id for r in due]
     assert steps < 50  # under 5,000 steps; walking the 20,000 delayed jobs takes over 100,000
@@ -227,5 +228,23 @@ async def test_statements_that_filter_by_status_read_an_index(db: Path) -> None:
             plans[sql] = [r[3] for r in rows]
         whole_table = {sql: plan for sql, plan in plans.items() if "SCAN jobs" in plan}
         assert whole_table == {}
+    finally:
+        await store.close()
+
+
+async def test_a_max_depth_set_while_an_enqueue_is_in_flight_holds(db: Path) -> None:
+    """The enqueue read the queue as having no max depth; its commit must not teach that
+    back after the max depth was set (the next enqueue would skip the check)."""
+    store = SQLiteStore(db)
+    await store.open()
+    try:
+        first = asyncio.ensure_future(store.enqueue([NewJob(task="t", queue="q")], T0))
+        await asyncio.sleep(0)  # its write is queued (and may be running)
+        configured = asyncio.ensure_future(store.configure_queue("q", {"max_depth": 1}, T0))
+        await first
+        await configured
+        with pytest.raises(QueueFull):
+            await store.enqueue([NewJob(task="t", queue="q")], T0)
+        assert (await store.count_by_status())["pending"] == 1
     finally:
         await store.close()

@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import itertools
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from ... import codec, flow, lifecycle
+from ... import codec, lifecycle
 from ...errors import (
     Conflict,
     JobServerError,
@@ -39,18 +38,13 @@ from ...errors import (
 )
 from ...lifecycle import Changes, Program, Sql
 from ...models import (
-    TERMINAL_STATES,
     Backoff,
-    DeadLetter,
     Job,
     JobState,
     NewJob,
-    QueueInfo,
-    QueueSettings,
 )
 from .. import queries
 from ..base import (
-    CONCURRENCY_RECHECK_S,
     Ended,
     Enqueued,
     JobFilter,
@@ -87,18 +81,11 @@ JOB_COLUMNS = (
     " lease_token, lease_expires_at, cancel_requested, idempotency_key, deadline, unique_key,"
     " depends_on, blocked_by, pass_result, on_dependency_failure, callback_url, workflow_id"
 )
-QUEUE_COLUMNS = (
-    "name, paused, concurrency_limit, rate_limit, rate_burst, max_depth, tokens, tokens_at"
-)
-SCHEDULE_COLUMNS = (
-    "name, task, args, kwargs, queue, priority, cron, timezone, missed, paused, next_tick_at,"
-    " last_tick_at, source"
-)
-QUEUE_SETTINGS = ("paused", "concurrency_limit", "rate_limit", "rate_burst", "max_depth")
-DEAD_LETTER_COLUMNS = "id, job_id, task, queue, args, kwargs, error, attempts, failed_at"
 
 
-QUERIES = queries.load("postgres", JOB_COLUMNS)
+QUERIES = queries.load("postgres", job_columns=JOB_COLUMNS)
+
+DIALECT = lifecycle.Dialect(walk_priority_levels=False, lock_limited_queues=True)
 
 
 async def _run(conn: asyncpg.Connection, program: Program[T]) -> T:
@@ -119,7 +106,7 @@ async def _execute(conn: asyncpg.Connection, statement: Sql) -> Any:
         return int(status.split()[-1])
     if mode == "rows":
         return await conn.fetch(sql, *params)
-    if mode == "jobs":
+    if mode in ("jobs", "claimed"):
         return [_record_to_job(r) for r in await conn.fetch(sql, *params)]
     if mode == "many":
         await conn.executemany(sql, params)
@@ -176,15 +163,6 @@ def _record_to_job(r: Mapping[str, Any]) -> Job:
         callback_url=r["callback_url"],
         workflow_id=r["workflow_id"],
     )
-
-
-def _ended_if(state: JobState | None, job_id: int) -> list[int]:
-    """The job, if the move ended it."""
-    return [job_id] if state in TERMINAL_STATES else []
-
-
-def _record_to_dead_letter(r: Mapping[str, Any]) -> DeadLetter:
-    return DeadLetter(**{k: r[k] for k in DEAD_LETTER_COLUMNS.split(", ")})
 
 
 def _encode_json(value: Any) -> str:
@@ -354,6 +332,7 @@ class PostgresStore(JobStore):
     """A store on PostgreSQL: several jobserver processes may share one database."""
 
     exclusive = False  # many nodes share the database
+    dialect = DIALECT
 
     def __init__(self, dsn: str, *, schema: str | None = None, pool_size: int = 8) -> None:
         dsn, schema_in_dsn = split_schema(dsn)
@@ -565,12 +544,6 @@ class PostgresStore(JobStore):
 
         return await self._read(fn)
 
-    async def next_wake_at(self, now: float) -> float | None:
-        async def fn(conn: asyncpg.Connection) -> float | None:
-            return await _next_wake_at(conn, now)
-
-        return await self._read(fn)
-
     async def count_by_status(self) -> dict[str, int]:
         async def fn(conn: asyncpg.Connection) -> dict[str, int]:
             counts = {s.value: 0 for s in JobState}
@@ -581,19 +554,6 @@ class PostgresStore(JobStore):
         return await self._read(fn)
 
     # -- the worker's side -------------------------------------------------------------------
-    async def claim(self, limit: int, now: float, lease_ttl_s: float) -> list[Job]:
-        token = secrets.token_hex(8)
-
-        start = next(self._turn)
-
-        async def op(conn: asyncpg.Connection) -> list[Job]:
-            return await _claim(conn, limit, now, token, now + lease_ttl_s, start, self.node)
-
-        op.claims = True  # type: ignore[attr-defined]
-
-        result: list[Job] = await self._write(op)
-        return result
-
     async def complete(self, job_id: int, token: str, result: bytes, now: float) -> JobState | None:
         # Completions that arrive before the writer takes them share one op, one statement:
         # a statement a job cost several round trips (savepoint, update, notify) a job.
@@ -607,6 +567,8 @@ class PostgresStore(JobStore):
         self,
         program: Callable[[Changes], Program[T]],
         ended: Callable[[T], list[int]] | None = None,
+        *,
+        claims: bool = False,
     ) -> T:
         """Run a lifecycle program as one write, and tell every node what it did: the jobs
         it ended (`ended` names them from its result; their dependants too) and whether jobs
@@ -621,6 +583,8 @@ class PostgresStore(JobStore):
                 await self._notify_due(conn)
             return result
 
+        if claims:
+            op.claims = True  # type: ignore[attr-defined]
         result: T = await self._write(op)
         return result
 
@@ -649,37 +613,6 @@ class PostgresStore(JobStore):
         return result
 
     # -- queues -------------------------------------------------------------------------------
-    async def list_queues(self, now: float) -> list[QueueInfo]:
-        async def fn(conn: asyncpg.Connection) -> list[QueueInfo]:
-            return await _queue_infos(conn, now, None)
-
-        return await self._read(fn)
-
-    async def get_queue(self, name: str, now: float) -> QueueInfo | None:
-        async def fn(conn: asyncpg.Connection) -> QueueInfo | None:
-            infos = await _queue_infos(conn, now, name)
-            return infos[0] if infos else None
-
-        return await self._read(fn)
-
-    async def configure_queue(self, name: str, changes: dict[str, Any], now: float) -> QueueInfo:
-        unknown = set(changes) - set(QUEUE_SETTINGS)
-        if unknown:
-            raise ValueError(f"not queue settings: {sorted(unknown)}")
-
-        async def op(conn: asyncpg.Connection) -> QueueInfo:
-            await conn.execute("INSERT INTO queues (name) VALUES ($1) ON CONFLICT DO NOTHING", name)
-            if changes:
-                sets = ", ".join(f"{column} = ${i + 2}" for i, column in enumerate(changes))
-                await conn.execute(
-                    f"UPDATE queues SET {sets} WHERE name = $1", name, *changes.values()
-                )
-            await self._notify_due(conn)  # a resumed or widened queue may have work now
-            return (await _queue_infos(conn, now, name))[0]
-
-        result: QueueInfo = await self._write(op)
-        return result
-
     # -- schedules ---------------------------------------------------------------------------
     async def fire_schedule(
         self, name: str, expected_tick: float, next_tick: float, jobs: Sequence[NewJob], now: float
@@ -959,155 +892,3 @@ async def _insert_all(
             enqueued = Enqueued(_record_to_job(fresh), created=True)
         results.append(enqueued)
     return results
-
-
-async def _queue_rows(
-    conn: asyncpg.Connection, *, lock_limited: bool = False
-) -> dict[str, tuple[QueueSettings, float | None, float | None]]:
-    queues = {}
-    for r in await conn.fetch(f"SELECT {QUEUE_COLUMNS} FROM queues"):
-        queues[r["name"]] = (flow.settings_from_row(r), r["tokens"], r["tokens_at"])
-    if lock_limited:
-        limited = [
-            name
-            for name, (st, _, _) in queues.items()
-            if st.concurrency_limit is not None or st.rate_limit is not None
-        ]
-        if limited:
-            # Claims on limited queues take turns across nodes, so their limits hold exactly;
-            # the bucket is re-read under the lock.
-            for r in await conn.fetch(
-                f"SELECT {QUEUE_COLUMNS} FROM queues WHERE name = ANY($1::text[])"
-                " ORDER BY name FOR UPDATE",
-                limited,
-            ):
-                queues[r["name"]] = (flow.settings_from_row(r), r["tokens"], r["tokens_at"])
-    return queues
-
-
-async def _running_by_queue(conn: asyncpg.Connection) -> dict[str, int]:
-    rows = await conn.fetch(
-        "SELECT queue, count(*) AS n FROM jobs WHERE status = 'running' GROUP BY queue"
-    )
-    return {r["queue"]: r["n"] for r in rows}
-
-
-async def _claim(
-    conn: asyncpg.Connection,
-    limit: int,
-    now: float,
-    token: str,
-    expires: float,
-    start: int,
-    node: str,
-) -> list[Job]:
-    queues = await _queue_rows(conn, lock_limited=True)
-    limited = any(st.concurrency_limit for st, _, _ in queues.values())
-    running = await _running_by_queue(conn) if limited else {}
-    candidates: list[tuple[str, list[int]]] = []
-    tokens: dict[str, float] = {}
-    for name in sorted(queues):
-        settings, bucket, bucket_at = queues[name]
-        if settings.rate_limit is not None:
-            tokens[name] = flow.refill(settings, bucket, bucket_at, now)
-        allowed = flow.budget(limit, settings, running.get(name, 0), tokens.get(name))
-        if allowed <= 0:
-            continue
-        rows = await conn.fetch(
-            """SELECT id FROM jobs WHERE status = 'pending' AND blocked_by = 0 AND queue = $1
-                   AND run_at <= $2 AND (deadline IS NULL OR deadline >= $2)
-               ORDER BY priority DESC, run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED""",
-            name,
-            now,
-            allowed,
-        )
-        if rows:
-            candidates.append((name, [r["id"] for r in rows]))
-    chosen = flow.fair_share(candidates, limit, start % max(1, len(candidates)))
-    if not chosen:
-        return []
-    rows = await conn.fetch(
-        f"""UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = $1,
-               lease_token = $2, lease_expires_at = $3, cancel_requested = FALSE, claimed_by = $5
-            WHERE id = ANY($4::bigint[]) RETURNING {JOB_COLUMNS}""",
-        now,
-        token,
-        expires,
-        chosen,
-        node,
-    )
-    jobs = [_record_to_job(r) for r in rows]
-    for name, left in tokens.items():
-        taken = sum(1 for j in jobs if j.queue == name)
-        await conn.execute(
-            "UPDATE queues SET tokens = $1, tokens_at = $2 WHERE name = $3", left - taken, now, name
-        )
-    order = {job_id: i for i, job_id in enumerate(chosen)}
-    jobs.sort(key=lambda j: order[j.id])
-    return jobs
-
-
-async def _next_wake_at(conn: asyncpg.Connection, now: float) -> float | None:
-    wake = await conn.fetchval(
-        "SELECT min(run_at) FROM jobs WHERE status = 'pending' AND blocked_by = 0 AND run_at > $1",
-        now,
-    )
-    candidates = [] if wake is None else [wake]
-    queues = await _queue_rows(conn)
-    running = await _running_by_queue(conn) if queues else {}
-    for name, (settings, bucket, bucket_at) in queues.items():
-        if settings.paused or (settings.rate_limit is None and settings.concurrency_limit is None):
-            continue
-        has_due = await conn.fetchval(  # claimable: a job past its deadline is not
-            "SELECT 1 FROM jobs WHERE status = 'pending' AND blocked_by = 0 AND queue = $1"
-            " AND run_at <= $2 AND (deadline IS NULL OR deadline >= $2) LIMIT 1",
-            name,
-            now,
-        )
-        if not has_due:
-            continue
-        if (
-            settings.concurrency_limit is not None
-            and running.get(name, 0) >= settings.concurrency_limit
-        ):
-            candidates.append(now + CONCURRENCY_RECHECK_S)
-        elif settings.rate_limit is not None:
-            tokens = flow.refill(settings, bucket, bucket_at, now)
-            candidates.append(now + max(0.0, 1 - tokens) / settings.rate_limit)
-    return min(candidates) if candidates else None
-
-
-async def _queue_infos(conn: asyncpg.Connection, now: float, only: str | None) -> list[QueueInfo]:
-    queues = await _queue_rows(conn)
-    if only is not None:
-        queues = {k: v for k, v in queues.items() if k == only}
-    counts: dict[str, dict[str, int]] = {name: {s.value: 0 for s in JobState} for name in queues}
-    for r in await conn.fetch(
-        "SELECT queue, status, count(*) AS n FROM jobs GROUP BY queue, status"
-    ):
-        if r["queue"] in counts:
-            counts[r["queue"]][r["status"]] = r["n"]
-    infos = []
-    for name in sorted(queues):
-        settings, bucket, bucket_at = queues[name]
-        oldest = await conn.fetchval(
-            "SELECT min(run_at) FROM jobs WHERE status = 'pending' AND blocked_by = 0"
-            " AND queue = $1 AND run_at <= $2",
-            name,
-            now,
-        )
-        tokens = (
-            flow.refill(settings, bucket, bucket_at, now)
-            if settings.rate_limit is not None
-            else None
-        )
-        infos.append(
-            QueueInfo(
-                name=name,
-                settings=settings,
-                counts=counts[name],
-                oldest_due_age_s=None if oldest is None else now - oldest,
-                rate_tokens=tokens,
-            )
-        )
-    return infos

@@ -251,3 +251,83 @@ FROM schedules WHERE NOT paused AND next_tick_at <= $1;
 
 -- name: next_schedule_at
 SELECT min(next_tick_at) FROM schedules WHERE NOT paused;
+
+-- Claiming and queues (lifecycle.claim, next_wake_at, queue_infos, configure_queue).
+
+-- name: queue_rows
+SELECT name, paused, concurrency_limit, rate_limit, rate_burst, max_depth, tokens, tokens_at
+FROM queues;
+
+-- name: lock_queue_rows
+-- claims on limited queues take turns across nodes, so their limits hold exactly; the
+-- bucket is read again under the lock (one lock order: by name)
+SELECT name, paused, concurrency_limit, rate_limit, rate_burst, max_depth, tokens, tokens_at
+FROM queues WHERE name = ANY($1::text[]) ORDER BY name FOR UPDATE;
+
+-- name: running_by_queue
+SELECT queue, count(*) FROM jobs WHERE status = 'running' GROUP BY queue;
+
+-- name: top_priority
+SELECT max(priority) FROM jobs WHERE status = 'pending' AND blocked_by = 0 AND queue = $1;
+
+-- name: top_priority_below
+SELECT max(priority) FROM jobs
+WHERE status = 'pending' AND blocked_by = 0 AND queue = $1 AND priority < $2;
+
+-- name: due_ids_at_priority
+-- (not run here: due_ids takes every level in one round trip; see lifecycle.Dialect)
+SELECT id FROM jobs
+WHERE status = 'pending' AND blocked_by = 0 AND queue = $1 AND priority = $2
+  AND run_at <= $3 AND (deadline IS NULL OR deadline >= $3)
+ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED;
+
+-- name: due_ids
+SELECT id FROM jobs
+WHERE status = 'pending' AND blocked_by = 0 AND queue = $1
+  AND run_at <= $2 AND (deadline IS NULL OR deadline >= $2)
+ORDER BY priority DESC, run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED;
+
+-- name: next_due_at_priority
+-- (not run here: next_run_at reads all queues at once)
+SELECT min(run_at) FROM jobs
+WHERE status = 'pending' AND blocked_by = 0 AND queue = $1 AND priority = $2 AND run_at > $3;
+
+-- name: next_run_at
+SELECT min(run_at) FROM jobs WHERE status = 'pending' AND blocked_by = 0 AND run_at > $1;
+
+-- name: has_due
+SELECT 1 FROM jobs
+WHERE status = 'pending' AND blocked_by = 0 AND queue = $1
+  AND run_at <= $2 AND (deadline IS NULL OR deadline >= $2)
+LIMIT 1;
+
+-- name: claim_jobs
+UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = $1,
+    lease_token = $2, lease_expires_at = $3, cancel_requested = FALSE, claimed_by = $5
+WHERE id = ANY($4::bigint[])
+RETURNING {job_columns};
+
+-- name: set_tokens
+UPDATE queues SET tokens = $1, tokens_at = $2 WHERE name = $3;
+
+-- name: job_counts_by_queue
+SELECT queue, status, count(*) FROM jobs GROUP BY queue, status;
+
+-- name: oldest_due
+SELECT min(run_at) FROM jobs
+WHERE status = 'pending' AND blocked_by = 0 AND queue = $1 AND run_at <= $2;
+
+-- name: set_queue_paused
+UPDATE queues SET paused = $2 WHERE name = $1;
+
+-- name: set_queue_concurrency_limit
+UPDATE queues SET concurrency_limit = $2 WHERE name = $1;
+
+-- name: set_queue_rate_limit
+UPDATE queues SET rate_limit = $2 WHERE name = $1;
+
+-- name: set_queue_rate_burst
+UPDATE queues SET rate_burst = $2 WHERE name = $1;
+
+-- name: set_queue_max_depth
+UPDATE queues SET max_depth = $2 WHERE name = $1;

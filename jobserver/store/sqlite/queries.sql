@@ -239,3 +239,87 @@ FROM schedules WHERE paused = 0 AND next_tick_at <= $1;
 
 -- name: next_schedule_at
 SELECT min(next_tick_at) FROM schedules WHERE paused = 0;
+
+-- Claiming and queues (lifecycle.claim, next_wake_at, queue_infos, configure_queue).
+-- INDEXED BY jobs_claim: SQLite uses a partial index only for a query that states its
+-- condition, and may otherwise scan; one priority level at a time (see lifecycle.Dialect).
+
+-- name: queue_rows
+SELECT name, paused, concurrency_limit, rate_limit, rate_burst, max_depth, tokens, tokens_at
+FROM queues;
+
+-- name: lock_queue_rows
+-- (one writer: nothing to lock; the rows are read again as PostgreSQL's are)
+SELECT name, paused, concurrency_limit, rate_limit, rate_burst, max_depth, tokens, tokens_at
+FROM queues WHERE name IN (SELECT value FROM json_each($1)) ORDER BY name;
+
+-- name: running_by_queue
+SELECT queue, count(*) FROM jobs WHERE status = 'running' GROUP BY queue;
+
+-- name: top_priority
+SELECT max(priority) FROM jobs INDEXED BY jobs_claim
+WHERE status = 'pending' AND blocked_by = 0 AND queue = $1;
+
+-- name: top_priority_below
+SELECT max(priority) FROM jobs INDEXED BY jobs_claim
+WHERE status = 'pending' AND blocked_by = 0 AND queue = $1 AND priority < $2;
+
+-- name: due_ids_at_priority
+SELECT id FROM jobs INDEXED BY jobs_claim
+WHERE status = 'pending' AND blocked_by = 0 AND queue = $1 AND priority = $2
+  AND run_at <= $3 AND (deadline IS NULL OR deadline >= $3)
+ORDER BY run_at, id LIMIT $4;
+
+-- name: due_ids
+-- (not run here: it walks every level's delayed jobs; see lifecycle.Dialect)
+SELECT id FROM jobs
+WHERE status = 'pending' AND blocked_by = 0 AND queue = $1
+  AND run_at <= $2 AND (deadline IS NULL OR deadline >= $2)
+ORDER BY priority DESC, run_at, id LIMIT $3;
+
+-- name: next_due_at_priority
+SELECT min(run_at) FROM jobs INDEXED BY jobs_claim
+WHERE status = 'pending' AND blocked_by = 0 AND queue = $1 AND priority = $2 AND run_at > $3;
+
+-- name: next_run_at
+-- (not run here: jobs_next_due is gone; the levels of jobs_claim are read instead)
+SELECT min(run_at) FROM jobs WHERE status = 'pending' AND blocked_by = 0 AND run_at > $1;
+
+-- name: has_due
+-- (not run here: due_ids_at_priority answers it a level at a time)
+SELECT 1 FROM jobs
+WHERE status = 'pending' AND blocked_by = 0 AND queue = $1
+  AND run_at <= $2 AND (deadline IS NULL OR deadline >= $2)
+LIMIT 1;
+
+-- name: claim_jobs
+-- RETURNING only what the claim did not set itself (see CLAIMED_COLUMNS in driver.py)
+UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = $1,
+    lease_token = $2, lease_expires_at = $3, cancel_requested = 0, claimed_by = $5
+WHERE id IN (SELECT value FROM json_each($4))
+RETURNING {claimed_columns};
+
+-- name: set_tokens
+UPDATE queues SET tokens = $1, tokens_at = $2 WHERE name = $3;
+
+-- name: job_counts_by_queue
+SELECT queue, status, count(*) FROM jobs GROUP BY queue, status;
+
+-- name: oldest_due
+SELECT min(run_at) FROM jobs
+WHERE status = 'pending' AND blocked_by = 0 AND queue = $1 AND run_at <= $2;
+
+-- name: set_queue_paused
+UPDATE queues SET paused = $2 WHERE name = $1;
+
+-- name: set_queue_concurrency_limit
+UPDATE queues SET concurrency_limit = $2 WHERE name = $1;
+
+-- name: set_queue_rate_limit
+UPDATE queues SET rate_limit = $2 WHERE name = $1;
+
+-- name: set_queue_rate_burst
+UPDATE queues SET rate_burst = $2 WHERE name = $1;
+
+-- name: set_queue_max_depth
+UPDATE queues SET max_depth = $2 WHERE name = $1;
