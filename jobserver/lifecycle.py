@@ -15,23 +15,25 @@ a move that finds the row changed returns None and changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Container, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from . import codec, flow
-from .errors import Conflict, NotFound, ValidationError
+from .errors import Conflict, NotFound, QueueFull, StorageUnavailable, ValidationError
 from .models import (
     WEBHOOK_MAX_RETRIES,
     WEBHOOK_QUEUE,
     WEBHOOK_TASK,
+    Backoff,
     Job,
     JobState,
+    NewJob,
     QueueInfo,
     QueueSettings,
     error_info,
 )
-from .store.base import CONCURRENCY_RECHECK_S, RescueReport
+from .store.base import CONCURRENCY_RECHECK_S, Enqueued, RescueReport, payload_fingerprint
 
 T = TypeVar("T")
 
@@ -93,7 +95,9 @@ class Changes:
 
     ended: list[int] = field(default_factory=list)  # dependants that ended with it
     due: bool = False  # jobs that may start now: unblocked dependants, webhook deliveries
-    requeued: bool = False  # jobs pending again (a retry, a release, a rescue)
+    # jobs this write made pending (inserted, retried, released, rescued): the process that
+    # wrote them wakes its own dispatcher; other nodes hear of them from the driver
+    new_pending: bool = False
 
 
 # -- a running job's end --------------------------------------------------------------------
@@ -111,7 +115,7 @@ def retry(
     if not (yield count("retry_leased", job_id, token, run_at, error_json)):
         return None
     yield from record_attempts([job_id], "failed", error_json, now)
-    ch.requeued = True
+    ch.new_pending = True
     return JobState.PENDING
 
 
@@ -144,7 +148,7 @@ def release(job_id: int, token: str, now: float | None, ch: Changes) -> Program[
         return JobState.CANCELLED
     if not (yield count("release_leased", job_id, token)):
         return None
-    ch.requeued = True
+    ch.new_pending = True
     return JobState.PENDING
 
 
@@ -195,7 +199,7 @@ def _rescue(lease_ends_by: float, now: float, ch: Changes) -> Program[RescueRepo
     lost = cancelled + [j.id for j in requeued] + spent
     yield from record_attempts(lost, "lease_expired", error, now)
     if requeued:
-        ch.requeued = True
+        ch.new_pending = True
     return RescueReport(
         requeued_jobs=sorted(requeued, key=lambda j: j.id),
         dead_lettered=sorted(spent),
@@ -312,7 +316,7 @@ def requeue_dead_letter(dead_letter_id: int, now: float, ch: Changes) -> Program
     new: Job = yield job(
         "insert_requeued", task, queue, args, kwargs, priority, max_retries, timeout_s, backoff, now
     )
-    ch.requeued = True
+    ch.new_pending = True
     return new
 
 
@@ -514,3 +518,225 @@ def configure_queue(
     ch.due = True  # a resumed or widened queue may have work now
     infos = yield from queue_infos(now, name)
     return infos[0]
+
+
+# -- enqueueing ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class NewRow:
+    """A job to insert: its column values in INSERT_ORDER (JSON encoded), and the
+    dependencies linked after it (ids, and indexes of earlier jobs of the same batch)."""
+
+    values: tuple[Any, ...]
+    depends_on: list[int]
+    depends_on_index: list[int]
+
+    @property
+    def queue(self) -> str:
+        queue: str = self.values[1]
+        return queue
+
+    @property
+    def plain(self) -> bool:
+        """A job that needs no lookup before its insert: no keys, no dependencies."""
+        values = self.values
+        return (
+            values[10] is None  # idempotency key
+            and values[14] is None  # unique key
+            and not self.depends_on
+            and not self.depends_on_index
+        )
+
+
+# The columns an insert writes, in NewRow.values' order ("insert_job" binds them as $1..$19).
+INSERT_ORDER = (
+    "task", "queue", "args", "kwargs", "priority", "max_retries", "timeout_s", "backoff",
+    "created_at", "run_at", "idempotency_key", "idempotency_expires_at", "payload_hash",
+    "deadline", "unique_key", "pass_result", "on_dependency_failure", "callback_url",
+    "workflow_id",
+)  # fmt: skip
+JSON_COLUMNS = frozenset({"args", "kwargs", "backoff"})
+# A plain job's columns ("insert_plain"): the rest keep their defaults.
+PLAIN_COLUMNS = (
+    "task", "queue", "args", "kwargs", "priority", "max_retries", "timeout_s", "backoff",
+    "created_at", "run_at", "deadline", "pass_result", "on_dependency_failure", "callback_url",
+    "workflow_id",
+)  # fmt: skip
+PLAIN_INDEXES = tuple(INSERT_ORDER.index(column) for column in PLAIN_COLUMNS)
+
+
+def new_row(job: NewJob, now: float) -> NewRow:
+    backoff = job.backoff
+    key = job.idempotency_key
+    values = (
+        job.task,
+        job.queue,
+        codec.dumps(job.args),
+        codec.dumps(job.kwargs),
+        job.priority,
+        job.max_retries,
+        job.timeout_s,
+        None
+        if backoff is None
+        else codec.dumps(
+            {"base_s": backoff.base_s, "factor": backoff.factor, "cap_s": backoff.cap_s}
+        ),
+        now,
+        job.run_at if job.run_at is not None else now,
+        key,
+        now + job.idempotency_window_s if key is not None else None,
+        payload_fingerprint(job) if key is not None else None,
+        job.deadline,
+        job.unique_key,
+        job.pass_result,
+        job.on_dependency_failure,
+        job.callback_url,
+        job.workflow_id,
+    )
+    return NewRow(values, list(job.depends_on), list(job.depends_on_index))
+
+
+def inserted_job(row: NewRow, job_id: int) -> Job:
+    """The job just inserted from `row`, as a read would return it (no read needed)."""
+    v = row.values
+    backoff = codec.loads(v[7]) if v[7] is not None else None
+    return Job(
+        id=job_id,
+        task=v[0],
+        queue=v[1],
+        args=codec.loads(v[2]),
+        kwargs=codec.loads(v[3]),
+        priority=v[4],
+        status=JobState.PENDING,
+        attempts=0,
+        max_retries=v[5],
+        timeout_s=v[6],
+        backoff=Backoff(**backoff) if backoff is not None else None,
+        created_at=v[8],
+        run_at=v[9],
+        idempotency_key=v[10],
+        deadline=v[13],
+        unique_key=v[14],
+        pass_result=bool(v[15]),
+        on_dependency_failure=v[16],
+        callback_url=v[17],
+        workflow_id=v[18],
+    )
+
+
+def admit(rows: Sequence[NewRow], known_unlimited: Container[str] = ()) -> Program[list[str]]:
+    """Register the jobs' queues, and refuse the whole batch if one would pass its max depth
+    (PostgreSQL locks the queue's row while it counts: nodes cannot overshoot together).
+    Queues in `known_unlimited` are known to exist with no max depth; returns those found so."""
+    adding: dict[str, int] = {}
+    for r in rows:
+        if r.queue not in known_unlimited:
+            adding[r.queue] = adding.get(r.queue, 0) + 1
+    if not adding:
+        return []
+    yield many("register_queue", [(queue,) for queue in adding])
+    found_unlimited = []
+    for queue, n in adding.items():
+        max_depth = yield value("queue_max_depth", queue)
+        if max_depth is None:
+            found_unlimited.append(queue)
+            continue
+        depth = yield value("pending_depth", queue)
+        if depth + n > max_depth:
+            raise QueueFull(queue, max_depth)
+    return found_unlimited
+
+
+def insert_plain(rows: Sequence[NewRow]) -> Program[list[Enqueued]]:
+    """Plain jobs, all or none, in as few statements as the dialect can (the driver shapes
+    them: a multi-row VALUES on SQLite, arrays on PostgreSQL); the ids come back in order."""
+    ids: list[int] = yield Sql("insert_plain", tuple(rows), "insert_plain")
+    return [
+        Enqueued(inserted_job(r, job_id), created=True) for r, job_id in zip(rows, ids, strict=True)
+    ]
+
+
+def insert_one(r: NewRow, now: float) -> Program[Enqueued]:
+    """One job, or the job its idempotency key or unique key already names."""
+    key, fingerprint, unique = r.values[10], r.values[12], r.values[14]
+    for _ in range(2):
+        if key is not None:
+            holder = yield row("idempotency_holder", key)  # id, payload_hash, key expires
+            if holder is not None:
+                if holder[2] is not None and holder[2] <= now:  # past its window: free again
+                    yield count("free_idempotency_key", holder[0])
+                elif holder[1] != fingerprint:
+                    raise Conflict(
+                        f"idempotency key {key!r} was used for job {holder[0]} with a different"
+                        " payload"
+                    )
+                else:
+                    return Enqueued((yield job("job_by_id", holder[0])), created=False)
+        if unique is not None:
+            live = yield job("live_job_by_unique_key", unique)
+            if live is not None:
+                return Enqueued(live, created=False)
+        job_id = yield value("insert_job", *r.values)
+        if job_id is not None:
+            return Enqueued(inserted_job(r, job_id), created=True)
+        # PostgreSQL: another node inserted the same key after our look-up; the insert waited
+        # for that transaction and found its row. Look again: that job is the answer.
+    raise StorageUnavailable("the key of this job is being written by another node")
+
+
+def insert_all(rows: Sequence[NewRow], now: float, ch: Changes) -> Program[list[Enqueued]]:
+    """Insert a batch; `depends_on_index` names earlier jobs of the same batch."""
+    if all(r.plain for r in rows):
+        found = yield from insert_plain(rows)  # nothing to look up first
+        ch.new_pending = bool(found)
+        return found
+    results: list[Enqueued] = []
+    for r in rows:
+        enqueued = yield from insert_one(r, now)
+        batch_deps = [results[i].job.id for i in r.depends_on_index]
+        deps = list(dict.fromkeys([*r.depends_on, *batch_deps]))
+        if enqueued.created and deps:
+            yield from link_dependencies(enqueued.job.id, deps, now, ch)
+            enqueued = Enqueued((yield job("job_by_id", enqueued.job.id)), created=True)
+        results.append(enqueued)
+    ch.new_pending = True
+    return results
+
+
+def enqueue(
+    rows: Sequence[NewRow], now: float, known_unlimited: Container[str], ch: Changes
+) -> Program[tuple[list[Enqueued], list[str]]]:
+    """Admit and insert a batch, in one transaction; also the queues found to have no limit."""
+    unlimited = yield from admit(rows, known_unlimited)
+    enqueued = yield from insert_all(rows, now, ch)
+    return enqueued, unlimited
+
+
+def create_workflow(
+    rows: Sequence[NewRow], now: float, ch: Changes
+) -> Program[tuple[int, list[Job]]]:
+    """A workflow's jobs (their `depends_on_index` point at each other), in one transaction."""
+    workflow_id = yield value("insert_workflow", now)
+    for r in rows:
+        r.values = (*r.values[:18], workflow_id)
+    yield from admit(rows)
+    enqueued = yield from insert_all(rows, now, ch)
+    return workflow_id, [e.job for e in enqueued]
+
+
+def fire_schedule(
+    name: str,
+    expected_tick: float,
+    next_tick: float,
+    rows: Sequence[NewRow],
+    now: float,
+    ch: Changes,
+) -> Program[list[Job]]:
+    """Move a schedule on from `expected_tick` and enqueue its jobs; nothing if another
+    process already did (each tick is claimed once, in the database)."""
+    if not (yield count("move_schedule", next_tick, expected_tick, name)):
+        return []
+    yield from admit(rows)
+    enqueued = yield from insert_all(rows, now, ch)
+    return [e.job for e in enqueued]

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from .. import codec, lifecycle
 from ..lifecycle import Changes, Program, count, job, row, rows, value
-from ..models import Attempt, DeadLetter, Job, JobState, QueueInfo, Schedule
+from ..models import Attempt, DeadLetter, Job, JobState, NewJob, QueueInfo, Schedule
 from .base import LeaseReport, RescueReport, with_current_attempt
 
 T = TypeVar("T")
@@ -71,6 +71,19 @@ class JobStore:
     async def configure_queue(self, name: str, changes: dict[str, Any], now: float) -> QueueInfo:
         """Set some of paused, concurrency_limit, rate_limit, rate_burst, max_depth."""
         return await self._move(lambda ch: lifecycle.configure_queue(name, changes, now, ch))
+
+    # -- workflows and schedules ------------------------------------------------------------------
+    async def create_workflow(self, jobs: Sequence[NewJob], now: float) -> tuple[int, list[Job]]:
+        rows = [lifecycle.new_row(j, now) for j in jobs]
+        return await self._move(lambda ch: lifecycle.create_workflow(rows, now, ch))
+
+    async def fire_schedule(
+        self, name: str, expected_tick: float, next_tick: float, jobs: Sequence[NewJob], now: float
+    ) -> list[Job]:
+        rows = [lifecycle.new_row(j, now) for j in jobs]
+        return await self._move(
+            lambda ch: lifecycle.fire_schedule(name, expected_tick, next_tick, rows, now, ch)
+        )
 
     # -- a running job's end ------------------------------------------------------------------
     async def schedule_retry(

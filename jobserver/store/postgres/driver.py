@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -30,13 +28,11 @@ import asyncpg
 
 from ... import codec, lifecycle
 from ...errors import (
-    Conflict,
     JobServerError,
-    QueueFull,
     SchemaError,
     StorageUnavailable,
 )
-from ...lifecycle import Changes, Program, Sql
+from ...lifecycle import Changes, NewRow, Program, Sql
 from ...models import (
     Backoff,
     Job,
@@ -49,7 +45,6 @@ from ..base import (
     Enqueued,
     JobFilter,
     node_name,
-    payload_fingerprint,
 )
 from ..group_commit import GatheredWrite, GroupCommitQueue, PendingWrite, open_gathered
 from ..jobstore import JobStore
@@ -99,6 +94,20 @@ async def _run(conn: asyncpg.Connection, program: Program[T]) -> T:
         return result
 
 
+async def _insert_plain(conn: asyncpg.Connection, sql: str, rows: Sequence[NewRow]) -> list[int]:
+    """Plain jobs by one statement, the values as one array a column: one round trip, not
+    one a job. JSON values travel as text."""
+    columns = [
+        [None if (v := r.values[i]) is None else v.decode() for r in rows]
+        if name in lifecycle.JSON_COLUMNS
+        else [r.values[i] for r in rows]
+        for name, i in zip(lifecycle.PLAIN_COLUMNS, lifecycle.PLAIN_INDEXES, strict=True)
+    ]
+    # Ids come from the sequence in the SELECT's order (ORDER BY n): ascending ids are the
+    # rows in the order given, whatever order RETURNING lists them in.
+    return sorted(r[0] for r in await conn.fetch(sql, *columns))
+
+
 async def _execute(conn: asyncpg.Connection, statement: Sql) -> Any:
     sql, params, mode = QUERIES[statement.name], statement.params, statement.mode
     if mode == "count":
@@ -108,6 +117,8 @@ async def _execute(conn: asyncpg.Connection, statement: Sql) -> Any:
         return await conn.fetch(sql, *params)
     if mode in ("jobs", "claimed"):
         return [_record_to_job(r) for r in await conn.fetch(sql, *params)]
+    if mode == "insert_plain":
+        return await _insert_plain(conn, sql, params)
     if mode == "many":
         await conn.executemany(sql, params)
         return None
@@ -230,7 +241,7 @@ class _CompletionBatch(GatheredWrite[tuple[int, str, bytes, float]]):
         return [i in done for i in ids]
 
 
-class _PlainInsertBatch(GatheredWrite["_Row"]):
+class _PlainInsertBatch(GatheredWrite[NewRow]):
     """Single plain enqueues that meet before the writer takes them: one admission check
     and one INSERT for all of them. Each item's answer is its Enqueued, or the error that
     refused it alone."""
@@ -244,21 +255,25 @@ class _PlainInsertBatch(GatheredWrite["_Row"]):
         answers: list[Enqueued | Exception] = []
         try:
             async with conn.transaction():  # a savepoint: a refusal undoes only this try
-                await _admit(conn, [r.values[1] for r in rows])
-                answers.extend(await _insert_plain(conn, rows))
+                answers.extend(await _run(conn, _admit_and_insert(rows)))
         except _OP_ERRORS:
             # A queue full, or a row refused: each job on its own, so each is judged alone.
             answers.clear()
             for row in rows:
                 try:
                     async with conn.transaction():
-                        await _admit(conn, [row.values[1]])
-                        answers.extend(await _insert_plain(conn, [row]))
+                        answers.extend(await _run(conn, _admit_and_insert([row])))
                 except _OP_ERRORS as exc:
                     answers.append(exc)
         if any(isinstance(a, Enqueued) for a in answers):
             await self.store._notify_due(conn)
         return answers
+
+
+def _admit_and_insert(rows: Sequence[NewRow]) -> Program[list[Enqueued]]:
+    yield from lifecycle.admit(rows)
+    enqueued: list[Enqueued] = yield from lifecycle.insert_plain(rows)
+    return enqueued
 
 
 class _GroupCommitWriter(GroupCommitQueue[Op]):
@@ -492,26 +507,18 @@ class PostgresStore(JobStore):
 
     # -- enqueue and read ----------------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
-        rows = [_row(j, now) for j in jobs]
-        if len(rows) == 1 and _is_plain(rows[0]):
+        rows = [lifecycle.new_row(j, now) for j in jobs]
+        if len(rows) == 1 and rows[0].plain:
             return [await self._join_inserts(rows[0])]
-
-        async def op(conn: asyncpg.Connection) -> list[Enqueued]:
-            await _admit(conn, [r.values[1] for r in rows])
-            changes = Changes()
-            results = await _insert_all(conn, rows, now, changes)
-            await self._notify_due(conn)
-            await self._notify_done(conn, changes.ended)
-            return results
-
-        result: list[Enqueued] = await self._write(op)
+        enqueued, _ = await self._move(lambda ch: lifecycle.enqueue(rows, now, (), ch))
+        result: list[Enqueued] = enqueued
         return result
 
     def enqueue_gathered(self, job: NewJob, now: float) -> asyncio.Future[Enqueued] | None:
-        row = _row(job, now)
-        return self._join_inserts(row) if _is_plain(row) else None
+        row = lifecycle.new_row(job, now)
+        return self._join_inserts(row) if row.plain else None
 
-    def _join_inserts(self, row: _Row) -> asyncio.Future[Enqueued]:
+    def _join_inserts(self, row: NewRow) -> asyncio.Future[Enqueued]:
         # Single enqueues that arrive before the writer takes them share one op: a few round
         # trips for all of them instead of a savepoint, a check, an insert and a notify each.
         batch = self._inserts = open_gathered(
@@ -579,7 +586,7 @@ class PostgresStore(JobStore):
             result = await _run(conn, program(changes))
             done = ended(result) if ended is not None else []
             await self._notify_done(conn, [*done, *changes.ended])
-            if changes.due or changes.requeued:
+            if changes.due or changes.new_pending:
                 await self._notify_due(conn)
             return result
 
@@ -595,48 +602,6 @@ class PostgresStore(JobStore):
         return stored  # jsonb is decoded by the connection's codec
 
     # -- the client's side -----------------------------------------------------------------------
-    # -- workflows ----------------------------------------------------------------------------
-    async def create_workflow(self, jobs: Sequence[NewJob], now: float) -> tuple[int, list[Job]]:
-        async def op(conn: asyncpg.Connection) -> tuple[int, list[Job]]:
-            workflow_id: int = await conn.fetchval(
-                "INSERT INTO workflows (created_at) VALUES ($1) RETURNING id", now
-            )
-            rows = [_row(dataclasses.replace(j, workflow_id=workflow_id), now) for j in jobs]
-            await _admit(conn, [r.values[1] for r in rows])
-            changes = Changes()
-            results = await _insert_all(conn, rows, now, changes)
-            await self._notify_due(conn)
-            await self._notify_done(conn, changes.ended)
-            return workflow_id, [e.job for e in results]
-
-        result: tuple[int, list[Job]] = await self._write(op)
-        return result
-
-    # -- queues -------------------------------------------------------------------------------
-    # -- schedules ---------------------------------------------------------------------------
-    async def fire_schedule(
-        self, name: str, expected_tick: float, next_tick: float, jobs: Sequence[NewJob], now: float
-    ) -> list[Job]:
-        rows = [_row(j, now) for j in jobs]
-
-        async def op(conn: asyncpg.Connection) -> list[Job]:
-            status: str = await conn.execute(
-                "UPDATE schedules SET next_tick_at = $1, last_tick_at = $2"
-                " WHERE name = $3 AND next_tick_at = $2",
-                next_tick,
-                expected_tick,
-                name,
-            )
-            if status.split()[-1] == "0":
-                return []  # another node fired this tick
-            await _admit(conn, [r.values[1] for r in rows])
-            jobs = [e.job for e in await _insert_all(conn, rows, now, Changes())]
-            await self._notify_due(conn)
-            return jobs
-
-        result: list[Job] = await self._write(op)
-        return result
-
     # -- retention -----------------------------------------------------------------------------
     async def prune(self, finished_before: float, failed_before: float, limit: int) -> int:
         async def op(conn: asyncpg.Connection) -> int:
@@ -702,193 +667,3 @@ async def _migrate(conn: asyncpg.Connection, schema: str) -> None:
                 )
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
-
-
-def _insert_params(job: NewJob, now: float) -> tuple[Any, ...]:
-    backoff = job.backoff
-    key = job.idempotency_key
-    return (
-        job.task,
-        job.queue,
-        job.args,
-        job.kwargs,
-        job.priority,
-        job.max_retries,
-        job.timeout_s,
-        None
-        if backoff is None
-        else {"base_s": backoff.base_s, "factor": backoff.factor, "cap_s": backoff.cap_s},
-        now,
-        job.run_at if job.run_at is not None else now,
-        key,
-        now + job.idempotency_window_s if key is not None else None,
-        payload_fingerprint(job) if key is not None else None,
-        job.deadline,
-        job.unique_key,
-        job.pass_result,
-        job.on_dependency_failure,
-        job.callback_url,
-        job.workflow_id,
-    )
-
-
-@dataclass(slots=True)
-class _Row:
-    """A job to insert: its INSERT values and the dependencies linked after it."""
-
-    values: tuple[Any, ...]
-    depends_on: list[int]
-    depends_on_index: list[int]
-
-
-def _row(job: NewJob, now: float) -> _Row:
-    return _Row(_insert_params(job, now), list(job.depends_on), list(job.depends_on_index))
-
-
-async def _admit(conn: asyncpg.Connection, queues: Sequence[str]) -> None:
-    """Register the jobs' queues; refuse the batch if one would pass its max depth (the queue
-    row is locked while counting, so nodes enqueueing at once cannot overshoot together)."""
-    adding: dict[str, int] = {}
-    for queue in queues:
-        adding[queue] = adding.get(queue, 0) + 1
-    await conn.executemany(
-        "INSERT INTO queues (name) VALUES ($1) ON CONFLICT DO NOTHING", [(q,) for q in adding]
-    )
-    for queue, count in adding.items():
-        max_depth = await conn.fetchval(
-            "SELECT max_depth FROM queues WHERE name = $1 AND max_depth IS NOT NULL FOR UPDATE",
-            queue,
-        )
-        if max_depth is None:
-            continue
-        depth = await conn.fetchval(
-            "SELECT count(*) FROM jobs WHERE status = 'pending' AND queue = $1", queue
-        )
-        if depth + count > max_depth:
-            raise QueueFull(queue, max_depth)
-
-
-async def _insert_one(
-    conn: asyncpg.Connection, params: tuple[Any, ...], now: float, *, again: bool = False
-) -> Enqueued:
-    key, fingerprint, unique = params[10], params[12], params[14]
-    if key is not None:
-        row = await conn.fetchrow(
-            f"SELECT {JOB_COLUMNS}, payload_hash, idempotency_expires_at FROM jobs"
-            " WHERE idempotency_key = $1 FOR UPDATE",
-            key,
-        )
-        if row is not None:
-            expires = row["idempotency_expires_at"]
-            if expires is not None and expires <= now:  # past its window: the key is free again
-                await conn.execute(
-                    "UPDATE jobs SET idempotency_key = NULL WHERE id = $1", row["id"]
-                )
-            elif row["payload_hash"] != fingerprint:
-                raise Conflict(
-                    f"idempotency key {key!r} was used for job {row['id']} with a different payload"
-                )
-            else:
-                return Enqueued(_record_to_job(row), created=False)
-    if unique is not None:
-        row = await conn.fetchrow(
-            f"SELECT {JOB_COLUMNS} FROM jobs"
-            " WHERE unique_key = $1 AND status IN ('pending', 'running')",
-            unique,
-        )
-        if row is not None:
-            return Enqueued(_record_to_job(row), created=False)
-    row = await conn.fetchrow(
-        f"""INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries, timeout_s,
-                backoff, created_at, run_at, idempotency_key, idempotency_expires_at, payload_hash,
-                deadline, unique_key, pass_result, on_dependency_failure, callback_url,
-                workflow_id)
-            VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                $16, $17, $18, $19)
-            ON CONFLICT DO NOTHING
-            RETURNING {JOB_COLUMNS}""",
-        *params,
-    )
-    if row is None:
-        # Another node inserted the same key after our look-up; the insert waited for that
-        # transaction and found its row. Look again: that job is the answer (or a Conflict).
-        if again:
-            raise StorageUnavailable("the key of this job is being written by another node")
-        return await _insert_one(conn, params, now, again=True)
-    return Enqueued(_record_to_job(row), created=True)
-
-
-# Plain jobs' columns (see _is_plain) and their types, in _insert_params's order.
-_PLAIN_COLUMNS = (
-    ("task", "text", 0), ("queue", "text", 1), ("args", "jsonb", 2), ("kwargs", "jsonb", 3),
-    ("priority", "integer", 4), ("max_retries", "integer", 5),
-    ("timeout_s", "double precision", 6), ("backoff", "jsonb", 7),
-    ("created_at", "double precision", 8), ("run_at", "double precision", 9),
-    ("deadline", "double precision", 13), ("pass_result", "boolean", 15),
-    ("on_dependency_failure", "text", 16), ("callback_url", "text", 17),
-    ("workflow_id", "bigint", 18),
-)  # fmt: skip
-_NAMES = ", ".join(name for name, _, _ in _PLAIN_COLUMNS)
-# JSON columns travel as text arrays (a JSON array value would read as another dimension).
-INSERT_PLAIN = f"""INSERT INTO jobs ({_NAMES}, status)
-    SELECT {", ".join(f"{n}::jsonb" if t == "jsonb" else n for n, t, _ in _PLAIN_COLUMNS)},
-        'pending'
-    FROM unnest({
-    ", ".join(
-        f"${i + 1}::{'text' if t == 'jsonb' else t}[]" for i, (_, t, _) in enumerate(_PLAIN_COLUMNS)
-    )
-}) WITH ORDINALITY AS v({_NAMES}, n)
-    ORDER BY n
-    RETURNING {JOB_COLUMNS}"""
-
-
-def _json_text(value: Any) -> str | None:
-    return None if value is None else _encode_json(value)
-
-
-def _is_plain(row: _Row) -> bool:
-    """A job that needs no lookup before its insert: no keys, no dependencies."""
-    values = row.values
-    return (
-        values[10] is None  # idempotency key
-        and values[14] is None  # unique key
-        and not row.depends_on
-        and not row.depends_on_index
-    )
-
-
-async def _insert_plain(conn: asyncpg.Connection, rows: Sequence[_Row]) -> list[Enqueued]:
-    """Plain jobs by one statement, the values as one array a column: one round trip, not
-    one a job."""
-    columns = [
-        [_json_text(row.values[i]) for row in rows]
-        if kind == "jsonb"
-        else [row.values[i] for row in rows]
-        for _, kind, i in _PLAIN_COLUMNS
-    ]
-    records = await conn.fetch(INSERT_PLAIN, *columns)
-    # Ids come from the sequence in the SELECT's order (ORDER BY n): ascending ids are the
-    # rows in the order given, whatever order RETURNING lists them in.
-    records.sort(key=lambda r: r["id"])
-    return [Enqueued(_record_to_job(r), created=True) for r in records]
-
-
-async def _insert_all(
-    conn: asyncpg.Connection, rows: Sequence[_Row], now: float, changes: Changes
-) -> list[Enqueued]:
-    """Insert a batch; `depends_on_index` names earlier jobs of the same batch."""
-    if all(_is_plain(row) for row in rows):
-        return await _insert_plain(conn, rows)  # nothing to look up first
-    results: list[Enqueued] = []
-    for row in rows:
-        enqueued = await _insert_one(conn, row.values, now)
-        batch_deps = [results[i].job.id for i in row.depends_on_index]
-        deps = list(dict.fromkeys([*row.depends_on, *batch_deps]))
-        if enqueued.created and deps:
-            await _run(conn, lifecycle.link_dependencies(enqueued.job.id, deps, now, changes))
-            fresh = await conn.fetchrow(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", enqueued.job.id
-            )
-            enqueued = Enqueued(_record_to_job(fresh), created=True)
-        results.append(enqueued)
-    return results

@@ -331,3 +331,53 @@ UPDATE queues SET rate_burst = $2 WHERE name = $1;
 
 -- name: set_queue_max_depth
 UPDATE queues SET max_depth = $2 WHERE name = $1;
+
+-- Enqueueing (lifecycle.admit, insert_one, insert_plain, create_workflow, fire_schedule).
+
+-- name: queue_max_depth
+SELECT max_depth FROM queues WHERE name = $1 AND max_depth IS NOT NULL FOR UPDATE;
+
+-- name: pending_depth
+SELECT count(*) FROM jobs WHERE status = 'pending' AND queue = $1;
+
+-- name: idempotency_holder
+SELECT id, payload_hash, idempotency_expires_at FROM jobs WHERE idempotency_key = $1 FOR UPDATE;
+
+-- name: free_idempotency_key
+UPDATE jobs SET idempotency_key = NULL WHERE id = $1;
+
+-- name: live_job_by_unique_key
+SELECT {job_columns} FROM jobs WHERE unique_key = $1 AND status IN ('pending', 'running');
+
+-- name: insert_job
+INSERT INTO jobs (task, queue, args, kwargs, priority, max_retries, timeout_s, backoff,
+    created_at, run_at, idempotency_key, idempotency_expires_at, payload_hash, deadline,
+    unique_key, pass_result, on_dependency_failure, callback_url, workflow_id, status)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
+    'pending')
+ON CONFLICT DO NOTHING
+RETURNING id;
+
+-- name: insert_workflow
+INSERT INTO workflows (created_at) VALUES ($1) RETURNING id;
+
+-- name: move_schedule
+UPDATE schedules SET next_tick_at = $1, last_tick_at = $2 WHERE name = $3 AND next_tick_at = $2;
+
+-- name: insert_plain
+-- one array a column, one round trip for every job; JSON travels as text (a JSON array value
+-- in an array parameter would read as another dimension). Ids follow ORDER BY n.
+INSERT INTO jobs (task, queue, args, kwargs, priority, max_retries, timeout_s, backoff,
+    created_at, run_at, deadline, pass_result, on_dependency_failure, callback_url, workflow_id,
+    status)
+SELECT task, queue, args::jsonb, kwargs::jsonb, priority, max_retries, timeout_s, backoff::jsonb,
+    created_at, run_at, deadline, pass_result, on_dependency_failure, callback_url, workflow_id,
+    'pending'
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::integer[], $6::integer[],
+    $7::double precision[], $8::text[], $9::double precision[], $10::double precision[],
+    $11::double precision[], $12::boolean[], $13::text[], $14::text[], $15::bigint[])
+    WITH ORDINALITY AS v(task, queue, args, kwargs, priority, max_retries, timeout_s, backoff,
+        created_at, run_at, deadline, pass_result, on_dependency_failure, callback_url,
+        workflow_id, n)
+ORDER BY n
+RETURNING id;

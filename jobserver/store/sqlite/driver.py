@@ -18,7 +18,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Container, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,15 +27,13 @@ import aiosqlite
 
 from ... import codec, lifecycle
 from ...errors import (
-    Conflict,
     DatabaseInUse,
     JobServerError,
-    QueueFull,
     SchemaError,
     StorageUnavailable,
     StoreError,
 )
-from ...lifecycle import Changes, Program, Sql
+from ...lifecycle import Changes, NewRow, Program, Sql
 from ...models import Backoff, Job, JobState, NewJob, QueueInfo
 from .. import queries
 from ..base import (
@@ -43,7 +41,6 @@ from ..base import (
     Enqueued,
     JobFilter,
     node_name,
-    payload_fingerprint,
 )
 from ..group_commit import GatheredWrite, GroupCommitQueue, PendingWrite, open_gathered
 from ..jobstore import JobStore
@@ -194,8 +191,42 @@ def _run(conn: sqlite3.Connection, program: Program[T]) -> T:
         return result
 
 
+_PLAIN_HEAD, _PLAIN_VALUES = QUERIES["insert_plain"][0][0].split("VALUES")
+_PLAIN_ROW = re.sub(r"\?\d+", "?", _PLAIN_VALUES).strip()  # a row's own `?`s, in order
+PLAIN_CHUNK = 500  # rows a statement: 15 parameters each, far below SQLite's 32,766
+
+
+def _insert_plain(conn: sqlite3.Connection, rows: Sequence[NewRow]) -> list[int]:
+    """Plain jobs, all or none, by one multi-row INSERT per PLAIN_CHUNK rows: values bound in
+    C, no step out of SQLite per row (a statement per row handed the interpreter lock back
+    and forth each time; a JSON parameter took SQLite twice as long to take apart)."""
+    chunks = [rows[i : i + PLAIN_CHUNK] for i in range(0, len(rows), PLAIN_CHUNK)]
+    several = len(chunks) > 1
+    if several:  # one statement undoes itself if it fails; several need a savepoint
+        conn.execute("SAVEPOINT plain")
+    try:
+        for chunk in chunks:
+            conn.execute(
+                f"{_PLAIN_HEAD} VALUES {', '.join([_PLAIN_ROW] * len(chunk))}",
+                [r.values[i] for r in chunk for i in lifecycle.PLAIN_INDEXES],
+            )
+    except BaseException:
+        if several:
+            conn.execute("ROLLBACK TO plain")
+            conn.execute("RELEASE plain")
+        raise
+    if several:
+        conn.execute("RELEASE plain")
+    # This connection is the only writer and ids are AUTOINCREMENT: the rows got consecutive
+    # ids ending at the last one.
+    (last,) = conn.execute("SELECT last_insert_rowid()").fetchone()
+    return list(range(last - len(rows) + 1, last + 1))
+
+
 def _execute(conn: sqlite3.Connection, statement: Sql) -> Any:
     steps = QUERIES[statement.name]
+    if statement.mode == "insert_plain":
+        return _insert_plain(conn, statement.params)
     if statement.mode == "many":
         conn.executemany(steps[0][0], statement.params)
         return None
@@ -356,7 +387,7 @@ class _UnlimitedQueues:
         self.epoch += 1
 
 
-class _PlainInsertBatch(GatheredWrite[dict[str, Any]]):
+class _PlainInsertBatch(GatheredWrite[NewRow]):
     """Single plain jobs (no keys, no dependencies) into queues known to have no max depth,
     inserted by one statement: one step out of Python for all of them, not one a job.
     Each item's answer is its Enqueued, or the error that refused it alone."""
@@ -375,18 +406,18 @@ class _PlainInsertBatch(GatheredWrite[dict[str, Any]]):
 
     def __call__(self, conn: sqlite3.Connection) -> list[Enqueued | Exception]:
         rows = self.items
-        if all(params["queue"] in self._unlimited for params in rows):
+        if all(r.queue in self._unlimited for r in rows):
             try:
-                return list(_insert_plain(conn, rows))
+                return list(_run(conn, lifecycle.insert_plain(rows)))
             except (sqlite3.IntegrityError, ValueError, TypeError):
                 pass  # one row refused undoes them all: find which, one by one
         # A queue's max depth was set since (or a row is refused): each job on its own.
         answers: list[Enqueued | Exception] = []
-        for params in rows:
+        for r in rows:
             conn.execute("SAVEPOINT item")
             try:
-                self.found_unlimited.extend(_admit(conn, [params], self._unlimited))
-                answers.extend(_insert_plain(conn, [params]))
+                self.found_unlimited.extend(_run(conn, lifecycle.admit([r], self._unlimited)))
+                answers.extend(_run(conn, lifecycle.insert_plain([r])))
             except (JobServerError, sqlite3.IntegrityError, ValueError, TypeError) as exc:
                 conn.execute("ROLLBACK TO item")
                 answers.append(exc)
@@ -591,42 +622,42 @@ class SQLiteStore(JobStore):
 
     # -- enqueue and read -------------------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
-        rows = [_insert_params(j, now) for j in jobs]
+        rows = [lifecycle.new_row(j, now) for j in jobs]
         if len(rows) == 1 and self._gatherable(rows[0]):
             return [await self._join_inserts(rows[0])]
         changes = Changes()
-        unlimited: list[str] = []
-        epoch = self._unlimited_queues.epoch
+        known = self._unlimited_queues
+        epoch = known.epoch
 
-        def op(conn: sqlite3.Connection) -> list[Enqueued]:
-            unlimited.extend(_admit(conn, rows, self._unlimited_queues))
-            return _insert_all(conn, rows, now, changes)
+        def op(conn: sqlite3.Connection) -> tuple[list[Enqueued], list[str]]:
+            return _run(conn, lifecycle.enqueue(rows, now, known, changes))
 
-        if len(rows) == 1 and _is_plain(rows[0]):
-            # One INSERT, and _admit writes nothing before it could refuse: if the insert
+        if len(rows) == 1 and rows[0].plain:
+            # One INSERT, and admit writes nothing before it could refuse: if the insert
             # fails, SQLite undoes that statement alone, so no savepoint is needed.
             op.atomic = True  # type: ignore[attr-defined]
-        result: list[Enqueued] = await self._write(op)
-        self._unlimited_queues.learn(unlimited, epoch)  # committed: known from now on
+        enqueued, unlimited = await self._write(op)
+        known.learn(unlimited, epoch)  # committed: known from now on
         self._emit(changes)
+        result: list[Enqueued] = enqueued
         return result
 
     def enqueue_gathered(self, job: NewJob, now: float) -> asyncio.Future[Enqueued] | None:
-        params = _insert_params(job, now)
-        return self._join_inserts(params) if self._gatherable(params) else None
+        row = lifecycle.new_row(job, now)
+        return self._join_inserts(row) if self._gatherable(row) else None
 
-    def _gatherable(self, params: dict[str, Any]) -> bool:
+    def _gatherable(self, row: NewRow) -> bool:
         """A plain job into a queue known to have no max depth: it joins the gathered insert."""
-        return _is_plain(params) and params["queue"] in self._unlimited_queues
+        return row.plain and row.queue in self._unlimited_queues
 
-    def _join_inserts(self, params: dict[str, Any]) -> asyncio.Future[Enqueued]:
+    def _join_inserts(self, row: NewRow) -> asyncio.Future[Enqueued]:
         # Single enqueues that arrive before the writer takes them share one op, one INSERT:
         # under many concurrent clients a statement each cost more in thread hand-offs than
         # in SQLite itself (as completions do).
         batch = self._inserts = open_gathered(
             self._inserts, lambda: _PlainInsertBatch(self._unlimited_queues), self._put
         )
-        return batch.join_soon(params)
+        return batch.join_soon(row)
 
     async def list_jobs(
         self, flt: JobFilter, limit: int, before_id: int | None = None
@@ -715,49 +746,6 @@ class SQLiteStore(JobStore):
 
     def _json(self, stored: Any) -> Any:
         return None if stored is None else codec.loads(stored)
-
-    # -- the client's side ------------------------------------------------------------------------
-    # -- workflows ----------------------------------------------------------------------------
-    async def create_workflow(self, jobs: Sequence[NewJob], now: float) -> tuple[int, list[Job]]:
-        """A workflow's jobs, with their dependencies on each other, in one transaction."""
-        rows = [_insert_params(j, now) for j in jobs]
-        changes = Changes()
-
-        def op(conn: sqlite3.Connection) -> tuple[int, list[Job]]:
-            (workflow_id,) = conn.execute(
-                "INSERT INTO workflows (created_at) VALUES (?) RETURNING id", (now,)
-            ).fetchone()
-            for row in rows:
-                row["workflow_id"] = workflow_id
-            _admit(conn, rows)
-            return workflow_id, [e.job for e in _insert_all(conn, rows, now, changes)]
-
-        result: tuple[int, list[Job]] = await self._write(op)
-        self._emit(changes)
-        return result
-
-    # -- queues ---------------------------------------------------------------------------------
-    # -- schedules ------------------------------------------------------------------------------
-    async def fire_schedule(
-        self, name: str, expected_tick: float, next_tick: float, jobs: Sequence[NewJob], now: float
-    ) -> list[Job]:
-        """Move the schedule from `expected_tick` to `next_tick` and enqueue its jobs, in one
-        transaction; nothing when another process moved it first (each tick runs once)."""
-        rows = [_insert_params(j, now) for j in jobs]
-
-        def op(conn: sqlite3.Connection) -> list[Job]:
-            moved = conn.execute(
-                "UPDATE schedules SET next_tick_at = ?, last_tick_at = ?"
-                " WHERE name = ? AND next_tick_at = ?",
-                (next_tick, expected_tick, name, expected_tick),
-            ).rowcount
-            if not moved:
-                return []
-            _admit(conn, rows)
-            return [e.job for e in _insert_all(conn, rows, now, Changes())]
-
-        result: list[Job] = await self._write(op)
-        return result
 
     # -- retention ------------------------------------------------------------------------------
     async def prune(self, finished_before: float, failed_before: float, limit: int) -> int:
@@ -850,206 +838,6 @@ def _migrate(conn: sqlite3.Connection) -> None:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-
-
-def _insert_params(job: NewJob, now: float) -> dict[str, Any]:
-    backoff = job.backoff
-    key = job.idempotency_key
-    return {
-        "task": job.task,
-        "queue": job.queue,
-        "args": codec.dumps(job.args),
-        "kwargs": codec.dumps(job.kwargs),
-        "priority": job.priority,
-        "max_retries": job.max_retries,
-        "timeout_s": job.timeout_s,
-        "backoff": codec.dumps(
-            {"base_s": backoff.base_s, "factor": backoff.factor, "cap_s": backoff.cap_s}
-        )
-        if backoff is not None
-        else None,
-        "created_at": now,
-        "run_at": job.run_at if job.run_at is not None else now,
-        "idempotency_key": key,
-        "idempotency_expires_at": now + job.idempotency_window_s if key is not None else None,
-        "payload_hash": payload_fingerprint(job) if key is not None else None,
-        "deadline": job.deadline,
-        "unique_key": job.unique_key,
-        "depends_on": list(job.depends_on),
-        "depends_on_index": list(job.depends_on_index),
-        "pass_result": int(job.pass_result),
-        "on_dependency_failure": job.on_dependency_failure,
-        "callback_url": job.callback_url,
-        "workflow_id": job.workflow_id,
-    }
-
-
-def _admit(
-    conn: sqlite3.Connection, rows: Sequence[dict[str, Any]], unlimited: Container[str] = ()
-) -> list[str]:
-    """Register the jobs' queues, and refuse the whole batch if one would pass its max depth.
-    Queues in `unlimited` are known to exist without a max depth; returns those found so."""
-    adding: dict[str, int] = {}
-    for row in rows:
-        if row["queue"] not in unlimited:
-            adding[row["queue"]] = adding.get(row["queue"], 0) + 1
-    if not adding:
-        return []
-    conn.executemany("INSERT OR IGNORE INTO queues (name) VALUES (?)", [(q,) for q in adding])
-    found_unlimited = []
-    for queue, count in adding.items():
-        (max_depth,) = conn.execute(
-            "SELECT max_depth FROM queues WHERE name = ?", (queue,)
-        ).fetchone()
-        if max_depth is None:
-            found_unlimited.append(queue)
-            continue
-        (depth,) = conn.execute(
-            "SELECT count(*) FROM jobs"
-            " WHERE status = 'pending' AND status <> 'running' AND queue = ?",  # jobs_status
-            (queue,),
-        ).fetchone()
-        if depth + count > max_depth:
-            raise QueueFull(queue, max_depth)
-    return found_unlimited
-
-
-INSERT_JOB = """INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries,
-        timeout_s, backoff, created_at, run_at, idempotency_key, idempotency_expires_at,
-        payload_hash, deadline, unique_key, pass_result, on_dependency_failure, callback_url,
-        workflow_id)
-    VALUES (:task, :queue, :args, :kwargs, :priority, 'pending', :max_retries, :timeout_s,
-        :backoff, :created_at, :run_at, :idempotency_key, :idempotency_expires_at,
-        :payload_hash, :deadline, :unique_key, :pass_result, :on_dependency_failure,
-        :callback_url, :workflow_id)"""
-
-
-# Plain jobs' columns (see _is_plain): the rest keep their defaults.
-_PLAIN_COLUMNS = (
-    "task", "queue", "args", "kwargs", "priority", "max_retries", "timeout_s", "backoff",
-    "created_at", "run_at", "deadline", "pass_result", "on_dependency_failure", "callback_url",
-    "workflow_id",
-)  # fmt: skip
-_INSERT_PLAIN = f"INSERT INTO jobs ({', '.join(_PLAIN_COLUMNS)}, status) VALUES "
-_PLAIN_ROW = "(" + ", ".join("?" * len(_PLAIN_COLUMNS)) + ", 'pending')"
-PLAIN_CHUNK = 500  # rows a statement: 15 parameters each, far below SQLite's 32,766
-
-
-def _insert_plain(conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> list[Enqueued]:
-    """Plain jobs, all or none, by one multi-row INSERT per PLAIN_CHUNK rows: values bound in
-    C, no step out of SQLite per row (a statement per row handed the interpreter lock back
-    and forth each time; a JSON parameter took SQLite twice as long to take apart)."""
-    chunks = [rows[i : i + PLAIN_CHUNK] for i in range(0, len(rows), PLAIN_CHUNK)]
-    several = len(chunks) > 1
-    if several:  # one statement undoes itself if it fails; several need a savepoint
-        conn.execute("SAVEPOINT plain")
-    try:
-        for chunk in chunks:
-            conn.execute(
-                _INSERT_PLAIN + ", ".join([_PLAIN_ROW] * len(chunk)),
-                [params[c] for params in chunk for c in _PLAIN_COLUMNS],
-            )
-    except BaseException:
-        if several:
-            conn.execute("ROLLBACK TO plain")
-            conn.execute("RELEASE plain")
-        raise
-    if several:
-        conn.execute("RELEASE plain")
-    # This connection is the only writer and ids are AUTOINCREMENT: the rows got consecutive
-    # ids ending at the last one.
-    (last,) = conn.execute("SELECT last_insert_rowid()").fetchone()
-    first = last - len(rows) + 1
-    return [Enqueued(_new_job_row(p, first + i), created=True) for i, p in enumerate(rows)]
-
-
-def _is_plain(params: dict[str, Any]) -> bool:
-    """A job that needs no lookup before its insert: no keys, no dependencies."""
-    return (
-        params["idempotency_key"] is None
-        and params["unique_key"] is None
-        and not params["depends_on"]
-        and not params["depends_on_index"]
-    )
-
-
-def _new_job_row(params: dict[str, Any], job_id: int) -> Job:
-    """The job just inserted from `params`, as a read would return it (no read needed)."""
-    backoff = codec.loads(params["backoff"]) if params["backoff"] is not None else None
-    return Job(
-        id=job_id,
-        task=params["task"],
-        queue=params["queue"],
-        args=codec.loads(params["args"]),
-        kwargs=codec.loads(params["kwargs"]),
-        priority=params["priority"],
-        status=JobState.PENDING,
-        attempts=0,
-        max_retries=params["max_retries"],
-        timeout_s=params["timeout_s"],
-        backoff=Backoff(**backoff) if backoff is not None else None,
-        created_at=params["created_at"],
-        run_at=params["run_at"],
-        idempotency_key=params["idempotency_key"],
-        deadline=params["deadline"],
-        unique_key=params["unique_key"],
-        pass_result=bool(params["pass_result"]),
-        on_dependency_failure=params["on_dependency_failure"],
-        callback_url=params["callback_url"],
-        workflow_id=params["workflow_id"],
-    )
-
-
-def _insert_one(conn: sqlite3.Connection, params: dict[str, Any], now: float) -> Enqueued:
-    key = params["idempotency_key"]
-    if key is not None:
-        row = conn.execute(
-            f"SELECT {JOB_COLUMNS}, payload_hash, idempotency_expires_at FROM jobs"
-            " WHERE idempotency_key = ?",
-            (key,),
-        ).fetchone()
-        if row is not None:
-            if row[-1] is not None and row[-1] <= now:  # past its window: the key is free again
-                conn.execute("UPDATE jobs SET idempotency_key = NULL WHERE id = ?", (row[0],))
-            elif row[-2] != params["payload_hash"]:
-                raise Conflict(
-                    f"idempotency key {key!r} was used for job {row[0]} with a different payload"
-                )
-            else:
-                return Enqueued(_row_to_job(row[:-2]), created=False)
-    unique = params["unique_key"]
-    if unique is not None:
-        row = conn.execute(
-            f"SELECT {JOB_COLUMNS} FROM jobs"
-            " WHERE unique_key = ? AND status IN ('pending', 'running')",
-            (unique,),
-        ).fetchone()
-        if row is not None:
-            return Enqueued(_row_to_job(row), created=False)
-    job_id = conn.execute(INSERT_JOB, params).lastrowid
-    assert job_id is not None
-    return Enqueued(_new_job_row(params, job_id), created=True)
-
-
-def _insert_all(
-    conn: sqlite3.Connection, rows: Sequence[dict[str, Any]], now: float, changes: Changes
-) -> list[Enqueued]:
-    """Insert a batch; `depends_on_index` names earlier jobs of the same batch."""
-    if all(_is_plain(params) for params in rows):
-        return _insert_plain(conn, rows)  # nothing to look up first
-    results: list[Enqueued] = []
-    for params in rows:
-        enqueued = _insert_one(conn, params, now)
-        batch_deps = [results[i].job.id for i in params["depends_on_index"]]
-        deps = list(dict.fromkeys([*params["depends_on"], *batch_deps]))
-        if enqueued.created and deps:
-            _run(conn, lifecycle.link_dependencies(enqueued.job.id, deps, now, changes))
-            row = conn.execute(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (enqueued.job.id,)
-            ).fetchone()
-            enqueued = Enqueued(_row_to_job(row), created=True)
-        results.append(enqueued)
-    return results
 
 
 def _first_id_created_since(conn: sqlite3.Connection, since: float) -> int:

@@ -323,3 +323,41 @@ UPDATE queues SET rate_burst = $2 WHERE name = $1;
 
 -- name: set_queue_max_depth
 UPDATE queues SET max_depth = $2 WHERE name = $1;
+
+-- Enqueueing (lifecycle.admit, insert_one, insert_plain, create_workflow, fire_schedule).
+
+-- name: queue_max_depth
+SELECT max_depth FROM queues WHERE name = $1 AND max_depth IS NOT NULL;
+
+-- name: pending_depth
+SELECT count(*) FROM jobs WHERE status = 'pending' AND status <> 'running' AND queue = $1;
+
+-- name: idempotency_holder
+SELECT id, payload_hash, idempotency_expires_at FROM jobs WHERE idempotency_key = $1;
+
+-- name: free_idempotency_key
+UPDATE jobs SET idempotency_key = NULL WHERE id = $1;
+
+-- name: live_job_by_unique_key
+SELECT {job_columns} FROM jobs WHERE unique_key = $1 AND status IN ('pending', 'running');
+
+-- name: insert_job
+INSERT INTO jobs (task, queue, args, kwargs, priority, max_retries, timeout_s, backoff,
+    created_at, run_at, idempotency_key, idempotency_expires_at, payload_hash, deadline,
+    unique_key, pass_result, on_dependency_failure, callback_url, workflow_id, status)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
+    'pending')
+RETURNING id;
+
+-- name: insert_workflow
+INSERT INTO workflows (created_at) VALUES ($1) RETURNING id;
+
+-- name: move_schedule
+UPDATE schedules SET next_tick_at = $1, last_tick_at = $2 WHERE name = $3 AND next_tick_at = $2;
+
+-- name: insert_plain
+-- the driver repeats the VALUES row once a job (one statement for up to PLAIN_CHUNK jobs)
+INSERT INTO jobs (task, queue, args, kwargs, priority, max_retries, timeout_s, backoff,
+    created_at, run_at, deadline, pass_result, on_dependency_failure, callback_url, workflow_id,
+    status)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 'pending');
