@@ -15,10 +15,55 @@ from typing import Any, TypeVar
 
 from .. import codec, lifecycle
 from ..lifecycle import Changes, Program, count, job, row, rows, value
-from ..models import Attempt, DeadLetter, Job, JobState, NewJob, QueueInfo, Schedule
+from ..models import Attempt, Backoff, DeadLetter, Job, JobState, NewJob, QueueInfo, Schedule
 from .base import LeaseReport, RescueReport, with_current_attempt
 
 T = TypeVar("T")
+
+JOB_COLUMNS = (
+    "id, task, queue, args, kwargs, priority, status, attempts, max_retries, timeout_s, backoff,"
+    " created_at, run_at, started_at, completed_at, result, error, progress, progress_message,"
+    " lease_token, lease_expires_at, cancel_requested, idempotency_key, deadline, unique_key,"
+    " depends_on, blocked_by, pass_result, on_dependency_failure, callback_url, workflow_id"
+)
+
+
+def job_from_row(r: Sequence[Any], loads: Callable[[Any], Any]) -> Job:
+    """A Job from a row of JOB_COLUMNS; `loads` decodes a JSON column as the driver reads it."""
+    backoff = loads(r[10]) if r[10] is not None else None
+    return Job(
+        id=r[0],
+        task=r[1],
+        queue=r[2],
+        args=loads(r[3]),
+        kwargs=loads(r[4]),
+        priority=r[5],
+        status=JobState(r[6]),
+        attempts=r[7],
+        max_retries=r[8],
+        timeout_s=r[9],
+        backoff=Backoff(**backoff) if backoff is not None else None,
+        created_at=r[11],
+        run_at=r[12],
+        started_at=r[13],
+        completed_at=r[14],
+        result=loads(r[15]) if r[15] is not None else None,
+        error=loads(r[16]) if r[16] is not None else None,
+        progress=r[17],
+        progress_message=r[18],
+        lease_token=r[19],
+        lease_expires_at=r[20],
+        cancel_requested=bool(r[21]),
+        idempotency_key=r[22],
+        deadline=r[23],
+        unique_key=r[24],
+        depends_on=loads(r[25]) if r[25] is not None else [],
+        blocked_by=r[26],
+        pass_result=bool(r[27]),
+        on_dependency_failure=r[28],
+        callback_url=r[29],
+        workflow_id=r[30],
+    )
 
 
 class JobStore:

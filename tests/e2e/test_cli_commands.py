@@ -23,7 +23,7 @@ import pytest
 from jobserver import JobState
 from jobserver.cli import main
 from jobserver.client import Client, ClientError
-from jobserver.store.sqlite.driver import MIGRATIONS
+from jobserver.store.sqlite.statements import MIGRATIONS
 
 from ..procs import REPO, free_port, server_env
 

@@ -13,7 +13,8 @@ from jobserver.errors import DatabaseInUse, QueueFull, SchemaError
 from jobserver.models import JobState, NewJob
 from jobserver.store.base import JobFilter
 from jobserver.store.sqlite import SQLiteStore
-from jobserver.store.sqlite.driver import DIALECT, MIGRATIONS, _on_db_thread, _run
+from jobserver.store.sqlite.driver import _on_db_thread
+from jobserver.store.sqlite.statements import DIALECT, MIGRATIONS, run
 
 T0 = 1_800_000_000.0
 
@@ -153,7 +154,7 @@ async def test_a_claim_among_many_delayed_jobs_reads_only_the_due_ones(db: Path)
         return 0
 
     conn.set_progress_handler(count, 100)
-    ids = _run(conn, lifecycle.due_ids("default", T0, 64, DIALECT))
+    ids = run(conn, lifecycle.due_ids("default", T0, 64, DIALECT))
     conn.set_progress_handler(None, 0)
     assert ids == [r.job.id for r in due]
     assert steps < 50  # under 5,000 steps; walking the 20,000 delayed jobs takes over 100,000

@@ -20,7 +20,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -34,7 +34,6 @@ from ...errors import (
 )
 from ...lifecycle import Changes, NewRow, Program, Sql
 from ...models import (
-    Backoff,
     Job,
     JobState,
     NewJob,
@@ -47,7 +46,7 @@ from ..base import (
     node_name,
 )
 from ..group_commit import GatheredWrite, GroupCommitQueue, PendingWrite, open_gathered
-from ..jobstore import JobStore
+from ..jobstore import JOB_COLUMNS, JobStore, job_from_row
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,13 +68,6 @@ RELISTEN_FIRST_DELAY_S, RELISTEN_MAX_DELAY_S = 0.1, 5.0  # reconnecting a lost L
 TRANSACTION_TRIES = 5  # a transaction rolled back by a deadlock with another node runs again
 
 MIGRATIONS = queries.migrations("postgres")
-
-JOB_COLUMNS = (
-    "id, task, queue, args, kwargs, priority, status, attempts, max_retries, timeout_s, backoff,"
-    " created_at, run_at, started_at, completed_at, result, error, progress, progress_message,"
-    " lease_token, lease_expires_at, cancel_requested, idempotency_key, deadline, unique_key,"
-    " depends_on, blocked_by, pass_result, on_dependency_failure, callback_url, workflow_id"
-)
 
 
 QUERIES = queries.load("postgres", job_columns=JOB_COLUMNS)
@@ -139,41 +131,12 @@ def split_schema(dsn: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query=rest)), schema
 
 
-def _record_to_job(r: Mapping[str, Any]) -> Job:
-    backoff = r["backoff"]
-    return Job(
-        id=r["id"],
-        task=r["task"],
-        queue=r["queue"],
-        args=r["args"],
-        kwargs=r["kwargs"],
-        priority=r["priority"],
-        status=JobState(r["status"]),
-        attempts=r["attempts"],
-        max_retries=r["max_retries"],
-        timeout_s=r["timeout_s"],
-        backoff=Backoff(**backoff) if backoff is not None else None,
-        created_at=r["created_at"],
-        run_at=r["run_at"],
-        started_at=r["started_at"],
-        completed_at=r["completed_at"],
-        result=r["result"],
-        error=r["error"],
-        progress=r["progress"],
-        progress_message=r["progress_message"],
-        lease_token=r["lease_token"],
-        lease_expires_at=r["lease_expires_at"],
-        cancel_requested=r["cancel_requested"],
-        idempotency_key=r["idempotency_key"],
-        deadline=r["deadline"],
-        unique_key=r["unique_key"],
-        depends_on=r["depends_on"] or [],
-        blocked_by=r["blocked_by"],
-        pass_result=r["pass_result"],
-        on_dependency_failure=r["on_dependency_failure"],
-        callback_url=r["callback_url"],
-        workflow_id=r["workflow_id"],
-    )
+def _record_to_job(r: Sequence[Any]) -> Job:
+    return job_from_row(r, _as_read)  # jsonb is decoded by the connection's codec
+
+
+def _as_read(value: Any) -> Any:
+    return value
 
 
 def _encode_json(value: Any) -> str:

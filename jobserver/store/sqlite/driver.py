@@ -1,4 +1,4 @@
-"""The SQLite store: all of jobserver's SQLite SQL lives here.
+"""The SQLite store's driver: its connections, group commit and hot paths (SQL: queries.sql).
 
 One writer connection takes every write. Writes that arrive while a transaction is running
 wait in a queue and go into the next transaction together (group commit): one fsync and one
@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import itertools
 import logging
 import os
-import re
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,15 +24,13 @@ import aiosqlite
 
 from ... import codec, lifecycle
 from ...errors import (
-    DatabaseInUse,
     JobServerError,
     SchemaError,
     StorageUnavailable,
     StoreError,
 )
-from ...lifecycle import Changes, NewRow, Program, Sql
-from ...models import Backoff, Job, JobState, NewJob, QueueInfo
-from .. import queries
+from ...lifecycle import Changes, NewRow, Program
+from ...models import Job, JobState, NewJob, QueueInfo
 from ..base import (
     Ended,
     Enqueued,
@@ -43,107 +38,16 @@ from ..base import (
     node_name,
 )
 from ..group_commit import GatheredWrite, GroupCommitQueue, PendingWrite, open_gathered
-from ..jobstore import JobStore
+from ..jobstore import JOB_COLUMNS, JobStore
+from .files import DatabaseFile, ProcessLock
+from .statements import DIALECT, MIGRATIONS, row_to_job, run, sql_statements
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
 
-MIGRATIONS = queries.migrations("sqlite")
-
-JOB_COLUMNS = (
-    "id, task, queue, args, kwargs, priority, status, attempts, max_retries, timeout_s, backoff,"
-    " created_at, run_at, started_at, completed_at, result, error, progress, progress_message,"
-    " lease_token, lease_expires_at, cancel_requested, idempotency_key, deadline, unique_key,"
-    " depends_on, blocked_by, pass_result, on_dependency_failure, callback_url, workflow_id"
-)
-
 
 _UNAVAILABLE_MARKERS = ("disk is full", "database is locked", "disk i/o error", "database is busy")
-
-
-def _row_to_job(r: Sequence[Any]) -> Job:
-    backoff = codec.loads(r[10]) if r[10] is not None else None
-    return Job(
-        id=r[0],
-        task=r[1],
-        queue=r[2],
-        args=codec.loads(r[3]),
-        kwargs=codec.loads(r[4]),
-        priority=r[5],
-        status=JobState(r[6]),
-        attempts=r[7],
-        max_retries=r[8],
-        timeout_s=r[9],
-        backoff=Backoff(**backoff) if backoff is not None else None,
-        created_at=r[11],
-        run_at=r[12],
-        started_at=r[13],
-        completed_at=r[14],
-        result=codec.loads(r[15]) if r[15] is not None else None,
-        error=codec.loads(r[16]) if r[16] is not None else None,
-        progress=r[17],
-        progress_message=r[18],
-        lease_token=r[19],
-        lease_expires_at=r[20],
-        cancel_requested=bool(r[21]),
-        idempotency_key=r[22],
-        deadline=r[23],
-        unique_key=r[24],
-        depends_on=codec.loads(r[25]) if r[25] is not None else [],
-        blocked_by=r[26],
-        pass_result=bool(r[27]),
-        on_dependency_failure=r[28],
-        callback_url=r[29],
-        workflow_id=r[30],
-    )
-
-
-# What a claim reads back: every column but those the claim itself sets, or that a running
-# job's CHECKs fix (completed_at NULL, blocked_by 0). Seven columns and an enum lookup fewer a
-# job, on the writer's thread: about 1 us of its 7 (measured on 64-job claims).
-CLAIMED_COLUMNS = (
-    "id, task, queue, args, kwargs, priority, attempts, max_retries, timeout_s, backoff,"
-    " created_at, run_at, result, error, progress, progress_message, idempotency_key, deadline,"
-    " unique_key, depends_on, pass_result, on_dependency_failure, callback_url, workflow_id"
-)
-
-
-def _claimed_job(r: Sequence[Any], now: float, token: str, expires: float) -> Job:
-    loads = codec.loads
-    return Job(
-        id=r[0],
-        task=r[1],
-        queue=r[2],
-        args=loads(r[3]),
-        kwargs=loads(r[4]),
-        priority=r[5],
-        status=JobState.RUNNING,
-        attempts=r[6],
-        max_retries=r[7],
-        timeout_s=r[8],
-        backoff=Backoff(**loads(r[9])) if r[9] is not None else None,
-        created_at=r[10],
-        run_at=r[11],
-        started_at=now,
-        completed_at=None,
-        result=loads(r[12]) if r[12] is not None else None,
-        error=loads(r[13]) if r[13] is not None else None,
-        progress=r[14],
-        progress_message=r[15],
-        lease_token=token,
-        lease_expires_at=expires,
-        cancel_requested=False,
-        idempotency_key=r[16],
-        deadline=r[17],
-        unique_key=r[18],
-        depends_on=loads(r[19]) if r[19] is not None else [],
-        blocked_by=0,
-        pass_result=bool(r[20]),
-        on_dependency_failure=r[21],
-        callback_url=r[22],
-        workflow_id=r[23],
-    )
 
 
 def _storage_error(exc: sqlite3.Error) -> StoreError:
@@ -151,141 +55,6 @@ def _storage_error(exc: sqlite3.Error) -> StoreError:
     if any(marker in text for marker in _UNAVAILABLE_MARKERS):
         return StorageUnavailable(f"database cannot take writes now: {exc}")
     return StoreError(f"database error: {exc}")
-
-
-def _sql_statements(script: str) -> list[str]:
-    """A script's statements, its `--` comments left out (they may hold a `;`)."""
-    lines = [line.split("--", 1)[0] for line in script.splitlines()]
-    return [text for text in "\n".join(lines).split(";") if text.strip()]
-
-
-def _statements(sql: str) -> list[tuple[str, int]]:
-    """A named query's statements, with `$N` as SQLite's `?N` and how many parameters each
-    takes (sqlite3 wants exactly that many)."""
-    found = []
-    for text in _sql_statements(sql):
-        if text:
-            numbers = [int(n) for n in re.findall(r"\$(\d+)", text)]
-            found.append((re.sub(r"\$(\d+)", r"?\1", text), max(numbers, default=0)))
-    return found
-
-
-QUERIES = {
-    name: _statements(sql)
-    for name, sql in queries.load(
-        "sqlite", job_columns=JOB_COLUMNS, claimed_columns=CLAIMED_COLUMNS
-    ).items()
-}
-
-DIALECT = lifecycle.Dialect(walk_priority_levels=True, lock_limited_queues=False)
-
-
-def _run(conn: sqlite3.Connection, program: Program[T]) -> T:
-    """Run a lifecycle program on this connection (inside the caller's transaction)."""
-    try:
-        statement = next(program)
-        while True:
-            statement = program.send(_execute(conn, statement))
-    except StopIteration as stop:
-        result: T = stop.value
-        return result
-
-
-_PLAIN_HEAD, _PLAIN_VALUES = QUERIES["insert_plain"][0][0].split("VALUES")
-_PLAIN_ROW = re.sub(r"\?\d+", "?", _PLAIN_VALUES).strip()  # a row's own `?`s, in order
-PLAIN_CHUNK = 500  # rows a statement: 15 parameters each, far below SQLite's 32,766
-
-
-def _insert_plain(conn: sqlite3.Connection, rows: Sequence[NewRow]) -> list[int]:
-    """Plain jobs, all or none, by one multi-row INSERT per PLAIN_CHUNK rows: values bound in
-    C, no step out of SQLite per row (a statement per row handed the interpreter lock back
-    and forth each time; a JSON parameter took SQLite twice as long to take apart)."""
-    chunks = [rows[i : i + PLAIN_CHUNK] for i in range(0, len(rows), PLAIN_CHUNK)]
-    several = len(chunks) > 1
-    if several:  # one statement undoes itself if it fails; several need a savepoint
-        conn.execute("SAVEPOINT plain")
-    try:
-        for chunk in chunks:
-            conn.execute(
-                f"{_PLAIN_HEAD} VALUES {', '.join([_PLAIN_ROW] * len(chunk))}",
-                [r.values[i] for r in chunk for i in lifecycle.PLAIN_INDEXES],
-            )
-    except BaseException:
-        if several:
-            conn.execute("ROLLBACK TO plain")
-            conn.execute("RELEASE plain")
-        raise
-    if several:
-        conn.execute("RELEASE plain")
-    # This connection is the only writer and ids are AUTOINCREMENT: the rows got consecutive
-    # ids ending at the last one.
-    (last,) = conn.execute("SELECT last_insert_rowid()").fetchone()
-    return list(range(last - len(rows) + 1, last + 1))
-
-
-def _execute(conn: sqlite3.Connection, statement: Sql) -> Any:
-    steps = QUERIES[statement.name]
-    if statement.mode == "insert_plain":
-        return _insert_plain(conn, statement.params)
-    if statement.mode == "many":
-        conn.executemany(steps[0][0], statement.params)
-        return None
-    params = [
-        codec.dumps(p).decode() if isinstance(p, list) else p  # ids, read by json_each
-        for p in statement.params
-    ]
-    for sql, n in steps[:-1]:
-        conn.execute(sql, params[:n])
-    sql, n = steps[-1]
-    cursor = conn.execute(sql, params[:n])
-    mode = statement.mode
-    if mode == "count":
-        return cursor.rowcount
-    if mode == "rows":
-        return cursor.fetchall()
-    if mode == "jobs":
-        return [_row_to_job(r) for r in cursor.fetchall()]
-    if mode == "claimed":  # now, token, expires: what the claim set (CLAIMED_COLUMNS)
-        now, token, expires = statement.params[:3]
-        return [_claimed_job(r, now, token, expires) for r in cursor.fetchall()]
-    first = cursor.fetchone()
-    cursor.fetchall()  # a RETURNING statement finishes its changes once read to the end
-    if mode == "row":
-        return first
-    if mode == "value":
-        return None if first is None else first[0]
-    return None if first is None else _row_to_job(first)  # mode == "job"
-
-
-@dataclass(frozen=True, slots=True)
-class DatabaseFile:
-    """The file the connections opened. A write goes in only while the path still names that
-    file: one deleted or replaced under the server would take every acknowledged job with it
-    (the next start makes a new, empty database), so writes are refused (503) instead."""
-
-    path: str
-    device: int
-    inode: int
-
-    @classmethod
-    def of(cls, path: str | os.PathLike[str]) -> DatabaseFile:
-        st = os.stat(path)
-        return cls(os.fspath(path), st.st_dev, st.st_ino)
-
-    def check(self) -> None:
-        """Raise StorageUnavailable unless the path still names this file (one stat call)."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            raise StorageUnavailable(
-                f"the database file {self.path} was deleted while the server ran: writes are"
-                " refused; restart the server once the file is restored"
-            ) from None
-        if (st.st_dev, st.st_ino) != (self.device, self.inode):
-            raise StorageUnavailable(
-                f"the database file {self.path} was replaced while the server ran: writes are"
-                " refused; restart the server to open the new file"
-            )
 
 
 def _apply_batch_to(
@@ -359,9 +128,9 @@ class _CompletionBatch(GatheredWrite[tuple[int, str, bytes, float]]):
             for job_id, has_dependants, has_callback, completed_at in ended:
                 done.add(job_id)
                 if has_dependants:
-                    _run(conn, lifecycle.after_success(job_id, self.changes))
+                    run(conn, lifecycle.after_success(job_id, self.changes))
                 if has_callback:
-                    _run(conn, lifecycle.queue_webhooks([job_id], completed_at, self.changes))
+                    run(conn, lifecycle.queue_webhooks([job_id], completed_at, self.changes))
         return [item[0] in done for item in self.items]
 
 
@@ -408,7 +177,7 @@ class _PlainInsertBatch(GatheredWrite[NewRow]):
         rows = self.items
         if all(r.queue in self._unlimited for r in rows):
             try:
-                return list(_run(conn, lifecycle.insert_plain(rows)))
+                return list(run(conn, lifecycle.insert_plain(rows)))
             except (sqlite3.IntegrityError, ValueError, TypeError):
                 pass  # one row refused undoes them all: find which, one by one
         # A queue's max depth was set since (or a row is refused): each job on its own.
@@ -416,8 +185,8 @@ class _PlainInsertBatch(GatheredWrite[NewRow]):
         for r in rows:
             conn.execute("SAVEPOINT item")
             try:
-                self.found_unlimited.extend(_run(conn, lifecycle.admit([r], self._unlimited)))
-                answers.extend(_run(conn, lifecycle.insert_plain([r])))
+                self.found_unlimited.extend(run(conn, lifecycle.admit([r], self._unlimited)))
+                answers.extend(run(conn, lifecycle.insert_plain([r])))
             except (JobServerError, sqlite3.IntegrityError, ValueError, TypeError) as exc:
                 conn.execute("ROLLBACK TO item")
                 answers.append(exc)
@@ -485,7 +254,7 @@ class SQLiteStore(JobStore):
         self._writer_conn: aiosqlite.Connection | None = None
         self._reader_conn: aiosqlite.Connection | None = None
         self._writer: _GroupCommitWriter | None = None
-        self._lock_fd: int | None = None
+        self._lock = ProcessLock(f"{self.path}-lock")
         self._turn = itertools.count()  # which queue goes first in a claim: rotates for fairness
         self.commit_observer: Callable[[int, float], None] | None = None
         self._on_due: list[Callable[[], None]] = []
@@ -496,7 +265,7 @@ class SQLiteStore(JobStore):
 
     # -- opening and closing ----------------------------------------------------------------------
     async def open(self) -> None:
-        self._take_process_lock()
+        self._lock.take()
         try:
             self._writer_conn = await self._connect()
             await _on_db_thread(self._writer_conn, self._configure_writer)
@@ -505,7 +274,7 @@ class SQLiteStore(JobStore):
             await _on_db_thread(self._reader_conn, _configure_reader)
         except BaseException:
             await self._close_connections()
-            self._drop_process_lock()
+            self._lock.drop()
             raise
         self._writer = _GroupCommitWriter(self._writer_conn, DatabaseFile.of(self.path))
         # looked up at each commit, so an observer set after open() is told too
@@ -523,7 +292,7 @@ class SQLiteStore(JobStore):
             with contextlib.suppress(sqlite3.Error):
                 await _on_db_thread(self._writer_conn, _checkpoint)
         await self._close_connections()
-        self._drop_process_lock()
+        self._lock.drop()
 
     def subscribe(
         self, on_due: Callable[[], None], on_done: Callable[[int, Ended | None], None]
@@ -563,27 +332,6 @@ class SQLiteStore(JobStore):
                 await conn.close()
         self._reader_conn = None
         self._writer_conn = None
-
-    def _take_process_lock(self) -> None:
-        """One process per database file: the workers recover every `running` row at start."""
-        lock_path = f"{self.path}-lock"
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise StoreError(f"cannot open the lock file {lock_path}: {exc}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise DatabaseInUse(
-                f"{self.path} is in use by another jobserver process (lock file {lock_path})"
-            ) from None
-        self._lock_fd = fd
-
-    def _drop_process_lock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
 
     def _configure_writer(self, conn: sqlite3.Connection) -> None:
         try:
@@ -630,7 +378,7 @@ class SQLiteStore(JobStore):
         epoch = known.epoch
 
         def op(conn: sqlite3.Connection) -> tuple[list[Enqueued], list[str]]:
-            return _run(conn, lifecycle.enqueue(rows, now, known, changes))
+            return run(conn, lifecycle.enqueue(rows, now, known, changes))
 
         if len(rows) == 1 and rows[0].plain:
             # One INSERT, and admit writes nothing before it could refuse: if the insert
@@ -689,7 +437,7 @@ class SQLiteStore(JobStore):
         params.append(limit)
 
         def fn(conn: sqlite3.Connection) -> list[Job]:
-            return [_row_to_job(r) for r in conn.execute(sql, params)]
+            return [row_to_job(r) for r in conn.execute(sql, params)]
 
         return await self._read(fn)
 
@@ -729,7 +477,7 @@ class SQLiteStore(JobStore):
         changes = Changes()
 
         def op(conn: sqlite3.Connection) -> T:
-            return _run(conn, program(changes))
+            return run(conn, program(changes))
 
         if claims:
             op.claims = True  # type: ignore[attr-defined]
@@ -738,7 +486,7 @@ class SQLiteStore(JobStore):
         return result
 
     async def _look(self, program: Program[T]) -> T:
-        return await self._read(_run, program)
+        return await self._read(run, program)
 
     async def configure_queue(self, name: str, changes: dict[str, Any], now: float) -> QueueInfo:
         self._unlimited_queues.forget(name)  # it may get a max depth: enqueues check it again
@@ -775,7 +523,7 @@ class SQLiteStore(JobStore):
                             (status, bound, before, limit - len(gone)),
                         ).fetchall()
                     ]
-                _run(conn, lifecycle.forget_jobs(gone))
+                run(conn, lifecycle.forget_jobs(gone))
                 deleted += len(gone)
             deleted += conn.execute(
                 "DELETE FROM dead_letters WHERE id IN"
@@ -828,7 +576,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
             continue
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _sql_statements(sql):
+            for statement in sql_statements(sql):
                 conn.execute(statement)
             conn.execute(
                 "INSERT INTO schema_version (version, applied_at) VALUES (?, unixepoch())",
