@@ -31,11 +31,14 @@ from .models import (
     NewJob,
     QueueInfo,
     QueueSettings,
+    Transition,
     error_info,
 )
 from .store.base import CONCURRENCY_RECHECK_S, Enqueued, RescueReport, payload_fingerprint
 
 T = TypeVar("T")
+PENDING, RUNNING = JobState.PENDING, JobState.RUNNING
+FAILED, CANCELLED = JobState.FAILED, JobState.CANCELLED
 
 # Rules both dialects apply, stated once.
 LEASE_LOST = "worker stopped renewing its lease (its process crashed or stalled)"
@@ -93,6 +96,7 @@ class Changes:
     """What a move set off beyond the job it moved, for the driver to tell listeners once
     the transaction has committed (SQLite: callbacks; PostgreSQL: NOTIFY to every node)."""
 
+    transitions: list[Transition] = field(default_factory=list)  # every move, in order
     ended: list[int] = field(default_factory=list)  # dependants that ended with it
     due: bool = False  # jobs that may start now: unblocked dependants, webhook deliveries
     # jobs this write made pending (inserted, retried, released, rescued): the process that
@@ -109,11 +113,16 @@ def retry(
     """running -> pending, due at `run_at`; -> cancelled if a client asked to cancel it (an
     attempt that failed after its cancel was asked is not retried)."""
     error_json = codec.dumps(error)
-    if (yield count("cancel_leased_if_requested", job_id, token, now, error_json)):
+    kind = error.get("type")
+    ended = yield row("cancel_leased_if_requested", job_id, token, now, error_json)
+    if ended is not None:
+        _moved(ch, job_id, ended, RUNNING, CANCELLED, "cancel_requested", now, kind)
         yield from _attempt_ended([job_id], "cancelled", error_json, now, ch)
         return JobState.CANCELLED
-    if not (yield count("retry_leased", job_id, token, run_at, error_json)):
+    retried = yield row("retry_leased", job_id, token, run_at, error_json)
+    if retried is None:
         return None
+    _moved(ch, job_id, retried, RUNNING, PENDING, "retry", now, kind)
     yield from record_attempts([job_id], "failed", error_json, now)
     ch.new_pending = True
     return JobState.PENDING
@@ -124,17 +133,20 @@ def dead_letter(
 ) -> Program[JobState | None]:
     """running -> failed, with a dead-letter row."""
     error_json = codec.dumps(error)
-    failed = yield value("fail_leased", job_id, token, error_json, now)
+    failed = yield row("fail_leased", job_id, token, error_json, now)
     if failed is None:
         return None
+    _moved(ch, job_id, failed, RUNNING, FAILED, "failed", now, error.get("type"))
     yield from _attempt_ended([job_id], "failed", error_json, now, ch)
     return JobState.FAILED
 
 
 def mark_cancelled(job_id: int, token: str, now: float, ch: Changes) -> Program[JobState | None]:
     """running -> cancelled, after the task saw its cancellation."""
-    if not (yield count("cancel_leased", job_id, token, now)):
+    ended = yield row("cancel_leased", job_id, token, now)
+    if ended is None:
         return None
+    _moved(ch, job_id, ended, RUNNING, CANCELLED, "cancelled", now)
     yield from _attempt_ended([job_id], "cancelled", None, now, ch)
     return JobState.CANCELLED
 
@@ -142,14 +154,36 @@ def mark_cancelled(job_id: int, token: str, now: float, ch: Changes) -> Program[
 def release(job_id: int, token: str, now: float | None, ch: Changes) -> Program[JobState | None]:
     """running -> pending at shutdown, the attempt given back; -> cancelled if a client asked
     (ended at `now`, or when it started if no time is given)."""
-    ended_at = yield value("release_leased_if_cancel_requested", job_id, token, now)
-    if ended_at is not None:
+    ended = yield row("release_leased_if_cancel_requested", job_id, token, now)
+    if ended is not None:
+        ended_at = ended[4]
+        _moved(ch, job_id, ended, RUNNING, CANCELLED, "cancel_requested", ended_at)
         yield from _attempt_ended([job_id], "cancelled", None, ended_at, ch)
         return JobState.CANCELLED
-    if not (yield count("release_leased", job_id, token)):
+    released = yield row("release_leased", job_id, token)
+    if released is None:
         return None
+    at = now if now is not None else released[3]
+    _moved(ch, job_id, released, RUNNING, PENDING, "released", at)
     ch.new_pending = True
     return JobState.PENDING
+
+
+def _moved(
+    ch: Changes,
+    job_id: int,
+    r: Sequence[Any],
+    before: JobState,
+    after: JobState,
+    reason: str,
+    at: float,
+    error_type: str | None = None,
+) -> None:
+    """Note a move whose statement returned (task, queue, attempts[, started_at])."""
+    started_at = r[3] if len(r) > 3 else None
+    ch.transitions.append(
+        Transition(job_id, r[0], r[1], before, after, reason, r[2], at, started_at, error_type)
+    )
 
 
 def _attempt_ended(
@@ -177,7 +211,10 @@ def rescue_expired(now: float, ch: Changes) -> Program[RescueReport]:
     cancelled if a client asked); pending jobs past their deadline fail as `expired`."""
     report = yield from _rescue(now, now, ch)
     error = codec.dumps(error_info(None, type_="expired", message=EXPIRED))
-    report.expired = sorted(r[0] for r in (yield rows("expire_overdue", now, error)))
+    expired = yield rows("expire_overdue", now, error)
+    for r in expired:
+        _moved(ch, r[0], r[1:], PENDING, FAILED, "expired", now)
+    report.expired = sorted(r[0] for r in expired)
     yield from after_failure(report.dead_lettered + report.expired + report.cancelled, now, ch)
     return report
 
@@ -193,17 +230,36 @@ def recover_orphans(now: float, ch: Changes) -> Program[RescueReport]:
 def _rescue(lease_ends_by: float, now: float, ch: Changes) -> Program[RescueReport]:
     """Running jobs whose lease ends by `lease_ends_by` lost their worker."""
     error = codec.dumps(error_info(None, type_="LeaseExpired", message=LEASE_LOST))
-    cancelled = [r[0] for r in (yield rows("rescue_cancel_requested", lease_ends_by, now))]
+    cancelled = yield rows("rescue_cancel_requested", lease_ends_by, now)
+    for r in cancelled:
+        _moved(ch, r[0], r[1:], RUNNING, CANCELLED, "lease_expired", now)
     requeued: list[Job] = yield jobs("rescue_requeue", lease_ends_by, now, error)
-    spent = [r[0] for r in (yield rows("rescue_spent", lease_ends_by, now, error))]
-    lost = cancelled + [j.id for j in requeued] + spent
+    for j in requeued:
+        ch.transitions.append(
+            Transition(
+                j.id,
+                j.task,
+                j.queue,
+                RUNNING,
+                PENDING,
+                "lease_expired",
+                j.attempts,
+                now,
+                j.started_at,
+                job=j,
+            )
+        )
+    spent = yield rows("rescue_spent", lease_ends_by, now, error)
+    for r in spent:
+        _moved(ch, r[0], r[1:], RUNNING, FAILED, "lease_expired", now)
+    lost = [r[0] for r in cancelled] + [j.id for j in requeued] + [r[0] for r in spent]
     yield from record_attempts(lost, "lease_expired", error, now)
     if requeued:
         ch.new_pending = True
     return RescueReport(
         requeued_jobs=sorted(requeued, key=lambda j: j.id),
-        dead_lettered=sorted(spent),
-        cancelled=sorted(cancelled),
+        dead_lettered=sorted(r[0] for r in spent),
+        cancelled=sorted(r[0] for r in cancelled),
     )
 
 
@@ -236,14 +292,18 @@ def _end_dependant(
 ) -> Program[None]:
     policy = yield value("dependency_policy", job_id)
     if policy == "cancel":
-        yield count("cancel_pending", job_id, now)
+        ended = yield row("cancel_pending", job_id, now)
+        after = CANCELLED
     else:
         error = error_info(
             None,
             type_="dependency_failed",
             message=f"job {root}, which this job depends on, ended {root_status}",
         )
-        yield count("fail_pending", job_id, now, codec.dumps(error))
+        ended = yield row("fail_pending", job_id, now, codec.dumps(error))
+        after = FAILED
+    if ended is not None:
+        _moved(ch, job_id, ended, PENDING, after, "dependency_failed", now)
     ch.ended.append(job_id)
     yield from queue_webhooks([job_id], now, ch)
 
@@ -252,9 +312,11 @@ def queue_webhooks(job_ids: Sequence[int], now: float, ch: Changes) -> Program[N
     """Jobs that ended and have a callback_url: their delivery jobs, in this same transaction."""
     if not job_ids:
         return
-    queued = yield count(
+    queued = yield rows(
         "queue_webhooks", list(job_ids), now, WEBHOOK_TASK, WEBHOOK_QUEUE, WEBHOOK_MAX_RETRIES
     )
+    for r in queued:
+        ch.transitions.append(Transition(r[0], r[1], r[2], None, PENDING, "enqueued", 0, now))
     if queued:
         yield count("register_queue", WEBHOOK_QUEUE)
         ch.due = True
@@ -292,7 +354,8 @@ def request_cancel(job_id: int, now: float, ch: Changes) -> Program[tuple[Job, J
     if before is None:
         raise NotFound(f"no job {job_id}")
     if before.status == JobState.PENDING:
-        yield count("cancel_pending", job_id, now)
+        ended = yield row("cancel_pending", job_id, now)
+        _moved(ch, job_id, ended, PENDING, CANCELLED, "cancelled", now)
         yield from after_failure([job_id], now, ch)
     elif before.status == JobState.RUNNING:
         yield count("flag_cancel", job_id)
@@ -315,6 +378,9 @@ def requeue_dead_letter(dead_letter_id: int, now: float, ch: Changes) -> Program
     priority, max_retries, timeout_s, backoff = original if original else (0, 3, None, None)
     new: Job = yield job(
         "insert_requeued", task, queue, args, kwargs, priority, max_retries, timeout_s, backoff, now
+    )
+    ch.transitions.append(
+        Transition(new.id, new.task, new.queue, None, PENDING, "requeued", 0, now, job=new)
     )
     ch.new_pending = True
     return new
@@ -404,7 +470,14 @@ def due_ids(queue: str, now: float, limit: int, d: Dialect) -> Program[list[int]
 
 
 def claim(
-    limit: int, now: float, token: str, expires: float, start: int, node: str, d: Dialect
+    limit: int,
+    now: float,
+    token: str,
+    expires: float,
+    start: int,
+    node: str,
+    d: Dialect,
+    ch: Changes,
 ) -> Program[list[Job]]:
     """Take due jobs: each queue's within its budget (pause, concurrency, rate), shared fairly
     between queues (the turn starts at queue `start`), counting an attempt on each."""
@@ -427,6 +500,10 @@ def claim(
     if not chosen:
         return []
     claimed: list[Job] = yield Sql("claim_jobs", (now, token, expires, chosen, node), "claimed")
+    ch.transitions.extend(
+        Transition(j.id, j.task, j.queue, PENDING, RUNNING, "claimed", j.attempts, now, job=j)
+        for j in claimed
+    )
     for name, left in tokens.items():
         taken = sum(1 for j in claimed if j.queue == name)
         yield count("set_tokens", left - taken, now, name)
@@ -648,16 +725,20 @@ def admit(rows: Sequence[NewRow], known_unlimited: Container[str] = ()) -> Progr
     return found_unlimited
 
 
-def insert_plain(rows: Sequence[NewRow]) -> Program[list[Enqueued]]:
+def insert_plain(rows: Sequence[NewRow], ch: Changes) -> Program[list[Enqueued]]:
     """Plain jobs, all or none, in as few statements as the dialect can (the driver shapes
     them: a multi-row VALUES on SQLite, arrays on PostgreSQL); the ids come back in order."""
     ids: list[int] = yield Sql("insert_plain", tuple(rows), "insert_plain")
+    ch.transitions.extend(
+        Transition(job_id, r.values[0], r.values[1], None, PENDING, "enqueued", 0, r.values[8])
+        for r, job_id in zip(rows, ids, strict=True)
+    )
     return [
         Enqueued(inserted_job(r, job_id), created=True) for r, job_id in zip(rows, ids, strict=True)
     ]
 
 
-def insert_one(r: NewRow, now: float) -> Program[Enqueued]:
+def insert_one(r: NewRow, now: float, ch: Changes) -> Program[Enqueued]:
     """One job, or the job its idempotency key or unique key already names."""
     key, fingerprint, unique = r.values[10], r.values[12], r.values[14]
     for _ in range(2):
@@ -679,6 +760,9 @@ def insert_one(r: NewRow, now: float) -> Program[Enqueued]:
                 return Enqueued(live, created=False)
         job_id = yield value("insert_job", *r.values)
         if job_id is not None:
+            ch.transitions.append(
+                Transition(job_id, r.values[0], r.values[1], None, PENDING, "enqueued", 0, now)
+            )
             return Enqueued(inserted_job(r, job_id), created=True)
         # PostgreSQL: another node inserted the same key after our look-up; the insert waited
         # for that transaction and found its row. Look again: that job is the answer.
@@ -688,12 +772,12 @@ def insert_one(r: NewRow, now: float) -> Program[Enqueued]:
 def insert_all(rows: Sequence[NewRow], now: float, ch: Changes) -> Program[list[Enqueued]]:
     """Insert a batch; `depends_on_index` names earlier jobs of the same batch."""
     if all(r.plain for r in rows):
-        found = yield from insert_plain(rows)  # nothing to look up first
+        found = yield from insert_plain(rows, ch)  # nothing to look up first
         ch.new_pending = bool(found)
         return found
     results: list[Enqueued] = []
     for r in rows:
-        enqueued = yield from insert_one(r, now)
+        enqueued = yield from insert_one(r, now, ch)
         batch_deps = [results[i].job.id for i in r.depends_on_index]
         deps = list(dict.fromkeys([*r.depends_on, *batch_deps]))
         if enqueued.created and deps:

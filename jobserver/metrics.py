@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-from .models import Job, JobState, QueueInfo
+from .models import JobState, QueueInfo, Transition
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -32,14 +32,17 @@ BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
 
-def transition_event(state: JobState, detail: dict[str, Any]) -> str | None:
+def transition_event(t: Transition) -> str | None:
     """The counter a transition feeds: enqueued, started, succeeded, retried, ..."""
-    if state == JobState.PENDING:
-        if detail.get("event") in ("enqueued", "requeued"):
-            return "enqueued"
-        return "retried" if "retry_in_s" in detail else None  # a release is not a retry
-    return _EVENT_OF_STATE.get(state)
+    if t.after == JobState.PENDING:
+        if t.before is None:
+            return "enqueued"  # enqueued, fired by a schedule, requeued from a dead letter
+        return "retried" if t.reason == "retry" else None  # a release or rescue is not a retry
+    return _EVENT_OF_STATE.get(t.after)
 
+
+# moves that end a run the task saw through (a lost or given-back run has no duration)
+_ATTEMPT_ENDINGS = frozenset({"succeeded", "retry", "failed", "cancelled", "cancel_requested"})
 
 _EVENT_OF_STATE = {
     JobState.RUNNING: "started",
@@ -194,21 +197,17 @@ class Metrics:
             registry=r,
         )
 
-    def record_transition(
-        self, job: Job, state: JobState, detail: dict[str, Any], now: float
-    ) -> None:
-        event = transition_event(state, detail)
+    def record_transition(self, t: Transition) -> None:
+        event = transition_event(t)
         if event is not None:
-            self.jobs.inc((event, job.queue, job.task))
-        if state == JobState.RUNNING and job.started_at is not None:
-            self.queue_wait.observe((job.queue,), max(0.0, job.started_at - job.run_at))
-        if "error" in detail:
-            self.failures.inc((job.queue, job.task))
-        attempt_ended = state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED) or (
-            state == JobState.PENDING and "retry_in_s" in detail
-        )
-        if attempt_ended and job.started_at is not None:
-            self.duration.observe((job.queue, job.task), max(0.0, now - job.started_at))
+            self.jobs.inc((event, t.queue, t.task))
+        job = t.job
+        if t.after == JobState.RUNNING and job is not None and job.started_at is not None:
+            self.queue_wait.observe((t.queue,), max(0.0, job.started_at - job.run_at))
+        if t.error_type is not None:
+            self.failures.inc((t.queue, t.task))
+        if t.reason in _ATTEMPT_ENDINGS and t.started_at is not None:
+            self.duration.observe((t.queue, t.task), max(0.0, t.at - t.started_at))
 
     def record_commit(self, writes: int, seconds: float) -> None:
         self.batch_size.observe((), writes)

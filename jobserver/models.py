@@ -150,6 +150,31 @@ class DeadLetter:
     failed_at: float
 
 
+# Not frozen: built for every move of every job (see events.Event).
+@dataclass(slots=True)
+class Transition:
+    """One move a committed write made, as it wrote it: the record events, metrics, waiters
+    and logs are made from (transitions.Publisher), so what is published is what is stored.
+
+    `before` is None for a job the write created, and for a move heard from another node
+    (its notice says where the job is, not where it was). `reason` says why: enqueued,
+    requeued (from a dead letter), claimed, succeeded, retry, failed, cancelled,
+    cancel_requested (a failed or released run whose cancel was asked), released (given back
+    at shutdown), lease_expired, expired (deadline passed), dependency_failed, or heard."""
+
+    job_id: int
+    task: str
+    queue: str
+    before: JobState | None
+    after: JobState
+    reason: str
+    attempt: int
+    at: float
+    started_at: float | None = None  # the attempt's start, when the move ended an attempt
+    error_type: str | None = None  # the error that ended the attempt, if one did
+    job: Job | None = None  # the job as written, when the write had it whole (claims)
+
+
 @dataclass(frozen=True, slots=True)
 class Attempt:
     """One run of a job, as its history keeps it. `outcome`: running, succeeded, failed (the

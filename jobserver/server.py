@@ -9,7 +9,6 @@ and is the API for programs that embed jobserver.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import logging
@@ -33,7 +32,6 @@ from .metrics import Metrics
 from .models import (
     DEPENDENCY_FAILURE_POLICIES,
     MISSED_TICK_POLICIES,
-    TERMINAL_STATES,
     Attempt,
     Backoff,
     DeadLetter,
@@ -47,9 +45,10 @@ from .models import (
 from .retention import DAY_S, Retention
 from .schedule import check_cron, next_tick
 from .scheduler import Scheduler
-from .store.base import Ended, Enqueued, JobFilter, Store
+from .store.base import Enqueued, JobFilter, Store
 from .store.sqlite import SQLiteStore
 from .tasks import Registry, TaskSpec, default_registry, load_task_modules
+from .transitions import Publisher
 from .webhooks import Webhooks
 from .worker import Worker
 from .workflows import ParseJob
@@ -60,7 +59,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 LAG_PROBE_S = 0.25
 LAG_WARNING_S = 0.5
-transitions_log = logging.getLogger("jobserver.transitions")
 
 
 def open_store(db: str | os.PathLike[str], durability: str = "full") -> Store:
@@ -129,9 +127,6 @@ class JobServer:
             concurrency=concurrency,
             lease_ttl_s=lease_ttl_s,
             rescue_interval_s=rescue_interval_s,
-            on_transition=self._on_transition,
-            on_ended=self._ended_elsewhere,
-            on_requeued=self._requeued,
         )
         self.scheduler = Scheduler(
             self.store, self.clock, job_for_tick=self._job_for_tick, on_fired=self._on_fired
@@ -141,9 +136,8 @@ class JobServer:
         )
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         self.events = EventBus()
-        # jobs whose end this process published; an end heard from the store (another node,
-        # a dependency, the rescuer) is published only if it is not among them
-        self._published_ends: collections.OrderedDict[int, None] = collections.OrderedDict()
+        # every transition the store commits, and those other nodes report, go out here
+        self.publisher = Publisher(self.events, self.metrics, self._notify)
         self._background: set[asyncio.Task[None]] = set()
         self._lag_watch: asyncio.Task[None] | None = None
         # Kept at start: asyncio.get_running_loop() costs a getpid() system call, once an
@@ -168,7 +162,7 @@ class JobServer:
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.store.subscribe(on_due=self.worker.wake, on_done=self._ended_elsewhere)
+        self.store.subscribe(on_due=self.worker.wake, on_transitions=self.publisher.publish)
         await self.store.open()
         report = await self.store.recover_orphans(self.clock.now())
         if report.requeued or report.dead_lettered:
@@ -177,7 +171,6 @@ class JobServer:
                 len(report.requeued),
                 len(report.dead_lettered),
             )
-        self._requeued(report.requeued_jobs)
         await self._sync_task_schedules()
         self.worker.start()
         self.scheduler.start()
@@ -418,14 +411,11 @@ class JobServer:
         return results
 
     def _publish_enqueued(self, results: Sequence[Enqueued]) -> None:
-        # Called as the write's waiter resumes: in the same loop turn as a claim committed with
-        # it, and before the claimed job's first step (claims are settled first, but the job's
-        # task is created after), so `pending` precedes `running` for every listener.
+        # (The store published them as it committed.) A job whose dependencies had all
+        # succeeded is due now: the wake at write time left it out.
         for r in results:
-            if r.created:
-                self._on_transition(r.job, JobState.PENDING, {"event": "enqueued"})
-                if r.job.depends_on and not r.job.blocked_by:  # its dependencies had succeeded
-                    self.worker.wake_for(r.job.run_at)
+            if r.created and r.job.depends_on and not r.job.blocked_by:
+                self.worker.wake_for(r.job.run_at)
 
     async def get_job(self, job_id: int) -> Job:
         job = await self.store.get_job(job_id)
@@ -446,9 +436,7 @@ class JobServer:
     async def cancel(self, job_id: int) -> Job:
         """Pending: cancelled at once. Running: the task is cancelled. Terminal: Conflict."""
         job, before = await self.store.request_cancel(job_id, self.clock.now())
-        if before == JobState.PENDING:
-            self._on_transition(job, JobState.CANCELLED, {"event": "cancelled while pending"})
-        elif job.status == JobState.RUNNING:
+        if before == JobState.RUNNING:
             self.worker.cancel_running(job_id)
         return job
 
@@ -475,8 +463,6 @@ class JobServer:
             new.pass_result = item.pass_result or new.pass_result
             new_jobs.append(new)
         workflow_id, jobs = await self.store.create_workflow(new_jobs, self.clock.now())
-        for job in jobs:
-            self._on_transition(job, job.status, {"event": "enqueued", "workflow": workflow_id})
         self.worker.wake()
         return workflow_id, jobs
 
@@ -603,17 +589,8 @@ class JobServer:
         )
 
     def _on_fired(self, jobs: list[Job]) -> None:
-        """A schedule's jobs, as written: published before the wake that lets them be claimed,
-        so `pending` comes before `running`."""
-        for job in jobs:
-            self._on_transition(job, JobState.PENDING, {"event": "enqueued"})
+        """A schedule's jobs were written (and published as they committed): claim them."""
         self.worker.wake()
-
-    def _requeued(self, jobs: list[Job]) -> None:
-        """Jobs whose run was lost (lease expired, or left by a crashed process), back to
-        pending as the store wrote them."""
-        for job in jobs:
-            self._on_transition(job, JobState.PENDING, {"reason": "lease expired"})
 
     async def wait_for(self, job_id: int, timeout_s: float | None = None) -> Job:
         """The job once it is terminal, or as it stands when `timeout_s` runs out."""
@@ -648,9 +625,6 @@ class JobServer:
 
     async def requeue_dead_letter(self, dead_letter_id: int) -> Job:
         job = await self.store.requeue_dead_letter(dead_letter_id, self.clock.now())
-        self._on_transition(
-            job, JobState.PENDING, {"event": "requeued", "dead_letter": dead_letter_id}
-        )
         self.worker.wake()
         return job
 
@@ -688,50 +662,6 @@ class JobServer:
                     ", ".join(running) or "no jobs",
                 )
 
-    def _on_transition(self, job: Job, state: JobState, detail: dict[str, Any]) -> None:
-        now = self.clock.now()
-        self.metrics.record_transition(job, state, detail, now)
-        self._log_transition(job, state, detail)
-        self.events.publish(job, state, now)
-        if state in TERMINAL_STATES:
-            self._remember_published_end(job.id)
-        if state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
-            self._notify(job.id)
-
-    def _ended_elsewhere(self, job_id: int, ended: Ended | None = None) -> None:
-        """A job ended without this process's worker: wake its waiters, publish its end
-        (from the notice when it says what ended it, else read back)."""
-        self._notify(job_id)
-        # Ends of this process's own jobs are published by its worker (often just after the
-        # store's notice of them): reading them back here would be wasted.
-        own = job_id in self.worker.running_ids
-        if own or job_id in self._published_ends or not self._started:
-            return
-        if ended is not None:
-            self._remember_published_end(job_id)
-            at = ended.at if ended.at is not None else self.clock.now()
-            self.events.publish_fields(
-                job_id, ended.task, ended.queue, ended.status, ended.attempts, at
-            )
-        else:
-            task = asyncio.get_running_loop().create_task(self._publish_end(job_id))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-
-    def _remember_published_end(self, job_id: int) -> None:
-        self._published_ends[job_id] = None
-        while len(self._published_ends) > 10_000:
-            self._published_ends.popitem(last=False)
-
-    async def _publish_end(self, job_id: int) -> None:
-        try:
-            job = await self.store.get_job(job_id)
-        except Exception:  # the event is a courtesy; the job itself is safe in the store
-            return
-        if job is not None and job.is_terminal and job_id not in self._published_ends:
-            self._remember_published_end(job_id)
-            self.events.publish(job, job.status, job.completed_at or self.clock.now())
-
     def _notify(self, job_id: int) -> None:
         waiters = self._waiters.pop(job_id, None)
         if waiters is None:  # the usual case: nobody waits for this job
@@ -739,22 +669,3 @@ class JobServer:
         for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
-
-    @staticmethod
-    def _log_transition(job: Job, state: JobState, detail: dict[str, Any]) -> None:
-        # One line a job and state costs more than the job at thousands a second: DEBUG.
-        if transitions_log.isEnabledFor(logging.DEBUG):
-            transitions_log.debug(
-                "job %s %s -> %s",
-                job.id,
-                job.task,
-                state.value,
-                extra={
-                    "job_id": job.id,
-                    "task": job.task,
-                    "queue": job.queue,
-                    "state": state.value,
-                    "attempt": job.attempts,
-                    **detail,
-                },
-            )

@@ -30,7 +30,6 @@ from .tasks import JobContext
 log = logging.getLogger(__name__)
 
 # Called after each transition this worker makes: (job, new state, detail for the log).
-TransitionHook = Callable[[Job, JobState, dict[str, Any]], None]
 
 
 @dataclass(slots=True)
@@ -53,9 +52,6 @@ class Worker:
         rescue_interval_s: float = 5.0,
         progress_interval_s: float = 0.5,
         rng: random.Random | None = None,
-        on_transition: TransitionHook | None = None,
-        on_ended: Callable[[int], None] | None = None,
-        on_requeued: Callable[[list[Job]], None] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -67,9 +63,6 @@ class Worker:
         self.rescue_interval_s = rescue_interval_s
         self.progress_interval_s = progress_interval_s
         self.rng = rng or random.Random()
-        self.on_transition = on_transition or (lambda job, state, detail: None)
-        self.on_ended = on_ended or (lambda job_id: None)  # for jobs ended by the rescuer
-        self.on_requeued = on_requeued or (lambda jobs: None)  # ... and put back to pending
         self._running: dict[int, _Running] = {}
         # Jobs whose task is still executing: what `concurrency` limits. A job whose outcome
         # is being written has given its slot back, so the claim of its successor goes into
@@ -260,11 +253,6 @@ class Worker:
 
     async def _run_job(self, job: Job, ctx: JobContext) -> None:
         running = self._running[job.id]  # stored by _start_job before this first step
-        # Published from the task's own first step, which comes before the reply to the
-        # enqueue that the claim shared a transaction with (claims are woken first): the job
-        # starts without waiting for that reply to be written, and `running` still follows
-        # the enqueue's `pending` for every listener.
-        self.on_transition(job, JobState.RUNNING, {"attempt": job.attempts})
         try:
             if job.depends_on:
                 job = await self._with_parent_results(job, ctx)
@@ -293,12 +281,12 @@ class Worker:
         return dataclasses.replace(job, args=[first, *job.args])
 
     async def _record(self, job: Job, outcome: Outcome) -> None:
-        """Write the attempt's outcome, then publish the state the store says it wrote (which
-        may differ from the one asked for: a cancel requested meanwhile wins over a retry)."""
+        """Write the attempt's outcome. The store publishes the move it made once committed
+        (which may differ from the one asked for: a cancel requested meanwhile wins over a
+        retry); a write that finds the lease gone changes nothing."""
         assert job.lease_token is not None
         token = job.lease_token
         now = self.clock.now()
-        detail: dict[str, Any] = {}
         if isinstance(outcome, Succeeded):
             stored = await self.store.complete(job.id, token, outcome.result, now)
         elif isinstance(outcome, Cancelled):
@@ -307,21 +295,16 @@ class Worker:
                 return
             if outcome.reason == "shutdown":
                 stored = await self.store.release(job.id, token, now)
-                detail = {"reason": "released at shutdown"}
             else:
                 stored = await self.store.mark_cancelled(job.id, token, now)
         else:
-            stored, detail = await self._record_failure(job, token, outcome, now)
+            stored = await self._record_failure(job, token, outcome, now)
         if stored is None:
             self._stale(job)
-            return
-        if stored == JobState.CANCELLED:
-            detail = {"reason": "cancel requested"}
-        self.on_transition(job, stored, detail)
 
     async def _record_failure(
         self, job: Job, token: str, outcome: Failed, now: float
-    ) -> tuple[JobState | None, dict[str, Any]]:
+    ) -> JobState | None:
         spec = self.executor.registry.get(job.task)
         policy = job.backoff or (spec.backoff if spec else Backoff())
         decision = retry.decide(
@@ -332,11 +315,9 @@ class Worker:
             policy=policy,
             rng=self.rng,
         )
-        detail = {"error": outcome.error.get("type"), "attempt": job.attempts}
         if isinstance(decision, retry.RetryAt):
             run_at = now + decision.delay_s
-            stored = await self.store.schedule_retry(job.id, token, outcome.error, run_at, now)
-            return stored, {**detail, "retry_in_s": decision.delay_s}
+            return await self.store.schedule_retry(job.id, token, outcome.error, run_at, now)
         stored = await self.store.dead_letter(job.id, token, outcome.error, now)
         if stored == JobState.FAILED:
             log.warning(
@@ -348,7 +329,7 @@ class Worker:
                 outcome.error.get("message"),
                 outcome.error.get("traceback") or "",
             )
-        return stored, {**detail, "reason": decision.reason}
+        return stored
 
     def _stale(self, job: Job) -> None:
         log.warning(
@@ -455,9 +436,6 @@ class Worker:
                     report.requeued,
                     report.dead_lettered,
                 )
-                self.on_requeued(report.requeued_jobs)  # published before they are claimed
                 self.wake()
             if report.expired:
                 log.warning("jobs past their deadline, failed as expired: %s", report.expired)
-            for job_id in report.dead_lettered + report.expired + report.cancelled:
-                self.on_ended(job_id)

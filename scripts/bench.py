@@ -1573,7 +1573,7 @@ def method_lines(bench: Bench) -> Iterator[str]:
         "1. **End-to-end.** A fresh process (`bench_peers/jobserver_inproc.py e2e`) enqueues N"
         " `bench_noop` jobs through `server.store.enqueue` in batches of 5,000, closes the store,"
         " then times from `server.start()` to the N-th `succeeded` transition seen through"
-        " `server.worker.on_transition`, which still calls the server's own hook (metrics,"
+        " `server.publisher.publish`, which still does the server's own work (metrics,"
         f" events, waiters). Concurrency {a.concurrency}, durability full"
         " (synchronous=FULL), logging unconfigured (no per-job log line)."
     )

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .. import codec
-from ..models import Attempt, DeadLetter, Job, JobState, NewJob, QueueInfo, Schedule
+from ..models import Attempt, DeadLetter, Job, JobState, NewJob, QueueInfo, Schedule, Transition
 
 
 @dataclass(slots=True)
@@ -27,19 +27,6 @@ class Enqueued:
 
 
 CONCURRENCY_RECHECK_S = 1.0  # how soon to look again at a queue held by its concurrency limit
-
-
-@dataclass(frozen=True, slots=True)
-class Ended:
-    """A job that another node's write ended, as its notice tells it: enough to publish the
-    end without reading the job back (a read per job and per node cost more than the job)."""
-
-    job_id: int
-    status: JobState
-    attempts: int
-    queue: str
-    task: str
-    at: float | None
 
 
 @dataclass(slots=True)
@@ -119,10 +106,13 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     def subscribe(
-        self, on_due: Callable[[], None], on_done: Callable[[int, Ended | None], None]
+        self,
+        on_due: Callable[[], None],
+        on_transitions: Callable[[list[Transition]], None],
     ) -> None:
-        """Hear about work done outside this process's worker: jobs that became due, jobs that
-        ended (with what ended them when the notice carries it, else None: read it back)."""
+        """Hear every transition this store commits (once committed, in write order, before
+        the writes' callers resume) and those other nodes report; and when jobs became due
+        without this process knowing (dependants, webhook deliveries, other nodes)."""
         ...
 
     # -- enqueue and read -------------------------------------------------------------------

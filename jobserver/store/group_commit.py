@@ -34,6 +34,9 @@ class GroupCommitQueue(Generic[OpT]):
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.observer: Callable[[int, float], None] | None = None  # (writes, seconds)
+        # told, once a batch has committed and before any of its callers resumes, the
+        # `changes` (lifecycle.Changes) of each write that went in, in the batch's order
+        self.on_commit: Callable[[list[Any]], None] | None = None
 
     def start(self) -> None:
         # Kept: asking for the running loop on every write is a visible cost at this rate.
@@ -84,13 +87,26 @@ class GroupCommitQueue(Generic[OpT]):
     async def _commit(self, batch: list[PendingWrite[OpT]]) -> None:
         raise NotImplementedError
 
-    @staticmethod
-    def _settle(batch: list[PendingWrite[OpT]], outcomes: list[tuple[bool, Any]]) -> None:
+    def _settle(self, batch: list[PendingWrite[OpT]], outcomes: list[tuple[bool, Any]]) -> None:
         """Give each write of a committed batch its outcome: (True, value) or (False, error).
 
-        Claims first (ops marked `claims = True`): their waiter starts jobs, so a job claimed in
-        the transaction of its own enqueue starts before the reply to that enqueue is written.
+        First `on_commit` hears what the writes changed, in their order (so a job's `pending`
+        is published before the `running` of a claim that came after it in the batch). Then
+        claims (ops marked `claims = True`) are settled first: their waiter starts jobs, so a
+        job claimed in the transaction of its own enqueue starts before the reply to that
+        enqueue is written.
         """
+        if self.on_commit is not None:
+            changed = [
+                changes
+                for w, (ok, _) in zip(batch, outcomes, strict=True)
+                if ok and (changes := getattr(w.op, "changes", None)) is not None
+            ]
+            if changed:
+                try:
+                    self.on_commit(changed)
+                except Exception:  # publishing is a courtesy: the writes have committed
+                    log.exception("%s: publishing a commit's transitions failed", self._name)
         settled = sorted(zip(batch, outcomes, strict=True), key=_claims_last)
         for w, (ok, value) in settled:
             _resolve(w, ok, value)

@@ -73,16 +73,10 @@ class JobStore:
     _turn: Iterator[int]  # which queue goes first in a claim: rotates for fairness
 
     # -- what a dialect supplies ------------------------------------------------------------
-    async def _move(
-        self,
-        program: Callable[[Changes], Program[T]],
-        ended: Callable[[T], list[int]] | None = None,
-        *,
-        claims: bool = False,
-    ) -> T:
-        """Run `program` as one write. `ended` names the jobs its result says it ended (a
-        driver that tells other nodes about ends needs them; the dependants are in Changes).
-        `claims`: the write takes jobs (group commit then waits for no more writes)."""
+    async def _move(self, program: Callable[[Changes], Program[T]], *, claims: bool = False) -> T:
+        """Run `program` as one write; once it commits, the driver publishes its Changes (and
+        tells other nodes, where there are any). `claims`: the write takes jobs (its waiter
+        is settled first)."""
         raise NotImplementedError
 
     async def _look(self, program: Program[T]) -> T:
@@ -99,7 +93,9 @@ class JobStore:
         start = next(self._turn)
         expires = now + lease_ttl_s
         return await self._move(
-            lambda ch: lifecycle.claim(limit, now, token, expires, start, self.node, self.dialect),
+            lambda ch: lifecycle.claim(
+                limit, now, token, expires, start, self.node, self.dialect, ch
+            ),
             claims=True,
         )
 
@@ -134,30 +130,18 @@ class JobStore:
     async def schedule_retry(
         self, job_id: int, token: str, error: dict[str, Any], run_at: float, now: float
     ) -> JobState | None:
-        return await self._move(
-            lambda ch: lifecycle.retry(job_id, token, error, run_at, now, ch),
-            lambda state: _ended_if(state, job_id),
-        )
+        return await self._move(lambda ch: lifecycle.retry(job_id, token, error, run_at, now, ch))
 
     async def dead_letter(
         self, job_id: int, token: str, error: dict[str, Any], now: float
     ) -> JobState | None:
-        return await self._move(
-            lambda ch: lifecycle.dead_letter(job_id, token, error, now, ch),
-            lambda state: _ended_if(state, job_id),
-        )
+        return await self._move(lambda ch: lifecycle.dead_letter(job_id, token, error, now, ch))
 
     async def mark_cancelled(self, job_id: int, token: str, now: float) -> JobState | None:
-        return await self._move(
-            lambda ch: lifecycle.mark_cancelled(job_id, token, now, ch),
-            lambda state: _ended_if(state, job_id),
-        )
+        return await self._move(lambda ch: lifecycle.mark_cancelled(job_id, token, now, ch))
 
     async def release(self, job_id: int, token: str, now: float | None = None) -> JobState | None:
-        return await self._move(
-            lambda ch: lifecycle.release(job_id, token, now, ch),
-            lambda state: _ended_if(state, job_id),
-        )
+        return await self._move(lambda ch: lifecycle.release(job_id, token, now, ch))
 
     async def renew_leases(
         self, leases: Sequence[tuple[int, str]], now: float, lease_ttl_s: float
@@ -173,19 +157,16 @@ class JobStore:
 
     # -- lost workers and missed deadlines ------------------------------------------------------
     async def rescue_expired(self, now: float) -> RescueReport:
-        return await self._move(lambda ch: lifecycle.rescue_expired(now, ch), _rescue_ended)
+        return await self._move(lambda ch: lifecycle.rescue_expired(now, ch))
 
     async def recover_orphans(self, now: float) -> RescueReport:
         if not self.exclusive:  # other nodes may be alive: only expired leases are orphans
             return await self.rescue_expired(now)
-        return await self._move(lambda ch: lifecycle.recover_orphans(now, ch), _rescue_ended)
+        return await self._move(lambda ch: lifecycle.recover_orphans(now, ch))
 
     # -- the client's side ------------------------------------------------------------------------
     async def request_cancel(self, job_id: int, now: float) -> tuple[Job, JobState]:
-        return await self._move(
-            lambda ch: lifecycle.request_cancel(job_id, now, ch),
-            lambda moved: [job_id] if moved[1] == JobState.PENDING else [],
-        )
+        return await self._move(lambda ch: lifecycle.request_cancel(job_id, now, ch))
 
     async def requeue_dead_letter(self, dead_letter_id: int, now: float) -> Job:
         return await self._move(lambda ch: lifecycle.requeue_dead_letter(dead_letter_id, now, ch))
@@ -288,15 +269,6 @@ class JobStore:
             last_tick_at=r[11],
             source=r[12],
         )
-
-
-def _ended_if(state: JobState | None, job_id: int) -> list[int]:
-    """The job, if the move ended it."""
-    return [job_id] if state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED) else []
-
-
-def _rescue_ended(report: RescueReport) -> list[int]:
-    return report.dead_lettered + report.expired + report.cancelled
 
 
 def _one(statement: lifecycle.Sql) -> Program[Any]:

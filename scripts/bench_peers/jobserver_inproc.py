@@ -6,7 +6,8 @@
         --skip-enqueue: what the profiler watches)
 
 e2e: enqueue N no-op jobs through `server.store.enqueue` (batches of 5,000), close, then time
-from `server.start()` to the last completion, seen through `server.worker.on_transition`.
+from `server.start()` to the last completion, seen through `server.publisher.publish`
+(every committed transition goes through it).
 The database may already hold jobs (the growth figure).
 
 enqueue-many: `server.enqueue_many` with batches of --batch jobs from --clients concurrent
@@ -28,7 +29,7 @@ import orjson
 import uvloop
 
 from jobserver import JobServer, JobState
-from jobserver.models import NewJob
+from jobserver.models import NewJob, Transition
 from jobserver.runtime import tune_gc
 
 TASKS = ["bench_peers.jobserver_tasks"]
@@ -67,17 +68,18 @@ async def e2e(
     finished = asyncio.Event()
     done = 0
 
-    served = server.worker.on_transition  # the server's own: metrics, events, waiters
+    served = server.publisher.publish  # the server's own: metrics, events, waiters
 
-    def on_transition(job: Any, state: JobState, detail: dict[str, Any]) -> None:
+    def publish(transitions: list[Transition]) -> None:
         nonlocal done
-        served(job, state, detail)
-        if state == JobState.SUCCEEDED:
-            done += 1
-            if done == jobs:
-                finished.set()
+        served(transitions)
+        for t in transitions:
+            if t.after == JobState.SUCCEEDED:
+                done += 1
+        if done >= jobs:
+            finished.set()
 
-    server.worker.on_transition = on_transition
+    server.publisher.publish = publish  # type: ignore[method-assign]  # before start()
     rss_samples = [_rss_mb()]
 
     async def sample_rss() -> None:  # the run phase only: the enqueue phase is the harness's

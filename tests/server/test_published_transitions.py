@@ -111,7 +111,14 @@ async def test_a_job_put_back_by_the_rescuer_is_published_pending_then_runs(
     done = await server.wait_for(held.id, timeout_s=5)
     assert (done.status, done.attempts) == (JobState.SUCCEEDED, 2)
     assert enqueued.job.id == held.id
-    assert await published(server, held.id) == ["pending", "running", "succeeded"]
+    # every move the store made: the dead run's claim and its rescue included
+    assert await published(server, held.id) == [
+        "pending",
+        "running",
+        "pending",
+        "running",
+        "succeeded",
+    ]
 
 
 async def test_a_job_fired_by_a_schedule_is_published_from_pending(
@@ -132,3 +139,89 @@ async def _schedule_jobs(server: JobServer) -> list[Any]:
     from jobserver.store.base import JobFilter
 
     return await server.list_jobs(JobFilter(task="noop"), 10, None)
+
+
+@task(registry=reg, max_retries=0)
+async def fails_at_once() -> None:
+    raise ValueError("no")
+
+
+async def published_events(server: JobServer, job_id: int) -> list[Event]:
+    found: list[Event] = []
+    async for event in server.events.stream(EventFilter(job_id=job_id), after_id=0, idle_s=0.02):
+        if event is None:
+            break
+        if isinstance(event, Event):
+            found.append(event)
+    return found
+
+
+async def assert_published_is_stored(server: JobServer, job_id: int) -> None:
+    """The last event of the job says what its row says: state and attempts."""
+    stored = await server.get_job(job_id)
+    last = (await published_events(server, job_id))[-1]
+    assert (last.state, last.attempt) == (stored.status.value, stored.attempts)
+
+
+async def test_a_dependant_ended_by_its_dependency_is_published_as_stored(
+    make_server: ServerFactory,
+) -> None:
+    server = await start(make_server)
+    parent = await server.enqueue("fails_at_once")
+    child = await server.enqueue("noop", depends_on=[parent.id])
+    await eventually(lambda: server.get_job(child.id), lambda j: j.is_terminal)
+    assert await published(server, parent.id) == ["pending", "running", "failed"]
+    assert await published(server, child.id) == ["pending", "failed"]
+    await assert_published_is_stored(server, child.id)
+
+
+async def test_a_cancelled_pending_job_and_a_requeued_dead_letter_are_published(
+    make_server: ServerFactory,
+) -> None:
+    server = await start(make_server)
+    later = await server.enqueue("noop", delay_s=3600)
+    await server.cancel(later.id)
+    assert await published(server, later.id) == ["pending", "cancelled"]
+    failed = await server.enqueue("fails_at_once")
+    await eventually(lambda: server.get_job(failed.id), lambda j: j.is_terminal)
+    [letter] = await server.list_dead_letters(10, None)
+    again = await server.requeue_dead_letter(letter.id)
+    await eventually(lambda: server.get_job(again.id), lambda j: j.is_terminal)
+    assert await published(server, again.id) == ["pending", "running", "failed"]
+    for job_id in (later.id, failed.id, again.id):
+        await assert_published_is_stored(server, job_id)
+
+
+async def test_a_job_past_its_deadline_is_published_failed_by_the_rescuer(
+    make_server: ServerFactory, clock: ManualClock
+) -> None:
+    server = await start(make_server, rescue_interval_s=5)
+    await server.configure_queue("held", paused=True)  # nothing starts there
+    job = await server.enqueue("noop", queue="held", deadline_s=30)
+    clock.advance(40)  # past the deadline; the rescuer runs every 5 s
+    await eventually(lambda: server.get_job(job.id), lambda j: j.is_terminal)
+    assert await published(server, job.id) == ["pending", "failed"]
+    await assert_published_is_stored(server, job.id)
+    assert (await server.get_job(job.id)).error["type"] == "expired"
+
+
+async def test_every_transition_is_published_once_and_in_order(
+    make_server: ServerFactory, clock: ManualClock
+) -> None:
+    """A failed attempt retried, then run to success: each move once, attempts as stored."""
+    server = await start(make_server)
+    job = await server.enqueue("fails_when_let_go", ["c"], max_retries=1)
+    await eventually(lambda: server.get_job(job.id), lambda j: j.status == JobState.RUNNING)
+    gates["c"].set()
+    await eventually(lambda: last_published(server, job.id), lambda s: s == "pending")
+    clock.advance(3600)  # past any backoff: the retry runs, fails for good
+    await eventually(lambda: server.get_job(job.id), lambda j: j.is_terminal)
+    events = await published_events(server, job.id)
+    assert [(e.state, e.attempt) for e in events] == [
+        ("pending", 0),
+        ("running", 1),
+        ("pending", 1),
+        ("running", 2),
+        ("failed", 2),
+    ]
+    await assert_published_is_stored(server, job.id)

@@ -144,7 +144,7 @@ async def test_listen_resumes_after_its_connection_is_lost(
     """Without LISTEN, another node's enqueue no longer wakes this one."""
     listener, other = await nodes(), await nodes()
     woken = asyncio.Event()
-    listener.subscribe(woken.set, lambda job_id: None)
+    listener.subscribe(woken.set, lambda transitions: None)
     await other.enqueue([NewJob(task="t")], T0)
     await asyncio.wait_for(woken.wait(), 10)
 
@@ -254,12 +254,14 @@ async def test_another_node_hears_each_end_with_what_an_event_needs(
     job back (that read, once a job and a node, made nodes slow each other down). Notices are
     cut under PostgreSQL's 8,000-byte limit: 40 jobs with the longest names end in one
     transaction."""
-    from jobserver.models import JobState
-    from jobserver.store.base import Ended
+    from jobserver.models import JobState, Transition
 
     worker, watcher = await nodes(), await nodes()
-    heard: dict[int, Ended | None] = {}
-    watcher.subscribe(lambda: None, lambda job_id, ended: heard.__setitem__(job_id, ended))
+    heard: dict[int, Transition] = {}
+    watcher.subscribe(lambda: None, lambda ts: heard.update((t.job_id, t) for t in ts))
+    # the writing node publishes its own moves as it commits: it ignores its own notices
+    own: list[Transition] = []
+    worker.subscribe(lambda: None, own.extend)
     task_name, queue_name = "t" * 200, "q" * 100
     jobs = [NewJob(task=task_name, queue=queue_name, args=[i]) for i in range(40)]
     await worker.enqueue(jobs, T0)
@@ -271,4 +273,8 @@ async def test_another_node_hears_each_end_with_what_an_event_needs(
     assert set(written) == {JobState.SUCCEEDED}
     await within(10, lambda: asyncio.sleep(0, len(heard) == 40))
     for job in claimed:
-        assert heard[job.id] == Ended(job.id, JobState.SUCCEEDED, 1, queue_name, task_name, T0 + 1)
+        assert heard[job.id] == Transition(
+            job.id, task_name, queue_name, None, JobState.SUCCEEDED, "heard", 1, T0 + 1
+        )
+    assert [t.reason for t in own].count("succeeded") == 40
+    assert "heard" not in {t.reason for t in own}

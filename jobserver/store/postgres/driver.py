@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -33,14 +34,9 @@ from ...errors import (
     StorageUnavailable,
 )
 from ...lifecycle import Changes, NewRow, Program, Sql
-from ...models import (
-    Job,
-    JobState,
-    NewJob,
-)
+from ...models import TERMINAL_STATES, Job, JobState, NewJob, Transition
 from .. import queries
 from ..base import (
-    Ended,
     Enqueued,
     JobFilter,
     node_name,
@@ -49,14 +45,17 @@ from ..group_commit import GatheredWrite, GroupCommitQueue, PendingWrite, open_g
 from ..jobstore import JOB_COLUMNS, JobStore, job_from_row
 
 log = logging.getLogger(__name__)
+RUNNING, SUCCEEDED = JobState.RUNNING, JobState.SUCCEEDED
 T = TypeVar("T")
 Op = Callable[[asyncpg.Connection], Awaitable[Any]]
 
 DUE_CHANNEL = "jobserver_due"
-# Ended jobs as JSON arrays [id, status, attempts, queue, task, completed_at], 16 a notice:
+# Ended jobs as {"o": the writing store, "e": [[id, status, attempts, queue, task,
+# completed_at], ...]}, 16 a notice:
 # at most 16 * (200 + 100 + 80) bytes with the longest task and queue names, under 8,000.
 NOTIFY_DONE = """SELECT pg_notify($1, chunk) FROM (
-        SELECT json_agg(json_build_array(id, status, attempts, queue, task, completed_at))::text
+        SELECT json_build_object('o', $3::text, 'e',
+                json_agg(json_build_array(id, status, attempts, queue, task, completed_at)))::text
             AS chunk
         FROM (SELECT id, status, attempts, queue, task, completed_at,
                   (row_number() OVER (ORDER BY id) - 1) / 16 AS part
@@ -173,6 +172,7 @@ class _CompletionBatch(GatheredWrite[tuple[int, str, bytes, float]]):
     def __init__(self, store: PostgresStore) -> None:
         super().__init__()
         self.store = store
+        self.changes = Changes()
 
     async def __call__(self, conn: asyncpg.Connection) -> list[bool]:
         ids, tokens, results, times = zip(*self.items, strict=True)
@@ -184,7 +184,8 @@ class _CompletionBatch(GatheredWrite[tuple[int, str, bytes, float]]):
                    AS v(id, token, result, at)
                WHERE jobs.id = v.id AND jobs.status = 'running' AND jobs.lease_token = v.token
                RETURNING jobs.id, jobs.has_dependants,
-                   jobs.callback_url IS NOT NULL AS has_callback, v.at""",
+                   jobs.callback_url IS NOT NULL AS has_callback, v.at, jobs.task, jobs.queue,
+                   jobs.attempts, jobs.started_at""",
             ids,
             tokens,
             results,
@@ -193,7 +194,11 @@ class _CompletionBatch(GatheredWrite[tuple[int, str, bytes, float]]):
         done = {r["id"] for r in ended}
         await self.store._notify_done(conn, [i for i in ids if i in done])
         # Most jobs have neither: their completion is that one statement.
-        changes = Changes()
+        self.changes = changes = Changes()  # per run: a deadlock's rollback runs it again
+        changes.transitions = [
+            Transition(r[0], r[4], r[5], RUNNING, SUCCEEDED, "succeeded", r[6], r[3], r[7])
+            for r in ended
+        ]
         for r in ended:
             if r["has_dependants"]:
                 await _run(conn, lifecycle.after_success(r["id"], changes))
@@ -212,20 +217,22 @@ class _PlainInsertBatch(GatheredWrite[NewRow]):
     def __init__(self, store: PostgresStore) -> None:
         super().__init__()
         self.store = store
+        self.changes = Changes()
 
     async def __call__(self, conn: asyncpg.Connection) -> list[Enqueued | Exception]:
         rows = self.items
+        self.changes = changes = Changes()  # per run: a deadlock's rollback runs it again
         answers: list[Enqueued | Exception] = []
         try:
             async with conn.transaction():  # a savepoint: a refusal undoes only this try
-                answers.extend(await _run(conn, _admit_and_insert(rows)))
+                answers.extend(await _run(conn, _admit_and_insert(rows, changes)))
         except _OP_ERRORS:
             # A queue full, or a row refused: each job on its own, so each is judged alone.
             answers.clear()
             for row in rows:
                 try:
                     async with conn.transaction():
-                        answers.extend(await _run(conn, _admit_and_insert([row])))
+                        answers.extend(await _run(conn, _admit_and_insert([row], changes)))
                 except _OP_ERRORS as exc:
                     answers.append(exc)
         if any(isinstance(a, Enqueued) for a in answers):
@@ -233,9 +240,9 @@ class _PlainInsertBatch(GatheredWrite[NewRow]):
         return answers
 
 
-def _admit_and_insert(rows: Sequence[NewRow]) -> Program[list[Enqueued]]:
+def _admit_and_insert(rows: Sequence[NewRow], changes: Changes) -> Program[list[Enqueued]]:
     yield from lifecycle.admit(rows)
-    enqueued: list[Enqueued] = yield from lifecycle.insert_plain(rows)
+    enqueued: list[Enqueued] = yield from lifecycle.insert_plain(rows, changes)
     return enqueued
 
 
@@ -327,7 +334,9 @@ class PostgresStore(JobStore):
         self._relisten: asyncio.Task[None] | None = None
         self._closing = False
         self._on_due: list[Callable[[], None]] = []
-        self._on_done: list[Callable[[int, Ended | None], None]] = []
+        self._on_transitions: list[Callable[[list[Transition]], None]] = []
+        # names this store's own notices, which it hears too and has published already
+        self._origin = secrets.token_hex(6)
         self._turn = itertools.count()  # which queue goes first in a claim: rotates for fairness
         self._completions: _CompletionBatch | None = None
         self._inserts: _PlainInsertBatch | None = None
@@ -359,6 +368,7 @@ class PostgresStore(JobStore):
         self._writer.observer = lambda writes, s: (
             self.commit_observer and self.commit_observer(writes, s)
         )
+        self._writer.on_commit = self._committed
         self._writer.start()
 
     def _session_settings(self) -> dict[str, str]:
@@ -417,10 +427,20 @@ class PostgresStore(JobStore):
             self._pool = None
 
     def subscribe(
-        self, on_due: Callable[[], None], on_done: Callable[[int, Ended | None], None]
+        self,
+        on_due: Callable[[], None],
+        on_transitions: Callable[[list[Transition]], None],
     ) -> None:
+        """Hear this node's committed transitions, other nodes' job ends (their notices), and
+        when jobs became due on any node."""
         self._on_due.append(on_due)
-        self._on_done.append(on_done)
+        self._on_transitions.append(on_transitions)
+
+    def _committed(self, changed: list[Changes]) -> None:
+        transitions = [t for changes in changed for t in changes.transitions]
+        if transitions:
+            for on_transitions in self._on_transitions:
+                on_transitions(transitions)
 
     def _channel(self, name: str) -> str:
         return f"{name}_{self.schema}"
@@ -431,14 +451,19 @@ class PostgresStore(JobStore):
 
     def _heard_done(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         try:
-            entries = codec.loads(payload)
-        except ValueError:
-            log.warning("a done notice that is not JSON was ignored: %.100r", payload)
+            notice = codec.loads(payload)
+            origin, entries = notice["o"], notice["e"]
+        except (ValueError, TypeError, KeyError):
+            log.warning("a done notice not in the expected form was ignored: %.100r", payload)
             return
-        for job_id, status, attempts, queue, task, at in entries:
-            ended = Ended(job_id, JobState(status), attempts, queue, task, at)
-            for callback in self._on_done:
-                callback(job_id, ended)
+        if origin == self._origin:
+            return  # this store's own: published when it committed
+        heard = [
+            Transition(job_id, task, queue, None, JobState(status), "heard", attempts, at)
+            for job_id, status, attempts, queue, task, at in entries
+        ]
+        for on_transitions in self._on_transitions:
+            on_transitions(heard)
 
     async def _write(self, op: Op) -> Any:
         return await self._put(op)
@@ -462,11 +487,13 @@ class PostgresStore(JobStore):
         await conn.execute("SELECT pg_notify($1, '')", self._channel(DUE_CHANNEL))
 
     async def _notify_done(self, conn: asyncpg.Connection, job_ids: Sequence[int]) -> None:
-        """Tell every node these jobs ended, with what an event needs (see Ended): one
+        """Tell every node these jobs ended, with what an event needs: one
         statement, the payloads built by PostgreSQL from the rows, in chunks under NOTIFY's
         8,000-byte limit."""
         if job_ids:
-            await conn.execute(NOTIFY_DONE, self._channel(DONE_CHANNEL), list(job_ids))
+            await conn.execute(
+                NOTIFY_DONE, self._channel(DONE_CHANNEL), list(job_ids), self._origin
+            )
 
     # -- enqueue and read ----------------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
@@ -536,19 +563,19 @@ class PostgresStore(JobStore):
     async def _move(
         self,
         program: Callable[[Changes], Program[T]],
-        ended: Callable[[T], list[int]] | None = None,
         *,
         claims: bool = False,
     ) -> T:
-        """Run a lifecycle program as one write, and tell every node what it did: the jobs
-        it ended (`ended` names them from its result; their dependants too) and whether jobs
-        became due. The notices go out when the transaction commits."""
+        """Run a lifecycle program as one write, and tell every node what it did (the jobs it
+        ended, and whether jobs became due): the notices go out when the transaction commits.
+        This node publishes its Changes once committed."""
 
         async def op(conn: asyncpg.Connection) -> T:
             changes = Changes()  # per run: a transaction rolled back by a deadlock runs again
+            op.changes = changes  # type: ignore[attr-defined]
             result = await _run(conn, program(changes))
-            done = ended(result) if ended is not None else []
-            await self._notify_done(conn, [*done, *changes.ended])
+            done = [t.job_id for t in changes.transitions if t.after in TERMINAL_STATES]
+            await self._notify_done(conn, done)
             if changes.due or changes.new_pending:
                 await self._notify_due(conn)
             return result

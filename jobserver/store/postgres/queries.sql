@@ -7,38 +7,43 @@
 -- name: cancel_leased_if_requested
 UPDATE jobs SET status = 'cancelled', completed_at = $3, error = $4,
     lease_token = NULL, lease_expires_at = NULL
-WHERE id = $1 AND status = 'running' AND lease_token = $2 AND cancel_requested;
+WHERE id = $1 AND status = 'running' AND lease_token = $2 AND cancel_requested
+RETURNING task, queue, attempts, started_at;
 
 -- name: retry_leased
 UPDATE jobs SET status = 'pending', run_at = $3, error = $4,
     lease_token = NULL, lease_expires_at = NULL
-WHERE id = $1 AND status = 'running' AND lease_token = $2;
+WHERE id = $1 AND status = 'running' AND lease_token = $2
+RETURNING task, queue, attempts, started_at;
 
 -- name: fail_leased
 WITH failed AS (
     UPDATE jobs SET status = 'failed', error = $3, completed_at = $4,
         lease_token = NULL, lease_expires_at = NULL
     WHERE id = $1 AND status = 'running' AND lease_token = $2
-    RETURNING id, task, queue, args, kwargs, attempts)
-INSERT INTO dead_letters (job_id, task, queue, args, kwargs, error, attempts, failed_at)
-SELECT id, task, queue, args, kwargs, $3, attempts, $4 FROM failed
-RETURNING job_id;
+    RETURNING id, task, queue, args, kwargs, attempts, started_at),
+letters AS (
+    INSERT INTO dead_letters (job_id, task, queue, args, kwargs, error, attempts, failed_at)
+    SELECT id, task, queue, args, kwargs, $3, attempts, $4 FROM failed)
+SELECT task, queue, attempts, started_at FROM failed;
 
 -- name: cancel_leased
 UPDATE jobs SET status = 'cancelled', completed_at = $3,
     lease_token = NULL, lease_expires_at = NULL
-WHERE id = $1 AND status = 'running' AND lease_token = $2;
+WHERE id = $1 AND status = 'running' AND lease_token = $2
+RETURNING task, queue, attempts, started_at;
 
 -- name: release_leased_if_cancel_requested
 UPDATE jobs SET status = 'cancelled', completed_at = coalesce($3, started_at),
     lease_token = NULL, lease_expires_at = NULL
 WHERE id = $1 AND status = 'running' AND lease_token = $2 AND cancel_requested
-RETURNING completed_at;
+RETURNING task, queue, attempts, started_at, completed_at;
 
 -- name: release_leased
 UPDATE jobs SET status = 'pending', attempts = attempts - 1,
     lease_token = NULL, lease_expires_at = NULL
-WHERE id = $1 AND status = 'running' AND lease_token = $2;
+WHERE id = $1 AND status = 'running' AND lease_token = $2
+RETURNING task, queue, attempts, started_at;
 
 -- name: record_attempts
 INSERT INTO job_attempts (job_id, attempt, started_at, ended_at, node, outcome, error)
@@ -54,10 +59,11 @@ WITH failed AS (
     WHERE id IN (
         SELECT id FROM jobs WHERE status = 'pending' AND deadline < $1
         FOR UPDATE SKIP LOCKED)
-    RETURNING id, task, queue, args, kwargs, attempts)
-INSERT INTO dead_letters (job_id, task, queue, args, kwargs, error, attempts, failed_at)
-SELECT id, task, queue, args, kwargs, $2, attempts, $1 FROM failed
-RETURNING job_id;
+    RETURNING id, task, queue, args, kwargs, attempts),
+letters AS (
+    INSERT INTO dead_letters (job_id, task, queue, args, kwargs, error, attempts, failed_at)
+    SELECT id, task, queue, args, kwargs, $2, attempts, $1 FROM failed)
+SELECT id, task, queue, attempts FROM failed;
 
 -- name: rescue_cancel_requested
 UPDATE jobs SET status = 'cancelled', completed_at = $2,
@@ -66,7 +72,7 @@ WHERE id IN (
     SELECT id FROM jobs
     WHERE status = 'running' AND lease_expires_at <= $1 AND cancel_requested
     FOR UPDATE SKIP LOCKED)
-RETURNING id;
+RETURNING id, task, queue, attempts, started_at;
 
 -- name: rescue_requeue
 UPDATE jobs SET status = 'pending', run_at = $2, error = $3,
@@ -85,10 +91,11 @@ WITH failed AS (
         SELECT id FROM jobs
         WHERE status = 'running' AND lease_expires_at <= $1 AND attempts > max_retries
         FOR UPDATE SKIP LOCKED)
-    RETURNING id, task, queue, args, kwargs, attempts)
-INSERT INTO dead_letters (job_id, task, queue, args, kwargs, error, attempts, failed_at)
-SELECT id, task, queue, args, kwargs, $3, attempts, $2 FROM failed
-RETURNING job_id;
+    RETURNING id, task, queue, args, kwargs, attempts, started_at),
+letters AS (
+    INSERT INTO dead_letters (job_id, task, queue, args, kwargs, error, attempts, failed_at)
+    SELECT id, task, queue, args, kwargs, $3, attempts, $2 FROM failed)
+SELECT id, task, queue, attempts, started_at FROM failed;
 
 -- name: unblock_dependants
 UPDATE jobs SET blocked_by = blocked_by - 1
@@ -108,16 +115,19 @@ FOR UPDATE OF j;
 SELECT on_dependency_failure FROM jobs WHERE id = $1;
 
 -- name: cancel_pending
-UPDATE jobs SET status = 'cancelled', completed_at = $2 WHERE id = $1 AND status = 'pending';
+UPDATE jobs SET status = 'cancelled', completed_at = $2 WHERE id = $1 AND status = 'pending'
+RETURNING task, queue, attempts;
 
 -- name: fail_pending
 UPDATE jobs SET status = 'failed', completed_at = $2, error = $3
-WHERE id = $1 AND status = 'pending';
+WHERE id = $1 AND status = 'pending'
+RETURNING task, queue, attempts;
 
 -- name: queue_webhooks
 INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries, created_at, run_at)
 SELECT $3, $4, jsonb_build_array(callback_url, id), '{}'::jsonb, 0, 'pending', $5, $2, $2
-FROM jobs WHERE id = ANY($1::bigint[]) AND callback_url IS NOT NULL;
+FROM jobs WHERE id = ANY($1::bigint[]) AND callback_url IS NOT NULL
+RETURNING id, task, queue;
 
 -- name: register_queue
 INSERT INTO queues (name) VALUES ($1) ON CONFLICT DO NOTHING;

@@ -30,9 +30,8 @@ from ...errors import (
     StoreError,
 )
 from ...lifecycle import Changes, NewRow, Program
-from ...models import Job, JobState, NewJob, QueueInfo
+from ...models import Job, JobState, NewJob, QueueInfo, Transition
 from ..base import (
-    Ended,
     Enqueued,
     JobFilter,
     node_name,
@@ -43,6 +42,7 @@ from .files import DatabaseFile, ProcessLock
 from .statements import DIALECT, MIGRATIONS, row_to_job, run, sql_statements
 
 log = logging.getLogger(__name__)
+RUNNING, SUCCEEDED = JobState.RUNNING, JobState.SUCCEEDED
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
 
@@ -99,15 +99,13 @@ class _CompletionBatch(GatheredWrite[tuple[int, str, bytes, float]]):
 
     CHUNK = 256  # rows a statement: 4 parameters each, far below SQLite's limit
 
-    def __init__(self, emit: Callable[[Changes], None]) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self.changes = Changes()
-        self._emit = emit
-
-    def committed(self) -> None:
-        self._emit(self.changes)
 
     def __call__(self, conn: sqlite3.Connection) -> list[bool]:
+        self.changes = changes = Changes()
+        moved = changes.transitions
         done: set[int] = set()
         for start in range(0, len(self.items), self.CHUNK):
             chunk = self.items[start : start + self.CHUNK]
@@ -120,17 +118,22 @@ class _CompletionBatch(GatheredWrite[tuple[int, str, bytes, float]]):
                     WHERE jobs.id = v.column1 AND jobs.status = 'running'
                       AND jobs.lease_token = v.column2
                     RETURNING jobs.id, jobs.has_dependants, jobs.callback_url IS NOT NULL,
-                        jobs.completed_at""",
+                        jobs.completed_at, jobs.task, jobs.queue, jobs.attempts, jobs.started_at""",
                 [value for item in chunk for value in item],
             ).fetchall()
             # Most jobs have neither dependants nor a webhook: their completion is that
             # one statement.
-            for job_id, has_dependants, has_callback, completed_at in ended:
+            for job_id, has_dependants, has_callback, at, task, queue, attempt, began in ended:
                 done.add(job_id)
+                moved.append(
+                    Transition(
+                        job_id, task, queue, RUNNING, SUCCEEDED, "succeeded", attempt, at, began
+                    )
+                )
                 if has_dependants:
-                    run(conn, lifecycle.after_success(job_id, self.changes))
+                    run(conn, lifecycle.after_success(job_id, changes))
                 if has_callback:
-                    run(conn, lifecycle.queue_webhooks([job_id], completed_at, self.changes))
+                    run(conn, lifecycle.queue_webhooks([job_id], at, changes))
         return [item[0] in done for item in self.items]
 
 
@@ -168,6 +171,7 @@ class _PlainInsertBatch(GatheredWrite[NewRow]):
         self._unlimited = unlimited  # read on the database thread, when the insert runs
         self._epoch = unlimited.epoch
         self.found_unlimited: list[str] = []
+        self.changes = Changes()
 
     def committed(self) -> None:
         # queues this write registered with no max depth are known so from now on
@@ -175,9 +179,10 @@ class _PlainInsertBatch(GatheredWrite[NewRow]):
 
     def __call__(self, conn: sqlite3.Connection) -> list[Enqueued | Exception]:
         rows = self.items
+        self.changes = changes = Changes()
         if all(r.queue in self._unlimited for r in rows):
             try:
-                return list(run(conn, lifecycle.insert_plain(rows)))
+                return list(run(conn, lifecycle.insert_plain(rows, changes)))
             except (sqlite3.IntegrityError, ValueError, TypeError):
                 pass  # one row refused undoes them all: find which, one by one
         # A queue's max depth was set since (or a row is refused): each job on its own.
@@ -186,7 +191,7 @@ class _PlainInsertBatch(GatheredWrite[NewRow]):
             conn.execute("SAVEPOINT item")
             try:
                 self.found_unlimited.extend(run(conn, lifecycle.admit([r], self._unlimited)))
-                answers.extend(run(conn, lifecycle.insert_plain([r])))
+                answers.extend(run(conn, lifecycle.insert_plain([r], changes)))
             except (JobServerError, sqlite3.IntegrityError, ValueError, TypeError) as exc:
                 conn.execute("ROLLBACK TO item")
                 answers.append(exc)
@@ -258,7 +263,7 @@ class SQLiteStore(JobStore):
         self._turn = itertools.count()  # which queue goes first in a claim: rotates for fairness
         self.commit_observer: Callable[[int, float], None] | None = None
         self._on_due: list[Callable[[], None]] = []
-        self._on_done: list[Callable[[int, Ended | None], None]] = []
+        self._on_transitions: list[Callable[[list[Transition]], None]] = []
         self._completions: _CompletionBatch | None = None
         self._inserts: _PlainInsertBatch | None = None
         self._unlimited_queues = _UnlimitedQueues()
@@ -281,6 +286,7 @@ class SQLiteStore(JobStore):
         self._writer.observer = lambda writes, s: (
             self.commit_observer and self.commit_observer(writes, s)
         )
+        self._writer.on_commit = self._committed
         self._writer.start()
 
     async def close(self) -> None:
@@ -295,20 +301,25 @@ class SQLiteStore(JobStore):
         self._lock.drop()
 
     def subscribe(
-        self, on_due: Callable[[], None], on_done: Callable[[int, Ended | None], None]
+        self,
+        on_due: Callable[[], None],
+        on_transitions: Callable[[list[Transition]], None],
     ) -> None:
-        """One process owns the file; what it hears about is its own follow-ups: dependants
-        that became due, or ended because a dependency failed."""
+        """One process owns the file: it hears its own committed transitions, and when
+        dependants or webhook deliveries became due."""
         self._on_due.append(on_due)
-        self._on_done.append(on_done)
+        self._on_transitions.append(on_transitions)
 
-    def _emit(self, changes: Changes) -> None:
-        if changes.ended:
-            log.info("ended because a job they depend on did not succeed: %s", changes.ended)
-        for job_id in changes.ended:
-            for on_done in self._on_done:
-                on_done(job_id, None)  # in this process: the server reads it back
-        if changes.due:
+    def _committed(self, changed: list[Changes]) -> None:
+        """A batch committed: publish its transitions, in order; wake for what became due."""
+        transitions = [t for changes in changed for t in changes.transitions]
+        if transitions:
+            for on_transitions in self._on_transitions:
+                on_transitions(transitions)
+        ended = [job_id for changes in changed for job_id in changes.ended]
+        if ended:
+            log.info("ended because a job they depend on did not succeed: %s", ended)
+        if any(changes.due for changes in changed):
             for on_due in self._on_due:
                 on_due()
 
@@ -384,9 +395,9 @@ class SQLiteStore(JobStore):
             # One INSERT, and admit writes nothing before it could refuse: if the insert
             # fails, SQLite undoes that statement alone, so no savepoint is needed.
             op.atomic = True  # type: ignore[attr-defined]
+        op.changes = changes  # type: ignore[attr-defined]
         enqueued, unlimited = await self._write(op)
         known.learn(unlimited, epoch)  # committed: known from now on
-        self._emit(changes)
         result: list[Enqueued] = enqueued
         return result
 
@@ -459,30 +470,26 @@ class SQLiteStore(JobStore):
     async def complete(self, job_id: int, token: str, result: bytes, now: float) -> JobState | None:
         # Completions that arrive before the writer takes them share one op, one statement:
         # per-row statements cost more in thread hand-offs than in SQLite itself.
-        batch = self._completions = open_gathered(
-            self._completions, lambda: _CompletionBatch(self._emit), self._put
-        )
+        batch = self._completions = open_gathered(self._completions, _CompletionBatch, self._put)
         done: bool = await batch.join((job_id, token, result, now))
         return JobState.SUCCEEDED if done else None
 
     async def _move(
         self,
         program: Callable[[Changes], Program[T]],
-        ended: Callable[[T], list[int]] | None = None,
         *,
         claims: bool = False,
     ) -> T:
-        """Run a lifecycle program as one write; tell listeners what it set off once committed
-        (the moved job itself its caller publishes: this process is the database's only user)."""
+        """Run a lifecycle program as one write; its Changes are published once committed."""
         changes = Changes()
 
         def op(conn: sqlite3.Connection) -> T:
             return run(conn, program(changes))
 
+        op.changes = changes  # type: ignore[attr-defined]  # published once committed
         if claims:
             op.claims = True  # type: ignore[attr-defined]
         result: T = await self._write(op)
-        self._emit(changes)
         return result
 
     async def _look(self, program: Program[T]) -> T:

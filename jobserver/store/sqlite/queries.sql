@@ -7,12 +7,14 @@
 -- name: cancel_leased_if_requested
 UPDATE jobs SET status = 'cancelled', completed_at = $3, error = $4,
     lease_token = NULL, lease_expires_at = NULL
-WHERE id = $1 AND status = 'running' AND lease_token = $2 AND cancel_requested = 1;
+WHERE id = $1 AND status = 'running' AND lease_token = $2 AND cancel_requested = 1
+RETURNING task, queue, attempts, started_at;
 
 -- name: retry_leased
 UPDATE jobs SET status = 'pending', run_at = $3, error = $4,
     lease_token = NULL, lease_expires_at = NULL
-WHERE id = $1 AND status = 'running' AND lease_token = $2;
+WHERE id = $1 AND status = 'running' AND lease_token = $2
+RETURNING task, queue, attempts, started_at;
 
 -- name: fail_leased
 -- (no data-changing CTEs in SQLite: the dead letter is copied first, then the job fails)
@@ -22,23 +24,25 @@ WHERE id = $1 AND status = 'running' AND lease_token = $2;
 UPDATE jobs SET status = 'failed', error = $3, completed_at = $4,
     lease_token = NULL, lease_expires_at = NULL
 WHERE id = $1 AND status = 'running' AND lease_token = $2
-RETURNING id;
+RETURNING task, queue, attempts, started_at;
 
 -- name: cancel_leased
 UPDATE jobs SET status = 'cancelled', completed_at = $3,
     lease_token = NULL, lease_expires_at = NULL
-WHERE id = $1 AND status = 'running' AND lease_token = $2;
+WHERE id = $1 AND status = 'running' AND lease_token = $2
+RETURNING task, queue, attempts, started_at;
 
 -- name: release_leased_if_cancel_requested
 UPDATE jobs SET status = 'cancelled', completed_at = coalesce($3, started_at),
     lease_token = NULL, lease_expires_at = NULL
 WHERE id = $1 AND status = 'running' AND lease_token = $2 AND cancel_requested = 1
-RETURNING completed_at;
+RETURNING task, queue, attempts, started_at, completed_at;
 
 -- name: release_leased
 UPDATE jobs SET status = 'pending', attempts = attempts - 1,
     lease_token = NULL, lease_expires_at = NULL
-WHERE id = $1 AND status = 'running' AND lease_token = $2;
+WHERE id = $1 AND status = 'running' AND lease_token = $2
+RETURNING task, queue, attempts, started_at;
 
 -- name: record_attempts
 INSERT OR REPLACE INTO job_attempts (job_id, attempt, started_at, ended_at, node, outcome, error)
@@ -54,13 +58,13 @@ UPDATE jobs SET status = 'failed', error = $2, completed_at = $1
 WHERE id IN (
     SELECT id FROM jobs INDEXED BY jobs_deadline
     WHERE status = 'pending' AND deadline IS NOT NULL AND deadline < $1)
-RETURNING id;
+RETURNING id, task, queue, attempts;
 
 -- name: rescue_cancel_requested
 UPDATE jobs SET status = 'cancelled', completed_at = $2,
     lease_token = NULL, lease_expires_at = NULL
 WHERE status = 'running' AND lease_expires_at <= $1 AND cancel_requested = 1
-RETURNING id;
+RETURNING id, task, queue, attempts, started_at;
 
 -- name: rescue_requeue
 UPDATE jobs SET status = 'pending', run_at = $2, error = $3,
@@ -75,7 +79,7 @@ WHERE status = 'running' AND lease_expires_at <= $1 AND attempts > max_retries;
 UPDATE jobs SET status = 'failed', error = $3, completed_at = $2,
     lease_token = NULL, lease_expires_at = NULL
 WHERE status = 'running' AND lease_expires_at <= $1 AND attempts > max_retries
-RETURNING id;
+RETURNING id, task, queue, attempts, started_at;
 
 -- name: unblock_dependants
 UPDATE jobs SET blocked_by = blocked_by - 1
@@ -94,17 +98,20 @@ WHERE d.depends_on = $1 AND j.status = 'pending';
 SELECT on_dependency_failure FROM jobs WHERE id = $1;
 
 -- name: cancel_pending
-UPDATE jobs SET status = 'cancelled', completed_at = $2 WHERE id = $1 AND status = 'pending';
+UPDATE jobs SET status = 'cancelled', completed_at = $2 WHERE id = $1 AND status = 'pending'
+RETURNING task, queue, attempts;
 
 -- name: fail_pending
 UPDATE jobs SET status = 'failed', completed_at = $2, error = $3
-WHERE id = $1 AND status = 'pending';
+WHERE id = $1 AND status = 'pending'
+RETURNING task, queue, attempts;
 
 -- name: queue_webhooks
 INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries, created_at, run_at)
 SELECT $3, $4, CAST(json_array(callback_url, id) AS BLOB), CAST('{}' AS BLOB), 0, 'pending', $5,
     $2, $2
-FROM jobs WHERE id IN (SELECT value FROM json_each($1)) AND callback_url IS NOT NULL;
+FROM jobs WHERE id IN (SELECT value FROM json_each($1)) AND callback_url IS NOT NULL
+RETURNING id, task, queue;
 
 -- name: register_queue
 INSERT OR IGNORE INTO queues (name) VALUES ($1);
