@@ -1,4 +1,5 @@
-"""A dialect's SQL, kept in files: `store/<dialect>/queries.sql` and its migrations.
+"""The stores' SQL, kept in files: `store/shared.sql` (statements both dialects run as they
+are), `store/<dialect>/queries.sql` (those whose SQL must differ) and the dialect's migrations.
 
 A file is a list of blocks, each opened by a `-- name: <name>` line; other comment lines are
 left out. A block may hold several statements (SQLite runs them in order)."""
@@ -9,8 +10,25 @@ from importlib import resources
 
 
 def load(dialect: str, **columns: str) -> dict[str, str]:
-    """name -> SQL text, each `{key}` of `columns` (the driver's column lists) filled in."""
-    text = resources.files(__package__).joinpath(dialect, "queries.sql").read_text("utf-8")
+    """name -> SQL text for the dialect, each `{key}` of `columns` (the driver's column lists)
+    filled in. A name given by both the shared file and the dialect's is an error."""
+    here = resources.files(__package__)
+    shared = _blocks(here.joinpath("shared.sql").read_text("utf-8"), "shared.sql")
+    own = _blocks(
+        here.joinpath(dialect, "queries.sql").read_text("utf-8"), f"{dialect}/queries.sql"
+    )
+    both = set(shared) & set(own)
+    if both:
+        raise ValueError(f"{dialect}/queries.sql repeats what shared.sql names: {sorted(both)}")
+    queries = {}
+    for name, sql in {**shared, **own}.items():
+        for key, text in columns.items():
+            sql = sql.replace(f"{{{key}}}", text)
+        queries[name] = sql
+    return queries
+
+
+def _blocks(text: str, where: str) -> dict[str, str]:
     found: dict[str, list[str]] = {}
     current: list[str] | None = None
     for line in text.splitlines():
@@ -18,19 +36,13 @@ def load(dialect: str, **columns: str) -> dict[str, str]:
         if stripped.startswith("-- name:"):
             name = stripped.removeprefix("-- name:").strip()
             if name in found:
-                raise ValueError(f"{dialect}/queries.sql names {name!r} twice")
+                raise ValueError(f"{where} names {name!r} twice")
             current = found[name] = []
         elif stripped.startswith("--") or current is None:
             continue
         else:
             current.append(line)
-    queries = {}
-    for name, lines in found.items():
-        sql = "\n".join(lines).strip()
-        for key, text in columns.items():
-            sql = sql.replace(f"{{{key}}}", text)
-        queries[name] = sql
-    return queries
+    return {name: "\n".join(lines).strip() for name, lines in found.items()}
 
 
 def migrations(dialect: str) -> list[tuple[int, str]]:
