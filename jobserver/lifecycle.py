@@ -3,8 +3,11 @@
 Each move is a *program*: a generator that yields the named SQL statements it needs (`Sql`)
 and is sent each one's result. It does no I/O of its own. A store's driver runs it inside one
 of its transactions: SQLite's synchronously on its writer thread, PostgreSQL's with an await
-a statement. The SQL of each name lives in the dialect's `store/sql/<dialect>.sql`; a rule
-that differs between the stores is a bug unless a comment there says why.
+a statement. The SQL of each name lives in `store/shared.sql`, or in the dialect's
+`store/<dialect>/queries.sql` where its SQL must differ (a comment there says why).
+
+Each move records the Transitions it made (from what its statements returned) in its
+Changes; the driver publishes them once the transaction holding the move has committed.
 
 Parameters are positional (`$1`, `$2`...). A list parameter is a list of ids (PostgreSQL binds
 an array, SQLite a JSON array read with json_each). JSON values are passed encoded (bytes).
@@ -51,7 +54,9 @@ class Sql:
 
     name: str
     params: tuple[Any, ...]
-    mode: str  # count | rows | row | value | job | jobs | many
+    # count | rows | row | value | job | jobs | many, and two whose statement the driver
+    # shapes for its dialect: claimed (a claim's jobs) and insert_plain (ids, in order)
+    mode: str
 
 
 Program = Generator[Sql, Any, T]
@@ -93,11 +98,11 @@ def many(name: str, param_rows: Sequence[tuple[Any, ...]]) -> Sql:
 
 @dataclass(slots=True)
 class Changes:
-    """What a move set off beyond the job it moved, for the driver to tell listeners once
-    the transaction has committed (SQLite: callbacks; PostgreSQL: NOTIFY to every node)."""
+    """What a write did, for the driver to tell once the transaction has committed: the
+    moves it made (published by this process), and what other dispatchers should know
+    (SQLite: callbacks; PostgreSQL: NOTIFY to every node)."""
 
     transitions: list[Transition] = field(default_factory=list)  # every move, in order
-    ended: list[int] = field(default_factory=list)  # dependants that ended with it
     due: bool = False  # jobs that may start now: unblocked dependants, webhook deliveries
     # jobs this write made pending (inserted, retried, released, rescued): the process that
     # wrote them wakes its own dispatcher; other nodes hear of them from the driver
@@ -304,7 +309,6 @@ def _end_dependant(
         after = FAILED
     if ended is not None:
         _moved(ch, job_id, ended, PENDING, after, "dependency_failed", now)
-    ch.ended.append(job_id)
     yield from queue_webhooks([job_id], now, ch)
 
 

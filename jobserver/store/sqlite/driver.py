@@ -316,7 +316,7 @@ class SQLiteStore(JobStore):
         if transitions:
             for on_transitions in self._on_transitions:
                 on_transitions(transitions)
-        ended = [job_id for changes in changed for job_id in changes.ended]
+        ended = [t.job_id for t in transitions if t.reason == "dependency_failed"]
         if ended:
             log.info("ended because a job they depend on did not succeed: %s", ended)
         if any(changes.due for changes in changed):
