@@ -247,12 +247,22 @@ async def _read_json_object(request: web.Request, max_bytes: int) -> dict[str, A
             415, "unsupported_media_type", "send the body as application/json", "Content-Type"
         )
     content = request.content
-    if content.is_eof() and (request.content_length or 0) <= max_bytes:
-        raw = content.read_nowait(-1)  # all in already (the usual small body): no loop
-        if len(raw) > max_bytes:
-            raise _too_large(max_bytes)
-    else:
-        raw = await read_body(request, max_bytes)
+    try:
+        if content.is_eof() and (request.content_length or 0) <= max_bytes:
+            raw = content.read_nowait(-1)  # all in already (the usual small body): no loop
+            if len(raw) > max_bytes:
+                raise _too_large(max_bytes)
+        else:
+            raw = await read_body(request, max_bytes)
+    except web.RequestPayloadError as exc:
+        # aiohttp could not decode the body as its Content-Encoding says (gzip that is not
+        # gzip, a cut-off chunk): the request's fault, not the server's.
+        raise RequestError(
+            400,
+            "bad_body",
+            f"the body could not be decoded as its Content-Encoding says ({type(exc).__name__})",
+            "Content-Encoding",
+        ) from None
     try:
         body = codec.loads(raw)
     except codec.JSONDecodeError as exc:

@@ -47,9 +47,19 @@ MAX_BUFFERED = 65_536  # read no further while a reply is due (a client pipelini
 _FIELDS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
 # The fields read here; a request with any of the others listed is handed to aiohttp.
 _USED = frozenset(
-    {b"content-length", b"content-type", b"authorization", b"idempotency-key", b"connection"}
+    {
+        b"host",
+        b"content-length",
+        b"content-type",
+        b"authorization",
+        b"idempotency-key",
+        b"connection",
+    }
 )
-_HAND_OFF = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
+# Bodies aiohttp decodes (Content-Encoding) or frames (Transfer-Encoding), and requests it
+# must see: handed over, so that it answers them as it answers every other.
+_HAND_OFF = frozenset({b"transfer-encoding", b"content-encoding", b"expect", b"upgrade"})
+MAX_LENGTH_DIGITS = 18  # a longer Content-Length is no body this server takes: aiohttp's 400
 # Refusals that leave nothing written: aiohttp may try the request again and answer it.
 _REFUSALS = (ValidationError, QueueFull, Conflict, NotFound, StorageUnavailable)
 _STATUS_LINES = {
@@ -262,9 +272,16 @@ class EnqueueProtocol(asyncio.Protocol):
         if fields.get(b"connection", b"keep-alive").lower() != b"keep-alive":
             self._hand_over()  # close, upgrade, or a list: aiohttp's to honour
             return
+        if b"host" not in fields:  # HTTP/1.1 requires it (aiohttp: 400)
+            self._hand_over()
+            return
         length_text = fields.get(b"content-length", b"")
         server = self._shared.server
-        if not length_text.isdigit() or int(length_text) > server.max_body_bytes:
+        if (
+            not length_text.isdigit()
+            or len(length_text) > MAX_LENGTH_DIGITS  # int() of thousands of digits raises
+            or int(length_text) > server.max_body_bytes
+        ):
             self._hand_over()
             return
         body_end = end + 4 + int(length_text)

@@ -433,3 +433,26 @@ async def test_a_bad_wait_is_refused(api: Api, wait: str) -> None:
     status, body, _ = await api.call("POST", f"/jobs?wait={wait}", {"task": "echo"})
     assert status == 422 and body["error"]["field"] == "wait"
     assert await job_count(api) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/jobs?wait=0", b'{"task": "echo"}'),
+        ("/jobs/batch", b'{"jobs": [{"task": "echo"}]}'),
+    ],
+)
+async def test_a_body_not_encoded_as_its_content_encoding_says_is_400(
+    api: Api, path: str, body: bytes
+) -> None:
+    """Content-Encoding: gzip on a plain body was a 500 (aiohttp's decoding error escaped)."""
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    # a session of its own: the server closes a connection whose body it cannot read
+    async with (
+        aiohttp.ClientSession() as fresh,
+        fresh.post(api.base + path, data=body, headers=headers) as resp,
+    ):
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+    assert (error["code"], error["field"]) == ("bad_body", "Content-Encoding")
+    assert await job_count(api) == 0

@@ -287,3 +287,63 @@ async def test_at_stop_requests_in_flight_are_answered_and_idle_connections_clos
             assert await server.store.get_job(job_id) is not None
     finally:
         await server.store.close()
+
+
+def raw_post(head: bytes, body: bytes = JOB) -> bytes:
+    """POST /jobs with exactly the header lines given (each ending CRLF), then the body."""
+    return b"POST /jobs HTTP/1.1\r\n%s\r\n%s" % (head, body)
+
+
+# Requests the fast path used to answer itself (202) or drop, where aiohttp answers 400.
+EDGE_CASES = {
+    "no Host": raw_post(b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(JOB)),
+    "two Hosts": raw_post(
+        b"Host: x\r\nHost: y\r\nContent-Type: application/json\r\nContent-Length: %d\r\n" % len(JOB)
+    ),
+    "a Content-Length of 5,000 digits": raw_post(
+        b"Host: x\r\nContent-Type: application/json\r\nContent-Length: " + b"9" * 5000 + b"\r\n"
+    ),
+    "gzip that is not gzip": raw_post(
+        b"Host: x\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+        b"Content-Length: %d\r\n" % len(JOB)
+    ),
+}
+
+
+async def first_status(base: str, request: bytes) -> int | None:
+    """The status of the first reply on a fresh connection (None: closed with no reply)."""
+    conn = await Conn.open(base)
+    try:
+        await conn.send(request)
+        head = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 5)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    finally:
+        conn.close()
+    return int(head.split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize("case", sorted(EDGE_CASES))
+async def test_an_edge_case_request_is_answered_as_aiohttp_answers_it(
+    make_server: ServerFactory, case: str
+) -> None:
+    """The same bytes to the fast path's listener and to aiohttp alone: the same status, and
+    nothing enqueued by either."""
+    server, fast = await serve(make_server)
+    assert server._fast_enqueue is not None and server._runner is not None
+    # aiohttp's own handler for the same application, on a listener of its own
+    aiohttp_only = await asyncio.get_running_loop().create_server(
+        server._runner.server,  # type: ignore[arg-type]
+        "127.0.0.1",
+        0,
+    )
+    try:
+        port = aiohttp_only.sockets[0].getsockname()[1]
+        request = EDGE_CASES[case]
+        expected = await first_status(f"http://127.0.0.1:{port}", request)
+        assert expected is not None and 400 <= expected < 500, expected
+        assert await first_status(fast, request) == expected
+    finally:
+        aiohttp_only.close()
+    assert (await server.store.count_by_status())["pending"] == 0
+    assert fast_answered(server) == 0
