@@ -456,3 +456,22 @@ async def test_a_body_not_encoded_as_its_content_encoding_says_is_400(
         error = (await resp.json())["error"]
     assert (error["code"], error["field"]) == ("bad_body", "Content-Encoding")
     assert await job_count(api) == 0
+
+
+@pytest.mark.parametrize(
+    ("cron", "says"),
+    [
+        ("0 0 30 2 *", "never fires"),  # was a 500
+        ("*/10 * * * * *", "6 fields"),  # croniter reads a seconds field: every second
+        ("0 0 * * * 2030", "not a valid cron"),
+    ],
+)
+async def test_a_cron_that_never_fires_or_has_extra_fields_is_refused(
+    api: Api, cron: str, says: str
+) -> None:
+    status, data, _ = await api.call(
+        "POST", "/schedules", {"name": "s", "task": "echo", "cron": cron}
+    )
+    assert status == 422, data
+    assert data["error"]["field"] == "cron" and says in data["error"]["message"]
+    assert (await api.call("GET", "/schedules"))[1]["items"] == []
