@@ -153,16 +153,17 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     auth = server.auth
     if not auth.enabled or request.match_info.route.name in OPEN_ROUTES:
         return await handler(request)
-    client = request.remote or "?"
-    now = time.monotonic()
-    wait = auth.throttled(client, now)
-    if wait is not None:
-        return error_response(
-            429, "too_many_failures", "too many failed authentications; try again later",
-            "Authorization", headers={"Retry-After": str(max(1, math.ceil(wait)))},
-        )  # fmt: skip
     access = auth.access(request.headers.get("Authorization"))
     if access is Access.NONE:
+        # Only a failed authentication is throttled: a valid token always gets in.
+        client = request.remote or "?"
+        now = time.monotonic()
+        wait = auth.throttled(client, now)
+        if wait is not None:
+            return error_response(
+                429, "too_many_failures", "too many failed authentications; try again later",
+                "Authorization", headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )  # fmt: skip
         auth.record_failure(client, now)
         return error_response(
             401, "unauthorized", "send Authorization: Bearer <token>", "Authorization",

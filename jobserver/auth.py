@@ -1,7 +1,12 @@
 """Bearer-token authentication: full tokens, read-only tokens, and a limit on failures.
 
 Tokens are compared in constant time, every configured token each time (so the time taken
-says nothing about which one, or how much of one, matched)."""
+says nothing about which one, or how much of one, matched).
+
+The failure limit slows a client that keeps sending wrong tokens (a misconfigured script, a
+scan) and keeps such requests cheap; it never refuses a valid token, so one bad client on an
+address (often 127.0.0.1, beside a sidecar) cannot lock out the app or the dashboard there.
+Guessing is answered by the tokens themselves: use long random ones."""
 
 from __future__ import annotations
 
@@ -40,10 +45,11 @@ class TokenAuth:
         return bool(self._full)
 
     def access(self, header: str | None) -> Access:
-        """What an Authorization header grants."""
-        if not header or not header.startswith("Bearer "):
+        """What an Authorization header grants (the scheme's name in any case, RFC 9110)."""
+        scheme, _, credentials = (header or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
             return Access.NONE
-        given = header.removeprefix("Bearer ").strip().encode()
+        given = credentials.strip().encode()
         full = _matches_any(given, self._full)
         read = _matches_any(given, self._read)
         if full:

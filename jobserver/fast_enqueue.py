@@ -340,10 +340,8 @@ class EnqueueProtocol(asyncio.Protocol):
             return None
         if server.auth.enabled:
             header = fields.get(b"authorization")
-            if header is None or server.auth.throttled(self._client, time.monotonic()):
-                return None
-            if server.auth.access(_text(header)) is not Access.FULL:
-                return None
+            if header is None or server.auth.access(_text(header)) is not Access.FULL:
+                return None  # aiohttp answers it: 401, 403 or 429
         try:
             body = codec.loads(raw)
         except codec.JSONDecodeError:

@@ -87,12 +87,28 @@ async def test_a_read_only_token_reads_but_never_writes(client: Client) -> None:
         assert status == 403 and body["error"]["code"] == "forbidden", (method, path)
 
 
-async def test_repeated_failures_are_answered_with_429(client: Client) -> None:
+async def test_repeated_failures_are_answered_with_429_but_a_valid_token_gets_in(
+    client: Client,
+) -> None:
+    """Ten bad tokens from one address used to lock every client there out for a minute, the
+    valid admin token included (a misconfigured script beside a sidecar locked out the app)."""
     for _ in range(MAX_FAILURES):
         assert (await client.call("GET", "/jobs", "wrong"))[0] == 401
-    status, body, headers = await client.call("GET", "/jobs", FULL)
+    status, body, headers = await client.call("GET", "/jobs", "wrong again")
     assert status == 429 and int(headers["Retry-After"]) >= 1
     assert body["error"]["code"] == "too_many_failures"
+    assert (await client.call("GET", "/jobs", None))[0] == 429  # no token is a failure too
+    assert (await client.call("GET", "/jobs", FULL))[0] == 200
+    assert (await client.call("GET", "/openapi.json", READ))[0] == 200
+    status, _, _ = await client.call("POST", "/jobs", FULL, json={"task": "echo"})
+    assert status == 202  # the fast path too
+
+
+async def test_the_bearer_scheme_is_case_insensitive(client: Client) -> None:
+    for scheme in ("bearer", "BEARER", "Bearer"):
+        headers = {"Authorization": f"{scheme} {FULL}"}
+        assert (await client.call("GET", "/jobs", headers=headers))[0] == 200, scheme
+    assert (await client.call("GET", "/jobs", headers={"Authorization": f"Basic {FULL}"}))[0] == 401
 
 
 def test_serving_beyond_loopback_needs_a_token() -> None:
