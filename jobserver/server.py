@@ -271,7 +271,9 @@ class JobServer:
     # -- jobs -------------------------------------------------------------------------------------
     def task_spec(self, name: str) -> TaskSpec:
         spec = self.registry.get(name)
-        if spec is None:
+        # An internal task (webhook delivery) is the server's to enqueue, in SQL: enqueued by a
+        # client, it would send a genuinely signed record of any job to an allowed host.
+        if spec is None or spec.internal:
             raise ValidationError("task", f"unknown task {name!r}")
         return spec
 

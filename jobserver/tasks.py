@@ -32,6 +32,8 @@ class TaskSpec:
     cron: str | None = None  # run on this schedule, with no arguments
     cron_timezone: str = "UTC"
     cron_missed: str = "skip"  # ticks missed while down: "skip" or "catch_up"
+    # the server's own (webhook delivery): run by the worker, never enqueued from outside
+    internal: bool = False
 
     def is_retryable(self, exc: BaseException) -> bool:
         return not isinstance(exc, PermanentError) and isinstance(exc, self.retry_on)
@@ -64,7 +66,8 @@ class Registry:
         return iter(self._tasks.values())
 
     def names(self) -> list[str]:
-        return sorted(self._tasks)
+        """The tasks a client may enqueue (the server's internal ones left out)."""
+        return sorted(name for name, spec in self._tasks.items() if not spec.internal)
 
 
 def _origin(fn: Callable[..., Any]) -> str:

@@ -475,3 +475,23 @@ async def test_a_cron_that_never_fires_or_has_extra_fields_is_refused(
     assert status == 422, data
     assert data["error"]["field"] == "cron" and says in data["error"]["message"]
     assert (await api.call("GET", "/schedules"))[1]["items"] == []
+
+
+async def test_an_internal_task_cannot_be_enqueued_from_outside(api: Api) -> None:
+    """A client could enqueue `jobserver.webhook` and make the server send a genuinely signed
+    record of any job to an allowed host."""
+    from jobserver.models import WEBHOOK_TASK
+
+    internal = {"task": WEBHOOK_TASK, "args": ["http://127.0.0.1:9/", 1]}
+    for path, body in [
+        ("/jobs", internal),
+        ("/jobs?wait=0", internal),
+        ("/jobs/batch", {"jobs": [internal]}),
+        ("/schedules", {"name": "s", "cron": "* * * * *", **internal}),
+    ]:
+        status, data, _ = await api.call("POST", path, body)
+        assert status == 422, (path, data)
+        assert data["error"]["field"].endswith("task"), (path, data)
+    assert await job_count(api) == 0
+    spec = (await api.call("GET", "/openapi.json"))[1]
+    assert WEBHOOK_TASK not in json.dumps(spec)
