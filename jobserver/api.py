@@ -9,7 +9,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -500,12 +500,45 @@ def _path_id(request: web.Request, kind: str) -> int:
     return int(text)
 
 
-def _page_of(items: list[T], limit: int) -> tuple[list[T], str | None]:
-    """Trim a list fetched with limit + 1 rows; the cursor is set only if more remain."""
-    if len(items) > limit:
-        items = items[:limit]
-        return items, str(items[-1].id)
-    return items, None
+PAGE_CHUNK = 50  # rows read at a time while a page is under its byte bound
+
+
+async def _bounded_page(
+    fetch: Callable[[int, int | None], Awaitable[Sequence[Any]]],
+    limit: int,
+    cursor: int | None,
+    render: Callable[[Any], dict[str, Any]],
+    server: JobServer,
+) -> web.Response:
+    """A page of up to `limit` items, newest first, that also ends once it holds
+    `server.max_page_bytes` (always one item at least, so paging moves on); `next_cursor`
+    is set when more remain. Rows are read PAGE_CHUNK at a time and each item encoded once,
+    so a page of big jobs holds no more than a chunk of them in memory besides the page."""
+    encoded: list[bytes] = []
+    size = 0
+    last_id: int | None = None
+    while True:
+        want = min(limit - len(encoded), PAGE_CHUNK)
+        rows = await fetch(want + 1, cursor)
+        for item in rows[:want]:
+            body = codec.dumps(render(item))
+            if encoded and size + len(body) > server.max_page_bytes:
+                return _page_response(encoded, str(last_id))
+            encoded.append(body)
+            size += len(body)
+            last_id = item.id
+        if len(rows) <= want:
+            return _page_response(encoded, None)  # nothing more
+        if len(encoded) >= limit:
+            return _page_response(encoded, str(last_id))
+        cursor = last_id
+
+
+def _page_response(encoded: list[bytes], next_cursor: str | None) -> web.Response:
+    body = (
+        b'{"items":[' + b",".join(encoded) + b'],"next_cursor":' + codec.dumps(next_cursor) + b"}"
+    )
+    return web.Response(body=body, content_type="application/json")
 
 
 # -- handlers -------------------------------------------------------------------------------------
@@ -625,8 +658,10 @@ async def list_jobs(request: web.Request) -> web.Response:
                 "status", f"must be one of {', '.join(s.value for s in JobState)}"
             ) from None
     flt = JobFilter(status=status, queue=query.get("queue"), task=query.get("task"))
-    jobs, next_cursor = _page_of(await _server(request).list_jobs(flt, limit + 1, cursor), limit)
-    return json_response({"items": [job_to_dict(j) for j in jobs], "next_cursor": next_cursor})
+    server = _server(request)
+    return await _bounded_page(
+        lambda n, before: server.list_jobs(flt, n, before), limit, cursor, job_to_dict, server
+    )
 
 
 async def list_attempts(request: web.Request) -> web.Response:
@@ -642,11 +677,8 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 async def list_dead_letters(request: web.Request) -> web.Response:
     limit, cursor = _page(_query(request, {"limit", "cursor"}))
-    fetched = await _server(request).list_dead_letters(limit + 1, cursor)
-    items, next_cursor = _page_of(fetched, limit)
-    return json_response(
-        {"items": [dead_letter_to_dict(d) for d in items], "next_cursor": next_cursor}
-    )
+    server = _server(request)
+    return await _bounded_page(server.list_dead_letters, limit, cursor, dead_letter_to_dict, server)
 
 
 async def get_dead_letter(request: web.Request) -> web.Response:

@@ -89,6 +89,7 @@ class JobServer:
         http_allowed_hosts: Iterable[str] = DEFAULT_ALLOWED_HOSTS,
         max_body_bytes: int = 1024 * 1024,
         max_batch_body_bytes: int = 32 * 1024 * 1024,
+        max_page_bytes: int = 8 * 1024 * 1024,
         max_connections: int = 1024,
         body_timeout_s: float = 30.0,
         header_timeout_s: float = 10.0,
@@ -108,6 +109,9 @@ class JobServer:
         self.grace_period_s = grace_period_s
         self.max_body_bytes = max_body_bytes
         self.max_batch_body_bytes = max(max_batch_body_bytes, max_body_bytes)
+        # a list page (jobs, dead letters) ends early past this many bytes: its items carry
+        # arguments and results, and a page of big ones held hundreds of MB
+        self.max_page_bytes = max_page_bytes
         self.max_connections = max_connections
         self.body_timeout_s = body_timeout_s  # a client sending its body slower is cut off
         self.header_timeout_s = header_timeout_s  # ... or its first request head

@@ -495,3 +495,33 @@ async def test_an_internal_task_cannot_be_enqueued_from_outside(api: Api) -> Non
     assert await job_count(api) == 0
     spec = (await api.call("GET", "/openapi.json"))[1]
     assert WEBHOOK_TASK not in json.dumps(spec)
+
+
+async def test_a_list_page_is_bounded_in_bytes_and_pages_through_everything(
+    make_server: ServerFactory,
+) -> None:
+    """100 jobs of about 1.8 MB each made one 180 MB response (674 MB RSS): a page now ends
+    once it holds max_page_bytes (with one job at least), and the cursor goes on from there."""
+    server = await make_server(tasks=list(reg), max_page_bytes=5_000)
+    [base] = await server.serve("127.0.0.1", 0)
+    big = "x" * 1_500
+    ids = [(await server.enqueue("echo", [big], delay_s=3600)).id for _ in range(10)]
+    huge = (await server.enqueue("echo", ["y" * 20_000], delay_s=3600)).id
+    seen: list[int] = []
+    pages = 0
+    cursor = ""
+    async with aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(f"{base}/jobs?limit=100{cursor}") as resp:
+                assert resp.status == 200
+                raw = await resp.read()
+            page = json.loads(raw)
+            pages += 1
+            assert len(page["items"]) >= 1
+            assert len(page["items"]) == 1 or len(raw) <= 5_000 + 200
+            seen += [item["id"] for item in page["items"]]
+            if page["next_cursor"] is None:
+                break
+            cursor = f"&cursor={page['next_cursor']}"
+    assert seen == sorted([*ids, huge], reverse=True)  # each once, newest first
+    assert pages >= 4
