@@ -147,8 +147,9 @@ class FastEnqueue:
 
 class EnqueueProtocol(asyncio.Protocol):
     """One connection: `POST /jobs` answered here until a request needs aiohttp, then aiohttp's
-    protocol for the rest of the connection. The first request head must arrive within
-    `header_timeout_s` (a client dribbling bytes cannot hold the connection)."""
+    protocol for the rest of the connection. A request head must arrive within
+    `header_timeout_s` of its first byte (the first request's, of the connection's start), on
+    every request answered here: a client dribbling bytes cannot hold the connection."""
 
     def __init__(self, shared: FastEnqueue, on_lost: Callable[[Any], None]) -> None:
         self._shared = shared
@@ -180,6 +181,8 @@ class EnqueueProtocol(asyncio.Protocol):
         self._shared.idle.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._inner is None and not self._buffer and self._head_timer is None:
+            self._start_head_timer()  # a later request's first bytes: its head has the deadline
         if self._head_timer is not None:
             self._tail = (self._tail + data)[-(len(data) + 3) :]
             if b"\r\n\r\n" in self._tail:
@@ -221,6 +224,10 @@ class EnqueueProtocol(asyncio.Protocol):
             self._inner.resume_writing()
 
     # -- timers -----------------------------------------------------------------------------------
+    def _start_head_timer(self) -> None:
+        self._tail = b""
+        self._head_timer = self._loop.call_later(self._shared.header_timeout_s, self._expire)
+
     def _expire(self) -> None:
         self._head_timer = None
         if self._transport is not None:
@@ -382,6 +389,8 @@ class EnqueueProtocol(asyncio.Protocol):
             self._paused = False
             transport.resume_reading()
         self._shared.idle.add(self)
+        if self._buffer and b"\r\n\r\n" not in self._buffer and self._head_timer is None:
+            self._start_head_timer()  # the next request began while this one was answered
         self._next_request()
         if self._eof and not self._replying and self._inner is None:
             transport.close()  # the client has said all it will: what it sent is answered

@@ -161,3 +161,36 @@ def test_under_uvloop_as_serve_runs_the_limit_and_the_fast_path_work(tmp_path: P
     head, _, body = refused.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 503")
     assert json.loads(body)["error"]["code"] == "unavailable"
+
+
+async def test_a_later_request_head_dribbled_on_a_kept_alive_connection_is_cut_off(
+    make_server: ServerFactory,
+) -> None:
+    """After one quick enqueue answered by the fast path, a client sent a header byte every
+    20 s: the head deadline covered only a connection's first request, and 1,024 such
+    connections held the server. Every request head now has the deadline."""
+    server = await make_server(header_timeout_s=0.4)
+    [base] = await server.serve("127.0.0.1", 0)
+    host, port = host_port(base)
+    reader, writer = await asyncio.open_connection(host, port)
+    body = b'{"task": "echo", "delay": 60}'
+    writer.write(
+        b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 202")
+    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+    await reader.readexactly(length)
+
+    async def dribble() -> None:
+        for byte in b"POST /jobs HTTP/1.1\r\nHost: x\r\nX-Slow: 1234567890":
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.1)  # a byte well within any idle time, never a whole head
+
+    dribbling = asyncio.create_task(dribble())
+    try:
+        assert await asyncio.wait_for(reader.read(), 3) == b""  # closed by the server
+    finally:
+        dribbling.cancel()
+        writer.close()
