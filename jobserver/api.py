@@ -145,13 +145,26 @@ HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 4
 OPEN_ROUTES = frozenset({"healthz", "dashboard", "dashboard_static"})
 
 
+def _local_address(request: web.Request) -> str | None:
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    return str(sockname[0]).lower() if isinstance(sockname, tuple) and sockname else None
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """With tokens configured, every route but /healthz and the page itself needs
     `Authorization: Bearer <token>`; a read-only token may only read."""
     server = request.app[SERVER_KEY]
     auth = server.auth
-    if not auth.enabled or request.match_info.route.name in OPEN_ROUTES:
+    if not auth.enabled:
+        if not auth.host_allowed(request.headers.get("Host"), _local_address(request)):
+            return error_response(
+                403, "host_not_allowed",
+                "with no token set, the API answers only to localhost and its --server-name",
+                "Host",
+            )  # fmt: skip
+        return await handler(request)
+    if request.match_info.route.name in OPEN_ROUTES:
         return await handler(request)
     access = auth.access(request.headers.get("Authorization"))
     if access is Access.NONE:

@@ -15,6 +15,7 @@ import hmac
 from collections.abc import Iterable
 from enum import Enum
 
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 FAILURE_WINDOW_S = 60.0
 MAX_FAILURES = 10  # per client address and window; then 429 until the window moves on
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -26,14 +27,27 @@ class Access(Enum):
     FULL = "full"
 
 
+def host_name(header: str | None) -> str:
+    """The name in a Host header, without its port or IPv6 brackets, in lower case."""
+    text = (header or "").strip().lower()
+    if text.startswith("["):
+        return text[1:].partition("]")[0]
+    return text.rpartition(":")[0] if text.count(":") == 1 else text
+
+
 class TokenAuth:
     def __init__(
         self,
         tokens: Iterable[str],
         read_tokens: Iterable[str] = (),
         max_failures: int = MAX_FAILURES,
+        server_names: Iterable[str] = (),
     ) -> None:
         self.max_failures = max_failures
+        # While no token is set, the names a request's Host may give: the loopback names and
+        # these. A browser page from elsewhere whose name was pointed at 127.0.0.1 (DNS
+        # rebinding) sends its own name, and is refused.
+        self.server_names = LOOPBACK_NAMES | {host_name(n) for n in server_names if n}
         self._full = [t.encode() for t in tokens if t]
         self._read = [t.encode() for t in read_tokens if t]
         if not self._full and self._read:
@@ -55,6 +69,14 @@ class TokenAuth:
         if full:
             return Access.FULL
         return Access.READ if read else Access.NONE
+
+    def host_allowed(self, header: str | None, local_address: str | None) -> bool:
+        """With a token set, any Host; without, one of server_names or the address the
+        connection came in on (a client that names the server by its IP)."""
+        if self.enabled:
+            return True
+        name = host_name(header)
+        return name in self.server_names or (local_address is not None and name == local_address)
 
     def throttled(self, client: str, now: float) -> float | None:
         """Seconds until `client` may try again after too many failures; None if it may now."""

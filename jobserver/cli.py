@@ -90,6 +90,7 @@ async def serve(settings: Settings) -> int:
             keep_failed_s=settings.keep_failed_days * 86_400,
             tokens=settings.token,
             read_tokens=settings.read_token,
+            server_names=settings.server_name,
             webhook_secret=settings.webhook_secret,
         )
     except ValidationError as exc:  # e.g. a postgresql:// --db without asyncpg installed

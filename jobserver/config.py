@@ -40,6 +40,7 @@ class Settings:
     keep_failed_days: float = 30.0
     token: tuple[str, ...] = ()
     read_token: tuple[str, ...] = ()
+    server_name: tuple[str, ...] = ()
     webhook_secret: str | None = None
 
 
@@ -131,6 +132,11 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], str]] = {
         "bearer token(s) every route but /healthz requires; repeatable / comma-separated",
     ),
     "read_token": (_names, "read-only bearer token(s), e.g. for dashboards and polling"),
+    "server_name": (
+        _names,
+        "host name(s) the API answers to while no token is set, besides localhost (a"
+        " request naming another is refused: DNS rebinding); repeatable / comma-separated",
+    ),
     "webhook_secret": (_text, "the HMAC-SHA256 key that signs completion webhooks"),
 }
 SECRET_SETTINGS = frozenset({"token", "read_token", "webhook_secret"})

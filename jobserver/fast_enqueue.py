@@ -168,6 +168,7 @@ class EnqueueProtocol(asyncio.Protocol):
         self._eof = False
         self._closed = False
         self._client = "?"
+        self._local: str | None = None  # the address the connection came in on
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -175,6 +176,8 @@ class EnqueueProtocol(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self._client = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        local = transport.get_extra_info("sockname")
+        self._local = str(local[0]).lower() if isinstance(local, tuple) and local else None
         self._head_timer = self._loop.call_later(self._shared.header_timeout_s, self._expire)
         self._last_active = self._loop.time()
         self._idle_timer = self._loop.call_later(self._shared.keepalive_s, self._check_idle)
@@ -345,7 +348,10 @@ class EnqueueProtocol(asyncio.Protocol):
         content_type = fields.get(b"content-type", b"").partition(b";")[0].strip().lower()
         if content_type != b"application/json":
             return None
-        if server.auth.enabled:
+        if not server.auth.enabled:
+            if not server.auth.host_allowed(_text(fields[b"host"]), self._local):
+                return None  # aiohttp refuses it (403)
+        else:
             header = fields.get(b"authorization")
             if header is None or server.auth.access(_text(header)) is not Access.FULL:
                 return None  # aiohttp answers it: 401, 403 or 429

@@ -97,6 +97,7 @@ class JobServer:
         webhook_secret: str | None = None,
         tokens: Iterable[str] = (),
         read_tokens: Iterable[str] = (),
+        server_names: Iterable[str] = (),
         keep_finished_s: float = 7 * DAY_S,
         keep_failed_s: float = 30 * DAY_S,
         clock: Clock | None = None,
@@ -116,7 +117,7 @@ class JobServer:
         self.body_timeout_s = body_timeout_s  # a client sending its body slower is cut off
         self.header_timeout_s = header_timeout_s  # ... or its first request head
         self.idempotency_window_s = idempotency_window_s
-        self.auth = TokenAuth(tokens, read_tokens)
+        self.auth = TokenAuth(tokens, read_tokens, server_names=server_names)
         self._http_task = HttpTask(http_allowed_hosts)
         self.webhooks = Webhooks(self._http_task, webhook_secret, self.get_job, self.clock)
         self.registry = self._build_registry(tasks)

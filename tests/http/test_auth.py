@@ -159,3 +159,36 @@ async def test_injection_strings_are_stored_byte_exact_and_run_nothing(client: C
         assert job.args == [text] and job.kwargs == {text: text}
         assert job.idempotency_key == text and job.unique_key == text
     assert await schema() == before
+
+
+async def test_with_no_token_a_request_naming_another_host_is_refused(
+    make_server: ServerFactory,
+) -> None:
+    """DNS rebinding: a page from elsewhere whose name now points at 127.0.0.1 sends its own
+    name as Host; with no token the API must not answer it (the fast path included)."""
+    server = await make_server(server_names=["jobs.internal"])
+    [base] = await server.serve("127.0.0.1", 0)
+    port = base.rsplit(":", 1)[1]
+    async with aiohttp.ClientSession() as session:
+        for host, expected in [
+            ("evil.example", 403),
+            (f"evil.example:{port}", 403),
+            ("localhost", 202),
+            (f"127.0.0.1:{port}", 202),
+            ("jobs.internal", 202),
+        ]:
+            headers = {"Host": host, "Content-Type": "application/json"}
+            async with session.post(
+                f"{base}/jobs", data=b'{"task": "echo", "delay": 60}', headers=headers
+            ) as resp:
+                assert resp.status == expected, host
+                if expected == 403:
+                    assert (await resp.json())["error"]["field"] == "Host"
+            async with session.get(f"{base}/jobs", headers={"Host": host}) as resp:
+                assert resp.status == (403 if expected == 403 else 200), host
+    assert (await server.store.count_by_status())["pending"] == 3
+
+
+async def test_with_a_token_any_host_is_served(client: Client) -> None:
+    headers = {"Host": "jobs.example.com"}
+    assert (await client.call("GET", "/jobs", FULL, headers=headers))[0] == 200

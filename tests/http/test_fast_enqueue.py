@@ -23,12 +23,12 @@ JSON = {"Content-Type": "application/json"}
 
 def post(body: bytes = JOB, *, path: bytes = b"/jobs", headers: bytes = b"") -> bytes:
     return (
-        b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n%s"
+        b"POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n%s"
         b"Content-Length: %d\r\n\r\n%s" % (path, headers, len(body), body)
     )
 
 
-GET_HEALTH = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+GET_HEALTH = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
 
 class Conn:
@@ -232,7 +232,7 @@ async def test_chunked_and_expect_requests_are_aiohttps(make_server: ServerFacto
     server, base = await serve(make_server)
     conn = await Conn.open(base)
     chunked = (
-        b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(JOB), JOB)
     )
     await conn.send(chunked)
@@ -298,13 +298,16 @@ def raw_post(head: bytes, body: bytes = JOB) -> bytes:
 EDGE_CASES = {
     "no Host": raw_post(b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(JOB)),
     "two Hosts": raw_post(
-        b"Host: x\r\nHost: y\r\nContent-Type: application/json\r\nContent-Length: %d\r\n" % len(JOB)
+        b"Host: localhost\r\nHost: y\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+        % len(JOB)
     ),
     "a Content-Length of 5,000 digits": raw_post(
-        b"Host: x\r\nContent-Type: application/json\r\nContent-Length: " + b"9" * 5000 + b"\r\n"
+        b"Host: localhost\r\nContent-Type: application/json\r\nContent-Length: "
+        + b"9" * 5000
+        + b"\r\n"
     ),
     "gzip that is not gzip": raw_post(
-        b"Host: x\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+        b"Host: localhost\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
         b"Content-Length: %d\r\n" % len(JOB)
     ),
 }

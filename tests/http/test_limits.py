@@ -29,7 +29,7 @@ async def test_connections_past_the_limit_get_503_and_then_room_again(
     host, port = host_port(base)
     idle = [await asyncio.open_connection(host, port) for _ in range(3)]
     for r, w in idle:  # an answered request proves the server has counted the connection
-        w.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        w.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert (await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 200")
     reader, writer = await asyncio.open_connection(host, port)
     head, _, body = (await asyncio.wait_for(reader.read(), 5)).partition(b"\r\n\r\n")
@@ -64,15 +64,15 @@ async def test_a_request_that_cannot_be_parsed_gets_a_json_error(
     [base] = await server.serve("127.0.0.1", 0)
     host, port = host_port(base)
     cases = [  # (request head, field named, words of the message)
-        (b"GARBAGE / HTTP/1.1\r\nHost: x\r\n\r\n", "request line", "method"),
+        (b"GARBAGE / HTTP/1.1\r\nHost: localhost\r\n\r\n", "request line", "method"),
         (
-            b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+            b"POST /jobs HTTP/1.1\r\nHost: localhost\r\nContent-Length: abc\r\n\r\n",
             "headers",
             "Content-Length",
         ),
-        (b"GET /jobs HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", "headers", "header"),
+        (b"GET /jobs HTTP/1.1\r\nHost: localhost\r\nBad Header\r\n\r\n", "headers", "header"),
         (
-            b"GET /jobs HTTP/1.1\r\nHost: x\r\nX-Big: " + b"x" * 10_000 + b"\r\n\r\n",
+            b"GET /jobs HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"x" * 10_000 + b"\r\n\r\n",
             "headers",
             "8190 bytes",
         ),
@@ -104,7 +104,7 @@ async def test_a_body_sent_too_slowly_is_cut_off(make_server: ServerFactory) -> 
     host, port = host_port(base)
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(
-        b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         b"Content-Length: 100\r\n\r\n" + b'{"task": "ec'
     )
     await writer.drain()
@@ -121,7 +121,7 @@ async def test_a_client_dribbling_its_request_head_is_cut_off(make_server: Serve
     [base] = await server.serve("127.0.0.1", 0)
     host, port = host_port(base)
     reader, writer = await asyncio.open_connection(host, port)
-    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finishes its headers
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")  # never finishes its headers
     await writer.drain()
     assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
     writer.close()
@@ -143,12 +143,14 @@ def test_under_uvloop_as_serve_runs_the_limit_and_the_fast_path_work(tmp_path: P
             first = await asyncio.open_connection(host, port)
             body = b'{"task": "echo", "delay": 60}'
             first[1].write(
-                b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"POST /jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
             )
             accepted = await asyncio.wait_for(first[0].readuntil(b"}"), 5)
             second = await asyncio.open_connection(host, port)
-            second[1].write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # counted once answered
+            second[1].write(
+                b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
+            )  # counted once answered
             await asyncio.wait_for(second[0].readuntil(b"\r\n\r\n"), 5)
             reader, writer = await asyncio.open_connection(host, port)  # past the limit
             refused = await asyncio.wait_for(reader.read(), 5)
@@ -175,7 +177,7 @@ async def test_a_later_request_head_dribbled_on_a_kept_alive_connection_is_cut_o
     reader, writer = await asyncio.open_connection(host, port)
     body = b'{"task": "echo", "delay": 60}'
     writer.write(
-        b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
     )
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
@@ -184,7 +186,7 @@ async def test_a_later_request_head_dribbled_on_a_kept_alive_connection_is_cut_o
     await reader.readexactly(length)
 
     async def dribble() -> None:
-        for byte in b"POST /jobs HTTP/1.1\r\nHost: x\r\nX-Slow: 1234567890":
+        for byte in b"POST /jobs HTTP/1.1\r\nHost: localhost\r\nX-Slow: 1234567890":
             writer.write(bytes([byte]))
             await asyncio.sleep(0.1)  # a byte well within any idle time, never a whole head
 

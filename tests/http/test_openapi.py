@@ -513,7 +513,7 @@ async def test_an_idempotency_key_header_that_is_not_utf8_is_refused(checked: Ch
     reader, writer = await asyncio.open_connection(host, int(port))
     body = b'{"task": "echo"}'
     writer.write(
-        b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         b"Idempotency-Key: k\xff\xfe\r\nConnection: close\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
     )
