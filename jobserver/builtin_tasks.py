@@ -117,7 +117,8 @@ class HttpTask:
                         if resp.status == 303:
                             method, json, body = "GET", None, None
                         continue
-                    text = (await resp.read())[:MAX_BODY_KEPT].decode("utf-8", "replace")
+                    kept = await _read_at_most(resp, MAX_BODY_KEPT)
+                    text = kept.decode("utf-8", "replace")
                     return self._verdict(resp.status, resp.headers, text)
             raise PermanentError(f"more than {MAX_REDIRECTS} redirects")
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -161,3 +162,16 @@ def builtin_specs(http_task: HttpTask) -> list[TaskSpec]:
             backoff=Backoff(base_s=1.0, factor=2.0, cap_s=300.0),
         ),
     ]
+
+
+async def _read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The first `limit` bytes of the body; the rest is never read (the connection is then
+    closed, not reused), so a huge reply costs no more memory than what is kept."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(65_536):
+        chunks.append(chunk[: limit - size])
+        size += len(chunks[-1])
+        if size >= limit:
+            break
+    return b"".join(chunks)

@@ -47,6 +47,26 @@ async def redirect_out(request: web.Request) -> web.Response:
     raise web.HTTPFound("http://example.com/steal")
 
 
+streamed: list[int] = []  # bytes the /huge handler got out before the client stopped reading
+
+
+async def huge(request: web.Request) -> web.StreamResponse:
+    """400 MB, if the client reads it all."""
+    resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+    await resp.prepare(request)
+    chunk = b"z" * 65_536
+    sent = 0
+    try:
+        for _ in range(6_400):
+            await resp.write(chunk)
+            sent += len(chunk)
+    except (ConnectionError, RuntimeError):
+        pass
+    finally:
+        streamed.append(sent)
+    return resp
+
+
 @pytest.fixture
 async def target() -> AsyncIterator[str]:
     hits.clear()
@@ -57,6 +77,7 @@ async def target() -> AsyncIterator[str]:
     app.router.add_get("/missing", missing)
     app.router.add_get("/redirect-in", redirect_in)
     app.router.add_get("/redirect-out", redirect_out)
+    app.router.add_get("/huge", huge)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -153,3 +174,24 @@ def test_retry_after_parsing() -> None:
     assert retry_after_s(None) is None
     assert retry_after_s("soon") is None
     assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past
+
+
+async def test_a_huge_response_is_read_only_up_to_what_is_kept(
+    make_server: ServerFactory, target: str
+) -> None:
+    """The task read a whole response before cutting it to 64 KiB: a 400 MB reply took the
+    server's RSS from 52 MB to 856 MB. It now stops reading at the cap."""
+    from jobserver.builtin_tasks import MAX_BODY_KEPT
+
+    streamed.clear()
+    server = await make_server()
+    job_id = await run(server, url=f"{target}/huge", method="GET")
+    done = await server.wait_for(job_id, timeout_s=20)
+    assert done.status == JobState.SUCCEEDED
+    assert done.result == {"status": 200, "body": "z" * MAX_BODY_KEPT}
+    await eventually(lambda: _streamed(), lambda s: len(s) == 1)
+    assert streamed[0] < 50 * 1024 * 1024  # the sender was cut off far short of 400 MB
+
+
+async def _streamed() -> list[int]:
+    return streamed
