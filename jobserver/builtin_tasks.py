@@ -68,7 +68,17 @@ class HttpTask:
     redirects included."""
 
     def __init__(self, allowed_hosts: Iterable[str] = DEFAULT_ALLOWED_HOSTS) -> None:
-        self.allowed_hosts = frozenset(h.lower().strip("[]") for h in allowed_hosts)
+        # An entry is a host (any port) or host:port ([v6]:port), which allows that port only.
+        self.entries = sorted({h.strip().lower() for h in allowed_hosts if h.strip()})
+        self._any_port: set[str] = set()
+        self._ports: set[tuple[str, int]] = set()
+        for entry in self.entries:
+            host, port = _host_and_port(entry)
+            if port is None:
+                self._any_port.add(host)
+            else:
+                self._ports.add((host, port))
+        self.allowed_hosts = frozenset(self._any_port | {h for h, _ in self._ports})
         self._session: aiohttp.ClientSession | None = None
 
     def check_url(self, url: str) -> URL:
@@ -76,10 +86,10 @@ class HttpTask:
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise PermanentError(f"url must be an absolute http(s) URL, got {url!r}")
         host = parsed.host.lower().strip("[]")
-        if host not in self.allowed_hosts:
+        if host not in self._any_port and (host, parsed.port) not in self._ports:
             raise PermanentError(
-                f"host {host!r} is not on the http task's allow-list"
-                f" ({', '.join(sorted(self.allowed_hosts))})"
+                f"{host}:{parsed.port} is not on the http task's allow-list"
+                f" ({', '.join(self.entries)})"
             )
         return parsed
 
@@ -175,3 +185,15 @@ async def _read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes:
         if size >= limit:
             break
     return b"".join(chunks)
+
+
+def _host_and_port(entry: str) -> tuple[str, int | None]:
+    """An allow-list entry: `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address."""
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
+    if entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+        if port.isdigit():
+            return host, int(port)
+    return entry, None

@@ -195,3 +195,16 @@ async def test_a_huge_response_is_read_only_up_to_what_is_kept(
 
 async def _streamed() -> list[int]:
     return streamed
+
+
+async def test_an_allow_list_entry_can_name_a_port(make_server: ServerFactory, target: str) -> None:
+    """An allowed host used to allow every port on it (the app's, and anything else beside it);
+    `host:port` allows that port alone."""
+    port = int(target.rsplit(":", 1)[1])
+    server = await make_server(http_allowed_hosts=[f"127.0.0.1:{port}", "[::1]:1"])
+    allowed = await run(server, url=f"{target}/ok", method="GET")
+    assert (await server.wait_for(allowed, timeout_s=5)).status == JobState.SUCCEEDED
+    other = await run(server, url=f"http://127.0.0.1:{port + 1}/ok", method="GET")
+    refused = await server.wait_for(other, timeout_s=5)
+    assert refused.status == JobState.FAILED
+    assert "allow-list" in refused.error["message"]
