@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import secrets
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -13,7 +14,7 @@ from urllib.parse import urljoin
 import aiohttp
 from yarl import URL
 
-from . import codec
+from . import codec, signing
 from .errors import PermanentError, Retry
 from .models import Backoff
 from .tasks import TaskSpec, current_job
@@ -67,7 +68,12 @@ class HttpTask:
     Retry-After), any other status fails for good. Only hosts on the allow-list are reached,
     redirects included."""
 
-    def __init__(self, allowed_hosts: Iterable[str] = DEFAULT_ALLOWED_HOSTS) -> None:
+    def __init__(
+        self, allowed_hosts: Iterable[str] = DEFAULT_ALLOWED_HOSTS, secret: str | None = None
+    ) -> None:
+        # With a secret, each call is signed (Standard Webhooks: signing.py), so the app can
+        # tell the server's calls from anyone else's.
+        self._key = signing.signing_key(secret) if secret else None
         # An entry is a host (any port) or host:port ([v6]:port), which allows that port only.
         self.entries = sorted({h.strip().lower() for h in allowed_hosts if h.strip()})
         self._any_port: set[str] = set()
@@ -111,21 +117,28 @@ class HttpTask:
             self._session = aiohttp.ClientSession()
         target = self.check_url(url)
         headers = {**_job_headers(), **(headers or {})}
+        data: bytes | None = None
+        if json is not None:  # encoded here: the signature covers the exact bytes sent
+            data = codec.dumps(json)
+            headers.setdefault("Content-Type", "application/json")
+        elif body is not None:
+            data = body.encode()
+        key = self._key
         try:
             for _ in range(MAX_REDIRECTS + 1):
+                sent = headers if key is None else {**headers, **_signature_headers(key, data)}
                 async with self._session.request(
                     method,
                     target,
-                    headers=headers,
-                    json=json,
-                    data=body,
+                    headers=sent,
+                    data=data,
                     allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(total=timeout),
                 ) as resp:
                     if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                         target = self.check_url(urljoin(str(target), resp.headers["Location"]))
                         if resp.status == 303:
-                            method, json, body = "GET", None, None
+                            method, data = "GET", None
                         continue
                     kept = await _read_at_most(resp, MAX_BODY_KEPT)
                     text = kept.decode("utf-8", "replace")
@@ -197,3 +210,13 @@ def _host_and_port(entry: str) -> tuple[str, int | None]:
         if port.isdigit():
             return host, int(port)
     return entry, None
+
+
+def _signature_headers(key: bytes, body: bytes | None) -> dict[str, str]:
+    """One message a job: the same id on each of its attempts (the app dedupes with it)."""
+    try:
+        ctx = current_job()
+        message_id = f"msg_jobserver_job_{ctx.job_id}"
+    except LookupError:  # called outside a job (not through the task)
+        message_id = f"msg_jobserver_{secrets.token_hex(8)}"
+    return signing.signed_headers(key, message_id, int(time.time()), body or b"")

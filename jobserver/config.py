@@ -137,7 +137,11 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], str]] = {
         "host name(s) the API answers to while no token is set, besides localhost (a"
         " request naming another is refused: DNS rebinding); repeatable / comma-separated",
     ),
-    "webhook_secret": (_text, "the HMAC-SHA256 key that signs completion webhooks"),
+    "webhook_secret": (
+        _text,
+        "the key that signs completion webhooks and the http task's calls (Standard Webhooks;"
+        " whsec_ and base64, or any text)",
+    ),
 }
 SECRET_SETTINGS = frozenset({"token", "read_token", "webhook_secret"})
 

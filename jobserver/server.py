@@ -118,7 +118,7 @@ class JobServer:
         self.header_timeout_s = header_timeout_s  # ... or its first request head
         self.idempotency_window_s = idempotency_window_s
         self.auth = TokenAuth(tokens, read_tokens, server_names=server_names)
-        self._http_task = HttpTask(http_allowed_hosts)
+        self._http_task = HttpTask(http_allowed_hosts, webhook_secret)
         self.webhooks = Webhooks(self._http_task, webhook_secret, self.get_job, self.clock)
         self.registry = self._build_registry(tasks)
         self._thread_pool = ThreadPoolExecutor(

@@ -3,13 +3,15 @@
 The delivery is itself a job (task `jobserver.webhook`), enqueued by the store in the same
 transaction that ends the job, so it is never lost and is retried with backoff like any job;
 one that keeps failing lands in the dead-letter table. The body is the job as GET /jobs/{id}
-shows it, signed with HMAC-SHA256 over "<timestamp>.<body>":
+shows it, signed in the Standard Webhooks format by the `http` task that sends it (signing.py:
+webhook-id, webhook-timestamp, webhook-signature), which receivers check with an off-the-shelf
+library. The earlier headers
+stay beside them for receivers written against them (HMAC-SHA256 over "<timestamp>.<body>"):
 
     X-Jobserver-Timestamp: 1800000000
     X-Jobserver-Signature: sha256=<hex digest>
 
-Receivers check the signature with `verify` (or its few lines in README.md) and refuse stale
-timestamps. Target hosts follow the `http` task's allow-list, redirects included.
+Target hosts follow the `http` task's allow-list, redirects included.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ class Webhooks:
             raise PermanentError(f"job {job_id} no longer exists") from None
         body = codec.dumps(job_to_dict(job))
         timestamp = str(int(self.clock.now()))
-        headers = {
+        headers = {  # (the http task adds the Standard Webhooks signature, same secret)
             "Content-Type": "application/json",
             TIMESTAMP_HEADER: timestamp,
             SIGNATURE_HEADER: sign(self._secret, timestamp, body),

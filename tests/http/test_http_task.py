@@ -67,9 +67,18 @@ async def huge(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+signed_calls: list[tuple[dict[str, str], bytes]] = []
+
+
+async def signed(request: web.Request) -> web.Response:
+    signed_calls.append(({k.lower(): v for k, v in request.headers.items()}, await request.read()))
+    return web.json_response({"ok": True})
+
+
 @pytest.fixture
 async def target() -> AsyncIterator[str]:
     hits.clear()
+    signed_calls.clear()
     app = web.Application()
     app.router.add_route("*", "/ok", ok)
     app.router.add_get("/fail", fail)
@@ -78,6 +87,7 @@ async def target() -> AsyncIterator[str]:
     app.router.add_get("/redirect-in", redirect_in)
     app.router.add_get("/redirect-out", redirect_out)
     app.router.add_get("/huge", huge)
+    app.router.add_post("/signed", signed)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -102,7 +112,7 @@ async def test_2xx_succeeds_with_the_reply(make_server: ServerFactory, target: s
     done = await server.wait_for(job_id, timeout_s=5)
     assert done.status == JobState.SUCCEEDED
     assert done.result == {"status": 200, "body": {"done": True, "auth": "t", "job": str(job_id)}}
-    assert hits == ['POST /ok {"n": 1}']
+    assert hits == ['POST /ok {"n":1}']  # the JSON as the server encoded (and signed) it
 
 
 async def test_5xx_is_retried(make_server: ServerFactory, target: str) -> None:
@@ -208,3 +218,24 @@ async def test_an_allow_list_entry_can_name_a_port(make_server: ServerFactory, t
     refused = await server.wait_for(other, timeout_s=5)
     assert refused.status == JobState.FAILED
     assert "allow-list" in refused.error["message"]
+
+
+async def test_calls_are_signed_in_the_standard_webhooks_format(
+    make_server: ServerFactory, target: str
+) -> None:
+    """The app could not tell the server's calls from anyone else's. With a secret set, each
+    call carries webhook-id (one a job: the same on its retries), webhook-timestamp and
+    webhook-signature, which the standardwebhooks library verifies."""
+    import base64
+    import secrets as stdlib_secrets
+
+    from standardwebhooks import Webhook
+
+    secret = "whsec_" + base64.b64encode(stdlib_secrets.token_bytes(24)).decode()
+    server = await make_server(webhook_secret=secret)
+    job_id = await run(server, url=f"{target}/signed", method="POST", json={"n": 2})
+    done = await server.wait_for(job_id, timeout_s=5)
+    assert done.status == JobState.SUCCEEDED, done.error
+    [(headers, body)] = signed_calls
+    assert Webhook(secret).verify(body, headers) == {"n": 2}
+    assert headers["webhook-id"] == f"msg_jobserver_job_{job_id}"

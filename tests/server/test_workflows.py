@@ -260,3 +260,26 @@ async def test_callback_urls_are_checked_at_enqueue(
 async def _count(receiver: Receiver) -> int:
     await asyncio.sleep(0)
     return len(receiver.calls)
+
+
+async def test_a_webhook_verifies_with_the_standard_webhooks_library(
+    make_server: ServerFactory, receiver: Receiver
+) -> None:
+    """Receivers verify with an off-the-shelf library (standardwebhooks, PyPI and npm), given
+    the server's secret as whsec_ + base64 (or a whsec_ secret as it is)."""
+    import base64
+
+    from standardwebhooks import Webhook, WebhookVerificationError
+
+    server = await make_server(tasks=TASKS, webhook_secret=SECRET)
+    done = await server.enqueue("square", [3], callback_url=receiver.url)
+    await eventually(lambda: _count(receiver), lambda n: n == 1)
+    headers, body = receiver.calls[0]
+    lowered = {k.lower(): v for k, v in headers.items()}
+    verifier = Webhook("whsec_" + base64.b64encode(SECRET.encode()).decode())
+    record = verifier.verify(body, lowered)  # raises unless signed with the secret, recently
+    assert record["id"] == done.id and record["result"] == 9
+    with pytest.raises(WebhookVerificationError):
+        verifier.verify(body.replace(b"9", b"8"), lowered)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(base64.b64encode(b"another secret").decode()).verify(body, lowered)
