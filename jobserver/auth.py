@@ -48,6 +48,7 @@ class TokenAuth:
         # these. A browser page from elsewhere whose name was pointed at 127.0.0.1 (DNS
         # rebinding) sends its own name, and is refused.
         self.server_names = LOOPBACK_NAMES | {host_name(n) for n in server_names if n}
+        self._hosts_allowed: set[tuple[str | None, str | None]] = set()  # seen, and allowed
         self._full = [t.encode() for t in tokens if t]
         self._read = [t.encode() for t in read_tokens if t]
         if not self._full and self._read:
@@ -73,10 +74,13 @@ class TokenAuth:
     def host_allowed(self, header: str | None, local_address: str | None) -> bool:
         """With a token set, any Host; without, one of server_names or the address the
         connection came in on (a client that names the server by its IP)."""
-        if self.enabled:
-            return True
+        if self.enabled or (header, local_address) in self._hosts_allowed:
+            return True  # (a client names the server the same way on every request)
         name = host_name(header)
-        return name in self.server_names or (local_address is not None and name == local_address)
+        allowed = name in self.server_names or (local_address is not None and name == local_address)
+        if allowed and len(self._hosts_allowed) < 64:
+            self._hosts_allowed.add((header, local_address))
+        return allowed
 
     def throttled(self, client: str, now: float) -> float | None:
         """Seconds until `client` may try again after too many failures; None if it may now."""

@@ -184,13 +184,16 @@ class EnqueueProtocol(asyncio.Protocol):
         self._shared.idle.add(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._inner is None and not self._buffer and self._head_timer is None:
-            self._start_head_timer()  # a later request's first bytes: its head has the deadline
         if self._head_timer is not None:
             self._tail = (self._tail + data)[-(len(data) + 3) :]
             if b"\r\n\r\n" in self._tail:
                 self._head_timer.cancel()
                 self._head_timer = None
+        elif self._inner is None and not self._buffer and b"\r\n\r\n" not in data:
+            # A later request whose head did not come whole: its head has the deadline too.
+            # (One that came whole, the usual case, costs no timer.)
+            self._start_head_timer()
+            self._tail = data[-3:]
         if self._inner is not None:
             self._inner.data_received(data)
             return
