@@ -358,8 +358,9 @@ def request_cancel(job_id: int, now: float, ch: Changes) -> Program[tuple[Job, J
     if before is None:
         raise NotFound(f"no job {job_id}")
     if before.status == JobState.PENDING:
-        ended = yield row("cancel_pending", job_id, now)
-        _moved(ch, job_id, ended, PENDING, CANCELLED, "cancelled", now)
+        ended = yield row("cancel_pending", job_id, now)  # (the row is locked: it is pending)
+        if ended is not None:
+            _moved(ch, job_id, ended, PENDING, CANCELLED, "cancelled", now)
         yield from after_failure([job_id], now, ch)
     elif before.status == JobState.RUNNING:
         yield count("flag_cancel", job_id)
