@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import signing
 from .builtin_tasks import DEFAULT_ALLOWED_HOSTS
 
 
@@ -90,6 +91,11 @@ def _text(text: str) -> str:
     return text
 
 
+def _secret(text: str) -> str:
+    signing.signing_key(text)  # refuses one that would sign with an empty or garbled key
+    return text
+
+
 # setting -> (converter, help)
 SETTINGS: dict[str, tuple[Callable[[str], Any], str]] = {
     "db": (_text, "SQLite database file (default ./jobserver.db)"),
@@ -138,7 +144,7 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], str]] = {
         " request naming another is refused: DNS rebinding); repeatable / comma-separated",
     ),
     "webhook_secret": (
-        _text,
+        _secret,
         "the key that signs completion webhooks and the http task's calls (Standard Webhooks;"
         " whsec_ and base64, or any text)",
     ),

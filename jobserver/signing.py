@@ -22,12 +22,19 @@ PREFIX = "whsec_"
 
 
 def signing_key(secret: str) -> bytes:
+    """The HMAC key of a secret; ValueError for one that would sign with an empty key (a
+    signature anyone could make) or a `whsec_` one that is not base64."""
     if secret.startswith(PREFIX):
-        try:
-            return base64.b64decode(secret.removeprefix(PREFIX) + "==")
+        encoded = secret.removeprefix(PREFIX)
+        try:  # validate: left to itself b64decode drops what is not base64, quietly
+            key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
         except binascii.Error:
             raise ValueError("a whsec_ secret must be base64 after its prefix") from None
-    return secret.encode()
+    else:
+        key = secret.encode()
+    if not key:
+        raise ValueError("the secret is empty")
+    return key
 
 
 def signature(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:

@@ -95,3 +95,25 @@ def test_a_bad_config_file_names_the_setting(tmp_path: Path, text: str, named: s
 def test_a_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         read_config_file(str(tmp_path / "nope.toml"))
+
+
+@pytest.mark.parametrize("secret", ["whsec_!!!", "whsec_", "whsec_a b"])
+def test_a_webhook_secret_that_would_sign_with_an_empty_or_garbled_key_is_refused(
+    secret: str,
+) -> None:
+    """base64 left to itself drops what is not base64: `whsec_!!!` signed with an empty key,
+    a signature anyone could make."""
+    with pytest.raises(ConfigError, match="webhook-secret"):
+        settings(["--webhook-secret", secret])
+    assert settings(["--webhook-secret", "whsec_c2VjcmV0"]).webhook_secret == "whsec_c2VjcmV0"
+
+
+def test_signing_keys() -> None:
+    from jobserver.signing import signing_key
+
+    assert signing_key("whsec_c2VjcmV0") == b"secret"  # base64, padding optional
+    assert signing_key("whsec_c2VjcmV0MQ") == b"secret1"
+    assert signing_key("plain text") == b"plain text"
+    for bad in ("", "whsec_", "whsec_!!!"):
+        with pytest.raises(ValueError):
+            signing_key(bad)
