@@ -143,7 +143,6 @@ class JobServer:
         self.events = EventBus()
         # every transition the store commits, and those other nodes report, go out here
         self.publisher = Publisher(self.events, self.metrics, self._notify)
-        self._background: set[asyncio.Task[None]] = set()
         self._lag_watch: asyncio.Task[None] | None = None
         # Kept at start: asyncio.get_running_loop() costs a getpid() system call, once an
         # enqueue otherwise.
@@ -303,25 +302,18 @@ class JobServer:
         """submit() for a caller that is not a coroutine (the HTTP fast path: a task a request
         would cost more than the rest of its Python). A bad request raises at once; the
         future holds the job once committed, and its `pending` has been published before the
-        future's own callbacks run (they are called in the order they were added)."""
+        future's callbacks run (the store publishes a batch's transitions before it settles)."""
         job = self.new_job(task, *args, **options)
         now = self.clock.now()
         written = self.store.enqueue_gathered(job, now)
         if written is None:
-            # Published in the task's own step as its write resumes it, not by a callback on
-            # the task, which would run a turn after a job claimed with it had started.
             loop = self._loop or asyncio.get_running_loop()
-            return loop.create_task(self._enqueue_one_and_publish(job, now))
-        written.add_done_callback(self._publish_written)
+            return loop.create_task(self._enqueue_one(job, now))
         self._wake_after_write([job], now)  # queued: gathered jobs have no dependencies
         return written
 
-    async def _enqueue_one_and_publish(self, job: NewJob, now: float) -> Enqueued:
-        return (await self._enqueue_and_publish([job], now))[0]
-
-    def _publish_written(self, written: asyncio.Future[Enqueued]) -> None:
-        if not written.cancelled() and written.exception() is None:
-            self._publish_enqueued([written.result()])
+    async def _enqueue_one(self, job: NewJob, now: float) -> Enqueued:
+        return (await self._enqueue_and_wake([job], now))[0]
 
     def new_job(
         self,
@@ -393,7 +385,7 @@ class JobServer:
         """Enqueue jobs in one transaction: all of them or none."""
         for job in jobs:
             self.task_spec(job.task)
-        return await self._enqueue_and_publish(jobs, self.clock.now())
+        return await self._enqueue_and_wake(jobs, self.clock.now())
 
     def _wake_after_write(self, jobs: Sequence[NewJob], now: float) -> None:
         """Woken before the commit, the dispatcher's claim can join the enqueue's transaction:
@@ -411,15 +403,15 @@ class JobServer:
         if due:
             self.worker.wake_for(min(due))
 
-    async def _enqueue_and_publish(self, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
+    async def _enqueue_and_wake(self, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
         self._wake_after_write(jobs, now)  # in this step, which queues the write
         results = await self.store.enqueue(jobs, now)
-        self._publish_enqueued(results)
+        self._wake_for_unblocked(results)
         return results
 
-    def _publish_enqueued(self, results: Sequence[Enqueued]) -> None:
-        # (The store published them as it committed.) A job whose dependencies had all
-        # succeeded is due now: the wake at write time left it out.
+    def _wake_for_unblocked(self, results: Sequence[Enqueued]) -> None:
+        # A job whose dependencies had all succeeded is due now: the wake at write time left
+        # it out. (The store published the jobs as it committed them.)
         for r in results:
             if r.created and r.job.depends_on and not r.job.blocked_by:
                 self.worker.wake_for(r.job.run_at)
