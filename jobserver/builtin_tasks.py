@@ -84,7 +84,6 @@ class HttpTask:
                 self._any_port.add(host)
             else:
                 self._ports.add((host, port))
-        self.allowed_hosts = frozenset(self._any_port | {h for h, _ in self._ports})
         self._session: aiohttp.ClientSession | None = None
 
     def check_url(self, url: str) -> URL:

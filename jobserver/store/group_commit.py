@@ -36,7 +36,7 @@ class GroupCommitQueue(Generic[OpT]):
         self.observer: Callable[[int, float], None] | None = None  # (writes, seconds)
         # told, once a batch has committed and before any of its callers resumes, the
         # `changes` (lifecycle.Changes) of each write that went in, in the batch's order
-        self.on_commit: Callable[[list[Any]], None] | None = None
+        self.on_commit: Callable[[list[Any]], object] | None = None
 
     def start(self) -> None:
         # Kept: asking for the running loop on every write is a visible cost at this rate.

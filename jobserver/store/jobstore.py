@@ -15,7 +15,17 @@ from typing import Any, TypeVar
 
 from .. import codec, lifecycle
 from ..lifecycle import Changes, Program, count, job, row, rows, value
-from ..models import Attempt, Backoff, DeadLetter, Job, JobState, NewJob, QueueInfo, Schedule
+from ..models import (
+    Attempt,
+    Backoff,
+    DeadLetter,
+    Job,
+    JobState,
+    NewJob,
+    QueueInfo,
+    Schedule,
+    Transition,
+)
 from .base import LeaseReport, RescueReport, with_current_attempt
 
 T = TypeVar("T")
@@ -86,6 +96,16 @@ class JobStore:
     def _json(self, stored: Any) -> Any:
         """A JSON column's value as read (PostgreSQL's driver decodes jsonb itself)."""
         raise NotImplementedError
+
+    _on_transitions: list[Callable[[list[Transition]], None]]
+
+    def _publish(self, changed: list[Changes]) -> list[Transition]:
+        """A batch committed: hand its writes' transitions, in order, to the subscribers."""
+        transitions = [t for changes in changed for t in changes.transitions]
+        if transitions:
+            for on_transitions in self._on_transitions:
+                on_transitions(transitions)
+        return transitions
 
     # -- claiming and queues ---------------------------------------------------------------------
     async def claim(self, limit: int, now: float, lease_ttl_s: float) -> list[Job]:

@@ -368,7 +368,7 @@ class PostgresStore(JobStore):
         self._writer.observer = lambda writes, s: (
             self.commit_observer and self.commit_observer(writes, s)
         )
-        self._writer.on_commit = self._committed
+        self._writer.on_commit = self._publish
         self._writer.start()
 
     def _session_settings(self) -> dict[str, str]:
@@ -435,12 +435,6 @@ class PostgresStore(JobStore):
         when jobs became due on any node."""
         self._on_due.append(on_due)
         self._on_transitions.append(on_transitions)
-
-    def _committed(self, changed: list[Changes]) -> None:
-        transitions = [t for changes in changed for t in changes.transitions]
-        if transitions:
-            for on_transitions in self._on_transitions:
-                on_transitions(transitions)
 
     def _channel(self, name: str) -> str:
         return f"{name}_{self.schema}"

@@ -312,10 +312,7 @@ class SQLiteStore(JobStore):
 
     def _committed(self, changed: list[Changes]) -> None:
         """A batch committed: publish its transitions, in order; wake for what became due."""
-        transitions = [t for changes in changed for t in changes.transitions]
-        if transitions:
-            for on_transitions in self._on_transitions:
-                on_transitions(transitions)
+        transitions = self._publish(changed)
         ended = [t.job_id for t in transitions if t.reason == "dependency_failed"]
         if ended:
             log.info("ended because a job they depend on did not succeed: %s", ended)
