@@ -29,8 +29,6 @@ from .tasks import JobContext
 
 log = logging.getLogger(__name__)
 
-# Called after each transition this worker makes: (job, new state, detail for the log).
-
 
 @dataclass(slots=True)
 class _Running:
