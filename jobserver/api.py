@@ -19,7 +19,7 @@ from . import codec
 from .auth import READ_METHODS, Access
 from .dashboard import add_routes as add_dashboard_routes
 from .errors import Conflict, NotFound, QueueFull, StorageUnavailable, ValidationError
-from .events import Event, EventFilter, Gap
+from .events import Event, EventFilter, Gap, Ready
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .models import (
     DEPENDENCY_FAILURE_POLICIES,
@@ -937,10 +937,11 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await response.prepare(request)
-    await response.write(b": connected\n\n")
     try:
         async for item in _server(request).events.stream(flt, last_id, EVENT_IDLE_S):
-            if item is None:
+            if item is Ready:  # subscribed: what commits from now on will be sent
+                chunk = b": connected\n\n"
+            elif item is None:
                 chunk = b": keep-alive\n\n"
             elif item is Gap:
                 chunk = b'event: gap\ndata: {"message": "some events were missed"}\n\n'

@@ -88,6 +88,7 @@ async def serve(settings: Settings) -> int:
             idempotency_window_s=settings.idempotency_window,
             keep_finished_s=settings.keep_finished_days * 86_400,
             keep_failed_s=settings.keep_failed_days * 86_400,
+            keep_events_s=settings.keep_events_hours * 3_600,
             tokens=settings.token,
             read_tokens=settings.read_token,
             server_names=settings.server_name,

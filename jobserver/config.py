@@ -39,6 +39,7 @@ class Settings:
     idempotency_window: float = 86_400.0
     keep_finished_days: float = 7.0
     keep_failed_days: float = 30.0
+    keep_events_hours: float = 24.0
     token: tuple[str, ...] = ()
     read_token: tuple[str, ...] = ()
     server_name: tuple[str, ...] = ()
@@ -132,6 +133,10 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], str]] = {
     "keep_failed_days": (
         _positive_float,
         "days failed jobs and dead letters are kept (default 30)",
+    ),
+    "keep_events_hours": (
+        _positive_float,
+        "hours the event log is kept for streams that resume (Last-Event-ID) (default 24)",
     ),
     "token": (
         _names,

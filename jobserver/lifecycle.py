@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from . import codec, flow
 from .errors import Conflict, NotFound, QueueFull, StorageUnavailable, ValidationError
+from .events import encode_log
 from .models import (
     WEBHOOK_MAX_RETRIES,
     WEBHOOK_QUEUE,
@@ -339,6 +340,15 @@ def link_dependencies(job_id: int, deps: list[int], now: float, ch: Changes) -> 
     failed = [d for d in deps if found[d] in ("failed", "cancelled")]
     if failed:
         yield from _end_dependant(job_id, failed[0], found[failed[0]], now, ch)
+
+
+def log_events(transitions: Sequence[Transition]) -> Program[list[int]]:
+    """A commit's transitions as rows of the event log (events.encode_log); the drivers run
+    it last before COMMIT, over the transitions of every write that went in."""
+    ids = []
+    for at, entries in encode_log(transitions):
+        ids.append((yield value("event_log_append", at, entries)))
+    return ids
 
 
 def forget_jobs(job_ids: Sequence[int]) -> Program[None]:

@@ -1109,9 +1109,10 @@ def _paths() -> dict[str, Any]:
                 "summary": "Job transitions as Server-Sent Events",
                 "description": "Each event: `id`, `event: job`, and data `{id, job_id, task,"
                 " queue, state, attempt, at}`. Reconnect with `Last-Event-ID` (or"
-                " `last_event_id`) to get what was missed while it is still kept; an"
-                " `event: gap` says some of it no longer is. A comment line every 15 s keeps"
-                " the connection alive.",
+                " `last_event_id`; 0 for all that is kept) to get what was missed, from the"
+                " database's event log, across restarts, while retention keeps it; an"
+                " `event: gap` says some of it no longer is. `task` and `queue` are null for"
+                " a job deleted since. A comment line every 15 s keeps the connection alive.",
                 "parameters": [
                     {"name": "queue", "in": "query", "schema": {"type": "string"}},
                     {"name": "task", "in": "query", "schema": {"type": "string"}},

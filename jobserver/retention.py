@@ -23,6 +23,7 @@ class Retention:
         *,
         keep_finished_s: float = 7 * DAY_S,  # succeeded and cancelled jobs
         keep_failed_s: float = 30 * DAY_S,  # failed jobs and dead letters
+        keep_events_s: float = DAY_S,  # the event log (resumable event streams)
         interval_s: float = 300.0,
         batch: int = 500,
     ) -> None:
@@ -30,6 +31,7 @@ class Retention:
         self.clock = clock
         self.keep_finished_s = keep_finished_s
         self.keep_failed_s = keep_failed_s
+        self.keep_events_s = keep_events_s
         self.interval_s = interval_s
         self.batch = batch
         self._task: asyncio.Task[None] | None = None
@@ -56,6 +58,9 @@ class Retention:
             if deleted == 0:
                 break
             await asyncio.sleep(0)  # let enqueues and claims in between batches
+        # The event log: a row a commit, so a batch of them is cheap; it holds no job.
+        while await self.store.prune_events(now - self.keep_events_s, self.batch * 10):
+            await asyncio.sleep(0)
         if total:
             await self.store.reclaim_space(pages=max(100, total // 4))
             log.info("retention: deleted %d old jobs and dead letters", total)

@@ -100,6 +100,7 @@ class JobServer:
         server_names: Iterable[str] = (),
         keep_finished_s: float = 7 * DAY_S,
         keep_failed_s: float = 30 * DAY_S,
+        keep_events_s: float = DAY_S,
         clock: Clock | None = None,
         store: Store | None = None,
     ) -> None:
@@ -137,10 +138,15 @@ class JobServer:
             self.store, self.clock, job_for_tick=self._job_for_tick, on_fired=self._on_fired
         )
         self.retention = Retention(
-            self.store, self.clock, keep_finished_s=keep_finished_s, keep_failed_s=keep_failed_s
+            self.store,
+            self.clock,
+            keep_finished_s=keep_finished_s,
+            keep_failed_s=keep_failed_s,
+            keep_events_s=keep_events_s,
         )
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
-        self.events = EventBus()
+        # several nodes write the log where the store is shared: each tails it (events.py)
+        self.events = EventBus(self.store, tail=not self.store.exclusive)
         # every transition the store commits, and those other nodes report, go out here
         self.publisher = Publisher(self.events, self.metrics, self._notify)
         self._lag_watch: asyncio.Task[None] | None = None
@@ -168,6 +174,7 @@ class JobServer:
         self._loop = asyncio.get_running_loop()
         self.store.subscribe(on_due=self.worker.wake, on_transitions=self.publisher.publish)
         await self.store.open()
+        await self.events.start()
         report = await self.store.recover_orphans(self.clock.now())
         if report.requeued or report.dead_lettered:
             log.warning(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .. import codec
+from ..events import LogRow
 from ..models import Attempt, DeadLetter, Job, JobState, NewJob, QueueInfo, Schedule, Transition
 
 
@@ -26,6 +27,8 @@ class Enqueued:
     created: bool  # False: an earlier job with the same idempotency key was returned
 
 
+# (transitions committed, ids of the event-log rows holding them; None: another node's notice)
+OnTransitions = Callable[[list[Transition], list[int] | None], None]
 CONCURRENCY_RECHECK_S = 1.0  # how soon to look again at a queue held by its concurrency limit
 
 
@@ -108,11 +111,12 @@ class Store(Protocol):
     def subscribe(
         self,
         on_due: Callable[[], None],
-        on_transitions: Callable[[list[Transition]], None],
+        on_transitions: OnTransitions,
     ) -> None:
         """Hear every transition this store commits (once committed, in write order, before
-        the writes' callers resume) and those other nodes report; and when jobs became due
-        without this process knowing (dependants, webhook deliveries, other nodes)."""
+        the writes' callers resume, with the ids of the event-log rows written for them) and
+        those other nodes report (with None); and when jobs became due without this process
+        knowing (dependants, webhook deliveries, other nodes)."""
         ...
 
     # -- enqueue and read -------------------------------------------------------------------
@@ -282,3 +286,20 @@ class Store(Protocol):
         ...
 
     async def reclaim_space(self, pages: int) -> None: ...
+
+    # -- the event log (jobserver/events.py) ---------------------------------------------------
+    async def read_event_log(self, first_id: int, last_id: int, limit: int) -> list[LogRow]:
+        """Event-log rows (id, base time, entries) with first_id <= id <= last_id, by id."""
+        ...
+
+    async def event_log_span(self) -> tuple[int, int]:
+        """(oldest, newest) event-log row id; (0, 0) when the log is empty."""
+        ...
+
+    async def job_names(self, job_ids: Sequence[int]) -> dict[int, tuple[str, str]]:
+        """job id -> (task, queue) of those still kept."""
+        ...
+
+    async def prune_events(self, before: float, limit: int) -> int:
+        """Delete up to `limit` of the oldest event-log rows written before `before`."""
+        ...

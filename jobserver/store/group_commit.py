@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from ..errors import StorageUnavailable
+from ..models import Transition
 
 log = logging.getLogger(__name__)
 OpT = TypeVar("OpT")
@@ -35,8 +36,9 @@ class GroupCommitQueue(Generic[OpT]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self.observer: Callable[[int, float], None] | None = None  # (writes, seconds)
         # told, once a batch has committed and before any of its callers resumes, the
-        # `changes` (lifecycle.Changes) of each write that went in, in the batch's order
-        self.on_commit: Callable[[list[Any]], object] | None = None
+        # `changes` (lifecycle.Changes) of each write that went in, in the batch's order, and
+        # the ids of the event-log rows the transaction wrote for them
+        self.on_commit: Callable[[list[Any], list[int]], object] | None = None
 
     def start(self) -> None:
         # Kept: asking for the running loop on every write is a visible cost at this rate.
@@ -87,7 +89,12 @@ class GroupCommitQueue(Generic[OpT]):
     async def _commit(self, batch: list[PendingWrite[OpT]]) -> None:
         raise NotImplementedError
 
-    def _settle(self, batch: list[PendingWrite[OpT]], outcomes: list[tuple[bool, Any]]) -> None:
+    def _settle(
+        self,
+        batch: list[PendingWrite[OpT]],
+        outcomes: list[tuple[bool, Any]],
+        log_ids: list[int],
+    ) -> None:
         """Give each write of a committed batch its outcome: (True, value) or (False, error).
 
         First `on_commit` hears what the writes changed, in their order (so a job's `pending`
@@ -97,14 +104,10 @@ class GroupCommitQueue(Generic[OpT]):
         enqueue is written.
         """
         if self.on_commit is not None:
-            changed = [
-                changes
-                for w, (ok, _) in zip(batch, outcomes, strict=True)
-                if ok and (changes := getattr(w.op, "changes", None)) is not None
-            ]
+            changed = changes_of([w.op for w in batch], outcomes)
             if changed:
                 try:
-                    self.on_commit(changed)
+                    self.on_commit(changed, log_ids)
                 except Exception:  # publishing is a courtesy: the writes have committed
                     log.exception("%s: publishing a commit's transitions failed", self._name)
         settled = sorted(zip(batch, outcomes, strict=True), key=_claims_last)
@@ -116,6 +119,20 @@ class GroupCommitQueue(Generic[OpT]):
         """The transaction failed as a whole: every write of the batch gets `error`."""
         for w in batch:
             _resolve(w, False, error)
+
+
+def changes_of(ops: list[Any], outcomes: list[tuple[bool, Any]]) -> list[Any]:
+    """The `changes` (lifecycle.Changes) of the writes that went in, in the batch's order."""
+    return [
+        changes
+        for op, (ok, _) in zip(ops, outcomes, strict=True)
+        if ok and (changes := getattr(op, "changes", None)) is not None
+    ]
+
+
+def transitions_of(ops: list[Any], outcomes: list[tuple[bool, Any]]) -> list[Transition]:
+    """What the writes that went in moved, in order: what the event log gets."""
+    return [t for changes in changes_of(ops, outcomes) for t in changes.transitions]
 
 
 class GatheredWrite(Generic[ItemT]):

@@ -26,7 +26,7 @@ from ..models import (
     Schedule,
     Transition,
 )
-from .base import LeaseReport, RescueReport, with_current_attempt
+from .base import LeaseReport, OnTransitions, RescueReport, with_current_attempt
 
 T = TypeVar("T")
 
@@ -97,14 +97,15 @@ class JobStore:
         """A JSON column's value as read (PostgreSQL's driver decodes jsonb itself)."""
         raise NotImplementedError
 
-    _on_transitions: list[Callable[[list[Transition]], None]]
+    _on_transitions: list[OnTransitions]
 
-    def _publish(self, changed: list[Changes]) -> list[Transition]:
-        """A batch committed: hand its writes' transitions, in order, to the subscribers."""
+    def _publish(self, changed: list[Changes], log_ids: list[int]) -> list[Transition]:
+        """A batch committed: hand its writes' transitions, in order, with the event-log rows
+        that hold them, to the subscribers."""
         transitions = [t for changes in changed for t in changes.transitions]
         if transitions:
             for on_transitions in self._on_transitions:
-                on_transitions(transitions)
+                on_transitions(transitions, log_ids)
         return transitions
 
     # -- claiming and queues ---------------------------------------------------------------------
@@ -245,6 +246,25 @@ class JobStore:
             return {}
         found = await self._look(_one(rows("results_of", list(job_ids))))
         return {r[0]: self._json(r[1]) for r in found}
+
+    # -- the event log (jobserver/events.py) ---------------------------------------------------
+    async def read_event_log(
+        self, first_id: int, last_id: int, limit: int
+    ) -> list[tuple[int, float, bytes]]:
+        found = await self._look(_one(rows("event_log_rows", first_id, last_id, limit)))
+        return [(r[0], r[1], r[2]) for r in found]
+
+    async def event_log_span(self) -> tuple[int, int]:
+        oldest, newest = await self._look(_one(row("event_log_span")))
+        return oldest, newest
+
+    async def job_names(self, job_ids: Sequence[int]) -> dict[int, tuple[str, str]]:
+        found = await self._look(_one(rows("job_names", list(job_ids))))
+        return {r[0]: (r[1], r[2]) for r in found}
+
+    async def prune_events(self, before: float, limit: int) -> int:
+        deleted: int = await self._move(lambda ch: _one(count("prune_event_log", before, limit)))
+        return deleted
 
     async def workflow_jobs(self, workflow_id: int) -> list[Job] | None:
         return await self._look(_workflow_jobs(workflow_id))

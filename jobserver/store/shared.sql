@@ -187,3 +187,19 @@ INSERT INTO workflows (created_at) VALUES ($1) RETURNING id;
 
 -- name: move_schedule
 UPDATE schedules SET next_tick_at = $1, last_tick_at = $2 WHERE name = $3 AND next_tick_at = $2;
+
+-- The event log (jobserver/events.py): one row a commit, written last before COMMIT.
+
+-- name: event_log_append
+INSERT INTO event_log (at, entries) VALUES ($1, $2) RETURNING id;
+
+-- name: event_log_rows
+SELECT id, at, entries FROM event_log WHERE id >= $1 AND id <= $2 ORDER BY id LIMIT $3;
+
+-- name: event_log_span
+SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM event_log;
+
+-- Among the `$2` oldest rows only (ids grow with time): never a walk of the whole log.
+-- name: prune_event_log
+DELETE FROM event_log WHERE id IN (
+    SELECT id FROM (SELECT id, at FROM event_log ORDER BY id LIMIT $2) AS oldest WHERE at < $1);

@@ -144,7 +144,7 @@ async def test_listen_resumes_after_its_connection_is_lost(
     """Without LISTEN, another node's enqueue no longer wakes this one."""
     listener, other = await nodes(), await nodes()
     woken = asyncio.Event()
-    listener.subscribe(woken.set, lambda transitions: None)
+    listener.subscribe(woken.set, lambda transitions, log_ids: None)
     await other.enqueue([NewJob(task="t")], T0)
     await asyncio.wait_for(woken.wait(), 10)
 
@@ -258,10 +258,10 @@ async def test_another_node_hears_each_end_with_what_an_event_needs(
 
     worker, watcher = await nodes(), await nodes()
     heard: dict[int, Transition] = {}
-    watcher.subscribe(lambda: None, lambda ts: heard.update((t.job_id, t) for t in ts))
+    watcher.subscribe(lambda: None, lambda ts, _: heard.update((t.job_id, t) for t in ts))
     # the writing node publishes its own moves as it commits: it ignores its own notices
     own: list[Transition] = []
-    worker.subscribe(lambda: None, own.extend)
+    worker.subscribe(lambda: None, lambda ts, _: own.extend(ts))
     task_name, queue_name = "t" * 200, "q" * 100
     jobs = [NewJob(task=task_name, queue=queue_name, args=[i]) for i in range(40)]
     await worker.enqueue(jobs, T0)

@@ -36,12 +36,14 @@ from ...errors import (
 from ...lifecycle import Changes, NewRow, Program, Sql
 from ...models import TERMINAL_STATES, Job, JobState, NewJob, Transition
 from .. import queries
-from ..base import (
-    Enqueued,
-    JobFilter,
-    node_name,
+from ..base import Enqueued, JobFilter, OnTransitions, node_name
+from ..group_commit import (
+    GatheredWrite,
+    GroupCommitQueue,
+    PendingWrite,
+    open_gathered,
+    transitions_of,
 )
-from ..group_commit import GatheredWrite, GroupCommitQueue, PendingWrite, open_gathered
 from ..jobstore import JOB_COLUMNS, JobStore, job_from_row
 
 log = logging.getLogger(__name__)
@@ -257,7 +259,7 @@ class _GroupCommitWriter(GroupCommitQueue[Op]):
         began = time.perf_counter()
         for attempt in range(1, TRANSACTION_TRIES + 1):
             try:
-                outcomes = await self._run_batch(batch)
+                outcomes, log_ids = await self._run_batch(batch)
             except asyncpg.TransactionRollbackError as exc:
                 # A deadlock or serialization failure with another node: PostgreSQL rolled the
                 # whole transaction back, so running the batch again is safe (ops keep no
@@ -278,12 +280,16 @@ class _GroupCommitWriter(GroupCommitQueue[Op]):
             break
         if self.observer is not None:
             self.observer(len(batch), time.perf_counter() - began)
-        self._settle(batch, outcomes)
+        self._settle(batch, outcomes, log_ids)
 
-    async def _run_batch(self, batch: list[PendingWrite[Op]]) -> list[tuple[bool, Any]]:
+    async def _run_batch(
+        self, batch: list[PendingWrite[Op]]
+    ) -> tuple[list[tuple[bool, Any]], list[int]]:
         """Every write of the batch in one transaction, each in a savepoint (a lone one in
-        none: its refusal rolls the transaction back)."""
+        none: its refusal rolls the transaction back), then the event-log rows of what they
+        moved, last, so that a row's id is drawn as close to COMMIT as can be."""
         outcomes: list[tuple[bool, Any]] = []
+        log_ids: list[int] = []
         alone = len(batch) == 1
         async with self._pool.acquire() as conn:
             try:
@@ -301,8 +307,11 @@ class _GroupCommitWriter(GroupCommitQueue[Op]):
                             outcomes.append((False, exc))
                         else:
                             outcomes.append((True, value))
+                    moved = transitions_of([w.op for w in batch], outcomes)
+                    if moved:
+                        log_ids = await _run(conn, lifecycle.log_events(moved))
             except _OP_ERRORS as exc:  # the lone write was refused; its transaction rolled back
-                return [(False, exc)]
+                return [(False, exc)], []
             except asyncpg.PostgresError:  # the server answered (a rollback included): sound
                 raise
             except Exception:
@@ -310,7 +319,7 @@ class _GroupCommitWriter(GroupCommitQueue[Op]):
                 # so that the pool opens a new one instead of handing it out again.
                 conn.terminate()
                 raise
-        return outcomes
+        return outcomes, log_ids
 
 
 class PostgresStore(JobStore):
@@ -334,7 +343,7 @@ class PostgresStore(JobStore):
         self._relisten: asyncio.Task[None] | None = None
         self._closing = False
         self._on_due: list[Callable[[], None]] = []
-        self._on_transitions: list[Callable[[list[Transition]], None]] = []
+        self._on_transitions: list[OnTransitions] = []
         # names this store's own notices, which it hears too and has published already
         self._origin = secrets.token_hex(6)
         self._turn = itertools.count()  # which queue goes first in a claim: rotates for fairness
@@ -429,7 +438,7 @@ class PostgresStore(JobStore):
     def subscribe(
         self,
         on_due: Callable[[], None],
-        on_transitions: Callable[[list[Transition]], None],
+        on_transitions: OnTransitions,
     ) -> None:
         """Hear this node's committed transitions, other nodes' job ends (their notices), and
         when jobs became due on any node."""
@@ -457,7 +466,7 @@ class PostgresStore(JobStore):
             for job_id, status, attempts, queue, task, at in entries
         ]
         for on_transitions in self._on_transitions:
-            on_transitions(heard)
+            on_transitions(heard, None)
 
     async def _write(self, op: Op) -> Any:
         return await self._put(op)

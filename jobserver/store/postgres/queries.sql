@@ -118,6 +118,9 @@ SELECT status FROM jobs WHERE id = $1 FOR UPDATE;
 -- name: results_of
 SELECT id, result FROM jobs WHERE id = ANY($1::bigint[]);
 
+-- name: job_names
+SELECT id, task, queue FROM jobs WHERE id = ANY($1::bigint[]);
+
 -- name: schedule_ticks
 SELECT cron, timezone, next_tick_at, last_tick_at FROM schedules WHERE name = $1 FOR UPDATE;
 

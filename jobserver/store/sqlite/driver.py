@@ -31,12 +31,14 @@ from ...errors import (
 )
 from ...lifecycle import Changes, NewRow, Program
 from ...models import Job, JobState, NewJob, QueueInfo, Transition
-from ..base import (
-    Enqueued,
-    JobFilter,
-    node_name,
+from ..base import Enqueued, JobFilter, OnTransitions, node_name
+from ..group_commit import (
+    GatheredWrite,
+    GroupCommitQueue,
+    PendingWrite,
+    open_gathered,
+    transitions_of,
 )
-from ..group_commit import GatheredWrite, GroupCommitQueue, PendingWrite, open_gathered
 from ..jobstore import JOB_COLUMNS, JobStore
 from .files import DatabaseFile, ProcessLock
 from .statements import DIALECT, MIGRATIONS, row_to_job, run, sql_statements
@@ -59,7 +61,7 @@ def _storage_error(exc: sqlite3.Error) -> StoreError:
 
 def _apply_batch_to(
     conn: sqlite3.Connection, file: DatabaseFile, ops: list[Op]
-) -> list[tuple[bool, Any]]:
+) -> tuple[list[tuple[bool, Any]], list[int]]:
     file.check()
     return _apply_batch(conn, ops)
 
@@ -80,7 +82,7 @@ class _GroupCommitWriter(GroupCommitQueue[Op]):
         ops = [w.op for w in batch]
         began = time.perf_counter()
         try:
-            outcomes = await _on_db_thread(self._conn, _apply_batch_to, self._file, ops)
+            outcomes, log_ids = await _on_db_thread(self._conn, _apply_batch_to, self._file, ops)
         except BaseException as exc:
             failure = _storage_error(exc) if isinstance(exc, sqlite3.Error) else exc
             self._fail(batch, failure)
@@ -91,7 +93,7 @@ class _GroupCommitWriter(GroupCommitQueue[Op]):
         self.writes += len(batch)
         if self.observer is not None:
             self.observer(len(batch), time.perf_counter() - began)
-        self._settle(batch, outcomes)
+        self._settle(batch, outcomes, log_ids)
 
 
 class _CompletionBatch(GatheredWrite[tuple[int, str, bytes, float]]):
@@ -199,8 +201,11 @@ class _PlainInsertBatch(GatheredWrite[NewRow]):
         return answers
 
 
-def _apply_batch(conn: sqlite3.Connection, ops: list[Op]) -> list[tuple[bool, Any]]:
-    """On the database thread: every op in one transaction, each in its own savepoint."""
+def _apply_batch(
+    conn: sqlite3.Connection, ops: list[Op]
+) -> tuple[list[tuple[bool, Any]], list[int]]:
+    """On the database thread: every op in one transaction, each in its own savepoint, then
+    the event-log rows of what they moved; returns each op's outcome and the log rows' ids."""
     outcomes: list[tuple[bool, Any]] = []
     alone = len(ops) == 1  # a lone write needs no savepoint: its refusal rolls back everything
     conn.execute("BEGIN IMMEDIATE")
@@ -222,12 +227,19 @@ def _apply_batch(conn: sqlite3.Connection, ops: list[Op]) -> list[tuple[bool, An
             if savepoint:
                 conn.execute("RELEASE op")
             outcomes.append((True, value))
-        conn.execute("ROLLBACK" if alone and not outcomes[0][0] else "COMMIT")
+        log_ids: list[int] = []
+        if alone and not outcomes[0][0]:
+            conn.execute("ROLLBACK")
+        else:
+            moved = transitions_of(ops, outcomes)
+            if moved:
+                log_ids = run(conn, lifecycle.log_events(moved))
+            conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    return outcomes
+    return outcomes, log_ids
 
 
 async def _on_db_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
@@ -263,7 +275,7 @@ class SQLiteStore(JobStore):
         self._turn = itertools.count()  # which queue goes first in a claim: rotates for fairness
         self.commit_observer: Callable[[int, float], None] | None = None
         self._on_due: list[Callable[[], None]] = []
-        self._on_transitions: list[Callable[[list[Transition]], None]] = []
+        self._on_transitions: list[OnTransitions] = []
         self._completions: _CompletionBatch | None = None
         self._inserts: _PlainInsertBatch | None = None
         self._unlimited_queues = _UnlimitedQueues()
@@ -303,16 +315,16 @@ class SQLiteStore(JobStore):
     def subscribe(
         self,
         on_due: Callable[[], None],
-        on_transitions: Callable[[list[Transition]], None],
+        on_transitions: OnTransitions,
     ) -> None:
         """One process owns the file: it hears its own committed transitions, and when
         dependants or webhook deliveries became due."""
         self._on_due.append(on_due)
         self._on_transitions.append(on_transitions)
 
-    def _committed(self, changed: list[Changes]) -> None:
+    def _committed(self, changed: list[Changes], log_ids: list[int]) -> None:
         """A batch committed: publish its transitions, in order; wake for what became due."""
-        transitions = self._publish(changed)
+        transitions = self._publish(changed, log_ids)
         ended = [t.job_id for t in transitions if t.reason == "dependency_failed"]
         if ended:
             log.info("ended because a job they depend on did not succeed: %s", ended)

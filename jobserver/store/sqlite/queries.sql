@@ -103,6 +103,9 @@ SELECT status FROM jobs WHERE id = $1;
 -- name: results_of
 SELECT id, result FROM jobs WHERE id IN (SELECT value FROM json_each($1));
 
+-- name: job_names
+SELECT id, task, queue FROM jobs WHERE id IN (SELECT value FROM json_each($1));
+
 -- name: schedule_ticks
 SELECT cron, timezone, next_tick_at, last_tick_at FROM schedules WHERE name = $1;
 
