@@ -33,6 +33,10 @@ ERROR_CODES = [
     "unavailable",
     "internal",
     "http_error",
+    "unauthorized",
+    "forbidden",
+    "host_not_allowed",
+    "too_many_failures",
 ]
 QUEUE_PATTERN = f"^{api.QUEUE_NAME.pattern}$"
 CURSOR_PATTERN = "^[0-9]{1,18}$"
@@ -91,27 +95,22 @@ def _job_request(tasks: list[str] | None, *, in_workflow: bool = False) -> dict[
         "additionalProperties": False,
         "properties": {
             "task": task,
-            "args": {"type": "array", "default": [], "description": "Positional arguments."},
-            "kwargs": {
-                "type": "object",
-                "default": {},
-                "description": "Keyword arguments; `ctx` is reserved for the job context.",
-                "propertyNames": {"not": {"const": "ctx"}},
-            },
+            "args": {"type": "array", "description": "Positional arguments. Default: `[]`."},
+            "kwargs": _kwargs(),
             "queue": {
                 "type": "string",
                 "minLength": 1,
                 "maxLength": 100,
                 "pattern": QUEUE_PATTERN,
-                "default": "default",
+                "description": "Default: `default`.",
             },
             "priority": _nullable(
                 {
                     "type": "integer",
                     "minimum": lo,
                     "maximum": hi,
-                    "default": 0,
-                    "description": "Within its queue, of the due jobs, higher runs first.",
+                    "description": "Within its queue, of the due jobs, higher runs first."
+                    " Default: 0.",
                 }
             ),
             "delay": _nullable(
@@ -235,8 +234,17 @@ def _dependency_failure_policy(description: str) -> dict[str, Any]:
     return {
         "type": "string",
         "enum": list(DEPENDENCY_FAILURE_POLICIES),
-        "default": DEPENDENCY_FAILURE_POLICIES[0],
-        "description": description,
+        "description": f"{description} Default: `{DEPENDENCY_FAILURE_POLICIES[0]}`.",
+    }
+
+
+def _kwargs() -> dict[str, Any]:
+    # Any names but `ctx` (refused with 422, field `kwargs.ctx`). Not said in the schema
+    # (`propertyNames: {not: ...}`): generated clients read that as "no keys at all".
+    return {
+        "type": "object",
+        "additionalProperties": True,
+        "description": "Keyword arguments; `ctx` is reserved for the job context. Default: `{}`.",
     }
 
 
@@ -509,7 +517,7 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
                     "description": "A cron expression, e.g. `*/5 * * * *`.",
                 },
                 "args": {"type": "array"},
-                "kwargs": {"type": "object", "propertyNames": {"not": {"const": "ctx"}}},
+                "kwargs": _kwargs(),
                 "queue": {"type": "string", "pattern": QUEUE_PATTERN},
                 "priority": _nullable(
                     {
@@ -519,9 +527,19 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
                     }
                 ),
                 "timezone": _nullable(
-                    {"type": "string", "minLength": 1, "maxLength": 100, "default": "UTC"}
+                    {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 100,
+                        "description": "An IANA zone the cron is read in. Default: `UTC`.",
+                    }
                 ),
-                "missed": {"type": "string", "enum": ["skip", "catch_up"], "default": "skip"},
+                "missed": {
+                    "type": "string",
+                    "enum": ["skip", "catch_up"],
+                    "description": "Ticks missed while the server was down: skipped (a tick"
+                    " up to 60 s late still runs), or all run. Default: `skip`.",
+                },
                 "paused": {"type": "boolean"},
             },
         },
@@ -730,8 +748,34 @@ def _responses() -> dict[str, Any]:
         },
         "QueueFull": {
             **_response(
-                "The queue holds its maximum of pending jobs; `field` is `queue`.",
-                _error_schema("queue_full"),
+                "The queue holds its maximum of pending jobs; `field` is `queue`. (Or, with"
+                " tokens set, `too_many_failures`: see the TooManyFailures response.)",
+                _error_schema("queue_full", "too_many_failures"),
+            ),
+            "headers": retry_after,
+        },
+        "Unauthorized": {
+            **_response(
+                "Tokens are set and the request has no valid `Authorization: Bearer` token.",
+                _error_schema("unauthorized"),
+            ),
+            "headers": {
+                "WWW-Authenticate": {
+                    "description": '`Bearer realm="jobserver"`.',
+                    "required": True,
+                    "schema": {"type": "string"},
+                }
+            },
+        },
+        "Forbidden": _response(
+            "A read-only token on a write (`forbidden`), or, with no token set, a `Host` that"
+            " is neither localhost nor a --server-name (`host_not_allowed`).",
+            _error_schema("forbidden", "host_not_allowed"),
+        ),
+        "TooManyFailures": {
+            **_response(
+                "Too many failed authentications from this client; a valid token still gets in.",
+                _error_schema("too_many_failures"),
             ),
             "headers": retry_after,
         },
@@ -773,13 +817,8 @@ def _parameters() -> dict[str, Any]:
         "Limit": {
             "name": "limit",
             "in": "query",
-            "description": "Page size.",
-            "schema": {
-                "type": "integer",
-                "minimum": 1,
-                "maximum": api.MAX_PAGE,
-                "default": api.DEFAULT_PAGE,
-            },
+            "description": f"Page size. Default: {api.DEFAULT_PAGE}.",
+            "schema": {"type": "integer", "minimum": 1, "maximum": api.MAX_PAGE},
         },
         "Cursor": {
             "name": "cursor",
@@ -1185,6 +1224,22 @@ def _paths() -> dict[str, Any]:
     }
 
 
+def _with_access_errors(paths: dict[str, Any]) -> dict[str, Any]:
+    """What any operation may answer before it runs: 403 for a `Host` the server does not
+    answer to (no token set) or a read-only token on a write; with tokens, 401 without a
+    valid one and 429 after repeated failures (not on /healthz, which needs no token)."""
+    for path, operations in paths.items():
+        for operation in operations.values():
+            responses = operation["responses"]
+            responses.setdefault("403", {"$ref": RESPONSES + "Forbidden"})
+            if path == "/healthz":
+                continue
+            responses.setdefault("401", {"$ref": RESPONSES + "Unauthorized"})
+            # an enqueue's 429 (QueueFull) also says `too_many_failures`: one 429 an operation
+            responses.setdefault("429", {"$ref": RESPONSES + "TooManyFailures"})
+    return paths
+
+
 def build_spec(tasks: Iterable[str] | None = None) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the HTTP API.
 
@@ -1212,16 +1267,18 @@ def build_spec(tasks: Iterable[str] | None = None) -> dict[str, Any]:
                 ),
                 "license": {"name": "MIT", "identifier": "MIT"},
             },
+            # Relative: the server that serves this document (under its mount prefix, if any).
+            "servers": [{"url": "/", "description": "The server that serves this document."}],
             "tags": [
-                {"name": "jobs"},
-                {"name": "workflows"},
-                {"name": "queues"},
-                {"name": "schedules"},
-                {"name": "dead-letters"},
-                {"name": "health"},
-                {"name": "meta"},
+                {"name": "jobs", "description": "Enqueue, read, cancel and delete jobs."},
+                {"name": "workflows", "description": "Chains, groups and chords of jobs."},
+                {"name": "queues", "description": "Queue counts, limits, pause and resume."},
+                {"name": "schedules", "description": "Cron schedules that enqueue jobs."},
+                {"name": "dead-letters", "description": "Jobs that failed for good."},
+                {"name": "health", "description": "Liveness and readiness probes."},
+                {"name": "meta", "description": "This document and the metrics."},
             ],
-            "paths": _paths(),
+            "paths": _with_access_errors(_paths()),
             # When the server has tokens, every operation but healthz needs one (401 without,
             # 403 for a read-only token on a write, 429 after repeated failures).
             "security": [{}, {"bearer": []}],

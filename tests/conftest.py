@@ -69,6 +69,12 @@ CHROMIUM_SKIP = (
     " (or set JOBSERVER_TEST_CHROMIUM to one)"
 )
 
+SPEC_TOOLS = Path(__file__).parent / "ts" / "node_modules" / ".bin"
+SPEC_TOOLS_SKIP = (
+    "TypeScript spec checks skipped: no tests/ts/node_modules; `bash scripts/test-services`"
+    " (or `npm ci --prefix tests/ts`) installs openapi-typescript, tsc and Redocly"
+)
+
 
 def pytest_report_header() -> str:
     return f"PostgreSQL store tests: against {PG_DSN}" if PG_DSN else PG_SKIP
@@ -79,6 +85,8 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"JOBSERVER_TEST_REQUIRE=postgres, but {PG_SKIP}")
     if "chromium" in REQUIRED and not CHROMIUM:
         raise pytest.UsageError(f"JOBSERVER_TEST_REQUIRE=chromium, but {CHROMIUM_SKIP}")
+    if "typescript" in REQUIRED and not (SPEC_TOOLS / "tsc").exists():
+        raise pytest.UsageError(f"JOBSERVER_TEST_REQUIRE=typescript, but {SPEC_TOOLS_SKIP}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -19,6 +19,7 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 from jobserver import JobServer
+from jobserver.auth import TokenAuth
 from jobserver.errors import StorageUnavailable
 from jobserver.openapi import build_spec
 from jobserver.tasks import Registry as TaskRegistry
@@ -302,6 +303,39 @@ async def drive_dead_letter_and_health_routes(c: Checked) -> None:
     assert (await c.call("GET", "/openapi.json", "/openapi.json"))[0] == 200
 
 
+async def drive_access_errors(c: Checked) -> None:
+    """What every operation may answer before it runs: 403 for a Host the server does not
+    answer to (no token set); with tokens, 401 without one, 429 once throttled, and 403 for a
+    read-only token on a write."""
+    ops = operations(c.spec.doc)
+
+    def path_of(template: str) -> str:
+        return template.replace("{id}", "1").replace("{name}", "q")
+
+    for method, template in ops:
+        status, body = await c.call(
+            method, path_of(template), template, headers={"Host": "evil.example"}
+        )
+        assert (status, body["error"]["code"]) == (403, "host_not_allowed"), (method, template)
+    no_tokens = c.server.auth
+    try:
+        for method, template in ops:
+            if template == "/healthz":
+                continue  # needs no token
+            c.server.auth = TokenAuth(["full"], ["read"], max_failures=1)
+            path = path_of(template)
+            status, body = await c.call(method, path, template)
+            assert (status, body["error"]["code"]) == (401, "unauthorized"), (method, template)
+            status, body = await c.call(method, path, template)
+            assert (status, body["error"]["code"]) == (429, "too_many_failures")
+            if method != "GET":
+                read_only = {"Authorization": "Bearer read"}
+                status, body = await c.call(method, path, template, headers=read_only)
+                assert (status, body["error"]["code"]) == (403, "forbidden"), (method, template)
+    finally:
+        c.server.auth = no_tokens
+
+
 async def test_wrong_methods_and_unknown_paths_answer_as_documented(checked: Checked) -> None:
     c = checked
     for path, template in [
@@ -467,6 +501,7 @@ async def test_every_route_answers_as_documented(
     await drive_dead_letter_and_health_routes(checked)
     await drive_flow_routes(checked)
     await drive_storage_faults(checked, monkeypatch)
+    await drive_access_errors(checked)
     documented = {
         (method, path, int(status))
         for (method, path), op in operations(checked.spec.doc).items()
