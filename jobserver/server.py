@@ -18,8 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
 from . import flow, workflows
 from .auth import TokenAuth
 from .builtin_tasks import DEFAULT_ALLOWED_HOSTS, HttpTask, builtin_specs
@@ -27,7 +25,8 @@ from .clock import Clock, SystemClock
 from .errors import NotFound, ValidationError
 from .events import EventBus
 from .executor import Executor
-from .limits import KEEPALIVE_S, MAX_HEADER_BYTES, MAX_LINE_BYTES, ConnectionLimit
+from .http.app import create_app
+from .http.listener import HttpListener
 from .metrics import Metrics
 from .models import (
     DEPENDENCY_FAILURE_POLICIES,
@@ -54,7 +53,7 @@ from .worker import Worker
 from .workflows import ParseJob
 
 if TYPE_CHECKING:
-    from .fast_enqueue import FastEnqueue
+    from aiohttp import web
 
 log = logging.getLogger(__name__)
 LAG_PROBE_S = 0.25
@@ -153,9 +152,7 @@ class JobServer:
         # Kept at start: asyncio.get_running_loop() costs a getpid() system call, once an
         # enqueue otherwise.
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._fast_enqueue: FastEnqueue | None = None
-        self._listener: asyncio.Server | None = None
+        self._listener: HttpListener | None = None
         self._started = False
 
     def _build_registry(self, tasks: Iterable[str | ModuleType | TaskSpec]) -> Registry:
@@ -200,14 +197,8 @@ class JobServer:
             self._notify(job_id)
         self.events.close()
         if self._listener is not None:
-            self._listener.close()  # no new connections
+            await self._listener.close()
             self._listener = None
-        if self._fast_enqueue is not None:
-            await self._fast_enqueue.drain(timeout_s=10.0)  # its requests in flight are answered
-            self._fast_enqueue = None
-        if self._runner is not None:
-            await self._runner.cleanup()  # lets requests in flight finish
-            self._runner = None
         grace = self.grace_period_s if grace_period_s is None else grace_period_s
         if self._lag_watch is not None:
             self._lag_watch.cancel()
@@ -241,43 +232,12 @@ class JobServer:
 
     def create_app(self) -> web.Application:
         """The HTTP API as an aiohttp application; mount it with `app.add_subapp(...)`."""
-        from .api import create_app
-
         return create_app(self)
 
     async def serve(self, host: str = "127.0.0.1", port: int = 8000) -> list[str]:
         """Serve the HTTP API; returns the addresses it listens on."""
-        app = self.create_app()
-        self._runner = web.AppRunner(
-            app,
-            access_log=None,
-            handle_signals=False,
-            max_line_size=MAX_LINE_BYTES,
-            max_field_size=MAX_HEADER_BYTES,
-            keepalive_timeout=KEEPALIVE_S,
-        )
-        await self._runner.setup()
-        from .api import poll_prefix
-        from .fast_enqueue import FastEnqueue
-
-        self._fast_enqueue = FastEnqueue(
-            self,
-            self._runner.server,  # type: ignore[arg-type]
-            poll_prefix(app),
-            keepalive_s=KEEPALIVE_S,
-            header_timeout_s=self.header_timeout_s,
-        )
-        factory = ConnectionLimit(self._fast_enqueue.connection, self.max_connections)
-        self._listener = await asyncio.get_running_loop().create_server(
-            factory, host, port, backlog=1024, reuse_address=True
-        )
-        addresses = []
-        for sock in self._listener.sockets:
-            addr, bound_port = sock.getsockname()[:2]
-            addresses.append(
-                f"http://[{addr}]:{bound_port}" if ":" in addr else f"http://{addr}:{bound_port}"
-            )
-        return addresses
+        self._listener = HttpListener(self)
+        return await self._listener.open(host, port)
 
     # -- jobs -------------------------------------------------------------------------------------
     def task_spec(self, name: str) -> TaskSpec:

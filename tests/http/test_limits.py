@@ -93,7 +93,7 @@ async def test_a_request_that_cannot_be_parsed_gets_a_json_error(
     async with aiohttp.ClientSession() as session, session.get(f"{base}/healthz") as resp:
         assert resp.status == 200
     # Logged as the client's mistake: a line each, no error with a traceback.
-    refused = [r for r in caplog.records if r.name == "jobserver.limits"]
+    refused = [r for r in caplog.records if r.name == "jobserver.http.connections"]
     assert [r.levelno for r in refused] == [logging.INFO] * len(cases)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 

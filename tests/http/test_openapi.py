@@ -21,7 +21,7 @@ from referencing.jsonschema import DRAFT202012
 from jobserver import JobServer
 from jobserver.auth import TokenAuth
 from jobserver.errors import StorageUnavailable
-from jobserver.openapi import build_spec
+from jobserver.http.openapi import build_spec
 from jobserver.tasks import Registry as TaskRegistry
 from jobserver.tasks import task
 
@@ -510,7 +510,7 @@ async def test_every_route_answers_as_documented(
     assert documented - checked.seen == set()
 
 
-# -- regressions: what the fuzzer and a review of api.py found -------------------------------------
+# -- regressions: what the fuzzer and a review of the HTTP layer found ---------------------------
 async def test_inputs_the_fuzzer_and_review_found(checked: Checked) -> None:
     c = checked
     # 500: str.isdigit() took '²', which int() cannot read (and took a fullwidth 1 as 1)

@@ -27,9 +27,10 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 from schemathesis import Case, GenerationMode
 
-from jobserver import JobServer, api, codec
-from jobserver.api import DECIMAL, MAX_KEY_LEN, MAX_WAIT_S
+from jobserver import JobServer, codec
 from jobserver.errors import ValidationError
+from jobserver.http import schema as fields
+from jobserver.http.schema import DECIMAL, MAX_KEY_LEN, MAX_WAIT_S
 
 # Fuzzed cases per operation: a few in the default run, MAX_EXAMPLES in the full one (-m e2e):
 #   JOBSERVER_FUZZ_EXAMPLES=1000 JOBSERVER_FUZZ_SEED=7 pytest -m e2e tests/http/test_schemathesis.py
@@ -145,7 +146,7 @@ def shorten_wait(case: Case) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         return
     text = str(value)
-    if DECIMAL.fullmatch(text) and TEST_WAIT_S < float(text) <= MAX_WAIT_S:  # as api.py reads it
+    if DECIMAL.fullmatch(text) and TEST_WAIT_S < float(text) <= MAX_WAIT_S:  # as schema.py reads it
         query["wait"] = TEST_WAIT_S
 
 
@@ -174,14 +175,14 @@ def _drop_what_needs_server_state(job: Any) -> None:
     deps = job.get("depends_on")
     if (
         isinstance(deps, list)
-        and len(deps) <= api.MAX_DEPENDENCIES
+        and len(deps) <= fields.MAX_DEPENDENCIES
         and all(_whole(d) and 1 <= d < 10**18 for d in deps)
     ):
         job.pop("depends_on")
     if _valid_time(job.get("deadline")):
         job.pop("deadline")
     deadline_in = job.get("deadline_in")
-    if _number(deadline_in) and 0 < deadline_in <= api.MAX_DELAY_S:
+    if _number(deadline_in) and 0 < deadline_in <= fields.MAX_DELAY_S:
         job.pop("deadline_in")
 
 
@@ -198,7 +199,7 @@ def _one_item_per_key(job: Any, keys: set[str]) -> None:
 
 def _valid_time(value: Any) -> bool:
     try:
-        api.parse_rfc3339("deadline", value)
+        fields.parse_rfc3339("deadline", value)
     except ValidationError:
         return False
     return True
@@ -265,7 +266,7 @@ def prepare(case: Case) -> None:
 
 
 def nests_too_deep(body: Any) -> bool:
-    return codec.nesting_depth(body, api.MAX_NESTING + 1) > api.MAX_NESTING
+    return codec.nesting_depth(body, fields.MAX_NESTING + 1) > fields.MAX_NESTING
 
 
 def check(case: Case, session: requests.Session) -> None:

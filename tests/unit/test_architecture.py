@@ -33,9 +33,73 @@ def test_only_the_sqlite_store_imports_aiosqlite() -> None:
             assert "aiosqlite" not in imports_of(module), module
 
 
-def test_api_and_worker_do_not_import_each_other() -> None:
-    assert not any("worker" in i for i in imports_of("api.py"))
-    assert not any(i.split(".")[-1] == "api" for i in imports_of("worker.py"))
+def runtime_imports(module: str) -> set[str]:
+    """The jobserver modules `module` imports when it runs (not under TYPE_CHECKING), as
+    paths relative to the package, e.g. `http/app.py` or `store/base.py`."""
+    path = PACKAGE / module
+    tree = ast.parse(path.read_text())
+    typing_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for inner in ast.walk(node)
+    }
+    package_parts = list(path.relative_to(PACKAGE).parent.parts)
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package_parts[: len(package_parts) - node.level + 1]
+            elif (node.module or "").startswith("jobserver"):
+                base, node.module = [], (node.module or "").removeprefix("jobserver").lstrip(".")
+            else:
+                continue
+            stem = [*base, *filter(None, (node.module or "").split("."))]
+            names = ["/".join([*stem, alias.name]) for alias in node.names] + ["/".join(stem)]
+        elif isinstance(node, ast.Import):
+            names = [a.name.removeprefix("jobserver.").replace(".", "/") for a in node.names
+                     if a.name.startswith("jobserver.")]  # fmt: skip
+        for name in names:
+            for candidate in (f"{name}.py", f"{name}/__init__.py"):
+                if name and (PACKAGE / candidate).is_file():
+                    found.add(candidate)
+    return found - {module}
+
+
+def all_modules() -> list[str]:
+    return sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py"))
+
+
+def test_nothing_imports_in_a_loop() -> None:
+    graph = {m: runtime_imports(m) for m in all_modules()}
+    assert graph["server.py"] >= {"http/app.py", "http/listener.py"}  # the walk finds imports
+
+    def reach(start: str) -> set[str]:
+        seen: set[str] = set()
+        todo = [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), set()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    loops = sorted(m for m in graph if m in reach(m) and not m.endswith("__init__.py"))
+    assert loops == [], loops
+
+
+def test_the_core_knows_nothing_of_http() -> None:
+    """Only the composition root (server.py) and the programs on top (cli.py, __main__) import
+    jobserver/http; aiohttp's server side lives there alone."""
+    for module in all_modules():
+        if module.startswith("http/") or module in ("server.py", "cli.py", "__main__.py"):
+            continue
+        assert not any(i.startswith("http/") for i in runtime_imports(module)), module
+        source = (PACKAGE / module).read_text()
+        assert "from aiohttp import web" not in source, module
 
 
 def test_only_config_and_cli_read_the_environment() -> None:

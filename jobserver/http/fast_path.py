@@ -27,15 +27,17 @@ from typing import TYPE_CHECKING, Any, cast
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
-from . import codec
-from .api import BODY_TOO_SLOW, accepted, error_body, nests_too_deep, parse_enqueue
-from .auth import Access
-from .errors import Conflict, NotFound, QueueFull, StorageUnavailable, ValidationError
-from .limits import aiohttp_protocol
+from .. import codec
+from ..auth import Access
+from ..errors import Conflict, NotFound, QueueFull, StorageUnavailable, ValidationError
+from .connections import aiohttp_protocol
+from .errors import error_body
+from .routes.jobs import accepted
+from .schema import BODY_TOO_SLOW, nests_too_deep, parse_enqueue
 
 if TYPE_CHECKING:
-    from .server import JobServer
-    from .store.base import Enqueued
+    from ..server import JobServer
+    from ..store.base import Enqueued
 
 log = logging.getLogger(__name__)
 

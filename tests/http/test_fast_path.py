@@ -1,4 +1,4 @@
-"""`jobserver serve`'s own POST /jobs (fast_enqueue.py): the plain successful enqueue is
+"""`jobserver serve`'s own POST /jobs (jobserver/http/fast_path.py): the plain successful enqueue is
 answered without aiohttp, with the same reply; anything else goes to aiohttp, on the same
 connection, and is answered as before. Raw sockets, so what is on the wire is what is checked."""
 
@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from jobserver import server as server_module
+from jobserver.http import listener as listener_module
 from jobserver.server import JobServer
 
 from ..conftest import ServerFactory
@@ -65,8 +65,8 @@ async def serve(make_server: ServerFactory, **kwargs: Any) -> tuple[JobServer, s
 
 
 def fast_answered(server: JobServer) -> int:
-    assert server._fast_enqueue is not None
-    return server._fast_enqueue.answered
+    assert server._listener is not None and server._listener.fast_path is not None
+    return server._listener.fast_path.answered
 
 
 async def test_a_plain_enqueue_is_answered_without_aiohttp_and_committed_first(
@@ -117,7 +117,8 @@ async def test_other_requests_go_to_aiohttp_on_the_same_connection_in_order(
     assert (await conn.reply())[0] == 202
     conn.close()
     assert fast_answered(server) == 1
-    assert server._fast_enqueue is not None and server._fast_enqueue.handed_over == 1
+    assert server._listener is not None and server._listener.fast_path is not None
+    assert server._listener.fast_path.handed_over == 1
 
 
 @pytest.mark.parametrize(
@@ -250,7 +251,7 @@ async def test_chunked_and_expect_requests_are_aiohttps(make_server: ServerFacto
 async def test_an_idle_connection_is_closed_after_the_keepalive_time(
     make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server_module, "KEEPALIVE_S", 0.3)
+    monkeypatch.setattr(listener_module, "KEEPALIVE_S", 0.3)
     _, base = await serve(make_server)
     conn = await Conn.open(base)
     await conn.send(post())
@@ -333,10 +334,10 @@ async def test_an_edge_case_request_is_answered_as_aiohttp_answers_it(
     """The same bytes to the fast path's listener and to aiohttp alone: the same status, and
     nothing enqueued by either."""
     server, fast = await serve(make_server)
-    assert server._fast_enqueue is not None and server._runner is not None
+    assert server._listener is not None and server._listener.fast_path is not None
     # aiohttp's own handler for the same application, on a listener of its own
     aiohttp_only = await asyncio.get_running_loop().create_server(
-        server._runner.server,  # type: ignore[arg-type]
+        server._listener.runner.server,  # type: ignore[arg-type]
         "127.0.0.1",
         0,
     )

@@ -1,4 +1,4 @@
-"""The OpenAPI 3.1 description of the HTTP API, built in code from the limits api.py enforces.
+"""The OpenAPI 3.1 description of the HTTP API, built in code from the limits schema.py enforces.
 
 `build_spec()` returns the document as a dict; the server serves it at `GET /openapi.json`
 (computed once per application, with the server's own task names as the `task` enum).
@@ -11,9 +11,9 @@ import copy
 from collections.abc import Iterable
 from typing import Any
 
-from . import api
-from .models import ATTEMPT_OUTCOMES, DEPENDENCY_FAILURE_POLICIES, JobState
-from .workflows import MAX_WORKFLOW_JOBS
+from ..models import ATTEMPT_OUTCOMES, DEPENDENCY_FAILURE_POLICIES, JobState
+from ..workflows import MAX_WORKFLOW_JOBS
+from . import schema
 
 SCHEMAS = "#/components/schemas/"
 RESPONSES = "#/components/responses/"
@@ -38,7 +38,7 @@ ERROR_CODES = [
     "host_not_allowed",
     "too_many_failures",
 ]
-QUEUE_PATTERN = f"^{api.QUEUE_NAME.pattern}$"
+QUEUE_PATTERN = f"^{schema.QUEUE_NAME.pattern}$"
 CURSOR_PATTERN = "^[0-9]{1,18}$"
 
 
@@ -82,14 +82,14 @@ def _job_request(tasks: list[str] | None, *, in_workflow: bool = False) -> dict[
     }
     if tasks is not None:
         task["enum"] = tasks
-    lo, hi = api.PRIORITY_RANGE
-    retries_lo, retries_hi = api.MAX_RETRIES_RANGE
+    lo, hi = schema.PRIORITY_RANGE
+    retries_lo, retries_hi = schema.MAX_RETRIES_RANGE
     return {
         "type": "object",
         "description": (
             "A job to enqueue. Optional fields may be null, which means not given, except `args`,"
             " `kwargs` and `queue`. JSON values nest at most"
-            f" {api.MAX_NESTING} levels deep; NaN and Infinity are refused."
+            f" {schema.MAX_NESTING} levels deep; NaN and Infinity are refused."
         ),
         "required": ["task"],
         "additionalProperties": False,
@@ -117,7 +117,7 @@ def _job_request(tasks: list[str] | None, *, in_workflow: bool = False) -> dict[
                 {
                     "type": "number",
                     "minimum": 0,
-                    "maximum": api.MAX_DELAY_S,
+                    "maximum": schema.MAX_DELAY_S,
                     "description": "Seconds from now until the job is due; not with `run_at`.",
                 }
             ),
@@ -141,7 +141,7 @@ def _job_request(tasks: list[str] | None, *, in_workflow: bool = False) -> dict[
                 {
                     "type": "number",
                     "exclusiveMinimum": 0,
-                    "maximum": api.MAX_TIMEOUT_S,
+                    "maximum": schema.MAX_TIMEOUT_S,
                     "description": "Seconds an attempt may run; default: the task's.",
                 }
             ),
@@ -150,7 +150,7 @@ def _job_request(tasks: list[str] | None, *, in_workflow: bool = False) -> dict[
                 {
                     "type": "string",
                     "minLength": 1,
-                    "maxLength": api.MAX_KEY_LEN,
+                    "maxLength": schema.MAX_KEY_LEN,
                     "description": "Also taken from the Idempotency-Key header, which must not"
                     " differ from it.",
                 }
@@ -167,7 +167,7 @@ def _job_request(tasks: list[str] | None, *, in_workflow: bool = False) -> dict[
                 {
                     "type": "number",
                     "exclusiveMinimum": 0,
-                    "maximum": api.MAX_DELAY_S,
+                    "maximum": schema.MAX_DELAY_S,
                     "description": "The deadline in seconds from now.",
                 }
             ),
@@ -175,7 +175,7 @@ def _job_request(tasks: list[str] | None, *, in_workflow: bool = False) -> dict[
                 {
                     "type": "string",
                     "minLength": 1,
-                    "maxLength": api.MAX_KEY_LEN,
+                    "maxLength": schema.MAX_KEY_LEN,
                     "description": "At most one pending or running job holds this key: while"
                     " one does, enqueueing another returns it (200).",
                 }
@@ -184,7 +184,7 @@ def _job_request(tasks: list[str] | None, *, in_workflow: bool = False) -> dict[
                 {
                     "type": "string",
                     "minLength": 1,
-                    "maxLength": api.MAX_URL_LEN,
+                    "maxLength": schema.MAX_URL_LEN,
                     "description": "POSTed the job's record, signed, when it ends (a host on the"
                     " allow-list; the server needs a webhook secret).",
                 }
@@ -195,7 +195,7 @@ def _job_request(tasks: list[str] | None, *, in_workflow: bool = False) -> dict[
                 else {
                     "depends_on": {
                         "type": "array",
-                        "maxItems": api.MAX_DEPENDENCIES,
+                        "maxItems": schema.MAX_DEPENDENCIES,
                         "items": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
                         "description": "Ids of existing jobs that must succeed first.",
                     },
@@ -251,8 +251,8 @@ def _kwargs() -> dict[str, Any]:
 def _workflow_schemas(tasks: list[str] | None) -> dict[str, Any]:
     """WorkflowRequest, the body of POST /workflows: a job, or a chain, group or chord of
     WorkflowNodes, which may also give `on_dependency_failure` for every job of the workflow.
-    A WorkflowNode is the same without that field: api.post_workflow takes it off the root, and
-    refuses it anywhere else."""
+    A WorkflowNode is the same without that field: routes/workflows.post_workflow takes it off
+    the root, and refuses it anywhere else."""
     root_only = {
         "on_dependency_failure": _dependency_failure_policy(
             "Only on the root (the body itself), for the whole workflow: what a dependency that"
@@ -277,7 +277,7 @@ def _workflow_schemas(tasks: list[str] | None) -> dict[str, Any]:
             "description": (
                 "A workflow: a job, or a chain, group or chord of nodes; the root alone may give"
                 " `on_dependency_failure`, for all of its jobs. The body nests at most"
-                f" {api.MAX_NESTING} levels deep (JSON arrays and objects, the body itself"
+                f" {schema.MAX_NESTING} levels deep (JSON arrays and objects, the body itself"
                 f" included) and holds at most {MAX_WORKFLOW_JOBS} jobs."
             ),
             "anyOf": [
@@ -333,7 +333,7 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
                 "jobs": {
                     "type": "array",
                     "minItems": 1,
-                    "maxItems": api.MAX_BATCH,
+                    "maxItems": schema.MAX_BATCH,
                     "items": ref("JobRequest"),
                 }
             },
@@ -507,7 +507,7 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
             "properties": {
                 "name": {
                     "type": "string",
-                    "pattern": f"^(?!task:){api.SCHEDULE_NAME.pattern}$",
+                    "pattern": f"^(?!task:){schema.SCHEDULE_NAME.pattern}$",
                 },
                 "task": _job_request(tasks)["properties"]["task"],
                 "cron": {
@@ -522,8 +522,8 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
                 "priority": _nullable(
                     {
                         "type": "integer",
-                        "minimum": api.PRIORITY_RANGE[0],
-                        "maximum": api.PRIORITY_RANGE[1],
+                        "minimum": schema.PRIORITY_RANGE[0],
+                        "maximum": schema.PRIORITY_RANGE[1],
                     }
                 ),
                 "timezone": _nullable(
@@ -645,7 +645,7 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
         "BatchError": {
             "type": "object",
             "description": "An error for a batch: `items` lists each invalid job (the first"
-            f" {api.MAX_ITEM_ERRORS}).",
+            f" {schema.MAX_ITEM_ERRORS}).",
             "required": ["error"],
             "additionalProperties": False,
             "properties": {
@@ -659,7 +659,7 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
                         "field": {"type": ["string", "null"]},
                         "items": {
                             "type": "array",
-                            "maxItems": api.MAX_ITEM_ERRORS,
+                            "maxItems": schema.MAX_ITEM_ERRORS,
                             "items": {
                                 "type": "object",
                                 "required": ["index", "field", "message"],
@@ -812,13 +812,13 @@ def _parameters() -> dict[str, Any]:
             "name": "wait",
             "in": "query",
             "description": "Long-poll: wait up to this many seconds for the job to end.",
-            "schema": {"type": "number", "minimum": 0, "maximum": api.MAX_WAIT_S},
+            "schema": {"type": "number", "minimum": 0, "maximum": schema.MAX_WAIT_S},
         },
         "Limit": {
             "name": "limit",
             "in": "query",
-            "description": f"Page size. Default: {api.DEFAULT_PAGE}.",
-            "schema": {"type": "integer", "minimum": 1, "maximum": api.MAX_PAGE},
+            "description": f"Page size. Default: {schema.DEFAULT_PAGE}.",
+            "schema": {"type": "integer", "minimum": 1, "maximum": schema.MAX_PAGE},
         },
         "Cursor": {
             "name": "cursor",
@@ -831,7 +831,7 @@ def _parameters() -> dict[str, Any]:
             "in": "header",
             "description": "The same key with the same payload returns the original job (200);"
             " with another payload it is refused (409).",
-            "schema": {"type": "string", "minLength": 1, "maxLength": api.MAX_KEY_LEN},
+            "schema": {"type": "string", "minLength": 1, "maxLength": schema.MAX_KEY_LEN},
         },
     }
 
@@ -905,7 +905,7 @@ def _paths() -> dict[str, Any]:
             "post": {
                 "operationId": "enqueue_batch",
                 "tags": ["jobs"],
-                "summary": f"Enqueue 1 to {api.MAX_BATCH} jobs in one transaction",
+                "summary": f"Enqueue 1 to {schema.MAX_BATCH} jobs in one transaction",
                 "description": "Every job is valid and enqueued, or none is.",
                 "requestBody": _body("BatchRequest"),
                 "responses": {
@@ -1245,7 +1245,7 @@ def build_spec(tasks: Iterable[str] | None = None) -> dict[str, Any]:
 
     `tasks`: the server's task names, listed as the values `task` takes; None leaves `task` any
     name (a name the server does not know is refused with 422)."""
-    from . import __version__
+    from .. import __version__
 
     names = None if tasks is None else sorted(set(tasks))
     # a deep copy: no two places in the document share one dict, whatever a caller changes

@@ -1,8 +1,8 @@
-"""Limits on what clients may hold open: connections, the size of request lines and headers.
-(How long a first request head may take is fast_enqueue.py's to time; body size, body
-deadline and JSON depth are checked where the body is read, in api.py and fast_enqueue.py.)
-An idle keep-alive connection is closed after KEEPALIVE_S. A request aiohttp cannot parse is
-answered here too, in the API's JSON error shape."""
+"""Connections: limits on what clients may hold open (connections, the size of request lines
+and headers), and aiohttp's protocol answering a request it cannot parse in the API's JSON
+error shape. How long a request head may take is fast_path.py's to time; body size, body
+deadline and JSON depth are checked where the body is read (schema.py, fast_path.py). An idle
+keep-alive connection is closed after KEEPALIVE_S."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any, cast
 
 from aiohttp import http_exceptions, web, web_protocol
 
-from .api import error_body
+from .errors import error_body
 
 log = logging.getLogger(__name__)
 

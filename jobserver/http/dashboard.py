@@ -12,7 +12,7 @@ from importlib import resources
 
 from aiohttp import web
 
-STATIC = resources.files("jobserver") / "dashboard_static"
+STATIC = resources.files("jobserver.http") / "dashboard_static"
 ASSETS = ("app.js", "style.css", "favicon.svg")
 
 # Everything the page loads comes from this server: a script injected into the page (through

@@ -1,0 +1,83 @@
+"""The HTTP API as an aiohttp application: the route table of every resource's handlers
+(routes/), the middlewares, the OpenAPI document and the dashboard."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from .. import codec
+from .auth import auth_middleware
+from .context import OPENAPI_KEY, POLL_PREFIX_KEY, SERVER_KEY, Handler
+from .dashboard import add_routes as add_dashboard_routes
+from .errors import error_middleware
+from .openapi import build_spec
+from .routes.dead_letters import (
+    delete_dead_letter,
+    get_dead_letter,
+    list_dead_letters,
+    requeue_dead_letter,
+)
+from .routes.jobs import (
+    cancel_job,
+    delete_job,
+    get_job,
+    list_attempts,
+    list_jobs,
+    post_job,
+    post_jobs_batch,
+)
+from .routes.ops import healthz, metrics, openapi_json, readyz, stream_events
+from .routes.queues import get_queue, list_queues, patch_queue, pause_queue, resume_queue
+from .routes.schedules import delete_schedule, get_schedule, list_schedules, post_schedule
+from .routes.workflows import get_workflow, post_workflow
+
+if TYPE_CHECKING:
+    from ..server import JobServer
+
+
+# Ids are ASCII digits, so that /jobs/batch is never a job id (GET /jobs/batch is 405, not 404).
+ID = "{id:[0-9]+}"
+
+
+ROUTES: list[tuple[str, str, Handler, str]] = [
+    ("POST", "/jobs", post_job, "enqueue"),
+    ("POST", "/jobs/batch", post_jobs_batch, "enqueue_batch"),
+    ("GET", "/jobs", list_jobs, "list_jobs"),
+    ("GET", f"/jobs/{ID}", get_job, "get_job"),
+    ("DELETE", f"/jobs/{ID}", delete_job, "delete_job"),
+    ("POST", f"/jobs/{ID}/cancel", cancel_job, "cancel_job"),
+    ("GET", f"/jobs/{ID}/attempts", list_attempts, "list_attempts"),
+    ("GET", "/dead-letters", list_dead_letters, "list_dead_letters"),
+    ("GET", f"/dead-letters/{ID}", get_dead_letter, "get_dead_letter"),
+    ("POST", f"/dead-letters/{ID}/requeue", requeue_dead_letter, "requeue_dead_letter"),
+    ("DELETE", f"/dead-letters/{ID}", delete_dead_letter, "delete_dead_letter"),
+    ("GET", "/queues", list_queues, "list_queues"),
+    ("GET", "/queues/{name}", get_queue, "get_queue"),
+    ("PATCH", "/queues/{name}", patch_queue, "configure_queue"),
+    ("POST", "/queues/{name}/pause", pause_queue, "pause_queue"),
+    ("POST", "/queues/{name}/resume", resume_queue, "resume_queue"),
+    ("POST", "/schedules", post_schedule, "create_schedule"),
+    ("GET", "/schedules", list_schedules, "list_schedules"),
+    ("GET", "/schedules/{name}", get_schedule, "get_schedule"),
+    ("DELETE", "/schedules/{name}", delete_schedule, "delete_schedule"),
+    ("POST", "/workflows", post_workflow, "create_workflow"),
+    ("GET", f"/workflows/{ID}", get_workflow, "get_workflow"),
+    ("GET", "/events", stream_events, "events"),
+    ("GET", "/metrics", metrics, "metrics"),
+    ("GET", "/healthz", healthz, "healthz"),
+    ("GET", "/readyz", readyz, "readyz"),
+    ("GET", "/openapi.json", openapi_json, "openapi"),
+]
+
+
+def create_app(server: JobServer) -> web.Application:
+    app = web.Application(middlewares=[error_middleware, auth_middleware])
+    app[SERVER_KEY] = server
+    app[POLL_PREFIX_KEY] = {}
+    app[OPENAPI_KEY] = codec.dumps(build_spec(tasks=server.registry.names()))
+    for method, path, handler, name in ROUTES:
+        app.router.add_route(method, path, handler, name=name)
+    add_dashboard_routes(app)
+    return app

@@ -1,0 +1,73 @@
+"""Operations: the event stream (SSE), metrics, health probes and the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from ... import codec
+from ...events import Event, EventFilter, Gap, Ready
+from ...metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..context import OPENAPI_KEY, server_of
+from ..errors import json_response
+from ..schema import digits_param, query_params
+
+if TYPE_CHECKING:
+    pass
+
+
+EVENT_IDLE_S = 15.0
+
+
+async def stream_events(request: web.Request) -> web.StreamResponse:
+    """Job transitions as Server-Sent Events; `Last-Event-ID` (or last_event_id) resumes."""
+    query = query_params(request, {"queue", "task", "job_id", "last_event_id"})
+    flt = EventFilter(
+        queue=query.get("queue"),
+        task=query.get("task"),
+        job_id=digits_param(query.get("job_id"), "job_id"),
+    )
+    header = request.headers.get("Last-Event-ID")
+    last_id = digits_param(header, "Last-Event-ID") if header else None
+    if "last_event_id" in query:
+        last_id = digits_param(query["last_event_id"], "last_event_id")
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    try:
+        async for item in server_of(request).events.stream(flt, last_id, EVENT_IDLE_S):
+            if item is Ready:  # subscribed: what commits from now on will be sent
+                chunk = b": connected\n\n"
+            elif item is None:
+                chunk = b": keep-alive\n\n"
+            elif item is Gap:
+                chunk = b'event: gap\ndata: {"message": "some events were missed"}\n\n'
+            else:
+                assert isinstance(item, Event)
+                data = codec.dumps({"id": item.id, **item.data()})
+                chunk = b"id: %d\nevent: job\ndata: %s\n\n" % (item.id, data)
+            await response.write(chunk)
+    except ConnectionResetError:
+        pass  # the client went away
+    return response
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = await server_of(request).render_metrics()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    await server_of(request).check_ready()
+    return json_response({"status": "ready"})
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 document of this API (http/openapi.py), built once per app."""
+    return web.Response(body=request.app[OPENAPI_KEY], content_type="application/json")

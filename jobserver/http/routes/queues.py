@@ -1,0 +1,63 @@
+"""/queues: counts and settings (limits, pause) of each queue."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from ...models import (
+    QueueInfo,
+)
+from ..context import server_of
+from ..errors import json_response
+from ..schema import parse_queue_settings, query_params, queue_name_param, read_json_object
+
+if TYPE_CHECKING:
+    pass
+
+
+def queue_to_dict(info: QueueInfo) -> dict[str, Any]:
+    st = info.settings
+    return {
+        "name": info.name,
+        "paused": st.paused,
+        "counts": info.counts,
+        "oldest_due_age_s": info.oldest_due_age_s,
+        "limits": {
+            "concurrency_limit": st.concurrency_limit,
+            "rate_limit": st.rate_limit,
+            "rate_burst": st.rate_burst,
+            "max_depth": st.max_depth,
+        },
+        "rate_tokens": info.rate_tokens,
+    }
+
+
+async def list_queues(request: web.Request) -> web.Response:
+    query_params(request, set())
+    queues = await server_of(request).list_queues()
+    return json_response({"items": [queue_to_dict(q) for q in queues]})
+
+
+async def get_queue(request: web.Request) -> web.Response:
+    return json_response(
+        queue_to_dict(await server_of(request).get_queue(queue_name_param(request)))
+    )
+
+
+async def patch_queue(request: web.Request) -> web.Response:
+    server = server_of(request)
+    name = queue_name_param(request)
+    changes = parse_queue_settings(await read_json_object(request, server.max_body_bytes))
+    return json_response(queue_to_dict(await server.configure_queue(name, **changes)))
+
+
+async def pause_queue(request: web.Request) -> web.Response:
+    info = await server_of(request).configure_queue(queue_name_param(request), paused=True)
+    return json_response(queue_to_dict(info))
+
+
+async def resume_queue(request: web.Request) -> web.Response:
+    info = await server_of(request).configure_queue(queue_name_param(request), paused=False)
+    return json_response(queue_to_dict(info))

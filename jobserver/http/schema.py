@@ -1,0 +1,546 @@
+"""Requests as the HTTP API reads them: the limits on each field (also what openapi.py
+publishes), body and query parsing, and the field-precise 422s for bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from aiohttp import web
+
+from .. import codec
+from ..errors import NotFound, ValidationError
+from ..models import (
+    DEPENDENCY_FAILURE_POLICIES,
+    MISSED_TICK_POLICIES,
+    DeadLetter,
+    Job,
+)
+from ..render import (
+    MAX_TS,
+    MIN_TS,
+)
+from .context import SERVER_KEY
+from .errors import RequestError
+
+if TYPE_CHECKING:
+    from ..server import JobServer
+
+
+T = TypeVar("T", Job, DeadLetter)
+
+
+MAX_NESTING = 32
+
+
+BODY_TOO_SLOW = "the body was sent too slowly"
+
+
+MAX_PAGE = 1000
+
+
+DEFAULT_PAGE = 50
+
+
+PRIORITY_RANGE = (-1000, 1000)
+
+
+MAX_RETRIES_RANGE = (0, 100)
+
+
+MAX_DELAY_S = 366 * 86400.0
+
+
+MAX_TIMEOUT_S = 7 * 86400.0
+
+
+QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,99}")
+
+
+MAX_KEY_LEN = 200
+
+
+RFC3339_NO_ZONE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+)
+
+
+RFC3339 = re.compile(RFC3339_NO_ZONE.pattern + r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})")
+
+
+DECIMAL = re.compile(r"-?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?")
+
+
+MAX_WAIT_S = 60.0
+
+
+MAX_BATCH = 10_000
+
+
+MAX_ITEM_ERRORS = 100
+
+
+JOB_FIELDS = frozenset(
+    {
+        "task",
+        "args",
+        "kwargs",
+        "queue",
+        "priority",
+        "delay",
+        "run_at",
+        "max_retries",
+        "timeout",
+        "backoff",
+        "idempotency_key",
+        "deadline",
+        "deadline_in",
+        "unique_key",
+        "depends_on",
+        "pass_result",
+        "on_dependency_failure",
+        "callback_url",
+    }
+)
+
+
+MAX_DEPENDENCIES = 1000
+
+
+MAX_URL_LEN = 2000
+
+
+SCHEDULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,99}")
+
+
+SCHEDULE_FIELDS = frozenset(
+    {"name", "task", "cron", "args", "kwargs", "queue", "priority", "timezone", "missed", "paused"}
+)
+
+
+QUEUE_FIELDS = ("paused", "concurrency_limit", "rate_limit", "rate_burst", "max_depth")
+
+
+def _reject_nan(name: str) -> Any:
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
+def _too_large(max_bytes: int) -> RequestError:
+    return RequestError(413, "too_large", f"the body is over the limit of {max_bytes} bytes")
+
+
+async def read_body(request: web.Request, max_bytes: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `max_bytes` (never buffered past)."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise _too_large(max_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, Any]:
+    if request.content.is_eof():  # the whole body is in already: nothing to time out
+        return await _read_json_object(request, max_bytes)
+    try:
+        async with asyncio.timeout(request.app[SERVER_KEY].body_timeout_s):
+            return await _read_json_object(request, max_bytes)
+    except TimeoutError:
+        raise RequestError(408, "timeout", BODY_TOO_SLOW, "body") from None
+
+
+async def _read_json_object(request: web.Request, max_bytes: int) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise RequestError(
+            415, "unsupported_media_type", "send the body as application/json", "Content-Type"
+        )
+    content = request.content
+    try:
+        if content.is_eof() and (request.content_length or 0) <= max_bytes:
+            raw = content.read_nowait(-1)  # all in already (the usual small body): no loop
+            if len(raw) > max_bytes:
+                raise _too_large(max_bytes)
+        else:
+            raw = await read_body(request, max_bytes)
+    except web.RequestPayloadError as exc:
+        # aiohttp could not decode the body as its Content-Encoding says (gzip that is not
+        # gzip, a cut-off chunk): the request's fault, not the server's.
+        raise RequestError(
+            400,
+            "bad_body",
+            f"the body could not be decoded as its Content-Encoding says ({type(exc).__name__})",
+            "Content-Encoding",
+        ) from None
+    try:
+        body = codec.loads(raw)
+    except codec.JSONDecodeError as exc:
+        if "depth" in str(exc).lower() or "recursion" in str(exc).lower():
+            raise ValidationError("body", f"JSON nests deeper than {MAX_NESTING} levels") from None
+        try:  # say so when the only fault is a NaN or Infinity, which JSON has no words for
+            json.loads(raw, parse_constant=_reject_nan)
+        except ValueError as nan_exc:
+            if "is not a valid JSON number" in str(nan_exc):
+                raise ValidationError("body", str(nan_exc)) from None
+        except RecursionError:
+            pass
+        raise RequestError(400, "bad_json", f"the body is not valid JSON: {exc}", "body") from None
+    if not isinstance(body, dict):
+        raise ValidationError("body", "the body must be a JSON object")
+    if nests_too_deep(raw, body):
+        raise ValidationError("body", f"JSON nests deeper than {MAX_NESTING} levels")
+    return body
+
+
+def nests_too_deep(raw: bytes, body: Any) -> bool:
+    # A body with fewer brackets than the limit cannot nest past it: the usual small body
+    # is not walked.
+    if raw.count(b"[") + raw.count(b"{") <= MAX_NESTING:
+        return False
+    return codec.nesting_depth(body, MAX_NESTING + 1) > MAX_NESTING
+
+
+def _int(body: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 2.0 is the integer 2 (as JSON Schema says)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(name, "must be an integer")
+    if not lo <= value <= hi:
+        raise ValidationError(name, f"must be between {lo} and {hi}")
+    return value
+
+
+def _number(
+    body: dict[str, Any], name: str, lo: float, hi: float, *, open_lo: bool = False
+) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(name, "must be a number")
+    number = float(value)
+    if not math.isfinite(number) or number > hi or number < lo or (open_lo and number == lo):
+        bound = f"greater than {lo}" if open_lo else f"at least {lo}"
+        raise ValidationError(name, f"must be {bound} and at most {hi}")
+    return number
+
+
+def _string(body: dict[str, Any], name: str, max_len: int) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(name, "must be a string")
+    if not 1 <= len(value) <= max_len:
+        raise ValidationError(name, f"must be 1 to {max_len} characters")
+    return value
+
+
+def parse_rfc3339(name: str, value: Any) -> float:
+    """Epoch seconds from an RFC 3339 time with a zone (fromisoformat alone takes other ISO 8601
+    forms too); a time outside years 1-9999 in UTC is taken as that bound."""
+    if not isinstance(value, str):
+        raise ValidationError(name, "must be an RFC 3339 timestamp string")
+    if not RFC3339.fullmatch(value):
+        if RFC3339_NO_ZONE.fullmatch(value):
+            raise ValidationError(name, "must include a time zone (Z or +hh:mm)")
+        raise ValidationError(name, "must be an RFC 3339 timestamp, e.g. 2030-01-01T12:00:00Z")
+    try:
+        when = datetime.fromisoformat(value.upper())
+    except ValueError as exc:  # e.g. month 13, or a leap second (:60), which datetime cannot hold
+        raise ValidationError(name, f"is not a valid time: {exc}") from None
+    return min(max(when.timestamp(), MIN_TS), MAX_TS)
+
+
+def parse_backoff(value: Any) -> dict[str, float] | None:
+    """The backoff fields a request gives; the rest come from the task's own policy."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValidationError("backoff", "must be an object with base, factor and cap (seconds)")
+    unknown = set(value) - {"base", "factor", "cap"}
+    if unknown:
+        raise ValidationError(f"backoff.{sorted(unknown)[0]}", "unknown field")
+    fields = {
+        "base_s": _number(value, "base", 0.0, 3600.0, open_lo=True),
+        "factor": _number(value, "factor", 1.0, 10.0),
+        "cap_s": _number(value, "cap", 0.0, 86400.0, open_lo=True),
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def parse_enqueue(body: dict[str, Any], header_key: str | None) -> dict[str, Any]:
+    """Validate a POST /jobs body into keyword arguments for JobServer.enqueue."""
+    unknown = set(body) - JOB_FIELDS
+    if unknown:
+        raise ValidationError(sorted(unknown)[0], "unknown field")
+    task = _string(body, "task", 200)
+    if task is None:
+        raise ValidationError("task", "is required")
+    args = body.get("args", [])
+    if not isinstance(args, list):
+        raise ValidationError("args", "must be an array")
+    kwargs = body.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise ValidationError("kwargs", "must be an object")
+    if "ctx" in kwargs:
+        raise ValidationError("kwargs.ctx", "is reserved for the job context")
+    queue = body.get("queue", "default")
+    if not isinstance(queue, str) or not QUEUE_NAME.fullmatch(queue):
+        raise ValidationError("queue", "must be 1-100 of A-Z a-z 0-9 _ . : - starting alphanumeric")
+    delay = _number(body, "delay", 0.0, MAX_DELAY_S)
+    run_at = parse_rfc3339("run_at", body["run_at"]) if body.get("run_at") is not None else None
+    if delay is not None and run_at is not None:
+        raise ValidationError("delay", "give delay or run_at, not both")
+    key = _string(body, "idempotency_key", MAX_KEY_LEN)
+    if header_key is not None:
+        if not 1 <= len(header_key) <= MAX_KEY_LEN:
+            raise ValidationError("Idempotency-Key", f"must be 1 to {MAX_KEY_LEN} characters")
+        if not _is_utf8(header_key):  # aiohttp keeps other bytes as lone surrogates
+            raise ValidationError("Idempotency-Key", "must be UTF-8 text")
+        if key is not None and key != header_key:
+            raise ValidationError("idempotency_key", "differs from the Idempotency-Key header")
+        key = header_key
+    priority = _int(body, "priority", *PRIORITY_RANGE)
+    deadline = (
+        parse_rfc3339("deadline", body["deadline"]) if body.get("deadline") is not None else None
+    )
+    deadline_in = _number(body, "deadline_in", 0.0, MAX_DELAY_S, open_lo=True)
+    if deadline is not None and deadline_in is not None:
+        raise ValidationError("deadline", "give deadline or deadline_in, not both")
+    depends_on = body.get("depends_on", [])
+    if not isinstance(depends_on, list) or len(depends_on) > MAX_DEPENDENCIES:
+        raise ValidationError(
+            "depends_on", f"must be an array of at most {MAX_DEPENDENCIES} job ids"
+        )
+    depends_on = [_int({"depends_on": d}, "depends_on", 1, 10**18 - 1) for d in depends_on]
+    pass_result = body.get("pass_result", False)
+    if not isinstance(pass_result, bool):
+        raise ValidationError("pass_result", "must be true or false")
+    policy = body.get("on_dependency_failure", "fail")
+    if policy not in DEPENDENCY_FAILURE_POLICIES:
+        raise ValidationError(
+            "on_dependency_failure", f"must be one of {', '.join(DEPENDENCY_FAILURE_POLICIES)}"
+        )
+    extra: dict[str, Any] = {}
+    if deadline is not None or deadline_in is not None:
+        extra["deadline"] = deadline
+        extra["deadline_s"] = deadline_in
+    if depends_on:
+        extra["depends_on"] = depends_on
+        extra["pass_result"] = pass_result
+        extra["on_dependency_failure"] = policy
+    unique_key = _string(body, "unique_key", MAX_KEY_LEN)
+    if unique_key is not None:
+        extra["unique_key"] = unique_key
+    callback_url = _string(body, "callback_url", MAX_URL_LEN)
+    if callback_url is not None:
+        extra["callback_url"] = callback_url
+    return {
+        **extra,
+        "task": task,
+        "args": args,
+        "kwargs": kwargs,
+        "queue": queue,
+        "priority": 0 if priority is None else priority,
+        "delay_s": delay,
+        "run_at": run_at,
+        "max_retries": _int(body, "max_retries", *MAX_RETRIES_RANGE),
+        "timeout_s": _number(body, "timeout", 0.0, MAX_TIMEOUT_S, open_lo=True),
+        "backoff": parse_backoff(body.get("backoff")),
+        "idempotency_key": key,
+    }
+
+
+def query_params(request: web.Request, allowed: set[str]) -> dict[str, str]:
+    for name in request.query:
+        if name not in allowed:
+            raise ValidationError(name, "unknown query parameter")
+    return {k: request.query[k] for k in allowed if k in request.query}
+
+
+def is_digits(text: str) -> bool:
+    """Only 0-9: str.isdigit() also takes digits int() cannot read, such as '²'."""
+    return text.isascii() and text.isdigit()
+
+
+def page_params(query: dict[str, str]) -> tuple[int, int | None]:
+    limit = DEFAULT_PAGE
+    if "limit" in query:
+        if not is_digits(query["limit"]) or not 1 <= int(query["limit"]) <= MAX_PAGE:
+            raise ValidationError("limit", f"must be an integer from 1 to {MAX_PAGE}")
+        limit = int(query["limit"])
+    cursor = None
+    if "cursor" in query:
+        text = query["cursor"]
+        if not is_digits(text) or len(text) > 18:
+            raise ValidationError("cursor", "is not a cursor this server gave out")
+        cursor = int(text)
+    return limit, cursor
+
+
+def wait_param(query: dict[str, str]) -> float | None:
+    if "wait" not in query:
+        return None
+    text = query["wait"]
+    # a decimal number, as in JSON: float() alone also reads " 5", "1_0", "١٢" and "nan"
+    wait = float(text) if DECIMAL.fullmatch(text) else -1.0
+    if not 0 <= wait <= MAX_WAIT_S:
+        raise ValidationError("wait", f"must be a number of seconds from 0 to {MAX_WAIT_S:g}")
+    return wait
+
+
+def path_id(request: web.Request, kind: str) -> int:
+    text = request.match_info["id"]
+    if not is_digits(text) or len(text) > 18:
+        raise NotFound(f"no {kind} {text!r}")
+    return int(text)
+
+
+PAGE_CHUNK = 50  # rows read at a time while a page is under its byte bound
+
+
+async def bounded_page(
+    fetch: Callable[[int, int | None], Awaitable[Sequence[Any]]],
+    limit: int,
+    cursor: int | None,
+    render: Callable[[Any], dict[str, Any]],
+    server: JobServer,
+) -> web.Response:
+    """A page of up to `limit` items, newest first, that also ends once it holds
+    `server.max_page_bytes` (always one item at least, so paging moves on); `next_cursor`
+    is set when more remain. Rows are read PAGE_CHUNK at a time and each item encoded once,
+    so a page of big jobs holds no more than a chunk of them in memory besides the page."""
+    encoded: list[bytes] = []
+    size = 0
+    last_id: int | None = None
+    while True:
+        want = min(limit - len(encoded), PAGE_CHUNK)
+        rows = await fetch(want + 1, cursor)
+        for item in rows[:want]:
+            body = codec.dumps(render(item))
+            if encoded and size + len(body) > server.max_page_bytes:
+                return page_response(encoded, str(last_id))
+            encoded.append(body)
+            size += len(body)
+            last_id = item.id
+        if len(rows) <= want:
+            return page_response(encoded, None)  # nothing more
+        if len(encoded) >= limit:
+            return page_response(encoded, str(last_id))
+        cursor = last_id
+
+
+def page_response(encoded: list[bytes], next_cursor: str | None) -> web.Response:
+    body = (
+        b'{"items":[' + b",".join(encoded) + b'],"next_cursor":' + codec.dumps(next_cursor) + b"}"
+    )
+    return web.Response(body=body, content_type="application/json")
+
+
+def queue_name_param(request: web.Request) -> str:
+    name = request.match_info["name"]
+    if not QUEUE_NAME.fullmatch(name):
+        raise NotFound(f"no queue {name!r}")
+    return name
+
+
+def parse_queue_settings(body: dict[str, Any]) -> dict[str, Any]:
+    """PATCH /queues/{name}: each limit a positive number, or null to lift it."""
+    unknown = set(body) - set(QUEUE_FIELDS)
+    if unknown:
+        raise ValidationError(sorted(unknown)[0], "unknown field")
+    changes: dict[str, Any] = {}
+    if "paused" in body:
+        if not isinstance(body["paused"], bool):
+            raise ValidationError("paused", "must be true or false")
+        changes["paused"] = body["paused"]
+    for name, lo, hi, whole in (
+        ("concurrency_limit", 1, 1_000_000, True),
+        ("max_depth", 1, 10**12, True),
+        ("rate_limit", 0.0, 1_000_000.0, False),
+        ("rate_burst", 1.0, 1_000_000.0, False),
+    ):
+        if name not in body:
+            continue
+        if body[name] is None:
+            changes[name] = None
+        elif whole:
+            changes[name] = _int(body, name, int(lo), int(hi))
+        else:
+            changes[name] = _number(body, name, lo, hi, open_lo=name == "rate_limit")
+    return changes
+
+
+def parse_schedule(body: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(body) - SCHEDULE_FIELDS
+    if unknown:
+        raise ValidationError(sorted(unknown)[0], "unknown field")
+    name = body.get("name")
+    if not isinstance(name, str) or not SCHEDULE_NAME.fullmatch(name) or name.startswith("task:"):
+        raise ValidationError(
+            "name", "must be 1-100 of A-Z a-z 0-9 _ . : - starting alphanumeric (not task:...)"
+        )
+    job = parse_enqueue(
+        {k: body[k] for k in ("task", "args", "kwargs", "queue", "priority") if k in body}, None
+    )
+    cron = _string(body, "cron", 200)
+    if cron is None:
+        raise ValidationError("cron", "is required")
+    timezone = _string(body, "timezone", 100) or "UTC"
+    missed = body.get("missed", "skip")
+    if missed not in MISSED_TICK_POLICIES:
+        raise ValidationError("missed", f"must be one of {', '.join(MISSED_TICK_POLICIES)}")
+    paused = body.get("paused", False)
+    if not isinstance(paused, bool):
+        raise ValidationError("paused", "must be true or false")
+    return {
+        "name": name,
+        "task": job["task"],
+        "cron": cron,
+        "args": job["args"],
+        "kwargs": job["kwargs"],
+        "queue": job["queue"],
+        "priority": job["priority"],
+        "timezone": timezone,
+        "missed": missed,
+        "paused": paused,
+    }
+
+
+def parse_workflow_job(item: dict[str, Any]) -> dict[str, Any]:
+    if "depends_on" in item or "pass_result" in item:
+        raise ValidationError("depends_on", "a workflow sets its own dependencies")
+    if "on_dependency_failure" in item:
+        # post_workflow took the root's: a job elsewhere in the workflow would have it ignored
+        raise ValidationError(
+            "on_dependency_failure", "is the whole workflow's: give it beside the root node only"
+        )
+    return parse_enqueue(item, None)
+
+
+def digits_param(value: str | None, field: str) -> int | None:
+    if value is None:
+        return None
+    if not is_digits(value) or len(value) > 18:
+        raise ValidationError(field, "must be a whole number")
+    return int(value)
