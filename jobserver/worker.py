@@ -24,7 +24,7 @@ from . import retry
 from .clock import Clock
 from .executor import Cancelled, Executor, Failed, Outcome, Succeeded
 from .models import Backoff, Job, JobState
-from .store.base import Store
+from .store.base import LeaseReport, Store
 from .tasks import JobContext
 
 log = logging.getLogger(__name__)
@@ -400,11 +400,7 @@ class Worker:
         interval = self.lease_ttl_s / 3
         while True:
             await self.clock.sleep(interval)
-            leases = [
-                (r.job.id, r.job.lease_token)
-                for r in self._running.values()
-                if r.job.lease_token is not None
-            ]
+            leases = self.held_leases()
             if not leases:
                 continue
             try:
@@ -412,13 +408,28 @@ class Worker:
             except Exception:
                 log.warning("renewing leases failed", exc_info=True)
                 continue
-            for job_id in report.lost:
-                running = self._running.get(job_id)
-                if running is not None:
-                    log.warning("job %s lost its lease; stopping this run of it", job_id)
-                    self._cancel(running, "lease_lost")
-            for job_id in report.cancel_requested:
-                self.cancel_running(job_id)
+            self.apply_renewal(leases, report)
+
+    def held_leases(self) -> list[tuple[int, str]]:
+        """(job id, lease token) of each run this process holds."""
+        return [
+            (r.job.id, r.job.lease_token)
+            for r in self._running.values()
+            if r.job.lease_token is not None
+        ]
+
+    def apply_renewal(self, sent: list[tuple[int, str]], report: LeaseReport) -> None:
+        """Stop the runs whose lease the renewal found lost: only the run holding the token
+        that was sent. While the renewal was in flight, that run may have ended and the job
+        been claimed again here under a new token: that new attempt holds its lease."""
+        tokens = dict(sent)
+        for job_id in report.lost:
+            running = self._running.get(job_id)
+            if running is not None and running.job.lease_token == tokens.get(job_id):
+                log.warning("job %s lost its lease; stopping this run of it", job_id)
+                self._cancel(running, "lease_lost")
+        for job_id in report.cancel_requested:
+            self.cancel_running(job_id)
 
     async def _rescue_loop(self) -> None:
         while True:

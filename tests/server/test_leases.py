@@ -390,3 +390,51 @@ async def test_jobserver_reclaims_a_stalled_lease_in_its_window_and_keeps_a_heal
         1,
         "finished",
     )
+
+
+# -- the lease race (issue 19, item 3) ------------------------------------------------------------
+race_gates: dict[int, asyncio.Event] = {}
+
+
+@task(registry=reg, name="lease_race_attempt")
+async def lease_race_attempt() -> str:
+    """Attempt n waits for race_gates[n] (each attempt gets its own gate)."""
+    from jobserver.tasks import current_job
+
+    attempt = current_job().attempt
+    await race_gates.setdefault(attempt, asyncio.Event()).wait()
+    return f"attempt {attempt}"
+
+
+async def test_a_lost_lease_stops_only_the_run_that_held_it(
+    make_server: ServerFactory, clock: ManualClock
+) -> None:
+    """A renewal is in flight for attempt 1 when that attempt ends and the job is claimed
+    again here (attempt 2, a new token). The renewal reports the job's lease lost (attempt 1's
+    token): attempt 2, which holds its own lease, must go on. (It was cancelled, and the job
+    then ended dead-lettered as LeaseExpired.)"""
+    race_gates.clear()
+    server: JobServer = await make_server(tasks=list(reg), lease_ttl_s=TTL, rescue_interval_s=3600)
+    job = await server.enqueue("lease_race_attempt")
+    await eventually(lambda: server.get_job(job.id), lambda j: j.status == JobState.RUNNING, 5)
+    # The heartbeat takes its snapshot of the leases held: attempt 1's.
+    sent = server.worker.held_leases()
+    assert [job_id for job_id, _ in sent] == [job.id]
+    # Attempt 1's lease expires and another node's rescuer puts the job back; this process
+    # claims it again: attempt 2 runs here under a new token.
+    clock.advance(TTL + 1)
+    assert (await server.store.rescue_expired(clock.now())).requeued == [job.id]
+    race_gates.setdefault(1, asyncio.Event()).set()  # attempt 1 ends: its outcome is stale
+    server.worker.wake()
+    await eventually(
+        lambda: server.get_job(job.id),
+        lambda j: j.status == JobState.RUNNING and j.attempts == 2,
+        5,
+    )
+    # The renewal sent with attempt 1's token comes back: that lease is lost.
+    report = await server.store.renew_leases(sent, clock.now(), TTL)
+    assert report.lost == [job.id]
+    server.worker.apply_renewal(sent, report)
+    race_gates.setdefault(2, asyncio.Event()).set()
+    done = await server.wait_for(job.id, timeout_s=5)
+    assert (done.status, done.result, done.attempts) == (JobState.SUCCEEDED, "attempt 2", 2)
