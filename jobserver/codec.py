@@ -20,6 +20,21 @@ def loads(data: bytes | str) -> Any:
     return orjson.loads(data)
 
 
+def has_non_finite(value: Any) -> bool:
+    """Whether a float NaN or +/-Infinity is anywhere in `value` (lists, tuples, dicts)."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, float):
+            if item != item or item in (float("inf"), float("-inf")):
+                return True
+        elif isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, list | tuple):
+            todo.extend(item)
+    return False
+
+
 def nesting_depth(value: Any, limit: int) -> int:
     """How deeply lists/objects nest in a decoded value; stops counting past `limit`."""
     depth = 0

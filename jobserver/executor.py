@@ -92,6 +92,11 @@ class Executor:
             return self._failure(exc, retryable=False)
         except Exception as exc:
             return self._failure(exc, spec.is_retryable(exc))
+        except (SystemExit, KeyboardInterrupt, GeneratorExit) as exc:
+            # Raised by a task (sys.exit() in a sync one reaches here through its future): it
+            # ends this attempt, not the server, whose loop it would otherwise stop.
+            log.warning("job %s (%s) raised %s: its attempt failed", job.id, job.task, exc)
+            return self._failure(exc, retryable=False)
         if deadline is not None and deadline.expired():
             # The task caught its cancellation and went on: its late result is discarded.
             log.warning(
@@ -106,12 +111,24 @@ class Executor:
                 retryable=True,
             )
         try:
-            return Succeeded(codec.dumps(result))
+            encoded = codec.dumps(result)
         except TypeError as exc:
             return Failed(
                 error_info(exc, message=f"the task's result is not JSON serialisable: {exc}"),
                 retryable=False,
             )
+        # The JSON writer turns NaN and Infinity into null: a result that says less than the
+        # task returned. (Checked only when a null was written: the usual result is not walked.)
+        if b"null" in encoded and codec.has_non_finite(result):
+            return Failed(
+                error_info(
+                    None,
+                    type_="InvalidResult",
+                    message="the task's result holds NaN or Infinity, which JSON cannot carry",
+                ),
+                retryable=False,
+            )
+        return Succeeded(encoded)
 
     @staticmethod
     def _failure(exc: BaseException, retryable: bool) -> Failed:

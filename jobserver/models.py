@@ -209,12 +209,27 @@ def error_info(
             "message": _cap(message, MAX_ERROR_MESSAGE),
             "traceback": None,
         }
-    trace = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
     return {
         "type": type_ or type(exc).__name__,
-        "message": _cap(message or str(exc), MAX_ERROR_MESSAGE),
-        "traceback": _cap(trace, MAX_TRACEBACK),
+        "message": _cap(message or _safe_str(exc), MAX_ERROR_MESSAGE),
+        "traceback": _cap(_safe_traceback(exc), MAX_TRACEBACK),
     }
+
+
+def _safe_str(exc: BaseException) -> str:
+    """str(exc), or what stands for it when the exception's own __str__ fails."""
+    try:
+        return str(exc)
+    except Exception as failed:
+        return f"<{type(exc).__name__}: its str() raised {type(failed).__name__}>"
+
+
+def _safe_traceback(exc: BaseException) -> str:
+    try:
+        return "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:  # formatting calls the exception's __str__ too
+        frames = "".join(tb.format_tb(exc.__traceback__))
+        return f"Traceback (most recent call last):\n{frames}{_safe_str(exc)}\n"
 
 
 @dataclass(slots=True)

@@ -33,7 +33,7 @@ from ..errors import Conflict, NotFound, QueueFull, StorageUnavailable, Validati
 from .connections import aiohttp_protocol
 from .errors import error_body
 from .routes.jobs import accepted
-from .schema import BODY_TOO_SLOW, nests_too_deep, parse_enqueue
+from .schema import BODY_TOO_SLOW, field_with_inexact_integer, nests_too_deep, parse_enqueue
 
 if TYPE_CHECKING:
     from ..server import JobServer
@@ -366,6 +366,8 @@ class EnqueueProtocol(asyncio.Protocol):
             return None
         if not isinstance(body, dict) or nests_too_deep(raw, body):
             return None
+        if field_with_inexact_integer(raw) is not None:
+            return None  # aiohttp refuses it (422)
         key = fields.get(b"idempotency-key")
         return parse_enqueue(body, None if key is None else _text(key))
 

@@ -197,7 +197,40 @@ async def _read_json_object(request: web.Request, max_bytes: int) -> dict[str, A
         raise ValidationError("body", "the body must be a JSON object")
     if nests_too_deep(raw, body):
         raise ValidationError("body", f"JSON nests deeper than {MAX_NESTING} levels")
+    inexact = field_with_inexact_integer(raw)
+    if inexact is not None:
+        raise ValidationError(
+            inexact,
+            "holds an integer outside -2^63 to 2^64-1, which would not be kept exactly;"
+            " send it as a string",
+        )
     return body
+
+
+_LONG_DIGITS = re.compile(rb"[0-9]{19,}")  # -2^63 has 19 digits: anything shorter is exact
+_EXACT_INTS = range(-(2**63), 2**64)
+
+
+def field_with_inexact_integer(raw: bytes) -> str | None:
+    """The top-level field of a JSON object body that holds an integer the JSON reader turns
+    into a float (it keeps -2^63 to 2^64-1 exact); None if there is none. The usual body,
+    with no run of 19 digits, is not read twice."""
+    if _LONG_DIGITS.search(raw) is None:
+        return None
+    exact = json.loads(raw)  # Python's reader keeps every integer exactly
+    for name, value in exact.items():
+        todo = [value]
+        while todo:
+            item = todo.pop()
+            if isinstance(item, bool):
+                continue
+            if isinstance(item, int) and item not in _EXACT_INTS:
+                return str(name)
+            if isinstance(item, dict):
+                todo.extend(item.values())
+            elif isinstance(item, list):
+                todo.extend(item)
+    return None
 
 
 def nests_too_deep(raw: bytes, body: Any) -> bool:
