@@ -9,6 +9,7 @@ import contextvars
 import functools
 import logging
 from concurrent.futures import Executor as ThreadPool
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,9 +45,15 @@ _NO_DEADLINE = contextlib.nullcontext()
 
 
 class Executor:
-    def __init__(self, registry: Registry, thread_pool: ThreadPool) -> None:
+    """`thread_pool` runs sync tasks; it should hold `abandoned_cap` threads more than the
+    jobs that run at once, so that sync tasks still running after their attempt ended (a
+    thread cannot be stopped) take no thread another job needs, up to that many."""
+
+    def __init__(self, registry: Registry, thread_pool: ThreadPool, abandoned_cap: int = 0) -> None:
         self.registry = registry
         self.thread_pool = thread_pool
+        self.abandoned_cap = abandoned_cap
+        self.abandoned_threads = 0  # sync tasks still running whose attempt has ended
 
     async def run(self, job: Job, ctx: JobContext) -> Outcome:
         spec = self.registry.get(job.task)
@@ -68,8 +75,12 @@ class Executor:
                 else:
                     call = functools.partial(spec.fn, *job.args, **kwargs)
                     run_in_context = functools.partial(contextvars.copy_context().run, call)
-                    loop = asyncio.get_running_loop()
-                    result = await loop.run_in_executor(self.thread_pool, run_in_context)
+                    in_thread = self.thread_pool.submit(run_in_context)
+                    try:
+                        result = await asyncio.wrap_future(in_thread)
+                    finally:
+                        if not in_thread.done():  # timed out or cancelled: the thread runs on
+                            self._abandon(job, in_thread)
         except TimeoutError as exc:
             if deadline is None or not deadline.expired():
                 return self._failure(exc, spec.is_retryable(exc))  # the task's own TimeoutError
@@ -92,21 +103,27 @@ class Executor:
             return self._failure(exc, retryable=False)
         except Exception as exc:
             return self._failure(exc, spec.is_retryable(exc))
-        except (SystemExit, KeyboardInterrupt, GeneratorExit) as exc:
+        except (SystemExit, KeyboardInterrupt) as exc:
             # Raised by a task (sys.exit() in a sync one reaches here through its future): it
             # ends this attempt, not the server, whose loop it would otherwise stop.
             log.warning("job %s (%s) raised %s: its attempt failed", job.id, job.task, exc)
             return self._failure(exc, retryable=False)
-        if deadline is not None and deadline.expired():
-            # The task caught its cancellation and went on: its late result is discarded.
+        if deadline is not None and (
+            deadline.expired() or asyncio.get_running_loop().time() > (deadline.when() or 0)
+        ):
+            # The task caught its cancellation and went on, or blocked the event loop past its
+            # timeout (which then could not fire): its late result is discarded.
+            how = "ignored it" if deadline.expired() else "blocked the event loop past it"
             log.warning(
-                "job %s (%s) ignored its timeout; its result is discarded", job.id, job.task
+                "job %s (%s) %s: its timeout of %s s; its result is discarded",
+                job.id,
+                job.task,
+                how,
+                timeout_s,
             )
             return Failed(
                 error_info(
-                    None,
-                    type_="timeout",
-                    message=f"timeout: gave up after {timeout_s} s (the task ignored it)",
+                    None, type_="timeout", message=f"timeout: {timeout_s} s (the task {how})"
                 ),
                 retryable=True,
             )
@@ -129,6 +146,29 @@ class Executor:
                 retryable=False,
             )
         return Succeeded(encoded)
+
+    def _abandon(self, job: Job, in_thread: Future[Any]) -> None:
+        """A sync task whose attempt ended (timeout, cancel) still runs in its thread, which
+        nothing can stop: count it until it returns."""
+        self.abandoned_threads += 1
+        log.warning(
+            "job %s (%s): its sync task still runs in its thread after its attempt ended;"
+            " %d such thread(s) now (%d more fit before sync tasks wait for a thread)",
+            job.id,
+            job.task,
+            self.abandoned_threads,
+            max(0, self.abandoned_cap - self.abandoned_threads),
+        )
+        loop = asyncio.get_running_loop()
+
+        def returned(_: Future[Any]) -> None:  # on the task's thread
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to count
+                loop.call_soon_threadsafe(self._thread_returned)
+
+        in_thread.add_done_callback(returned)
+
+    def _thread_returned(self) -> None:
+        self.abandoned_threads -= 1
 
     @staticmethod
     def _failure(exc: BaseException, retryable: bool) -> Failed:

@@ -22,7 +22,7 @@ from . import flow, workflows
 from .auth import TokenAuth
 from .builtin_tasks import DEFAULT_ALLOWED_HOSTS, HttpTask, builtin_specs
 from .clock import Clock, SystemClock
-from .errors import NotFound, ValidationError
+from .errors import NotFound, StorageUnavailable, ValidationError
 from .events import EventBus
 from .executor import Executor
 from .http.app import create_app
@@ -121,10 +121,12 @@ class JobServer:
         self._http_task = HttpTask(http_allowed_hosts, webhook_secret)
         self.webhooks = Webhooks(self._http_task, webhook_secret, self.get_job, self.clock)
         self.registry = self._build_registry(tasks)
+        # As many threads again as jobs at once: sync tasks that hang past their attempt
+        # (a thread cannot be stopped) take up to that many without holding up other jobs.
         self._thread_pool = ThreadPoolExecutor(
-            max_workers=concurrency, thread_name_prefix="jobserver-task"
+            max_workers=2 * concurrency, thread_name_prefix="jobserver-task"
         )
-        self.executor = Executor(self.registry, self._thread_pool)
+        self.executor = Executor(self.registry, self._thread_pool, abandoned_cap=concurrency)
         self.worker = Worker(
             self.store,
             self.executor,
@@ -600,6 +602,13 @@ class JobServer:
 
     async def check_ready(self) -> None:
         await self.store.check_writable()
+        abandoned = self.executor.abandoned_threads
+        if abandoned >= self.executor.abandoned_cap > 0:
+            # Every spare thread holds a hung sync task: new sync jobs would wait for one.
+            raise StorageUnavailable(
+                f"{abandoned} sync task thread(s) still run after their attempts ended (hung"
+                " tasks); restart the server to reclaim them"
+            )
 
     # -- transitions ------------------------------------------------------------------------------
     async def render_metrics(self) -> bytes:

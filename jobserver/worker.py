@@ -23,11 +23,17 @@ from typing import Any
 from . import retry
 from .clock import Clock
 from .executor import Cancelled, Executor, Failed, Outcome, Succeeded
-from .models import Backoff, Job, JobState
+from .models import Backoff, Job, JobState, error_info
 from .store.base import LeaseReport, Store
 from .tasks import JobContext
 
 log = logging.getLogger(__name__)
+# A task still running this long after its timeout ignores cancellation: its attempt ends as
+# a timeout and its slot is given back; it is left to run (abandoned), counted.
+OVERRUN_GRACE_S = 2.0
+# At shutdown, how long the jobs cancelled after the grace period have to stop: past it they
+# are abandoned, so that the drain ends within grace + this whatever the tasks do.
+STOP_BOUND_S = 5.0
 
 
 @dataclass(slots=True)
@@ -36,6 +42,7 @@ class _Running:
     ctx: JobContext
     task: asyncio.Task[None]
     slot_given_back: bool = False  # its task has returned (its outcome is being written) or ended
+    watchdog: asyncio.TimerHandle | None = None  # fires OVERRUN_GRACE_S past its timeout
 
 
 class Worker:
@@ -80,6 +87,7 @@ class Worker:
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
+        self.abandoned_tasks = 0  # async tasks left running after their attempt ended
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- control ----------------------------------------------------------------------------------
@@ -142,7 +150,14 @@ class Worker:
             self._cancel(running, "shutdown")
         tasks = [r.task for r in self._running.values()]
         if tasks:
-            await asyncio.wait(tasks)
+            _, stuck = await asyncio.wait(tasks, timeout=STOP_BOUND_S)
+            if stuck:
+                # They ignore cancellation: their leases lapse and the jobs run again.
+                log.warning(
+                    "%d job(s) did not stop when cancelled at shutdown; left behind: %s",
+                    len(stuck),
+                    sorted(r.job.id for r in self._running.values() if r.task in stuck),
+                )
         for loop_task in self._loops[1:]:
             loop_task.cancel()
         for loop_task in self._loops[1:]:
@@ -231,6 +246,12 @@ class Worker:
         task = self._spawn(self._run_job(job, ctx), f"job-{job.id}")
         running = self._running[job.id] = _Running(job, ctx, task)
         self._executing += 1
+        timeout_s = self._timeout_of(job)
+        if timeout_s is not None:
+            loop = self._loop or asyncio.get_running_loop()
+            running.watchdog = loop.call_later(
+                timeout_s + OVERRUN_GRACE_S, self._overran, running, timeout_s
+            )
         # Also for a task cancelled before its first step, which runs none of `_run_job`: its
         # lease, no longer renewed, expires and the rescuer settles the job.
         task.add_done_callback(lambda _: self._forget(running))
@@ -241,10 +262,59 @@ class Worker:
             self._executing -= 1
             self.wake()
 
+    def _timeout_of(self, job: Job) -> float | None:
+        if job.timeout_s is not None:
+            return job.timeout_s
+        spec = self.executor.registry.get(job.task)
+        return spec.timeout_s if spec is not None else None
+
+    def _overran(self, running: _Running, timeout_s: float) -> None:
+        """The task ignored its timeout's cancellation: end its attempt as a timeout, give its
+        slot back and stop renewing its lease; leave the task to run (nothing can stop a
+        coroutine that swallows CancelledError), counted. Its late outcome is stale."""
+        job = running.job
+        if running.slot_given_back or self._running.get(job.id) is not running:
+            return
+        self.abandoned_tasks += 1
+        log.warning(
+            "job %s (%s) ignored its timeout of %s s for %s s more: its attempt ends as a"
+            " timeout, and the task is left running (%d such now)",
+            job.id,
+            job.task,
+            timeout_s,
+            OVERRUN_GRACE_S,
+            self.abandoned_tasks,
+        )
+        running.task.add_done_callback(self._abandoned_task_ended)
+        self._give_back_slot(running)
+        del self._running[job.id]
+        overrun = Failed(
+            error_info(
+                None,
+                type_="timeout",
+                message=f"timeout: {timeout_s} s (the task ignored its cancellation)",
+            ),
+            retryable=True,
+        )
+        record = self._spawn(self._record_overrun(job, overrun), f"job-{job.id}-overrun")
+        self._background.add(record)
+        record.add_done_callback(self._background.discard)
+
+    async def _record_overrun(self, job: Job, overrun: Failed) -> None:
+        try:
+            await self._record(job, overrun)
+        except Exception:
+            log.exception("recording the timeout of job %s failed; its lease will expire", job.id)
+
+    def _abandoned_task_ended(self, _: asyncio.Task[None]) -> None:
+        self.abandoned_tasks -= 1
+
     def _forget(self, running: _Running) -> None:
         """Its task is over: free its slot if it still holds one, stop renewing its lease. By
         identity: the job may already run again here (a retry due at once, claimed in the
         transaction that wrote it, starts before this run's task resumes)."""
+        if running.watchdog is not None:
+            running.watchdog.cancel()
         self._give_back_slot(running)
         if self._running.get(running.job.id) is running:
             del self._running[running.job.id]

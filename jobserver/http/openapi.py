@@ -89,7 +89,9 @@ def _job_request(tasks: list[str] | None, *, in_workflow: bool = False) -> dict[
         "description": (
             "A job to enqueue. Optional fields may be null, which means not given, except `args`,"
             " `kwargs` and `queue`. JSON values nest at most"
-            f" {schema.MAX_NESTING} levels deep; NaN and Infinity are refused."
+            f" {schema.MAX_NESTING} levels deep; NaN and Infinity are refused, and so are"
+            " integers outside -2^63 to 2^64-1 (they would not be kept exactly: send them as"
+            " strings)."
         ),
         "required": ["task"],
         "additionalProperties": False,

@@ -70,9 +70,9 @@ async def e2e(
 
     served = server.publisher.publish  # the server's own: metrics, events, waiters
 
-    def publish(transitions: list[Transition]) -> None:
+    def publish(transitions: list[Transition], log_ids: list[int] | None) -> None:
         nonlocal done
-        served(transitions)
+        served(transitions, log_ids)
         for t in transitions:
             if t.after == JobState.SUCCEEDED:
                 done += 1

@@ -279,6 +279,17 @@ def check(case: Case, session: requests.Session) -> None:
         assert response.status_code == 422, response.text
         assert response.json()["error"]["field"] == "body", response.text
         return
+    inexact = (
+        fields.field_with_inexact_integer(json.dumps(case.body).encode())
+        if meta is not None and meta.generation.mode.is_positive and isinstance(case.body, dict)
+        else None
+    )
+    if inexact is not None:
+        # Likewise in words: integers outside -2^63..2^64-1 are refused (not kept exactly).
+        response = case.call(session=session)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["field"] == inexact, response.text
+        return
     case.call_and_validate(session=session)
 
 
