@@ -137,6 +137,13 @@ async def serve(settings: Settings) -> int:
     await stop.wait()
     await server.stop()
     log.info("jobserver stopped")
+    left = server.worker.abandoned_tasks + len(server.worker.running_ids)
+    if left:
+        # Tasks that ignore cancellation: the event loop's own shutdown would wait for them
+        # for ever. Their jobs were ended or released; leave now.
+        log.warning("exiting without waiting for %d task(s) that ignore cancellation", left)
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 

@@ -25,6 +25,12 @@ Pass conditions (exit status 1 if one fails):
 - `PRAGMA integrity_check` = ok after every kill and at the end; every server started; the
   drain ended with exit status 0.
 
+With --poison P (default 0.02), that share of the jobs are poison tasks (issue 19): one
+raises SystemExit, one calls sys.exit() in its thread, one hangs in its thread past its
+timeout, one swallows every cancellation for ever, one blocks the event loop past its
+timeout. Each must end `failed` (never lost, never stuck), the server must go on running the
+rest, and the last SIGTERM must stop it (exit status 0) although deaf tasks still run.
+
 The server listens on 127.0.0.1 only; the run is bounded by --cycles and --max-seconds.
 """
 
@@ -71,6 +77,32 @@ async def chaos_record(tag: str, delay_s: float, ctx: JobContext) -> str:
     finally:
         os.close(fd)
     return tag
+
+
+POISON_TASKS = {"exit": "chaos_poison", "deaf": "chaos_poison", "block": "chaos_poison",
+                "sys_exit": "chaos_poison_sync", "hang": "chaos_poison_sync"}  # fmt: skip
+
+
+@task(name="chaos_poison", timeout=0.2, max_retries=0)
+async def chaos_poison(kind: str, tag: str) -> None:
+    """Misbehaves as `kind` says; every kind must end its attempt as failed."""
+    if kind == "exit":
+        raise SystemExit(3)
+    if kind == "block":
+        time.sleep(0.5)  # blocks the event loop past the timeout
+        return
+    while True:  # "deaf": hears no cancellation, ever
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            continue
+
+
+@task(name="chaos_poison_sync", timeout=0.2, max_retries=0)
+def chaos_poison_sync(kind: str, tag: str) -> None:
+    if kind == "sys_exit":
+        sys.exit(4)
+    time.sleep(2.0)  # "hang": outlives its timeout in a thread nothing can stop
 
 
 # -- the server process ---------------------------------------------------------------------------
@@ -192,7 +224,8 @@ class Summary:
     unexpected: int = 0
     unexpected_examples: list[str] = field(default_factory=list)
     refused_but_stored: int = 0
-    not_succeeded: dict[str, int] = field(default_factory=dict)
+    not_succeeded: dict[str, int] = field(default_factory=dict)  # not as expected
+    poison_jobs: int = 0
     executions: int = 0
     duplicates: int = 0
     in_flight_at_kills: int = 0
@@ -289,10 +322,14 @@ class Load:
         self.stopped = False
         self.seq = 0
         self.stats = Counter[str]()
+        self.poison = 0.0  # share of poison jobs (set by the run)
 
     def _job(self) -> dict[str, Any]:
         self.seq += 1
         tag = f"c{self.cycle}-{self.seq}"
+        if self.rng.random() < self.poison:
+            kind = self.rng.choice(sorted(POISON_TASKS))
+            return {"task": POISON_TASKS[kind], "kwargs": {"kind": kind, "tag": tag}}
         # Mostly short jobs, a few longer ones: the kill catches some mid-run.
         delay = self.rng.choice([0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1])
         return {"task": TASK, "kwargs": {"tag": tag, "delay_s": delay}, "max_retries": 100}
@@ -402,6 +439,7 @@ class Chaos:
                 return False
             server = started
             load = Load(server, session, self.log, cycle, self.rng)
+            load.poison = self.args.poison
             requests_before = self.log.requests
             clients = [asyncio.create_task(load.client(args.pause)) for _ in range(args.clients)]
             began = time.monotonic()
@@ -481,18 +519,25 @@ class Chaos:
             rows = conn.execute("SELECT id, status, attempts, task, kwargs FROM jobs").fetchall()
         jobs: dict[int, tuple[str, int, str | None]] = {}
         by_tag: dict[str, int] = {}
+        poison: set[int] = set()  # jobs of a poison task: they must end failed
         for job_id, status, attempts, task_name, kwargs in rows:
-            tag = json.loads(kwargs).get("tag") if task_name == TASK else None
+            ours = task_name == TASK or task_name in POISON_TASKS.values()
+            tag = json.loads(kwargs).get("tag") if ours else None
             jobs[job_id] = (status, attempts, tag)
+            if task_name in POISON_TASKS.values():
+                poison.add(job_id)
             if tag is not None:
                 by_tag[tag] = job_id
         s.jobs_in_db = len(jobs)
+        s.poison_jobs = len(poison)
 
-        # Lost: acknowledged, but not stored under the id we were given, or not succeeded.
+        # Lost: acknowledged, but not stored under the id we were given, or not ended as
+        # expected (succeeded; a poison job failed).
         lost = []
         for tag, job_id in log.ok.items():
             stored = jobs.get(job_id)
-            if stored is None or stored[2] != tag or stored[0] != "succeeded":
+            expected = "failed" if job_id in poison else "succeeded"
+            if stored is None or stored[2] != tag or stored[0] != expected:
                 lost.append(f"{tag} (id {job_id}): {stored}")
         s.lost, s.lost_examples = len(lost), lost[:20]
 
@@ -502,7 +547,11 @@ class Chaos:
         s.unexpected, s.unexpected_examples = len(unexpected), unexpected[:20]
         s.refused_but_stored = sum(1 for tag in log.failed if tag in by_tag)
         s.indeterminate_stored = sum(1 for tag in log.indeterminate if tag in by_tag)
-        s.not_succeeded = dict(Counter(j[0] for j in jobs.values() if j[0] != "succeeded"))
+        s.not_succeeded = dict(
+            Counter(
+                j[0] for i, j in jobs.items() if j[0] != ("failed" if i in poison else "succeeded")
+            )
+        )
 
         # Executions: one per job, plus at most one more per kill that caught it running.
         runs: dict[int, list[int]] = {}
@@ -576,7 +625,8 @@ def report(s: Summary) -> str:
         f"  unexpected              {s.unexpected}"
         + (f"  e.g. {s.unexpected_examples[:3]}" if s.unexpected else ""),
         f"  refused but stored      {s.refused_but_stored}",
-        f"  not succeeded           {s.not_succeeded or 0}",
+        f"  poison jobs (end failed) {s.poison_jobs}",
+        f"  not as expected         {s.not_succeeded or 0}",
         f"  executions              {s.executions}",
         f"  duplicates              {s.duplicates} (jobs in flight at the kills:"
         f" {s.in_flight_at_kills}; within the bound: {s.duplicates_within_bound})",
@@ -603,6 +653,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-uptime", type=float, default=1.5, help="seconds under load, max")
     parser.add_argument(
         "--startup-kill-fraction", type=float, default=0.1, help="cycles killed at start-up"
+    )
+    parser.add_argument(
+        "--poison", type=float, default=0.02, help="share of poison jobs (issue 19), 0 for none"
     )
     parser.add_argument("--drain-timeout", type=float, default=300.0)
     parser.add_argument("--max-seconds", type=float, default=3600.0, help="stop cycling after")
