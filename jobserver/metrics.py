@@ -196,6 +196,13 @@ class Metrics:
             "How late the event loop woke a timer (a blocked loop shows here)",
             registry=r,
         )
+        self.abandoned = Gauge(
+            "jobserver_abandoned_tasks",
+            "Tasks still running after their attempt ended: sync ones hung in their thread"
+            " (kind=thread), async ones deaf to cancellation (kind=coroutine)",
+            ["kind"],
+            registry=r,
+        )
 
     def record_transition(self, t: Transition) -> None:
         event = transition_event(t)

@@ -613,6 +613,8 @@ class JobServer:
     # -- transitions ------------------------------------------------------------------------------
     async def render_metrics(self) -> bytes:
         queues = await self.store.list_queues(self.clock.now())
+        self.metrics.abandoned.labels("thread").set(self.executor.abandoned_threads)
+        self.metrics.abandoned.labels("coroutine").set(self.worker.abandoned_tasks)
         return self.metrics.render(queues, await self.store.count_dead_letters())
 
     async def _watch_loop_lag(self) -> None:

@@ -212,6 +212,8 @@ async def test_hung_sync_tasks_hold_only_their_own_thread(make_server: ServerFac
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{base}/readyz") as resp:
             assert resp.status == 503 and "restart" in (await resp.json())["error"]["message"]
+        async with session.get(f"{base}/metrics") as resp:
+            assert 'jobserver_abandoned_tasks{kind="thread"} 2.0' in await resp.text()
         release.set()  # the hung tasks return at last
         await eventually(lambda: _async(server.executor.abandoned_threads), lambda n: n == 0)
         async with session.get(f"{base}/readyz") as resp:
