@@ -172,9 +172,11 @@ class HttpTask:
 
 
 def builtin_specs(http_task: HttpTask) -> list[TaskSpec]:
+    # In the server's process whatever its --isolation: they are the server's own code (and
+    # `http` holds the server's allow-list and connection pool).
     return [
-        TaskSpec(name="echo", fn=echo, is_async=True, wants_ctx=False),
-        TaskSpec(name="sleep", fn=sleep, is_async=True, wants_ctx=False),
+        TaskSpec(name="echo", fn=echo, is_async=True, wants_ctx=False, isolation="inline"),
+        TaskSpec(name="sleep", fn=sleep, is_async=True, wants_ctx=False, isolation="inline"),
         TaskSpec(
             name="http",
             fn=http_task,
@@ -182,6 +184,7 @@ def builtin_specs(http_task: HttpTask) -> list[TaskSpec]:
             wants_ctx=False,
             max_retries=5,
             backoff=Backoff(base_s=1.0, factor=2.0, cap_s=300.0),
+            isolation="inline",
         ),
     ]
 

@@ -40,6 +40,9 @@ class Settings:
     keep_finished_days: float = 7.0
     keep_failed_days: float = 30.0
     keep_events_hours: float = 24.0
+    isolation: str = "inline"
+    max_tasks_per_child: int = 1000
+    max_memory_per_child: float = 1024.0
     token: tuple[str, ...] = ()
     read_token: tuple[str, ...] = ()
     server_name: tuple[str, ...] = ()
@@ -133,6 +136,19 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], str]] = {
     "keep_failed_days": (
         _positive_float,
         "days failed jobs and dead letters are kept (default 30)",
+    ),
+    "isolation": (
+        _choice("inline", "process"),
+        "where task bodies run: inline, in the server's process (default), or process, in"
+        " child processes (a task may say otherwise: @task(isolation=...))",
+    ),
+    "max_tasks_per_child": (
+        _int_in(1, 10**9),
+        "tasks a child process runs before it is replaced (default 1000)",
+    ),
+    "max_memory_per_child": (
+        _positive_float,
+        "MB of memory past which a child process is replaced after its task (default 1024)",
     ),
     "keep_events_hours": (
         _positive_float,

@@ -15,8 +15,9 @@ from typing import Any
 
 from . import codec
 from .errors import PermanentError, Retry
+from .isolation import HARD_GRACE_S, ProcessPool
 from .models import Job, error_info
-from .tasks import JobContext, Registry, bind_current_job
+from .tasks import JobContext, Registry, TaskSpec, bind_current_job
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,20 @@ class Executor:
     jobs that run at once, so that sync tasks still running after their attempt ended (a
     thread cannot be stopped) take no thread another job needs, up to that many."""
 
-    def __init__(self, registry: Registry, thread_pool: ThreadPool, abandoned_cap: int = 0) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        thread_pool: ThreadPool,
+        abandoned_cap: int = 0,
+        processes: ProcessPool | None = None,
+        isolate_by_default: bool = False,
+    ) -> None:
         self.registry = registry
         self.thread_pool = thread_pool
         self.abandoned_cap = abandoned_cap
         self.abandoned_threads = 0  # sync tasks still running whose attempt has ended
+        self.processes = processes  # runs the tasks isolated in child processes
+        self.isolate_by_default = isolate_by_default
 
     async def run(self, job: Job, ctx: JobContext) -> Outcome:
         spec = self.registry.get(job.task)
@@ -63,6 +73,10 @@ class Executor:
                 retryable=False,
             )
         timeout_s = job.timeout_s if job.timeout_s is not None else spec.timeout_s
+        if self.processes is not None and (
+            spec.isolation == "process" or (spec.isolation is None and self.isolate_by_default)
+        ):
+            return await self._run_isolated(job, ctx, spec, timeout_s)
         # Not copied unless ctx joins it: the call unpacks it into a dict of its own anyway.
         kwargs = {**job.kwargs, "ctx": ctx} if spec.wants_ctx else job.kwargs
         bind_current_job(ctx)  # this coroutine runs in its own asyncio task: a private context
@@ -146,6 +160,41 @@ class Executor:
                 retryable=False,
             )
         return Succeeded(encoded)
+
+    async def _run_isolated(
+        self, job: Job, ctx: JobContext, spec: TaskSpec, soft_s: float | None
+    ) -> Outcome:
+        """The task in a child process: its timeout a soft limit, its hard limit a kill."""
+        assert self.processes is not None
+        hard_s = spec.hard_timeout_s or (soft_s + HARD_GRACE_S if soft_s is not None else None)
+        context = {
+            "job_id": job.id,
+            "task": job.task,
+            "queue": job.queue,
+            "attempt": job.attempts,
+            "max_retries": job.max_retries,
+        }
+        try:
+            ran = await self.processes.run(job, spec.fn, context, soft_s, hard_s)
+        except asyncio.CancelledError:  # the child was killed with the attempt
+            if ctx.cancel_reason is None:
+                raise
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            return Cancelled(ctx.cancel_reason)
+        if ran.killed:
+            message = f"timeout: hard limit of {hard_s} s; the task's process was killed"
+            return Failed(error_info(None, type_="timeout", message=message), retryable=True)
+        if ran.lost:
+            message = "the task's process died while running it"
+            return Failed(error_info(None, type_="WorkerLost", message=message), retryable=True)
+        if ran.result is not None:
+            return Succeeded(ran.result)
+        assert ran.error is not None
+        # past its soft limit: a timeout, retried whatever retry_on says (as in-process)
+        retryable = ran.retryable or ran.error.get("type") == "SoftTimeLimitExceeded"
+        return Failed(ran.error, retryable=retryable)
 
     def _abandon(self, job: Job, in_thread: Future[Any]) -> None:
         """A sync task whose attempt ended (timeout, cancel) still runs in its thread, which

@@ -27,6 +27,7 @@ from .events import EventBus
 from .executor import Executor
 from .http.app import create_app
 from .http.listener import HttpListener
+from .isolation import ProcessPool
 from .metrics import Metrics
 from .models import (
     DEPENDENCY_FAILURE_POLICIES,
@@ -100,6 +101,9 @@ class JobServer:
         keep_finished_s: float = 7 * DAY_S,
         keep_failed_s: float = 30 * DAY_S,
         keep_events_s: float = DAY_S,
+        isolation: str = "inline",
+        max_tasks_per_child: int = 1000,
+        max_memory_per_child_mb: float = 1024.0,
         clock: Clock | None = None,
         store: Store | None = None,
     ) -> None:
@@ -126,7 +130,28 @@ class JobServer:
         self._thread_pool = ThreadPoolExecutor(
             max_workers=2 * concurrency, thread_name_prefix="jobserver-task"
         )
-        self.executor = Executor(self.registry, self._thread_pool, abandoned_cap=concurrency)
+        if isolation not in ("inline", "process"):
+            raise ValueError("isolation must be 'inline' or 'process'")
+        # Child processes for task bodies, if any task runs isolated (isolation.py).
+        isolated = isolation == "process" or any(
+            spec.isolation == "process" for spec in self.registry.specs()
+        )
+        self.processes = (
+            ProcessPool(
+                concurrency,
+                max_tasks_per_child=max_tasks_per_child,
+                max_memory_mb=max_memory_per_child_mb,
+            )
+            if isolated
+            else None
+        )
+        self.executor = Executor(
+            self.registry,
+            self._thread_pool,
+            abandoned_cap=concurrency,
+            processes=self.processes,
+            isolate_by_default=isolation == "process",
+        )
         self.worker = Worker(
             self.store,
             self.executor,
@@ -209,6 +234,8 @@ class JobServer:
         await self.scheduler.stop()
         await self.retention.stop()
         await self.worker.stop(grace)
+        if self.processes is not None:
+            await self.processes.close()
         await self._http_task.close()
         await self.store.close()
         self._thread_pool.shutdown(wait=False, cancel_futures=True)

@@ -34,6 +34,10 @@ class TaskSpec:
     cron_missed: str = "skip"  # ticks missed while down: "skip" or "catch_up"
     # the server's own (webhook delivery): run by the worker, never enqueued from outside
     internal: bool = False
+    # "process": run in a child process (jobserver/isolation.py); "inline": in the server's;
+    # None: as the server's default (--isolation)
+    isolation: str | None = None
+    hard_timeout_s: float | None = None  # isolated only: the child is killed past it
 
     def is_retryable(self, exc: BaseException) -> bool:
         return not isinstance(exc, PermanentError) and isinstance(exc, self.retry_on)
@@ -65,6 +69,9 @@ class Registry:
     def __iter__(self) -> Iterator[TaskSpec]:
         return iter(self._tasks.values())
 
+    def specs(self) -> list[TaskSpec]:
+        return list(self._tasks.values())
+
     def names(self) -> list[str]:
         """The tasks a client may enqueue (the server's internal ones left out)."""
         return sorted(name for name, spec in self._tasks.items() if not spec.internal)
@@ -94,6 +101,8 @@ def task(
     cron_timezone: str = "UTC",
     cron_missed: str = "skip",
     registry: Registry | None = None,
+    isolation: str | None = None,
+    hard_timeout: float | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -110,6 +119,8 @@ def task(
     cron_timezone: str = "UTC",
     cron_missed: str = "skip",
     registry: Registry | None = None,
+    isolation: str | None = None,
+    hard_timeout: float | None = None,
 ) -> Any:
     """Register an async or sync function as a task; the function itself is returned unchanged.
 
@@ -117,6 +128,10 @@ def task(
     `retry_on` are retried; a function with a `ctx` parameter receives the JobContext.
     `cron` ("*/5 * * * *") also runs it on that schedule, in `cron_timezone`; ticks missed while
     the server was down are skipped, or all run with `cron_missed="catch_up"`.
+    `isolation="process"` runs it in a child process (jobserver/isolation.py): `timeout` is
+    then a soft limit (SoftTimeLimitExceeded raised in the task) and `hard_timeout` (default:
+    the timeout plus 5 s) kills the child; "inline" keeps it in the server's process whatever
+    the server's default.
     """
 
     def register(f: F) -> F:
@@ -128,6 +143,10 @@ def task(
             check_cron(cron, cron_timezone)
         if cron_missed not in MISSED_TICK_POLICIES:
             raise ValueError(f"cron_missed must be one of {MISSED_TICK_POLICIES}")
+        if isolation not in (None, "process", "inline"):
+            raise ValueError("isolation must be 'process' or 'inline'")
+        if hard_timeout is not None and hard_timeout <= 0:
+            raise ValueError("hard_timeout must be positive")
         spec = TaskSpec(
             name=name or f.__name__,
             fn=f,
@@ -140,6 +159,8 @@ def task(
             cron=cron,
             cron_timezone=cron_timezone,
             cron_missed=cron_missed,
+            isolation=isolation,
+            hard_timeout_s=hard_timeout,
         )
         (registry or default_registry).add(spec)
         f.task_spec = spec  # type: ignore[attr-defined]

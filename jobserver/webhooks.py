@@ -101,4 +101,5 @@ class Webhooks:
             max_retries=WEBHOOK_MAX_RETRIES,
             backoff=Backoff(base_s=1.0, factor=2.0, cap_s=300.0),
             internal=True,
+            isolation="inline",  # the server's own code
         )
