@@ -1,7 +1,7 @@
 """Task bodies in child processes: a task that crashes, hangs, leaks or calls os._exit() takes
 down a child, never the server.
 
-A supervised pool of `python -m jobserver.isolation` processes runs the tasks marked
+A supervised pool of child Python processes (`main()` below) runs the tasks marked
 `@task(isolation="process")` (or every task, with the server's `isolation="process"`); the
 queue, the workers and the HTTP API stay in the server's one process. For each attempt:
 - the task's `timeout` is a soft limit: `SoftTimeLimitExceeded` is raised in the task, which
@@ -35,7 +35,8 @@ from .models import Job, error_info
 log = logging.getLogger(__name__)
 
 HARD_GRACE_S = 5.0  # a task's hard limit, past its soft one, when it sets none of its own
-START_TIMEOUT_S = 30.0  # a child that has not said it is ready by then is a failed start
+START_TIMEOUT_S = 30.0  # a child that has not said it is ready by then failed to start
+MEMORY_CHECK_EVERY = 8  # a child's memory is read after its 1st, 9th, 17th... task
 _READY = b"ready\n"
 
 
@@ -146,6 +147,8 @@ class ProcessPool:
     def _worn(self, child: _Child) -> bool:
         if child.tasks_run >= self.max_tasks_per_child:
             return True
+        if child.tasks_run % MEMORY_CHECK_EVERY != 1:  # /proc costs more than a no-op task
+            return False
         rss = child.rss_mb()
         if rss > self.max_memory_mb:
             log.info(
@@ -157,8 +160,8 @@ class ProcessPool:
     async def _start(self) -> _Child:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            "-m",
-            "jobserver.isolation",
+            "-c",
+            "from jobserver.isolation import main; main()",
             codec.dumps(sys.path).decode(),  # the child imports task modules as this process does
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -267,11 +270,3 @@ def main() -> None:
     for line in stdin:
         stdout.write(_run_one(codec.loads(line)) + b"\n")
         stdout.flush()
-
-
-if __name__ == "__main__":
-    # Run as the module tasks import (jobserver.isolation), not as __main__: the
-    # SoftTimeLimitExceeded a task catches must be the one this raises.
-    from jobserver.isolation import main as child_main
-
-    child_main()
