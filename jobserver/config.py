@@ -41,7 +41,7 @@ class Settings:
     keep_failed_days: float = 30.0
     keep_events_hours: float = 24.0
     isolation: str = "inline"
-    max_tasks_per_child: int = 1000
+    max_tasks_per_child: int = 10_000
     max_memory_per_child: float = 1024.0
     token: tuple[str, ...] = ()
     read_token: tuple[str, ...] = ()
@@ -144,7 +144,7 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], str]] = {
     ),
     "max_tasks_per_child": (
         _int_in(1, 10**9),
-        "tasks a child process runs before it is replaced (default 1000)",
+        "tasks a child process runs before it is replaced (default 10000)",
     ),
     "max_memory_per_child": (
         _positive_float,

@@ -78,7 +78,7 @@ class ProcessPool:
     """Up to `size` children, started when first needed and replaced as they wear out."""
 
     def __init__(
-        self, size: int, *, max_tasks_per_child: int = 1000, max_memory_mb: float = 1024.0
+        self, size: int, *, max_tasks_per_child: int = 10_000, max_memory_mb: float = 1024.0
     ) -> None:
         self.size = size
         self.max_tasks_per_child = max_tasks_per_child
@@ -87,6 +87,9 @@ class ProcessPool:
         self._slots = asyncio.Semaphore(size)
         self._all: set[_Child] = set()
         self._reaping: set[asyncio.Task[None]] = set()
+        # A worn child's successor, started as it is let go: a child takes about as long to
+        # start (it imports the task modules) as hundreds of short tasks take to run.
+        self._spare: asyncio.Task[_Child] | None = None
         self.started = 0  # children started, replacements included
         self.lost = 0  # children that died under a task, or were killed at its hard limit
 
@@ -109,7 +112,11 @@ class ProcessPool:
             }
         )
         async with self._slots:
-            child = self._idle.pop() if self._idle else await self._start()
+            try:
+                child = await self._take()
+            except (RuntimeError, OSError) as exc:
+                log.error("a task child process could not start: %s", exc)
+                return ChildOutcome(lost=True)
             answered = False
             try:
                 outcome = await self._exchange(child, request, hard_s)
@@ -118,10 +125,25 @@ class ProcessPool:
             finally:
                 if not answered:  # killed, lost, or the attempt cancelled mid-task
                     self._retire(child, kill=True)
+                    self._start_spare()
                 elif self._worn(child):
                     self._retire(child, kill=False)
+                    self._start_spare()
                 else:
                     self._idle.append(child)
+
+    async def _take(self) -> _Child:
+        if self._idle:
+            return self._idle.pop()
+        if self._spare is not None:
+            spare, self._spare = self._spare, None
+            return await spare
+        return await self._start()
+
+    def _start_spare(self) -> None:
+        if self._spare is None:
+            self._spare = asyncio.get_running_loop().create_task(self._start())
+            self._spare.add_done_callback(_retrieve)
 
     async def _exchange(self, child: _Child, request: bytes, hard_s: float | None) -> ChildOutcome:
         assert child.proc.stdin is not None and child.proc.stdout is not None
@@ -200,12 +222,23 @@ class ProcessPool:
 
     async def close(self) -> None:
         """Let idle children go, kill the rest, and wait for them all."""
+        if self._spare is not None:
+            with contextlib.suppress(Exception):
+                self._idle.append(await self._spare)
+            self._spare = None
         idle = set(self._idle)
         self._idle.clear()
         for child in list(self._all):
             self._retire(child, kill=child not in idle)
         if self._reaping:
             await asyncio.wait(self._reaping)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """A spare that failed to start: its error is told to the job that takes it (or logged
+    here, if none does), not reported as never retrieved."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("a spare task child failed to start: %s", task.exception())
 
 
 # -- the child ------------------------------------------------------------------------------------

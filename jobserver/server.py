@@ -102,7 +102,7 @@ class JobServer:
         keep_failed_s: float = 30 * DAY_S,
         keep_events_s: float = DAY_S,
         isolation: str = "inline",
-        max_tasks_per_child: int = 1000,
+        max_tasks_per_child: int = 10_000,
         max_memory_per_child_mb: float = 1024.0,
         clock: Clock | None = None,
         store: Store | None = None,
