@@ -23,3 +23,34 @@ async def bench_stamp(seq: int) -> None:
     if _stamps is None:
         _stamps = open(os.environ["BENCH_STAMP_FILE"], "a", buffering=1)  # noqa: SIM115
     _stamps.write(f"{seq} {started!r}\n")
+
+
+@task(isolation="process")
+def bench_isolated_noop() -> None:
+    """The no-op, in a child process (scripts/bench_isolation.py)."""
+    return None
+
+
+_spinning = {"on": True}  # cleared by scripts/bench_isolation.py when its measurement ends
+
+
+def _spin(seconds: float) -> int:
+    """Pure-Python CPU work for `seconds` (or until told to stop, in this process)."""
+    end = time.monotonic() + seconds
+    loops = 0
+    while _spinning["on"] and time.monotonic() < end:
+        for _ in range(10_000):
+            loops += 1
+    return loops
+
+
+@task
+def bench_spin(seconds: float) -> int:
+    """A CPU-bound sync task in the server's process (a thread holding the GIL)."""
+    return _spin(seconds)
+
+
+@task(isolation="process")
+def bench_spin_isolated(seconds: float) -> int:
+    """The same CPU-bound task in a child process."""
+    return _spin(seconds)
