@@ -185,6 +185,7 @@ class ProcessPool:
             "-c",
             "from jobserver.isolation import main; main()",
             codec.dumps(sys.path).decode(),  # the child imports task modules as this process does
+            str(os.getpid()),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=2**30,  # a result line may be large
@@ -292,7 +293,20 @@ def _run_one(request: dict[str, Any]) -> bytes:
     return b"R" + encoded
 
 
+def _die_with(parent: int) -> None:
+    """Linux: the kernel kills this child when the server dies, kill -9 included (a child
+    spinning in a task never reads the EOF that would tell it)."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the server died before the call above
+        os._exit(0)
+
+
 def main() -> None:
+    _die_with(int(sys.argv[2]))
     sys.path[:] = [*codec.loads(sys.argv[1]), *sys.path]
     signal.signal(signal.SIGALRM, _soft_limit)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's Ctrl-C is the server's

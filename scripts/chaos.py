@@ -28,8 +28,10 @@ Pass conditions (exit status 1 if one fails):
 With --poison P (default 0.02), that share of the jobs are poison tasks (issue 19): one
 raises SystemExit, one calls sys.exit() in its thread, one hangs in its thread past its
 timeout, one swallows every cancellation for ever, one blocks the event loop past its
-timeout. Each must end `failed` (never lost, never stuck), the server must go on running the
-rest, and the last SIGTERM must stop it (exit status 0) although deaf tasks still run.
+timeout, and two run in a child process (isolation="process"): one kills its child
+(os._exit), one spins past its hard limit (its child is killed). Each must end `failed`
+(never lost, never stuck), the server must go on running the rest, and the last SIGTERM must
+stop it (exit status 0) although deaf tasks still run.
 
 The server listens on 127.0.0.1 only; the run is bounded by --cycles and --max-seconds.
 """
@@ -80,7 +82,8 @@ async def chaos_record(tag: str, delay_s: float, ctx: JobContext) -> str:
 
 
 POISON_TASKS = {"exit": "chaos_poison", "deaf": "chaos_poison", "block": "chaos_poison",
-                "sys_exit": "chaos_poison_sync", "hang": "chaos_poison_sync"}  # fmt: skip
+                "sys_exit": "chaos_poison_sync", "hang": "chaos_poison_sync",
+                "crash": "chaos_poison_child", "spin": "chaos_poison_child"}  # fmt: skip
 
 
 @task(name="chaos_poison", timeout=0.2, max_retries=0)
@@ -95,6 +98,20 @@ async def chaos_poison(kind: str, tag: str) -> None:
         try:
             await asyncio.sleep(0.05)
         except asyncio.CancelledError:
+            continue
+
+
+@task(name="chaos_poison_child", isolation="process", timeout=0.2, hard_timeout=0.5, max_retries=0)
+def chaos_poison_child(kind: str, tag: str) -> None:
+    """In a child process: dies on the spot ("crash"), or spins past its soft and hard limits
+    ignoring the soft one ("spin"): the child is killed."""
+    if kind == "crash":
+        os._exit(1)
+    while True:
+        try:
+            while True:
+                pass
+        except Exception:
             continue
 
 

@@ -3,9 +3,14 @@ crashes, hangs or leaks ends its own attempt; the server and its other jobs go o
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -160,3 +165,54 @@ async def test_every_task_isolated_by_the_server_default_but_the_builtins(
     assert (await run(server, "echo", "hi")).result == "hi"  # built-in: in the server
     done = await run(server, "pid_and", 2)
     assert done.result["pid"] != os.getpid()
+
+
+@task(registry=reg, isolation="process", max_retries=0)
+def spins_for_ever(pid_file: str) -> None:
+    with open(pid_file, "w") as f:
+        f.write(str(os.getpid()))
+    while True:
+        pass
+
+
+SERVER_THAT_DIES = """
+import asyncio, sys
+from jobserver import JobServer
+from tests.server import test_isolation
+
+async def main():
+    server = JobServer(db=sys.argv[1], tasks=list(test_isolation.reg), concurrency=1)
+    await server.start()
+    await server.enqueue("spins_for_ever", [sys.argv[2]])
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+async def test_children_die_with_a_server_killed_with_sigkill(tmp_path: Path) -> None:
+    """A child spinning in a task reads no EOF: after the server's kill -9 it spun on for
+    ever, an orphan, one more at every crash."""
+    pid_file = tmp_path / "child.pid"
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER_THAT_DIES, str(tmp_path / "jobs.db"), str(pid_file)],
+        cwd=Path(__file__).parents[2],
+    )
+    try:
+        for _ in range(300):
+            if pid_file.exists() and pid_file.read_text():
+                break
+            await asyncio.sleep(0.05)
+        child = int(pid_file.read_text())
+        os.kill(child, 0)  # running
+    finally:
+        server.kill()
+        server.wait()
+    for _ in range(100):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        await asyncio.sleep(0.05)
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError("the child outlived its server")
