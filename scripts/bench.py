@@ -17,6 +17,9 @@ Figures (each the median of --runs runs; each comparison a ratio taken within on
     idle, under load and with 1M queued, CPU at idle;
  6. peers on the same machine, same no-op job and N: huey (SqliteHuey), arq, RQ, Celery, SAQ and
     dramatiq, each enqueued first and then timed while its workers drain the queue.
+ 7. process isolation (issue 19) is measured by scripts/bench_isolation.py, which needs Celery
+    and Redis beside it: isolated no-op jobs against Celery's prefork pool, and the no-op
+    throughput while a CPU-bound task runs, in the server's process and in a child.
 
 Temporary files go to a directory under --tmp (default: the system temp dir, which should be on
 a real disk: fsync on tmpfs costs nothing and flatters synchronous=FULL).
