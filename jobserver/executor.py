@@ -10,36 +10,15 @@ import functools
 import logging
 from concurrent.futures import Executor as ThreadPool
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
-from . import codec
 from .errors import PermanentError, Retry
 from .isolation import HARD_GRACE_S, ProcessPool
 from .models import Job, error_info
+from .outcomes import Cancelled, Failed, Outcome, Succeeded, returned
 from .tasks import JobContext, Registry, TaskSpec, bind_current_job
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Succeeded:
-    result: bytes  # JSON
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    error: dict[str, Any]
-    retryable: bool
-    retry_delay_s: float | None = None  # asked for by the task with `raise Retry(delay_s=...)`
-
-
-@dataclass(frozen=True, slots=True)
-class Cancelled:
-    reason: str  # "cancelled" (asked by a client) | "shutdown" | "lease_lost"
-
-
-Outcome = Succeeded | Failed | Cancelled
 
 
 _NO_DEADLINE = contextlib.nullcontext()
@@ -141,25 +120,7 @@ class Executor:
                 ),
                 retryable=True,
             )
-        try:
-            encoded = codec.dumps(result)
-        except TypeError as exc:
-            return Failed(
-                error_info(exc, message=f"the task's result is not JSON serialisable: {exc}"),
-                retryable=False,
-            )
-        # The JSON writer turns NaN and Infinity into null: a result that says less than the
-        # task returned. (Checked only when a null was written: the usual result is not walked.)
-        if b"null" in encoded and codec.has_non_finite(result):
-            return Failed(
-                error_info(
-                    None,
-                    type_="InvalidResult",
-                    message="the task's result holds NaN or Infinity, which JSON cannot carry",
-                ),
-                retryable=False,
-            )
-        return Succeeded(encoded)
+        return returned(result)
 
     async def _run_isolated(
         self, job: Job, ctx: JobContext, spec: TaskSpec, soft_s: float | None

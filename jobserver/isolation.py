@@ -31,6 +31,7 @@ from typing import Any
 
 from . import codec
 from .models import Job, error_info
+from .outcomes import Failed, returned
 
 log = logging.getLogger(__name__)
 
@@ -278,19 +279,10 @@ def _run_one(request: dict[str, Any]) -> bytes:
         return b"E" + codec.dumps({"error": error_info(exc), "retryable": retryable})
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-    try:
-        encoded = codec.dumps(result)
-    except TypeError as exc:
-        error = error_info(exc, message=f"the task's result is not JSON serialisable: {exc}")
-        return b"E" + codec.dumps({"error": error, "retryable": False})
-    if b"null" in encoded and codec.has_non_finite(result):
-        error = error_info(
-            None,
-            type_="InvalidResult",
-            message="the task's result holds NaN or Infinity, which JSON cannot carry",
-        )
-        return b"E" + codec.dumps({"error": error, "retryable": False})
-    return b"R" + encoded
+    outcome = returned(result)
+    if isinstance(outcome, Failed):
+        return b"E" + codec.dumps({"error": outcome.error, "retryable": outcome.retryable})
+    return b"R" + outcome.result
 
 
 def _die_with(parent: int) -> None:

@@ -22,8 +22,9 @@ from typing import Any
 
 from . import retry
 from .clock import Clock
-from .executor import Cancelled, Executor, Failed, Outcome, Succeeded
+from .executor import Executor
 from .models import Backoff, Job, JobState, error_info
+from .outcomes import Cancelled, Failed, Outcome, Succeeded
 from .store.base import LeaseReport, Store
 from .tasks import JobContext
 
