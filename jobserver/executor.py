@@ -52,9 +52,7 @@ class Executor:
                 retryable=False,
             )
         timeout_s = job.timeout_s if job.timeout_s is not None else spec.timeout_s
-        if self.processes is not None and (
-            spec.isolation == "process" or (spec.isolation is None and self.isolate_by_default)
-        ):
+        if self._isolated(spec):
             return await self._run_isolated(job, ctx, spec, timeout_s)
         # Not copied unless ctx joins it: the call unpacks it into a dict of its own anyway.
         kwargs = {**job.kwargs, "ctx": ctx} if spec.wants_ctx else job.kwargs
@@ -122,12 +120,28 @@ class Executor:
             )
         return returned(result)
 
+    def _isolated(self, spec: TaskSpec) -> bool:
+        return self.processes is not None and (
+            spec.isolation == "process" or (spec.isolation is None and self.isolate_by_default)
+        )
+
+    def time_limit(self, job: Job) -> float | None:
+        """Seconds after which the attempt has ended one way or another: its timeout, or, in
+        a child process, its hard limit (the soft one only asks the task to stop)."""
+        spec = self.registry.get(job.task)
+        if spec is None:
+            return None
+        timeout_s = job.timeout_s if job.timeout_s is not None else spec.timeout_s
+        if not self._isolated(spec):
+            return timeout_s
+        return spec.hard_timeout_s or (timeout_s + HARD_GRACE_S if timeout_s is not None else None)
+
     async def _run_isolated(
         self, job: Job, ctx: JobContext, spec: TaskSpec, soft_s: float | None
     ) -> Outcome:
         """The task in a child process: its timeout a soft limit, its hard limit a kill."""
         assert self.processes is not None
-        hard_s = spec.hard_timeout_s or (soft_s + HARD_GRACE_S if soft_s is not None else None)
+        hard_s = self.time_limit(job)
         context = {
             "job_id": job.id,
             "task": job.task,

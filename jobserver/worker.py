@@ -247,7 +247,7 @@ class Worker:
         task = self._spawn(self._run_job(job, ctx), f"job-{job.id}")
         running = self._running[job.id] = _Running(job, ctx, task)
         self._executing += 1
-        timeout_s = self._timeout_of(job)
+        timeout_s = self.executor.time_limit(job)
         if timeout_s is not None:
             loop = self._loop or asyncio.get_running_loop()
             running.watchdog = loop.call_later(
@@ -262,12 +262,6 @@ class Worker:
             running.slot_given_back = True
             self._executing -= 1
             self.wake()
-
-    def _timeout_of(self, job: Job) -> float | None:
-        if job.timeout_s is not None:
-            return job.timeout_s
-        spec = self.executor.registry.get(job.task)
-        return spec.timeout_s if spec is not None else None
 
     def _overran(self, running: _Running, timeout_s: float) -> None:
         """The task ignored its timeout's cancellation: end its attempt as a timeout, give its

@@ -216,3 +216,25 @@ async def test_children_die_with_a_server_killed_with_sigkill(tmp_path: Path) ->
         await asyncio.sleep(0.05)
     os.kill(child, signal.SIGKILL)
     raise AssertionError("the child outlived its server")
+
+
+@task(registry=reg, isolation="process", timeout=0.2, max_retries=0)
+def cleans_up_slowly() -> str:
+    """Catches its soft limit and takes 2.5 s to clean up: inside its hard limit (+5 s)."""
+    try:
+        time.sleep(30)
+    except SoftTimeLimitExceeded:
+        time.sleep(2.5)
+        return "cleaned up late"
+    return "never"
+
+
+async def test_an_isolated_task_may_clean_up_until_its_hard_limit(
+    make_server: ServerFactory,
+) -> None:
+    """The watchdog for tasks deaf to cancellation took its soft limit for the deadline, and
+    ended the attempt 2 s past it, while the child was still cleaning up within its hard one."""
+    server = await start(make_server)
+    done = await run(server, "cleans_up_slowly")
+    assert (done.status, done.result) == (JobState.SUCCEEDED, "cleaned up late")
+    assert server.worker.abandoned_tasks == 0
