@@ -238,3 +238,35 @@ async def test_an_isolated_task_may_clean_up_until_its_hard_limit(
     done = await run(server, "cleans_up_slowly")
     assert (done.status, done.result) == (JobState.SUCCEEDED, "cleaned up late")
     assert server.worker.abandoned_tasks == 0
+
+
+@task(registry=reg, isolation="process", max_retries=0)
+def sleeps_in_child(pid_file: str) -> None:
+    with open(pid_file, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(60)
+
+
+async def test_cancelling_an_isolated_job_kills_its_child(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    server = await start(make_server)
+    pid_file = tmp_path / "pid"
+    job = await server.enqueue("sleeps_in_child", [str(pid_file)])
+    for _ in range(200):
+        if pid_file.exists() and pid_file.read_text():
+            break
+        await asyncio.sleep(0.05)
+    child = int(pid_file.read_text())
+    await server.cancel(job.id)
+    done = await server.wait_for(job.id, timeout_s=10)
+    assert done.status == JobState.CANCELLED
+    for _ in range(100):  # the child is killed (and reaped)
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the cancelled job's child still runs")
+    assert (await run(server, "pid_and", "next")).status == JobState.SUCCEEDED
