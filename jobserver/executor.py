@@ -51,7 +51,7 @@ class Executor:
                 error_info(None, type_="UnknownTask", message=f"no task named {job.task!r}"),
                 retryable=False,
             )
-        timeout_s = job.timeout_s if job.timeout_s is not None else spec.timeout_s
+        timeout_s = _timeout_s(job, spec)
         if self._isolated(spec):
             return await self._run_isolated(job, ctx, spec, timeout_s)
         # Not copied unless ctx joins it: the call unpacks it into a dict of its own anyway.
@@ -131,7 +131,7 @@ class Executor:
         spec = self.registry.get(job.task)
         if spec is None:
             return None
-        timeout_s = job.timeout_s if job.timeout_s is not None else spec.timeout_s
+        timeout_s = _timeout_s(job, spec)
         if not self._isolated(spec):
             return timeout_s
         return spec.hard_timeout_s or (timeout_s + HARD_GRACE_S if timeout_s is not None else None)
@@ -185,11 +185,11 @@ class Executor:
         )
         loop = asyncio.get_running_loop()
 
-        def returned(_: Future[Any]) -> None:  # on the task's thread
+        def thread_ended(_: Future[Any]) -> None:  # on the task's thread
             with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to count
                 loop.call_soon_threadsafe(self._thread_returned)
 
-        in_thread.add_done_callback(returned)
+        in_thread.add_done_callback(thread_ended)
 
     def _thread_returned(self) -> None:
         self.abandoned_threads -= 1
@@ -197,3 +197,8 @@ class Executor:
     @staticmethod
     def _failure(exc: BaseException, retryable: bool) -> Failed:
         return Failed(error_info(exc), retryable=retryable)
+
+
+def _timeout_s(job: Job, spec: TaskSpec) -> float | None:
+    """The attempt's timeout: the job's own, else its task's."""
+    return job.timeout_s if job.timeout_s is not None else spec.timeout_s

@@ -132,6 +132,33 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def watch_counter(
+    client: Any, jobs: int, procs: list[subprocess.Popen[Any]], log_path: Path
+) -> tuple[tuple[float, int], float]:
+    """Poll the peers' completion counter (bench_peers/counter.py) until it reaches `jobs`;
+    returns (time and count at the first completion seen, time of the last). Fails when a
+    worker exits or the count stands still for 30 s."""
+    from bench_peers.counter import KEY
+
+    first: tuple[float, int] | None = None
+    progress = (time.perf_counter(), 0)
+    while True:
+        time.sleep(0.005)
+        count = int(client.get(KEY) or 0)
+        now = time.perf_counter()
+        if count and first is None:
+            first = (now, count)
+        if count >= jobs and first is not None:
+            return first, now
+        if count != progress[1]:
+            progress = (now, count)
+        dead = [p for p in procs if p.poll() is not None]
+        if dead or now - progress[0] > 30:
+            why = "a worker exited" if dead else "no progress for 30 s"
+            tail = log_path.read_text(errors="replace")[-600:]
+            raise RuntimeError(f"{why} after {count} of {jobs} jobs: {tail}")
+
+
 def spawn(cmd: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[Any]:
     out = open(log_path, "ab")  # noqa: SIM115 - the child owns it
     try:
@@ -876,28 +903,11 @@ class Bench:
         self.wait_quiet()
         began = time.perf_counter()
         procs = [spawn(cmd, log_path, env) for cmd in peer.workers(self)]
-        first: tuple[float, int] | None = None
-        progress = (began, 0)  # fail when the count stands still for 30 s
         try:
-            while True:
-                time.sleep(0.005)
-                count = int(client.get(KEY) or 0)
-                now = time.perf_counter()
-                if count and first is None:
-                    first = (now, count)
-                if count >= jobs:
-                    break
-                if count != progress[1]:
-                    progress = (now, count)
-                dead = [p for p in procs if p.poll() is not None]
-                if dead or now - progress[0] > 30:
-                    why = "a worker exited" if dead else "no progress for 30 s"
-                    tail = log_path.read_text(errors="replace")[-600:]
-                    raise RuntimeError(f"{why} after {count} of {jobs} jobs: {tail}")
+            first, now = watch_counter(client, jobs, procs, log_path)
         finally:
             for p in procs:
                 stop_process(p, timeout=15)
-        assert first is not None
         from_launch = jobs / (now - began)
         steady = (jobs - first[1]) / (now - first[0]) if jobs > first[1] else from_launch
         return {"steady": steady, "from_launch": from_launch, "enqueue_s": enqueue_s}

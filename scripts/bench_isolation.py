@@ -36,7 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench import child_env, spawn, stop_process  # noqa: E402
+from bench import child_env, spawn, stop_process, watch_counter  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 
@@ -69,7 +69,6 @@ async def jobserver_round(jobs: int, processes: int) -> float:
 
 def celery_round(jobs: int, processes: int, log_path: Path) -> float:
     import redis
-    from bench_peers.counter import KEY
 
     client = redis.Redis.from_url(REDIS_URL)
     client.flushdb()
@@ -88,20 +87,9 @@ def celery_round(jobs: int, processes: int, log_path: Path) -> float:
     ]
     proc = spawn(worker, log_path, {**env, "PYTHONPATH": str(HERE)})
     try:
-        first: tuple[float, int] | None = None
-        while True:
-            time.sleep(0.005)
-            count = int(client.get(KEY) or 0)
-            now = time.perf_counter()
-            if count and first is None:
-                first = (now, count)
-            if count >= jobs:
-                break
-            if proc.poll() is not None:
-                raise RuntimeError(f"celery exited: {log_path.read_text()[-600:]}")
+        first, now = watch_counter(client, jobs, [proc], log_path)
     finally:
         stop_process(proc, timeout=15)
-    assert first is not None
     return (jobs - first[1]) / (now - first[0])
 
 
