@@ -31,6 +31,7 @@ from typing import Any, Final, Generic, Literal, TypeVar, cast
 
 import aiohttp
 
+from .job_options import BACKOFF_BY_NAME, BY_NAME, BY_WIRE, Option
 from .models import TERMINAL_STATES, Backoff, JobState
 
 __all__ = [
@@ -669,66 +670,53 @@ def _timestamp(name: str, when: Any) -> str:
 
 def _backoff(backoff: Backoff | Mapping[str, float]) -> dict[str, float]:
     if isinstance(backoff, Backoff):
-        return {"base": backoff.base_s, "factor": backoff.factor, "cap": backoff.cap_s}
-    return dict(backoff)
+        backoff = {"base_s": backoff.base_s, "factor": backoff.factor, "cap_s": backoff.cap_s}
+    return {(o.wire if (o := BACKOFF_BY_NAME.get(k)) else k): v for k, v in backoff.items()}
+
+
+def _api_value(key: str, option: Option, value: Any) -> Any:
+    """An option's value as the API takes it; a value of the wrong type for the server to
+    refuse, naming the field, except where Python's type says more (a datetime without a zone)."""
+    if option.kind == "time":
+        return value if isinstance(value, str) else _timestamp(key, value)
+    if option.kind == "backoff" and isinstance(value, Backoff | Mapping):
+        return _backoff(value)
+    if option.kind == "ids":
+        if isinstance(value, int):
+            raise TypeError(f"{key} must be a sequence of job ids, not one id")
+        return [_job_id(d, f"{key} id") for d in value]
+    if option.kind == "array":
+        if isinstance(value, str | bytes):
+            raise TypeError(f"{key} must be a sequence of arguments, not a string")
+        return list(value)
+    return dict(value) if option.kind == "object" and isinstance(value, Mapping) else value
+
+
+def _api_job(options: Mapping[str, Any]) -> dict[str, Any]:
+    """A job's options by their Python names (as enqueue and workflows.job take them; the
+    API's own names pass as they are) as a JSON object in the API's names: the names and
+    their spellings come from job_options.OPTIONS. None, empty kwargs and empty depends_on
+    are left out; anything unknown is passed on for the server to refuse, naming it."""
+    job: dict[str, Any] = {}
+    for key, value in options.items():
+        option = BY_NAME.get(key) or BY_WIRE.get(key)
+        wire = key if option is None else option.wire
+        if wire in job:
+            raise ValueError(f"a job gives both {key} and {wire}")
+        if value is None or (option is not None and option.kind in ("object", "ids") and not value):
+            continue
+        job[wire] = value if option is None else _api_value(key, option, value)
+    return job
 
 
 def _job_body(
-    task: str,
-    args: Sequence[Any] = (),
-    kwargs: Mapping[str, Any] | None = None,
-    *,
-    queue: str | None = None,
-    priority: int | None = None,
-    delay_s: float | None = None,
-    run_at: datetime | None = None,
-    max_retries: int | None = None,
-    timeout_s: float | None = None,
-    backoff: Backoff | Mapping[str, float] | None = None,
-    idempotency_key: str | None = None,
-    deadline: datetime | None = None,
-    deadline_s: float | None = None,
-    unique_key: str | None = None,
-    depends_on: Sequence[int] = (),
-    pass_result: bool | None = None,
-    on_dependency_failure: DependencyFailure | None = None,
-    callback_url: str | None = None,
+    task: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
 ) -> dict[str, Any]:
-    """A POST /jobs body; the server validates the values and names the field it refuses."""
-    if isinstance(args, str | bytes):
-        raise TypeError("args must be a sequence of arguments, not a string")
-    body: dict[str, Any] = {"task": task, "args": list(args)}
-    if kwargs:
-        body["kwargs"] = dict(kwargs)
-    if run_at is not None:
-        body["run_at"] = _timestamp("run_at", run_at)
-    if deadline is not None:
-        body["deadline"] = _timestamp("deadline", deadline)
-    if backoff is not None:
-        body["backoff"] = _backoff(backoff)
-    if isinstance(depends_on, int):
-        raise TypeError("depends_on must be a sequence of job ids, not one id")
-    if depends_on:
-        body["depends_on"] = [_job_id(d, "depends_on id") for d in depends_on]
-    options = {
-        "queue": queue,
-        "priority": priority,
-        "delay": delay_s,
-        "max_retries": max_retries,
-        "timeout": timeout_s,
-        "idempotency_key": idempotency_key,
-        "deadline_in": deadline_s,
-        "unique_key": unique_key,
-        "pass_result": pass_result,
-        "on_dependency_failure": on_dependency_failure,
-        "callback_url": callback_url,
-    }
-    body.update({k: v for k, v in options.items() if v is not None})
-    return body
+    """A POST /jobs body from enqueue's arguments; the server checks the values and names
+    the field it refuses."""
+    return _api_job({"task": task, "args": args, "kwargs": kwargs, **options})
 
 
-# A workflow job's options as `jobserver.workflows.job()` takes them, and their API names.
-_WORKFLOW_RENAMES = {"delay_s": "delay", "timeout_s": "timeout", "deadline_s": "deadline_in"}
 _WORKFLOW_KINDS = ("chain", "group", "chord")
 
 
@@ -759,21 +747,7 @@ def _workflow_node(node: Any) -> Any:
         return dict(node)
     if kinds:
         return dict(node)
-    job: dict[str, Any] = {}
-    for key, value in node.items():
-        name = _WORKFLOW_RENAMES.get(str(key), str(key))
-        if name in job:
-            raise ValueError(f"a workflow job gives both {key} and {name}")
-        if value is None:
-            continue
-        if name in ("run_at", "deadline"):
-            value = _timestamp(name, value) if isinstance(value, datetime) else value
-        elif name == "backoff" and isinstance(value, Backoff):
-            value = _backoff(value)
-        elif name == "args" and isinstance(value, tuple):
-            value = list(value)
-        job[name] = value
-    return job
+    return _api_job(node)
 
 
 def _workflow_body(

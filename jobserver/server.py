@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -28,12 +28,12 @@ from .executor import Executor
 from .http.app import create_app
 from .http.listener import HttpListener
 from .isolation import ProcessPool
+from .job_options import BY_NAME as OPTIONS_BY_NAME
+from .job_options import check_options
 from .metrics import Metrics
 from .models import (
-    DEPENDENCY_FAILURE_POLICIES,
     MISSED_TICK_POLICIES,
     Attempt,
-    Backoff,
     DeadLetter,
     Job,
     JobState,
@@ -315,66 +315,44 @@ class JobServer:
         self,
         task: str,
         args: Sequence[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-        *,
-        queue: str = "default",
-        priority: int = 0,
-        delay_s: float | None = None,
-        run_at: float | None = None,
-        max_retries: int | None = None,
-        timeout_s: float | None = None,
-        backoff: Backoff | dict[str, float] | None = None,
-        idempotency_key: str | None = None,
-        deadline_s: float | None = None,
-        deadline: float | None = None,
-        unique_key: str | None = None,
-        depends_on: Sequence[int] = (),
-        pass_result: bool = False,
-        on_dependency_failure: str = "fail",
-        callback_url: str | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
     ) -> NewJob:
-        """A job request with the task's defaults filled in; ValidationError for bad values.
+        """A job request checked (once, here: see job_options.OPTIONS for each option) with
+        the task's defaults filled in; ValidationError naming the option for a bad value.
 
         `delay_s` / `deadline_s` are seconds from now; `run_at` / `deadline` epoch seconds."""
+        o = check_options({"task": task, "args": args, "kwargs": kwargs, **options})
         spec = self.task_spec(task)
-        if delay_s is not None and run_at is not None:
-            raise ValidationError("delay", "give delay or run_at, not both")
-        if deadline_s is not None and deadline is not None:
-            raise ValidationError("deadline", "give deadline or deadline_in, not both")
         now = self.clock.now()
-        if delay_s is not None:
-            run_at = now + delay_s
-        if deadline_s is not None:
-            deadline = now + deadline_s
+        run_at = o["run_at"] if o["delay_s"] is None else now + o["delay_s"]
+        deadline = o["deadline"] if o["deadline_s"] is None else now + o["deadline_s"]
         if deadline is not None and deadline < (run_at if run_at is not None else now):
             raise ValidationError("deadline", "is before the job would start")
-        if on_dependency_failure not in DEPENDENCY_FAILURE_POLICIES:
-            raise ValidationError(
-                "on_dependency_failure", f"must be one of {', '.join(DEPENDENCY_FAILURE_POLICIES)}"
-            )
-        if callback_url is not None:
-            self.webhooks.check_url(callback_url)
+        if o["callback_url"] is not None:
+            self.webhooks.check_url(o["callback_url"])
+        backoff = o["backoff"]
         return NewJob(
             task=task,
-            args=list(args),
-            kwargs=dict(kwargs or {}),
-            queue=queue,
-            priority=priority,
+            args=list(o["args"]),
+            kwargs=dict(o["kwargs"]),
+            queue=o["queue"],
+            priority=o["priority"],
             run_at=run_at,
-            max_retries=spec.max_retries if max_retries is None else max_retries,
-            timeout_s=spec.timeout_s if timeout_s is None else timeout_s,
+            max_retries=spec.max_retries if o["max_retries"] is None else o["max_retries"],
+            timeout_s=spec.timeout_s if o["timeout_s"] is None else o["timeout_s"],
             # a partial policy (some of base_s, factor, cap_s) fills in from the task's own
             backoff=dataclasses.replace(spec.backoff, **backoff)
             if isinstance(backoff, dict)
             else backoff,
-            idempotency_key=idempotency_key,
+            idempotency_key=o["idempotency_key"],
             idempotency_window_s=self.idempotency_window_s,
             deadline=deadline,
-            unique_key=unique_key,
-            depends_on=list(depends_on),
-            pass_result=pass_result,
-            on_dependency_failure=on_dependency_failure,
-            callback_url=callback_url,
+            unique_key=o["unique_key"],
+            depends_on=list(o["depends_on"]),
+            pass_result=o["pass_result"],
+            on_dependency_failure=o["on_dependency_failure"],
+            callback_url=o["callback_url"],
         )
 
     async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
@@ -441,10 +419,12 @@ class JobServer:
         spec: dict[str, Any],
         *,
         parse_job: ParseJob | None = None,
-        on_dependency_failure: str = "fail",
+        on_dependency_failure: str | None = None,
     ) -> tuple[int, list[Job]]:
         """Enqueue a chain / group / chord (see jobserver.workflows) in one transaction;
         returns the workflow id and its jobs, dependencies first."""
+        if on_dependency_failure is not None:
+            OPTIONS_BY_NAME["on_dependency_failure"].check(on_dependency_failure)
         flat = workflows.flatten(spec, parse_job or dict)
         new_jobs = []
         for item in flat:
@@ -514,6 +494,9 @@ class JobServer:
         missed: str = "skip",
         paused: bool = False,
     ) -> Schedule:
+        job = check_options(
+            {"task": task, "args": args, "kwargs": kwargs, "queue": queue, "priority": priority}
+        )
         self.task_spec(task)
         check_cron(cron, timezone)
         if missed not in MISSED_TICK_POLICIES:
@@ -522,10 +505,10 @@ class JobServer:
             name=name,
             task=task,
             cron=cron,
-            args=list(args),
-            kwargs=dict(kwargs or {}),
-            queue=queue,
-            priority=priority,
+            args=list(job["args"]),
+            kwargs=dict(job["kwargs"]),
+            queue=job["queue"],
+            priority=job["priority"],
             timezone=timezone,
             missed=missed,
             paused=paused,

@@ -4,12 +4,14 @@ middleware that maps the core's errors (jobserver/errors.py) to statuses."""
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from .. import codec
 from ..errors import Conflict, NotFound, QueueFull, StorageUnavailable, ValidationError
+from ..job_options import WIRE_NAMES
 from .context import Handler
 
 if TYPE_CHECKING:
@@ -59,11 +61,28 @@ class RequestError(Exception):
 HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
+# Words of a ValidationError's field and message that are Python names of job options the API
+# spells otherwise (quoted text, a client's own value, is left as it is).
+_PYTHON_NAMES = re.compile(r"'[^']*'|\b(" + "|".join(map(re.escape, WIRE_NAMES)) + r")\b")
+
+
+def _api_name(match: re.Match[str]) -> str:
+    name = match.group(1)
+    return match.group(0) if name is None else WIRE_NAMES[name]
+
+
+def in_api_names(exc: ValidationError) -> ValidationError:
+    """The core's error about a job option (named as in Python) as the API names it."""
+    field = None if exc.field is None else _PYTHON_NAMES.sub(_api_name, exc.field)
+    return ValidationError(field, _PYTHON_NAMES.sub(_api_name, exc.message))
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ValidationError as exc:
+        exc = in_api_names(exc)
         return error_response(422, "invalid", exc.message, exc.field)
     except RequestError as exc:
         response = error_response(exc.status, exc.code, exc.message, exc.field)

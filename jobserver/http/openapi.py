@@ -8,17 +8,19 @@ against it; tests/http/test_schemathesis.py fuzzes the live server with it."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..models import ATTEMPT_OUTCOMES, DEPENDENCY_FAILURE_POLICIES, JobState
+from .. import codec
+from ..job_options import BACKOFF_OPTIONS, BY_NAME, MAX_ID, MAX_KEY_LEN, OPTIONS, Option
+from ..job_options import QUEUE_PATTERN as QUEUE_PATTERN_TEXT
+from ..models import ATTEMPT_OUTCOMES, JobState
 from ..workflows import MAX_WORKFLOW_JOBS
 from . import schema
 
 SCHEMAS = "#/components/schemas/"
 RESPONSES = "#/components/responses/"
 PARAMETERS = "#/components/parameters/"
-MAX_ID = 10**18 - 1  # ids are read from up to 18 digits; longer ones are no job (404)
 ERROR_CODES = [
     "timeout",
     "queue_full",
@@ -38,7 +40,7 @@ ERROR_CODES = [
     "host_not_allowed",
     "too_many_failures",
 ]
-QUEUE_PATTERN = f"^{schema.QUEUE_NAME.pattern}$"
+QUEUE_PATTERN = f"^{QUEUE_PATTERN_TEXT}$"
 CURSOR_PATTERN = "^[0-9]{1,18}$"
 
 
@@ -73,17 +75,66 @@ def _error_schema(*codes: str, batch: bool = False) -> dict[str, Any]:
 
 
 # -- schemas --------------------------------------------------------------------------------------
+def _option_schema(option: Option) -> dict[str, Any]:
+    """One job option's JSON schema, from its declaration (job_options.OPTIONS)."""
+    kind = option.kind
+    if kind == "backoff":
+        return {"anyOf": [ref("Backoff"), {"type": "null"}], "description": option.description}
+    out: dict[str, Any]
+    if kind == "time":
+        out = {"type": "string", "format": "date-time"}
+    elif kind == "choice":
+        # null in the enum too where null means "not given"
+        out = {"type": "string", "enum": [*option.choices, *([None] if option.nullable else [])]}
+    elif kind == "ids":
+        item = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+        out = {"type": "array", "maxItems": option.max_len, "items": item}
+    elif kind == "object":
+        # Any names but `ctx` (refused with 422, field `kwargs.ctx`). Not said in the schema
+        # (`propertyNames: {not: ...}`): generated clients read that as "no keys at all".
+        out = {"type": "object", "additionalProperties": True}
+    elif kind in ("integer", "number"):
+        out = {"type": kind, "maximum": option.hi}
+        out["exclusiveMinimum" if option.open_lo else "minimum"] = option.lo
+    elif kind == "string":
+        out = {"type": "string", "minLength": 1, "maxLength": option.max_len}
+        if option.pattern is not None:
+            out["pattern"] = f"^{option.pattern.pattern}$"
+    else:
+        out = {"type": kind}
+    words = [option.description]
+    if kind == "time":
+        words.append("An RFC 3339 time with a zone.")
+    words += [f"Not with `{BY_NAME[o].wire}`." for o in _excluded_by(option)]
+    if option.default is not None:
+        words.append(f"Default: `{codec.dumps(_plain(option.default)).decode()}`.")
+    out["description"] = " ".join(words)
+    return _nullable(out) if option.nullable else out
+
+
+def _excluded_by(option: Option) -> list[str]:
+    """The options not to give with this one (the rule is declared on one of the pair)."""
+    return [o.name for o in OPTIONS if o.excludes == option.name] + (
+        [option.excludes] if option.excludes else []
+    )
+
+
+def _plain(value: Any) -> Any:
+    """A default as JSON would hold it."""
+    if isinstance(value, tuple):
+        return list(value)
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+WORKFLOW_SETS = ("depends_on", "pass_result", "on_dependency_failure")  # a workflow's, not a job's
+
+
 def _job_request(tasks: list[str] | None, *, in_workflow: bool = False) -> dict[str, Any]:
-    task: dict[str, Any] = {
-        "type": "string",
-        "minLength": 1,
-        "maxLength": 200,
-        "description": "The name of a registered task.",
+    properties = {
+        o.wire: _option_schema(o) for o in OPTIONS if not (in_workflow and o.name in WORKFLOW_SETS)
     }
     if tasks is not None:
-        task["enum"] = tasks
-    lo, hi = schema.PRIORITY_RANGE
-    retries_lo, retries_hi = schema.MAX_RETRIES_RANGE
+        properties["task"]["enum"] = tasks
     return {
         "type": "object",
         "description": (
@@ -95,158 +146,32 @@ def _job_request(tasks: list[str] | None, *, in_workflow: bool = False) -> dict[
         ),
         "required": ["task"],
         "additionalProperties": False,
-        "properties": {
-            "task": task,
-            "args": {"type": "array", "description": "Positional arguments. Default: `[]`."},
-            "kwargs": _kwargs(),
-            "queue": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": 100,
-                "pattern": QUEUE_PATTERN,
-                "description": "Default: `default`.",
-            },
-            "priority": _nullable(
-                {
-                    "type": "integer",
-                    "minimum": lo,
-                    "maximum": hi,
-                    "description": "Within its queue, of the due jobs, higher runs first."
-                    " Default: 0.",
-                }
-            ),
-            "delay": _nullable(
-                {
-                    "type": "number",
-                    "minimum": 0,
-                    "maximum": schema.MAX_DELAY_S,
-                    "description": "Seconds from now until the job is due; not with `run_at`.",
-                }
-            ),
-            "run_at": _nullable(
-                {
-                    "type": "string",
-                    "format": "date-time",
-                    "description": "When the job is due, an RFC 3339 time with a zone; not with"
-                    " `delay`. A time outside years 1 to 9999 in UTC is taken as that bound.",
-                }
-            ),
-            "max_retries": _nullable(
-                {
-                    "type": "integer",
-                    "minimum": retries_lo,
-                    "maximum": retries_hi,
-                    "description": "Retries after the first attempt; default: the task's.",
-                }
-            ),
-            "timeout": _nullable(
-                {
-                    "type": "number",
-                    "exclusiveMinimum": 0,
-                    "maximum": schema.MAX_TIMEOUT_S,
-                    "description": "Seconds an attempt may run; default: the task's.",
-                }
-            ),
-            "backoff": {"anyOf": [ref("Backoff"), {"type": "null"}]},
-            "idempotency_key": _nullable(
-                {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": schema.MAX_KEY_LEN,
-                    "description": "Also taken from the Idempotency-Key header, which must not"
-                    " differ from it.",
-                }
-            ),
-            "deadline": _nullable(
-                {
-                    "type": "string",
-                    "format": "date-time",
-                    "description": "Do not start after this time: the job then fails as"
-                    " `expired`. Not before the job's start; not with `deadline_in`.",
-                }
-            ),
-            "deadline_in": _nullable(
-                {
-                    "type": "number",
-                    "exclusiveMinimum": 0,
-                    "maximum": schema.MAX_DELAY_S,
-                    "description": "The deadline in seconds from now.",
-                }
-            ),
-            "unique_key": _nullable(
-                {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": schema.MAX_KEY_LEN,
-                    "description": "At most one pending or running job holds this key: while"
-                    " one does, enqueueing another returns it (200).",
-                }
-            ),
-            "callback_url": _nullable(
-                {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": schema.MAX_URL_LEN,
-                    "description": "POSTed the job's record, signed, when it ends (a host on the"
-                    " allow-list; the server needs a webhook secret).",
-                }
-            ),
-            **(
-                {}
-                if in_workflow
-                else {
-                    "depends_on": {
-                        "type": "array",
-                        "maxItems": schema.MAX_DEPENDENCIES,
-                        "items": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
-                        "description": "Ids of existing jobs that must succeed first.",
-                    },
-                    "pass_result": {
-                        "type": "boolean",
-                        "description": "Give the dependencies' result(s) as the first argument.",
-                    },
-                    "on_dependency_failure": _dependency_failure_policy(
-                        "What a dependency that did not succeed does to this job."
-                    ),
-                }
-            ),
-        },
-        # `delay` / `run_at`, and `deadline` / `deadline_in`, exclude each other
+        "properties": properties,
+        # pairs of options that exclude each other
         "allOf": [
             {
                 "not": {
-                    "required": ["delay", "run_at"],
-                    "properties": {"delay": {"type": "number"}, "run_at": {"type": "string"}},
-                }
-            },
-            {
-                "not": {
-                    "required": ["deadline", "deadline_in"],
+                    "required": [o.wire, BY_NAME[o.excludes].wire],
                     "properties": {
-                        "deadline": {"type": "string"},
-                        "deadline_in": {"type": "number"},
+                        o.wire: {"type": _option_schema(o)["type"][0]},
+                        BY_NAME[o.excludes].wire: {
+                            "type": _option_schema(BY_NAME[o.excludes])["type"][0]
+                        },
                     },
                 }
-            },
+            }
+            for o in OPTIONS
+            if o.excludes is not None
         ],
     }
 
 
-def _dependency_failure_policy(description: str) -> dict[str, Any]:
-    return {
-        "type": "string",
-        "enum": list(DEPENDENCY_FAILURE_POLICIES),
-        "description": f"{description} Default: `{DEPENDENCY_FAILURE_POLICIES[0]}`.",
-    }
-
-
-def _kwargs() -> dict[str, Any]:
-    # Any names but `ctx` (refused with 422, field `kwargs.ctx`). Not said in the schema
-    # (`propertyNames: {not: ...}`): generated clients read that as "no keys at all".
+def _backoff_schema() -> dict[str, Any]:
     return {
         "type": "object",
-        "additionalProperties": True,
-        "description": "Keyword arguments; `ctx` is reserved for the job context. Default: `{}`.",
+        "description": "Retry backoff; missing fields come from the task's policy.",
+        "additionalProperties": False,
+        "properties": {o.wire: _option_schema(o) for o in BACKOFF_OPTIONS},
     }
 
 
@@ -255,12 +180,12 @@ def _workflow_schemas(tasks: list[str] | None) -> dict[str, Any]:
     WorkflowNodes, which may also give `on_dependency_failure` for every job of the workflow.
     A WorkflowNode is the same without that field: routes/workflows.post_workflow takes it off
     the root, and refuses it anywhere else."""
-    root_only = {
-        "on_dependency_failure": _dependency_failure_policy(
-            "Only on the root (the body itself), for the whole workflow: what a dependency that"
-            " did not succeed does to the jobs after it."
-        )
-    }
+    policy = _option_schema(BY_NAME["on_dependency_failure"])
+    policy["description"] = (
+        "Only on the root (the body itself), for the whole workflow: what a dependency that"
+        f" did not succeed does to the jobs after it. Default: `{policy['enum'][0]}`."
+    )
+    root_only = {"on_dependency_failure": policy}
     job = _job_request(tasks, in_workflow=True)
     job["properties"].update(root_only)
     nodes = {"type": "array", "minItems": 1, "items": ref("WorkflowNode")}
@@ -317,16 +242,7 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
     }
     return {
         "JobRequest": _job_request(tasks),
-        "Backoff": {
-            "type": "object",
-            "description": "Retry backoff; missing fields come from the task's policy.",
-            "additionalProperties": False,
-            "properties": {
-                "base": _nullable({"type": "number", "exclusiveMinimum": 0, "maximum": 3600}),
-                "factor": _nullable({"type": "number", "minimum": 1, "maximum": 10}),
-                "cap": _nullable({"type": "number", "exclusiveMinimum": 0, "maximum": 86400}),
-            },
-        },
+        "Backoff": _backoff_schema(),
         "BatchRequest": {
             "type": "object",
             "required": ["jobs"],
@@ -519,15 +435,9 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
                     "description": "A cron expression, e.g. `*/5 * * * *`.",
                 },
                 "args": {"type": "array"},
-                "kwargs": _kwargs(),
-                "queue": {"type": "string", "pattern": QUEUE_PATTERN},
-                "priority": _nullable(
-                    {
-                        "type": "integer",
-                        "minimum": schema.PRIORITY_RANGE[0],
-                        "maximum": schema.PRIORITY_RANGE[1],
-                    }
-                ),
+                "kwargs": _option_schema(BY_NAME["kwargs"]),
+                "queue": _option_schema(BY_NAME["queue"]),
+                "priority": _option_schema(BY_NAME["priority"]),
                 "timezone": _nullable(
                     {
                         "type": "string",
@@ -833,7 +743,7 @@ def _parameters() -> dict[str, Any]:
             "in": "header",
             "description": "The same key with the same payload returns the original job (200);"
             " with another payload it is refused (409).",
-            "schema": {"type": "string", "minLength": 1, "maxLength": schema.MAX_KEY_LEN},
+            "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LEN},
         },
     }
 

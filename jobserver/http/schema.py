@@ -15,9 +15,8 @@ from aiohttp import web
 
 from .. import codec
 from ..errors import NotFound, ValidationError
+from ..job_options import BACKOFF_BY_WIRE, BY_WIRE, MAX_KEY_LEN, QUEUE_NAME
 from ..models import (
-    DEPENDENCY_FAILURE_POLICIES,
-    MISSED_TICK_POLICIES,
     DeadLetter,
     Job,
 )
@@ -47,24 +46,6 @@ MAX_PAGE = 1000
 DEFAULT_PAGE = 50
 
 
-PRIORITY_RANGE = (-1000, 1000)
-
-
-MAX_RETRIES_RANGE = (0, 100)
-
-
-MAX_DELAY_S = 366 * 86400.0
-
-
-MAX_TIMEOUT_S = 7 * 86400.0
-
-
-QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,99}")
-
-
-MAX_KEY_LEN = 200
-
-
 RFC3339_NO_ZONE = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
 )
@@ -83,36 +64,6 @@ MAX_BATCH = 10_000
 
 
 MAX_ITEM_ERRORS = 100
-
-
-JOB_FIELDS = frozenset(
-    {
-        "task",
-        "args",
-        "kwargs",
-        "queue",
-        "priority",
-        "delay",
-        "run_at",
-        "max_retries",
-        "timeout",
-        "backoff",
-        "idempotency_key",
-        "deadline",
-        "deadline_in",
-        "unique_key",
-        "depends_on",
-        "pass_result",
-        "on_dependency_failure",
-        "callback_url",
-    }
-)
-
-
-MAX_DEPENDENCIES = 1000
-
-
-MAX_URL_LEN = 2000
 
 
 SCHEDULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,99}")
@@ -296,23 +247,6 @@ def parse_rfc3339(name: str, value: Any) -> float:
     return min(max(when.timestamp(), MIN_TS), MAX_TS)
 
 
-def parse_backoff(value: Any) -> dict[str, float] | None:
-    """The backoff fields a request gives; the rest come from the task's own policy."""
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise ValidationError("backoff", "must be an object with base, factor and cap (seconds)")
-    unknown = set(value) - {"base", "factor", "cap"}
-    if unknown:
-        raise ValidationError(f"backoff.{sorted(unknown)[0]}", "unknown field")
-    fields = {
-        "base_s": _number(value, "base", 0.0, 3600.0, open_lo=True),
-        "factor": _number(value, "factor", 1.0, 10.0),
-        "cap_s": _number(value, "cap", 0.0, 86400.0, open_lo=True),
-    }
-    return {k: v for k, v in fields.items() if v is not None}
-
-
 def _is_utf8(text: str) -> bool:
     try:
         text.encode()
@@ -322,86 +256,33 @@ def _is_utf8(text: str) -> bool:
 
 
 def parse_enqueue(body: dict[str, Any], header_key: str | None) -> dict[str, Any]:
-    """Validate a POST /jobs body into keyword arguments for JobServer.enqueue."""
-    unknown = set(body) - JOB_FIELDS
-    if unknown:
-        raise ValidationError(sorted(unknown)[0], "unknown field")
-    task = _string(body, "task", 200)
-    if task is None:
-        raise ValidationError("task", "is required")
-    args = body.get("args", [])
-    if not isinstance(args, list):
-        raise ValidationError("args", "must be an array")
-    kwargs = body.get("kwargs", {})
-    if not isinstance(kwargs, dict):
-        raise ValidationError("kwargs", "must be an object")
-    if "ctx" in kwargs:
-        raise ValidationError("kwargs.ctx", "is reserved for the job context")
-    queue = body.get("queue", "default")
-    if not isinstance(queue, str) or not QUEUE_NAME.fullmatch(queue):
-        raise ValidationError("queue", "must be 1-100 of A-Z a-z 0-9 _ . : - starting alphanumeric")
-    delay = _number(body, "delay", 0.0, MAX_DELAY_S)
-    run_at = parse_rfc3339("run_at", body["run_at"]) if body.get("run_at") is not None else None
-    if delay is not None and run_at is not None:
-        raise ValidationError("delay", "give delay or run_at, not both")
-    key = _string(body, "idempotency_key", MAX_KEY_LEN)
+    """A POST /jobs body as keyword arguments for JobServer.new_job: the API's names become
+    Python's (job_options.OPTIONS) and RFC 3339 times epoch seconds. The values are checked
+    there, once; its errors reach the client in the API's names (errors.in_api_names)."""
+    options: dict[str, Any] = {"task": None}  # left out, JobServer.new_job says it is required
+    for wire, value in body.items():
+        option = BY_WIRE.get(wire)
+        if option is None:
+            raise ValidationError(wire, "unknown field")
+        if value is None:
+            if not option.nullable:
+                raise ValidationError(wire, option.expected)
+            continue
+        if option.kind == "time":
+            value = parse_rfc3339(wire, value)
+        elif option.kind == "backoff" and isinstance(value, dict):
+            value = {(b.name if (b := BACKOFF_BY_WIRE.get(k)) else k): v for k, v in value.items()}
+        options[option.name] = value
     if header_key is not None:
         if not 1 <= len(header_key) <= MAX_KEY_LEN:
             raise ValidationError("Idempotency-Key", f"must be 1 to {MAX_KEY_LEN} characters")
         if not _is_utf8(header_key):  # aiohttp keeps other bytes as lone surrogates
             raise ValidationError("Idempotency-Key", "must be UTF-8 text")
+        key = options.get("idempotency_key")
         if key is not None and key != header_key:
             raise ValidationError("idempotency_key", "differs from the Idempotency-Key header")
-        key = header_key
-    priority = _int(body, "priority", *PRIORITY_RANGE)
-    deadline = (
-        parse_rfc3339("deadline", body["deadline"]) if body.get("deadline") is not None else None
-    )
-    deadline_in = _number(body, "deadline_in", 0.0, MAX_DELAY_S, open_lo=True)
-    if deadline is not None and deadline_in is not None:
-        raise ValidationError("deadline", "give deadline or deadline_in, not both")
-    depends_on = body.get("depends_on", [])
-    if not isinstance(depends_on, list) or len(depends_on) > MAX_DEPENDENCIES:
-        raise ValidationError(
-            "depends_on", f"must be an array of at most {MAX_DEPENDENCIES} job ids"
-        )
-    depends_on = [_int({"depends_on": d}, "depends_on", 1, 10**18 - 1) for d in depends_on]
-    pass_result = body.get("pass_result", False)
-    if not isinstance(pass_result, bool):
-        raise ValidationError("pass_result", "must be true or false")
-    policy = body.get("on_dependency_failure", "fail")
-    if policy not in DEPENDENCY_FAILURE_POLICIES:
-        raise ValidationError(
-            "on_dependency_failure", f"must be one of {', '.join(DEPENDENCY_FAILURE_POLICIES)}"
-        )
-    extra: dict[str, Any] = {}
-    if deadline is not None or deadline_in is not None:
-        extra["deadline"] = deadline
-        extra["deadline_s"] = deadline_in
-    if depends_on:
-        extra["depends_on"] = depends_on
-        extra["pass_result"] = pass_result
-        extra["on_dependency_failure"] = policy
-    unique_key = _string(body, "unique_key", MAX_KEY_LEN)
-    if unique_key is not None:
-        extra["unique_key"] = unique_key
-    callback_url = _string(body, "callback_url", MAX_URL_LEN)
-    if callback_url is not None:
-        extra["callback_url"] = callback_url
-    return {
-        **extra,
-        "task": task,
-        "args": args,
-        "kwargs": kwargs,
-        "queue": queue,
-        "priority": 0 if priority is None else priority,
-        "delay_s": delay,
-        "run_at": run_at,
-        "max_retries": _int(body, "max_retries", *MAX_RETRIES_RANGE),
-        "timeout_s": _number(body, "timeout", 0.0, MAX_TIMEOUT_S, open_lo=True),
-        "backoff": parse_backoff(body.get("backoff")),
-        "idempotency_key": key,
-    }
+        options["idempotency_key"] = header_key
+    return options
 
 
 def query_params(request: web.Request, allowed: set[str]) -> dict[str, str]:
@@ -540,22 +421,16 @@ def parse_schedule(body: dict[str, Any]) -> dict[str, Any]:
     if cron is None:
         raise ValidationError("cron", "is required")
     timezone = _string(body, "timezone", 100) or "UTC"
-    missed = body.get("missed", "skip")
-    if missed not in MISSED_TICK_POLICIES:
-        raise ValidationError("missed", f"must be one of {', '.join(MISSED_TICK_POLICIES)}")
     paused = body.get("paused", False)
     if not isinstance(paused, bool):
         raise ValidationError("paused", "must be true or false")
     return {
+        **job,
+        "task": job.get("task"),  # JobServer.save_schedule checks the job's options
         "name": name,
-        "task": job["task"],
         "cron": cron,
-        "args": job["args"],
-        "kwargs": job["kwargs"],
-        "queue": job["queue"],
-        "priority": job["priority"],
         "timezone": timezone,
-        "missed": missed,
+        "missed": body.get("missed", "skip"),  # checked there too
         "paused": paused,
     }
 

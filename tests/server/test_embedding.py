@@ -7,9 +7,12 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from jobserver import JobServer, JobState
+from jobserver.errors import ValidationError
+from jobserver.store.base import JobFilter
 from jobserver.tasks import Registry, task
 
 from ..conftest import eventually
@@ -89,3 +92,25 @@ async def test_an_open_long_poll_does_not_hold_up_shutdown(tmp_path: Path) -> No
 
 async def _waiting(server: JobServer) -> int:
     return sum(len(w) for w in server._waiters.values())
+
+
+async def test_the_python_api_checks_a_job_as_the_http_api_does(tmp_path: Path) -> None:
+    """One check for both doors (job_options): a bad option from Python is refused, named as
+    Python names it, and nothing is written (this API once stored priority 10**6 and any
+    queue name)."""
+    async with JobServer(db=tmp_path / "v.db", tasks=list(reg)) as server:
+        for options, field in (
+            ({"priority": 10**6}, "priority"),
+            ({"queue": "no spaces"}, "queue"),
+            ({"deadline_s": 5, "deadline": time.time() + 9}, "deadline"),
+            ({"timeout_s": -1}, "timeout_s"),
+            ({"max_retries": 1.5}, "max_retries"),
+            ({"surprise": 1}, "surprise"),
+        ):
+            with pytest.raises(ValidationError) as caught:
+                await server.enqueue("shout", ["x"], **options)
+            assert caught.value.field == field, options
+            assert "deadline_in" not in caught.value.message
+        assert await server.list_jobs(JobFilter(), 10, None) == []
+        job = await server.enqueue("shout", ["ok"], priority=1000, queue="a.b:c-d")
+        assert (job.priority, job.queue) == (1000, "a.b:c-d")

@@ -19,7 +19,7 @@ from ...render import (
 )
 from ...store.base import JobFilter, payload_fingerprint
 from ..context import poll_prefix, server_of
-from ..errors import json_response
+from ..errors import in_api_names, json_response
 from ..schema import (
     MAX_BATCH,
     MAX_ITEM_ERRORS,
@@ -84,6 +84,7 @@ async def post_jobs_batch(request: web.Request) -> web.Response:
                     )
             new_jobs.append(new)
         except ValidationError as exc:
+            exc = in_api_names(exc)
             problems.append({"index": index, "field": exc.field, "message": exc.message})
     if problems:
         first = problems[0]

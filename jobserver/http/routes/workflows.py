@@ -6,10 +6,6 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ...errors import ValidationError
-from ...models import (
-    DEPENDENCY_FAILURE_POLICIES,
-)
 from ...render import (
     job_to_dict,
 )
@@ -24,11 +20,7 @@ if TYPE_CHECKING:
 async def post_workflow(request: web.Request) -> web.Response:
     server = server_of(request)
     body = await read_json_object(request, server.max_batch_body_bytes)
-    policy = body.pop("on_dependency_failure", "fail")
-    if policy not in DEPENDENCY_FAILURE_POLICIES:
-        raise ValidationError(
-            "on_dependency_failure", f"must be one of {', '.join(DEPENDENCY_FAILURE_POLICIES)}"
-        )
+    policy = body.pop("on_dependency_failure", None)  # the whole workflow's
     workflow_id, jobs = await server.enqueue_workflow(
         body, parse_job=parse_workflow_job, on_dependency_failure=policy
     )

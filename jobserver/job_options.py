@@ -1,0 +1,373 @@
+"""Every option of a new job, declared once.
+
+An `Option` is one field of a job request: its Python name (`JobServer.enqueue`, the client,
+`workflows.job`), its name in the HTTP API, its type, bounds, default and meaning. From this
+table, and nowhere else:
+- the core checks a request (`check_options`, called by `JobServer.new_job`), naming the
+  Python field in its `ValidationError`;
+- the HTTP layer reads request bodies into Python names, says its errors in the API's names
+  (`http/schema.py`) and writes the OpenAPI schema of a job request (`http/openapi.py`);
+- the client builds request bodies (`client._job_body`).
+
+Pure: no I/O. Times are epoch seconds here; the HTTP layer reads and writes RFC 3339.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Literal
+
+from .errors import ValidationError
+from .models import DEPENDENCY_FAILURE_POLICIES, Backoff
+from .render import MAX_TS, MIN_TS
+
+Kind = Literal[
+    "string", "integer", "number", "boolean", "array", "object", "time", "choice", "ids", "backoff"
+]
+
+MAX_ID = 10**18 - 1  # ids are read from up to 18 digits
+MAX_DELAY_S = 366 * 86400.0
+MAX_TIMEOUT_S = 7 * 86400.0
+MAX_KEY_LEN = 200
+MAX_URL_LEN = 2000
+MAX_DEPENDENCIES = 1000
+MAX_TASK_NAME = 200
+PRIORITY_RANGE = (-1000, 1000)
+MAX_RETRIES_RANGE = (0, 100)
+QUEUE_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,99}"
+QUEUE_NAME = re.compile(QUEUE_PATTERN)
+
+_EXPECTED = {
+    "string": "must be a string",
+    "integer": "must be an integer",
+    "number": "must be a number",
+    "boolean": "must be true or false",
+    "array": "must be an array",
+    "object": "must be an object",
+    "time": "must be a time in epoch seconds",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    name: str  # in Python
+    wire: str  # in the HTTP API
+    kind: Kind
+    description: str  # in the API's words (it is the OpenAPI description)
+    default: Any = None  # what leaving it out means; None: nothing (or the task's own)
+    lo: float | None = None
+    hi: float | None = None
+    open_lo: bool = False  # `lo` itself is refused
+    max_len: int | None = None  # strings: characters; ids: items
+    pattern: re.Pattern[str] | None = None
+    pattern_words: str = ""  # the pattern as the error says it
+    choices: tuple[str, ...] = ()
+    nullable: bool = True  # over HTTP, null means "not given"
+    excludes: str | None = None  # the Python name of an option not to give with this one
+
+    @property
+    def expected(self) -> str:
+        """What a value of the wrong type is told."""
+        if self.kind == "choice":
+            return f"must be one of {', '.join(self.choices)}"
+        if self.kind == "ids":
+            return f"must be an array of at most {self.max_len} job ids"
+        if self.kind == "backoff":
+            return "must be an object with base, factor and cap (seconds)"
+        return _EXPECTED[self.kind]
+
+    def check(self, value: Any) -> Any:
+        """The value as stored (numbers widened, sequences as lists); ValidationError naming
+        this option for a value of the wrong type or out of its bounds."""
+        kind = self.kind
+        if kind == "string":
+            if not isinstance(value, str):
+                raise ValidationError(self.name, self.expected)
+            if self.pattern is not None:
+                if self.pattern.fullmatch(value) is None:
+                    raise ValidationError(self.name, f"must be {self.pattern_words}")
+            elif not 1 <= len(value) <= (self.max_len or 0):
+                raise ValidationError(self.name, f"must be 1 to {self.max_len} characters")
+            return value
+        if kind == "integer":
+            return _integer(self.name, value, self.lo, self.hi)
+        if kind == "number":
+            return _number(self.name, value, self.lo, self.hi, self.open_lo)
+        if kind == "boolean":
+            if not isinstance(value, bool):
+                raise ValidationError(self.name, self.expected)
+            return value
+        if kind == "array":
+            if not isinstance(value, list | tuple):
+                raise ValidationError(self.name, self.expected)
+            return list(value)
+        if kind == "object":
+            if not isinstance(value, Mapping):
+                raise ValidationError(self.name, self.expected)
+            if "ctx" in value:
+                raise ValidationError(f"{self.name}.ctx", "is reserved for the job context")
+            return dict(value)
+        if kind == "time":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValidationError(self.name, self.expected)
+            if math.isnan(value):
+                raise ValidationError(self.name, "is not a time")
+            return min(max(float(value), MIN_TS), MAX_TS)  # a time past year 9999 is its end
+        if kind == "choice":
+            if value not in self.choices:
+                raise ValidationError(self.name, self.expected)
+            return value
+        if kind == "ids":
+            if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+                raise ValidationError(self.name, self.expected)
+            if len(value) > (self.max_len or 0):
+                raise ValidationError(self.name, self.expected)
+            return [_integer(self.name, item, 1, MAX_ID) for item in value]
+        return _backoff(self.name, value)
+
+
+def _integer(name: str, value: Any, lo: float | None, hi: float | None) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 2.0 is the integer 2 (as JSON Schema says)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(name, "must be an integer")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ValidationError(name, f"must be between {lo:.0f} and {hi:.0f}")
+    return value
+
+
+def _number(name: str, value: Any, lo: float | None, hi: float | None, open_lo: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(name, "must be a number")
+    number = float(value)
+    low = -math.inf if lo is None else lo
+    high = math.inf if hi is None else hi
+    if not math.isfinite(number) or number > high or number < low or (open_lo and number == lo):
+        bound = f"greater than {low:g}" if open_lo else f"at least {low:g}"
+        raise ValidationError(name, f"must be {bound} and at most {high:g}")
+    return number
+
+
+BACKOFF_OPTIONS = (
+    Option(
+        "base_s",
+        "base",
+        "number",
+        "Seconds before the first retry, at most.",
+        lo=0.0,
+        hi=3600.0,
+        open_lo=True,
+    ),
+    Option(
+        "factor",
+        "factor",
+        "number",
+        "Each retry waits up to this many times longer.",
+        lo=1.0,
+        hi=10.0,
+    ),
+    Option(
+        "cap_s",
+        "cap",
+        "number",
+        "The longest wait between attempts, in seconds.",
+        lo=0.0,
+        hi=86400.0,
+        open_lo=True,
+    ),
+)
+BACKOFF_BY_NAME = {o.name: o for o in BACKOFF_OPTIONS}
+BACKOFF_BY_WIRE = {o.wire: o for o in BACKOFF_OPTIONS}
+
+
+def _backoff(name: str, value: Any) -> Backoff | dict[str, float]:
+    """A Backoff as given, or the fields of a partial policy by their Python names (the rest
+    come from the task's own policy)."""
+    if isinstance(value, Backoff):
+        return value
+    if not isinstance(value, Mapping):
+        raise ValidationError(name, "must be an object with base, factor and cap (seconds)")
+    fields: dict[str, float] = {}
+    for key, item in value.items():
+        option = BACKOFF_BY_NAME.get(key)
+        if option is None:
+            raise ValidationError(f"{name}.{key}", "unknown field")
+        if item is not None:
+            fields[option.name] = _number(
+                f"{name}.{option.name}", item, option.lo, option.hi, option.open_lo
+            )
+    return fields
+
+
+OPTIONS = (
+    Option(
+        "task",
+        "task",
+        "string",
+        "The name of a registered task.",
+        max_len=MAX_TASK_NAME,
+        nullable=False,
+    ),
+    Option("args", "args", "array", "Positional arguments.", default=(), nullable=False),
+    Option(
+        "kwargs",
+        "kwargs",
+        "object",
+        "Keyword arguments; `ctx` is reserved for the job context.",
+        default=MappingProxyType({}),
+        nullable=False,
+    ),
+    Option(
+        "queue",
+        "queue",
+        "string",
+        "The queue the job waits in.",
+        default="default",
+        max_len=100,
+        pattern=QUEUE_NAME,
+        pattern_words="1-100 of A-Z a-z 0-9 _ . : - starting alphanumeric",
+        nullable=False,
+    ),
+    Option(
+        "priority",
+        "priority",
+        "integer",
+        "Within its queue, of the due jobs, higher runs first.",
+        default=0,
+        lo=PRIORITY_RANGE[0],
+        hi=PRIORITY_RANGE[1],
+    ),
+    Option(
+        "delay_s",
+        "delay",
+        "number",
+        "Seconds from now until the job is due.",
+        lo=0.0,
+        hi=MAX_DELAY_S,
+        excludes="run_at",
+    ),
+    Option(
+        "run_at",
+        "run_at",
+        "time",
+        "When the job is due. A time outside years 1 to 9999 in UTC is taken as that bound.",
+    ),
+    Option(
+        "max_retries",
+        "max_retries",
+        "integer",
+        "Retries after the first attempt; default: the task's.",
+        lo=MAX_RETRIES_RANGE[0],
+        hi=MAX_RETRIES_RANGE[1],
+    ),
+    Option(
+        "timeout_s",
+        "timeout",
+        "number",
+        "Seconds an attempt may run; default: the task's.",
+        lo=0.0,
+        hi=MAX_TIMEOUT_S,
+        open_lo=True,
+    ),
+    Option(
+        "backoff",
+        "backoff",
+        "backoff",
+        "How long to wait between attempts; fields left out come from the task's policy.",
+    ),
+    Option(
+        "idempotency_key",
+        "idempotency_key",
+        "string",
+        "Enqueueing again with the same key"
+        " (within the key window) returns the first job. Also taken from the Idempotency-Key"
+        " header, which must not differ from it.",
+        max_len=MAX_KEY_LEN,
+    ),
+    Option(
+        "deadline",
+        "deadline",
+        "time",
+        "Do not start after this time: the job then fails"
+        " as `expired`. Not before the job's start.",
+        excludes="deadline_s",
+    ),
+    Option(
+        "deadline_s",
+        "deadline_in",
+        "number",
+        "The deadline in seconds from now.",
+        lo=0.0,
+        hi=MAX_DELAY_S,
+        open_lo=True,
+    ),
+    Option(
+        "unique_key",
+        "unique_key",
+        "string",
+        "At most one pending or running job holds this"
+        " key: while one does, enqueueing another returns it (200).",
+        max_len=MAX_KEY_LEN,
+    ),
+    Option(
+        "depends_on",
+        "depends_on",
+        "ids",
+        "Ids of existing jobs that must succeed first.",
+        default=(),
+        max_len=MAX_DEPENDENCIES,
+    ),
+    Option(
+        "pass_result",
+        "pass_result",
+        "boolean",
+        "Give the dependencies' result(s) as the first argument.",
+        default=False,
+    ),
+    Option(
+        "on_dependency_failure",
+        "on_dependency_failure",
+        "choice",
+        "What a dependency that did not succeed does to this job.",
+        default=DEPENDENCY_FAILURE_POLICIES[0],
+        choices=DEPENDENCY_FAILURE_POLICIES,
+    ),
+    Option(
+        "callback_url",
+        "callback_url",
+        "string",
+        "POSTed the job's record, signed, when it"
+        " ends (a host on the allow-list; the server needs a webhook secret).",
+        max_len=MAX_URL_LEN,
+    ),
+)
+
+BY_NAME = {o.name: o for o in OPTIONS}
+BY_WIRE = {o.wire: o for o in OPTIONS}
+# Python names that the API spells otherwise, sub-fields included: errors are renamed by it.
+WIRE_NAMES = {o.name: o.wire for o in OPTIONS + BACKOFF_OPTIONS if o.name != o.wire}
+
+
+_DEFAULTS = {o.name: o.default for o in OPTIONS}
+
+
+def check_options(given: Mapping[str, Any]) -> dict[str, Any]:
+    """Every option of a job request, each given one checked, each left out (or None) at its
+    default; ValidationError naming the first bad one by its Python name."""
+    checked = dict(_DEFAULTS)
+    for name, value in given.items():
+        if value is None:
+            continue
+        option = BY_NAME.get(name)
+        if option is None:
+            raise ValidationError(name, "unknown field")
+        if option.excludes is not None and given.get(option.excludes) is not None:
+            raise ValidationError(name, f"give {name} or {option.excludes}, not both")
+        checked[name] = option.check(value)
+    if checked["task"] is None:
+        raise ValidationError("task", "is required")
+    return checked
