@@ -3,10 +3,12 @@ answered by a purpose-written HTTP/1.1 protocol on `jobserver serve`'s own liste
 
 Only the plain, successful case is handled here: a well-formed HTTP/1.1 `POST /jobs` with a
 Content-Length, a JSON object body and (with tokens configured) a full-access token, whose
-job is accepted. Anything else (another route, a query string, chunked or `Expect`, a bad
-header, a body that does not validate, a refused enqueue) hands the connection, from that
-request on, to aiohttp, which parses the request again and answers it the usual way, errors
-included. A refused enqueue wrote nothing, so trying it again there creates at most one job.
+job is accepted. llhttp (through httptools), the parser aiohttp itself is built on, reads each
+request; this module only finds where one ends. Anything else (another route, a query string,
+chunked or `Expect`, a head llhttp refuses, a body that does not validate, a refused enqueue)
+hands the connection, from that request on, to aiohttp, which parses the request again and
+answers it the usual way, errors included. A refused enqueue wrote nothing, so trying it again
+there creates at most one job.
 
 Behind aiohttp, a request costs several times what its job costs to write (see BENCHMARKS.md);
 this answers the same request with the same reply (status, body, headers that matter) for
@@ -18,19 +20,19 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import re
 import time
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, cast
 
+import httptools
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
 from .. import codec
 from ..auth import Access
 from ..errors import Conflict, NotFound, QueueFull, StorageUnavailable, ValidationError
-from .connections import aiohttp_protocol
+from .connections import MAX_HEADER_BYTES, aiohttp_protocol
 from .errors import error_body
 from .routes.jobs import accepted
 from .schema import BODY_TOO_SLOW, field_with_inexact_integer, nests_too_deep, parse_enqueue
@@ -41,13 +43,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REQUEST_LINE = b"POST /jobs HTTP/1.1\r\n"
+REQUEST_LINE = b"POST /jobs HTTP/1.1\r\n"  # anything else is aiohttp's from the first bytes
 MAX_HEAD_BYTES = 16_384  # a longer head is aiohttp's to refuse (its limits are per line)
 MAX_BUFFERED = 65_536  # read no further while a reply is due (a client pipelining requests)
-# Header fields as RFC 9110 allows them (a token, a colon, a value without control
-# characters but tab); a head that does not match is aiohttp's to judge and refuse.
-_FIELDS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
-# The fields read here; a request with any of the others listed is handed to aiohttp.
+# The fields read here; a request that gives one of them twice is handed to aiohttp.
 _USED = frozenset(
     {
         b"host",
@@ -61,7 +60,6 @@ _USED = frozenset(
 # Bodies aiohttp decodes (Content-Encoding) or frames (Transfer-Encoding), and requests it
 # must see: handed over, so that it answers them as it answers every other.
 _HAND_OFF = frozenset({b"transfer-encoding", b"content-encoding", b"expect", b"upgrade"})
-MAX_LENGTH_DIGITS = 18  # a longer Content-Length is no body this server takes: aiohttp's 400
 # Refusals that leave nothing written: aiohttp may try the request again and answer it.
 _REFUSALS = (ValidationError, QueueFull, Conflict, NotFound, StorageUnavailable)
 _STATUS_LINES = {
@@ -106,6 +104,33 @@ class _Date:
             cls.second = second
             cls.value = formatdate(second, usegmt=True).encode()
         return cls.value
+
+
+class _Request:
+    """What llhttp read of one request (httptools' callbacks): the fields used here by
+    lowercase name, whether one came twice or one of _HAND_OFF came, and whether the whole
+    message was read."""
+
+    __slots__ = ("complete", "fields", "not_ours")
+
+    def __init__(self) -> None:
+        self.fields: dict[bytes, bytes] = {}
+        self.not_ours = False
+        self.complete = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) > MAX_HEADER_BYTES or len(value) > MAX_HEADER_BYTES:
+            self.not_ours = True  # over aiohttp's limit a field: its 400 to give
+        name = name.lower()
+        if name in _USED:
+            if name in self.fields:
+                self.not_ours = True  # a field given twice: aiohttp's to judge
+            self.fields[name] = value.strip(b" \t")
+        elif name in _HAND_OFF:
+            self.not_ours = True
+
+    def on_message_complete(self) -> None:
+        self.complete = True
 
 
 class FastEnqueue:
@@ -160,6 +185,9 @@ class EnqueueProtocol(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._buffer = b""
         self._inner: asyncio.Protocol | None = None  # aiohttp's, once handed over
+        self._request: _Request | None = None  # the head at the front, once llhttp read it
+        self._parser: httptools.HttpRequestParser | None = None
+        self._head_end = self._body_end = 0  # where that request's head and body end
         self._head_timer: asyncio.TimerHandle | None = None  # until the first head is in
         self._tail = b""  # the last bytes seen, to spot the end of the first head
         self._body_timer: asyncio.TimerHandle | None = None  # a head in, its body not yet
@@ -275,42 +303,31 @@ class EnqueueProtocol(asyncio.Protocol):
             if len(buffer) >= len(REQUEST_LINE) or not REQUEST_LINE.startswith(buffer):
                 self._hand_over()
             return
-        end = buffer.find(b"\r\n\r\n", len(REQUEST_LINE) - 2)
-        if end < 0:
-            if len(buffer) > MAX_HEAD_BYTES:
+        if self._request is None:  # the head of the request at the front is not read yet
+            end = buffer.find(b"\r\n\r\n", len(REQUEST_LINE) - 2)
+            if end < 0 or end > MAX_HEAD_BYTES:
+                if len(buffer) > MAX_HEAD_BYTES:
+                    self._hand_over()
+                return
+            if not self._read_head(buffer[: end + 4]):
                 self._hand_over()
-            return
-        fields = self._fields(buffer[len(REQUEST_LINE) : end + 2])
-        if fields is None:
-            self._hand_over()
-            return
-        if fields.get(b"connection", b"keep-alive").lower() != b"keep-alive":
-            self._hand_over()  # close, upgrade, or a list: aiohttp's to honour
-            return
-        if b"host" not in fields:  # HTTP/1.1 requires it (aiohttp: 400)
-            self._hand_over()
-            return
-        length_text = fields.get(b"content-length", b"")
-        server = self._shared.server
-        if (
-            not length_text.isdigit()
-            or len(length_text) > MAX_LENGTH_DIGITS  # int() of thousands of digits raises
-            or int(length_text) > server.max_body_bytes
-        ):
-            self._hand_over()
-            return
-        body_end = end + 4 + int(length_text)
+                return
+        request, head_end, body_end = self._request, self._head_end, self._body_end
+        assert request is not None
         if len(buffer) < body_end:
             if self._body_timer is None:
-                self._body_timer = self._loop.call_later(server.body_timeout_s, self._body_too_slow)
+                timeout_s = self._shared.server.body_timeout_s
+                self._body_timer = self._loop.call_later(timeout_s, self._body_too_slow)
             return
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
-        fields_in = self._accept(fields, buffer[end + 4 : body_end])
+        body = buffer[head_end:body_end]
+        fields_in = self._accept(request.fields, body) if self._read_body(body) else None
         if fields_in is None:
             self._hand_over()
             return
+        self._request = self._parser = None  # the next request's head is read anew
         self._replying = True
         self._shared.idle.discard(self)
         try:
@@ -324,22 +341,40 @@ class EnqueueProtocol(asyncio.Protocol):
         written.add_done_callback(functools.partial(self._written, body_end))
         written.add_done_callback(self._shared.in_flight.discard)
 
-    @staticmethod
-    def _fields(block: bytes) -> dict[bytes, bytes] | None:
-        """The header fields we read, by lowercase name; None to hand the request over."""
-        if _FIELDS.fullmatch(block) is None:
-            return None
-        found: dict[bytes, bytes] = {}
-        for line in block.split(b"\r\n")[:-1]:
-            name, _, value = line.partition(b":")
-            name = name.lower()
-            if name in _USED:
-                if name in found:
-                    return None  # a field given twice: aiohttp's to judge
-                found[name] = value.strip(b" \t")
-            elif name in _HAND_OFF:
-                return None
-        return found
+    def _read_head(self, head: bytes) -> bool:
+        """llhttp reads the head; False if the request is not one answered here (a head llhttp
+        refuses, a field given twice or one that aiohttp must see, no Host, no
+        Content-Length, a body over the limit, not keep-alive)."""
+        request = _Request()
+        parser = httptools.HttpRequestParser(request)
+        try:
+            parser.feed_data(head)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            return False
+        fields = request.fields
+        if (
+            request.not_ours
+            or b"host" not in fields  # HTTP/1.1 requires it (aiohttp: 400)
+            or fields.get(b"connection", b"keep-alive").lower() != b"keep-alive"
+            or not parser.should_keep_alive()
+            or b"content-length" not in fields  # llhttp read it as digits, within 2^64
+            or int(fields[b"content-length"]) > self._shared.server.max_body_bytes
+        ):
+            return False
+        self._request, self._parser = request, parser
+        self._head_end = len(head)
+        self._body_end = len(head) + int(fields[b"content-length"])
+        return True
+
+    def _read_body(self, body: bytes) -> bool:
+        """llhttp reads the body: True if the message ends exactly where it does."""
+        assert self._parser is not None and self._request is not None
+        if body:
+            try:
+                self._parser.feed_data(body)
+            except httptools.HttpParserError:
+                return False
+        return self._request.complete
 
     def _accept(self, fields: dict[bytes, bytes], raw: bytes) -> dict[str, Any] | None:
         """The enqueue's arguments, or None when the request is not one answered here."""
