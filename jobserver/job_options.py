@@ -1,4 +1,4 @@
-"""Every option of a new job, declared once.
+"""Every option of a new job (and every setting of a queue), declared once.
 
 An `Option` is one field of a job request: its Python name (`JobServer.enqueue`, the client,
 `workflows.job`), its name in the HTTP API, its type, bounds, default and meaning. From this
@@ -370,4 +370,60 @@ def check_options(given: Mapping[str, Any]) -> dict[str, Any]:
         checked[name] = option.check(value)
     if checked["task"] is None:
         raise ValidationError("task", "is required")
+    return checked
+
+
+# A queue's settings (PATCH /queues/{name}, JobServer.configure_queue), declared the same way.
+# Their API names are their Python names; null (None) lifts a limit.
+QUEUE_SETTINGS = (
+    Option("paused", "paused", "boolean", "A paused queue starts no job.", nullable=False),
+    Option(
+        "concurrency_limit",
+        "concurrency_limit",
+        "integer",
+        "Jobs of the queue running at once, on all nodes.",
+        lo=1,
+        hi=1_000_000,
+    ),
+    Option(
+        "max_depth",
+        "max_depth",
+        "integer",
+        "Pending jobs the queue holds; an enqueue past it is refused (429).",
+        lo=1,
+        hi=10**12,
+    ),
+    Option(
+        "rate_limit",
+        "rate_limit",
+        "number",
+        "Jobs started per second (a token bucket).",
+        lo=0.0,
+        hi=1_000_000.0,
+        open_lo=True,
+    ),
+    Option(
+        "rate_burst",
+        "rate_burst",
+        "number",
+        "Jobs the bucket lets start at once.",
+        lo=1.0,
+        hi=1_000_000.0,
+    ),
+)
+QUEUE_SETTINGS_BY_NAME = {o.name: o for o in QUEUE_SETTINGS}
+
+
+def check_queue_settings(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings to change, checked; None lifts a limit. ValidationError names the first
+    bad one."""
+    checked: dict[str, Any] = {}
+    for name, value in changes.items():
+        option = QUEUE_SETTINGS_BY_NAME.get(name)
+        if option is None:
+            raise ValidationError(name, "unknown field")
+        if value is None and option.nullable:
+            checked[name] = None
+        else:
+            checked[name] = option.check(value)
     return checked

@@ -29,7 +29,7 @@ from .http.app import create_app
 from .http.listener import HttpListener
 from .isolation import ProcessPool
 from .job_options import BY_NAME as OPTIONS_BY_NAME
-from .job_options import check_options
+from .job_options import check_options, check_queue_settings
 from .metrics import Metrics
 from .models import (
     MISSED_TICK_POLICIES,
@@ -473,7 +473,9 @@ class JobServer:
         return info
 
     async def configure_queue(self, name: str, **changes: Any) -> QueueInfo:
-        """Set some of paused, concurrency_limit, rate_limit, rate_burst, max_depth."""
+        """Set some of paused, concurrency_limit, rate_limit, rate_burst, max_depth (None
+        lifts a limit); ValidationError naming a bad one (job_options.QUEUE_SETTINGS)."""
+        changes = check_queue_settings(changes)
         info = await self.store.configure_queue(name, changes, self.clock.now())
         log.info("queue %r: %s", name, changes)
         self.worker.wake()

@@ -12,7 +12,15 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .. import codec
-from ..job_options import BACKOFF_OPTIONS, BY_NAME, MAX_ID, MAX_KEY_LEN, OPTIONS, Option
+from ..job_options import (
+    BACKOFF_OPTIONS,
+    BY_NAME,
+    MAX_ID,
+    MAX_KEY_LEN,
+    OPTIONS,
+    QUEUE_SETTINGS,
+    Option,
+)
 from ..job_options import QUEUE_PATTERN as QUEUE_PATTERN_TEXT
 from ..models import ATTEMPT_OUTCOMES, JobState
 from ..workflows import MAX_WORKFLOW_JOBS
@@ -401,22 +409,7 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
             "type": "object",
             "description": "The settings to change; null lifts a limit.",
             "additionalProperties": False,
-            "properties": {
-                "paused": {"type": "boolean"},
-                "concurrency_limit": _nullable(
-                    {"type": "integer", "minimum": 1, "maximum": 1_000_000}
-                ),
-                "max_depth": _nullable({"type": "integer", "minimum": 1, "maximum": 10**12}),
-                "rate_limit": _nullable(
-                    {
-                        "type": "number",
-                        "exclusiveMinimum": 0,
-                        "maximum": 1_000_000,
-                        "description": "Jobs started per second (a token bucket).",
-                    }
-                ),
-                "rate_burst": _nullable({"type": "number", "minimum": 1, "maximum": 1_000_000}),
-            },
+            "properties": {o.wire: _option_schema(o) for o in QUEUE_SETTINGS},
         },
         "ScheduleRequest": {
             "type": "object",

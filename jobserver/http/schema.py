@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -72,9 +71,6 @@ SCHEDULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,99}")
 SCHEDULE_FIELDS = frozenset(
     {"name", "task", "cron", "args", "kwargs", "queue", "priority", "timezone", "missed", "paused"}
 )
-
-
-QUEUE_FIELDS = ("paused", "concurrency_limit", "rate_limit", "rate_burst", "max_depth")
 
 
 def _reject_nan(name: str) -> Any:
@@ -190,34 +186,6 @@ def nests_too_deep(raw: bytes, body: Any) -> bool:
     if raw.count(b"[") + raw.count(b"{") <= MAX_NESTING:
         return False
     return codec.nesting_depth(body, MAX_NESTING + 1) > MAX_NESTING
-
-
-def _int(body: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # JSON has one number type: 2.0 is the integer 2 (as JSON Schema says)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationError(name, "must be an integer")
-    if not lo <= value <= hi:
-        raise ValidationError(name, f"must be between {lo} and {hi}")
-    return value
-
-
-def _number(
-    body: dict[str, Any], name: str, lo: float, hi: float, *, open_lo: bool = False
-) -> float | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValidationError(name, "must be a number")
-    number = float(value)
-    if not math.isfinite(number) or number > hi or number < lo or (open_lo and number == lo):
-        bound = f"greater than {lo}" if open_lo else f"at least {lo}"
-        raise ValidationError(name, f"must be {bound} and at most {hi}")
-    return number
 
 
 def _string(body: dict[str, Any], name: str, max_len: int) -> str | None:
@@ -376,33 +344,6 @@ def queue_name_param(request: web.Request) -> str:
     if not QUEUE_NAME.fullmatch(name):
         raise NotFound(f"no queue {name!r}")
     return name
-
-
-def parse_queue_settings(body: dict[str, Any]) -> dict[str, Any]:
-    """PATCH /queues/{name}: each limit a positive number, or null to lift it."""
-    unknown = set(body) - set(QUEUE_FIELDS)
-    if unknown:
-        raise ValidationError(sorted(unknown)[0], "unknown field")
-    changes: dict[str, Any] = {}
-    if "paused" in body:
-        if not isinstance(body["paused"], bool):
-            raise ValidationError("paused", "must be true or false")
-        changes["paused"] = body["paused"]
-    for name, lo, hi, whole in (
-        ("concurrency_limit", 1, 1_000_000, True),
-        ("max_depth", 1, 10**12, True),
-        ("rate_limit", 0.0, 1_000_000.0, False),
-        ("rate_burst", 1.0, 1_000_000.0, False),
-    ):
-        if name not in body:
-            continue
-        if body[name] is None:
-            changes[name] = None
-        elif whole:
-            changes[name] = _int(body, name, int(lo), int(hi))
-        else:
-            changes[name] = _number(body, name, lo, hi, open_lo=name == "rate_limit")
-    return changes
 
 
 def parse_schedule(body: dict[str, Any]) -> dict[str, Any]:

@@ -114,3 +114,20 @@ async def test_the_python_api_checks_a_job_as_the_http_api_does(tmp_path: Path) 
         assert await server.list_jobs(JobFilter(), 10, None) == []
         job = await server.enqueue("shout", ["ok"], priority=1000, queue="a.b:c-d")
         assert (job.priority, job.queue) == (1000, "a.b:c-d")
+
+
+async def test_the_python_api_checks_queue_settings_as_the_http_api_does(tmp_path: Path) -> None:
+    """configure_queue once took any value (a limit of -5, an unknown key reached the SQL)."""
+    async with JobServer(db=tmp_path / "q.db", tasks=list(reg)) as server:
+        for changes, field in (
+            ({"concurrency_limit": -5}, "concurrency_limit"),
+            ({"rate_limit": 0}, "rate_limit"),
+            ({"paused": None}, "paused"),
+            ({"max_depth": 2.5}, "max_depth"),
+            ({"surprise": 1}, "surprise"),
+        ):
+            with pytest.raises(ValidationError) as caught:
+                await server.configure_queue("q", **changes)
+            assert caught.value.field == field, changes
+        info = await server.configure_queue("q", concurrency_limit=3, rate_limit=None)
+        assert info.settings.concurrency_limit == 3 and info.settings.rate_limit is None

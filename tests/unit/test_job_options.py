@@ -15,7 +15,7 @@ from jobserver.errors import ValidationError
 from jobserver.http.errors import in_api_names
 from jobserver.http.openapi import build_spec
 from jobserver.http.schema import parse_enqueue
-from jobserver.job_options import BY_NAME, OPTIONS, Option, check_options
+from jobserver.job_options import BY_NAME, OPTIONS, QUEUE_SETTINGS, Option, check_options
 from jobserver.models import Backoff
 
 POSITIONAL = {"task", "args", "kwargs"}
@@ -127,3 +127,10 @@ def test_null_means_not_given_except_where_declared_otherwise() -> None:
         with pytest.raises(ValidationError) as caught:
             parse_enqueue({"task": "t", wire: None}, None)
         assert caught.value.field == wire
+
+
+def test_the_openapi_queue_settings_are_the_declared_ones() -> None:
+    props = build_spec(["echo"])["components"]["schemas"]["QueueSettings"]["properties"]
+    assert list(props) == [o.wire for o in QUEUE_SETTINGS]
+    assert props["rate_limit"]["exclusiveMinimum"] == 0
+    assert props["paused"] == {"type": "boolean", "description": QUEUE_SETTINGS[0].description}

@@ -11,7 +11,7 @@ from ...models import (
 )
 from ..context import server_of
 from ..errors import json_response
-from ..schema import parse_queue_settings, query_params, queue_name_param, read_json_object
+from ..schema import query_params, queue_name_param, read_json_object
 
 if TYPE_CHECKING:
     pass
@@ -49,7 +49,7 @@ async def get_queue(request: web.Request) -> web.Response:
 async def patch_queue(request: web.Request) -> web.Response:
     server = server_of(request)
     name = queue_name_param(request)
-    changes = parse_queue_settings(await read_json_object(request, server.max_body_bytes))
+    changes = await read_json_object(request, server.max_body_bytes)  # checked by the server
     return json_response(queue_to_dict(await server.configure_queue(name, **changes)))
 
 
