@@ -1,12 +1,16 @@
-"""Jobs and dead letters as clients see them: JSON-ready dicts, RFC 3339 times. Used by the
-HTTP API, webhooks and the event stream, so all three show a job the same way."""
+"""Jobs, dead letters and attempts as clients see them: JSON-ready dicts, RFC 3339 times. Used
+by the HTTP API, webhooks and the event stream, so all three show a job the same way. Each
+record's fields are declared once (JOB_RECORD...), with the JSON Schema that openapi.py
+publishes for them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from .models import Attempt, DeadLetter, Job
+from .models import ATTEMPT_OUTCOMES, Attempt, DeadLetter, Job
 
 MIN_TS = datetime(1, 1, 1, tzinfo=UTC).timestamp()
 MAX_TS = datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC).timestamp()
@@ -26,62 +30,143 @@ def public_error(error: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"type": error.get("type"), "message": error.get("message")}
 
 
+# -- records: each field declared once, with its JSON Schema (the OpenAPI document's) -------------
+COMPONENTS = "#/components/schemas/"
+TIMESTAMP = {"type": "string", "format": "date-time"}
+T = TypeVar("T")
+
+
+def _null(schema: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in schema:
+        return {"anyOf": [schema, {"type": "null"}]}
+    return {**schema, "type": [schema["type"], "null"]}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": COMPONENTS + name}
+
+
+@dataclass(frozen=True, slots=True)
+class Field(Generic[T]):
+    """One field of a record as clients see it: its name, its JSON Schema (refs name the
+    OpenAPI document's components) and how it is read from the model."""
+
+    name: str
+    schema: dict[str, Any]
+    read: Callable[[T], Any]
+
+
+def _progress(job: Job) -> dict[str, Any] | None:
+    if job.progress is None:
+        return None
+    return {"fraction": job.progress, "message": job.progress_message}
+
+
+PROGRESS_SCHEMA = {
+    "type": "object",
+    "required": ["fraction", "message"],
+    "additionalProperties": False,
+    "properties": {
+        "fraction": {"type": "number", "minimum": 0, "maximum": 1},
+        "message": {"type": ["string", "null"]},
+    },
+}
+ID = {"type": "integer", "minimum": 1}
+COUNT = {"type": "integer", "minimum": 0}
+
+JOB_RECORD: tuple[Field[Job], ...] = (
+    Field("id", ID, lambda j: j.id),
+    Field("task", {"type": "string"}, lambda j: j.task),
+    Field("queue", {"type": "string"}, lambda j: j.queue),
+    Field("status", _ref("JobStatus"), lambda j: j.status.value),
+    Field("priority", {"type": "integer"}, lambda j: j.priority),
+    Field("args", {"type": "array"}, lambda j: j.args),
+    Field("kwargs", {"type": "object"}, lambda j: j.kwargs),
+    Field("attempts", COUNT, lambda j: j.attempts),
+    Field("max_retries", COUNT, lambda j: j.max_retries),
+    Field(
+        "timeout",
+        {
+            "type": ["number", "null"],
+            "description": "The timeout that applies: the job's, else its task's.",
+        },
+        lambda j: j.timeout_s,
+    ),
+    Field("created_at", TIMESTAMP, lambda j: rfc3339(j.created_at)),
+    Field("run_at", TIMESTAMP, lambda j: rfc3339(j.run_at)),
+    Field("started_at", _null(TIMESTAMP), lambda j: rfc3339(j.started_at)),
+    Field("completed_at", _null(TIMESTAMP), lambda j: rfc3339(j.completed_at)),
+    Field(
+        "result",
+        {"description": "The task's return value (any JSON), once it succeeded."},
+        lambda j: j.result,
+    ),
+    Field("error", _null(_ref("JobError")), lambda j: public_error(j.error)),
+    Field("progress", {"anyOf": [PROGRESS_SCHEMA, {"type": "null"}]}, _progress),
+    Field("cancel_requested", {"type": "boolean"}, lambda j: j.cancel_requested),
+    Field("is_terminal", {"type": "boolean"}, lambda j: j.is_terminal),
+    Field("deadline", _null(TIMESTAMP), lambda j: rfc3339(j.deadline)),
+    Field("unique_key", {"type": ["string", "null"]}, lambda j: j.unique_key),
+    Field("depends_on", {"type": "array", "items": {"type": "integer"}}, lambda j: j.depends_on),
+    Field("workflow_id", {"type": ["integer", "null"]}, lambda j: j.workflow_id),
+    Field("callback_url", {"type": ["string", "null"]}, lambda j: j.callback_url),
+)
+
+DEAD_LETTER_RECORD: tuple[Field[DeadLetter], ...] = (
+    Field("id", ID, lambda d: d.id),
+    Field("job_id", ID, lambda d: d.job_id),
+    Field("task", {"type": "string"}, lambda d: d.task),
+    Field("queue", {"type": "string"}, lambda d: d.queue),
+    Field("args", {"type": "array"}, lambda d: d.args),
+    Field("kwargs", {"type": "object"}, lambda d: d.kwargs),
+    Field("error", _null(_ref("JobError")), lambda d: public_error(d.error)),
+    Field("attempts", COUNT, lambda d: d.attempts),
+    Field("failed_at", TIMESTAMP, lambda d: rfc3339(d.failed_at)),
+)
+
+
+def _attempt_error(attempt: Attempt) -> dict[str, Any] | None:
+    # The task's own traceback, asked for by a client that may read the job (the job's
+    # `error` shows type and message only).
+    error = attempt.error
+    if error is None:
+        return None
+    return {**(public_error(error) or {}), "traceback": error.get("traceback")}
+
+
+ATTEMPT_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["type", "message", "traceback"],
+    "additionalProperties": False,
+    "properties": {
+        "type": {"type": ["string", "null"]},
+        "message": {"type": ["string", "null"]},
+        "traceback": {"type": ["string", "null"], "description": "The task's own, when it raised."},
+    },
+}
+
+ATTEMPT_RECORD: tuple[Field[Attempt], ...] = (
+    Field("attempt", ID, lambda a: a.attempt),
+    Field("outcome", {"type": "string", "enum": list(ATTEMPT_OUTCOMES)}, lambda a: a.outcome),
+    Field("started_at", _null(TIMESTAMP), lambda a: rfc3339(a.started_at)),
+    Field("ended_at", _null(TIMESTAMP), lambda a: rfc3339(a.ended_at)),
+    Field(
+        "node",
+        {"type": ["string", "null"], "description": "host:pid that ran it"},
+        lambda a: a.node,
+    ),
+    Field("error", {"anyOf": [ATTEMPT_ERROR_SCHEMA, {"type": "null"}]}, _attempt_error),
+)
+
+
 def job_to_dict(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "task": job.task,
-        "queue": job.queue,
-        "status": job.status.value,
-        "priority": job.priority,
-        "args": job.args,
-        "kwargs": job.kwargs,
-        "attempts": job.attempts,
-        "max_retries": job.max_retries,
-        "timeout": job.timeout_s,
-        "created_at": rfc3339(job.created_at),
-        "run_at": rfc3339(job.run_at),
-        "started_at": rfc3339(job.started_at),
-        "completed_at": rfc3339(job.completed_at),
-        "result": job.result,
-        "error": public_error(job.error),
-        "progress": None
-        if job.progress is None
-        else {"fraction": job.progress, "message": job.progress_message},
-        "cancel_requested": job.cancel_requested,
-        "is_terminal": job.is_terminal,
-        "deadline": rfc3339(job.deadline),
-        "unique_key": job.unique_key,
-        "depends_on": job.depends_on,
-        "workflow_id": job.workflow_id,
-        "callback_url": job.callback_url,
-    }
+    return {f.name: f.read(job) for f in JOB_RECORD}
 
 
 def dead_letter_to_dict(dl: DeadLetter) -> dict[str, Any]:
-    return {
-        "id": dl.id,
-        "job_id": dl.job_id,
-        "task": dl.task,
-        "queue": dl.queue,
-        "args": dl.args,
-        "kwargs": dl.kwargs,
-        "error": public_error(dl.error),
-        "attempts": dl.attempts,
-        "failed_at": rfc3339(dl.failed_at),
-    }
+    return {f.name: f.read(dl) for f in DEAD_LETTER_RECORD}
 
 
 def attempt_to_dict(attempt: Attempt) -> dict[str, Any]:
-    """One attempt of a job's history. Its error keeps the traceback: the task's own, asked
-    for by a client that may read the job (the job's `error` shows type and message only)."""
-    error = attempt.error
-    return {
-        "attempt": attempt.attempt,
-        "outcome": attempt.outcome,
-        "started_at": rfc3339(attempt.started_at),
-        "ended_at": rfc3339(attempt.ended_at),
-        "node": attempt.node,
-        "error": None
-        if error is None
-        else {**(public_error(error) or {}), "traceback": error.get("traceback")},
-    }
+    """One attempt of a job's history."""
+    return {f.name: f.read(attempt) for f in ATTEMPT_RECORD}

@@ -22,7 +22,8 @@ from ..job_options import (
     Option,
 )
 from ..job_options import QUEUE_PATTERN as QUEUE_PATTERN_TEXT
-from ..models import ATTEMPT_OUTCOMES, JobState
+from ..models import JobState
+from ..render import ATTEMPT_RECORD, DEAD_LETTER_RECORD, JOB_RECORD
 from ..workflows import MAX_WORKFLOW_JOBS
 from . import schema
 
@@ -296,48 +297,7 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
         },
         "JobError": job_error,
         "Job": _record(
-            {
-                "id": {"type": "integer", "minimum": 1},
-                "task": {"type": "string"},
-                "queue": {"type": "string"},
-                "status": ref("JobStatus"),
-                "priority": {"type": "integer"},
-                "args": {"type": "array"},
-                "kwargs": {"type": "object"},
-                "attempts": {"type": "integer", "minimum": 0},
-                "max_retries": {"type": "integer", "minimum": 0},
-                "timeout": {
-                    "type": ["number", "null"],
-                    "description": "The timeout that applies: the job's, else its task's.",
-                },
-                "created_at": timestamp,
-                "run_at": timestamp,
-                "started_at": _nullable(timestamp),
-                "completed_at": _nullable(timestamp),
-                "result": {"description": "The task's return value (any JSON), once it succeeded."},
-                "error": {"anyOf": [ref("JobError"), {"type": "null"}]},
-                "progress": {
-                    "anyOf": [
-                        {
-                            "type": "object",
-                            "required": ["fraction", "message"],
-                            "additionalProperties": False,
-                            "properties": {
-                                "fraction": {"type": "number", "minimum": 0, "maximum": 1},
-                                "message": {"type": ["string", "null"]},
-                            },
-                        },
-                        {"type": "null"},
-                    ]
-                },
-                "cancel_requested": {"type": "boolean"},
-                "is_terminal": {"type": "boolean"},
-                "deadline": _nullable(timestamp),
-                "unique_key": {"type": ["string", "null"]},
-                "depends_on": {"type": "array", "items": {"type": "integer"}},
-                "workflow_id": {"type": ["integer", "null"]},
-                "callback_url": {"type": ["string", "null"]},
-            },
+            {f.name: f.schema for f in JOB_RECORD},
             optional={
                 "waiting": {
                     "anyOf": [ref("Waiting"), {"type": "null"}],
@@ -466,43 +426,8 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
             }
         ),
         "ScheduleList": _record({"items": {"type": "array", "items": ref("Schedule")}}),
-        "DeadLetter": _record(
-            {
-                "id": {"type": "integer", "minimum": 1},
-                "job_id": {"type": "integer", "minimum": 1},
-                "task": {"type": "string"},
-                "queue": {"type": "string"},
-                "args": {"type": "array"},
-                "kwargs": {"type": "object"},
-                "error": {"anyOf": [ref("JobError"), {"type": "null"}]},
-                "attempts": {"type": "integer", "minimum": 0},
-                "failed_at": timestamp,
-            }
-        ),
-        "Attempt": _record(
-            {
-                "attempt": {"type": "integer", "minimum": 1},
-                "outcome": {"type": "string", "enum": list(ATTEMPT_OUTCOMES)},
-                "started_at": _nullable(timestamp),
-                "ended_at": _nullable(timestamp),
-                "node": {"type": ["string", "null"], "description": "host:pid that ran it"},
-                "error": {
-                    "anyOf": [
-                        _record(
-                            {
-                                "type": {"type": ["string", "null"]},
-                                "message": {"type": ["string", "null"]},
-                                "traceback": {
-                                    "type": ["string", "null"],
-                                    "description": "The task's own, when it raised.",
-                                },
-                            }
-                        ),
-                        {"type": "null"},
-                    ]
-                },
-            }
-        ),
+        "DeadLetter": _record({f.name: f.schema for f in DEAD_LETTER_RECORD}),
+        "Attempt": _record({f.name: f.schema for f in ATTEMPT_RECORD}),
         "AttemptList": _record(
             {
                 "job_id": {"type": "integer", "minimum": 1},
