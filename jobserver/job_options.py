@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from .errors import ValidationError
-from .models import DEPENDENCY_FAILURE_POLICIES, Backoff
+from .models import DEPENDENCY_FAILURE_POLICIES, MISSED_TICK_POLICIES, Backoff
 from .render import MAX_TS, MIN_TS
 
 Kind = Literal[
@@ -427,3 +427,71 @@ def check_queue_settings(changes: Mapping[str, Any]) -> dict[str, Any]:
         else:
             checked[name] = option.check(value)
     return checked
+
+
+# A schedule's own fields (POST /schedules, JobServer.save_schedule); its job's are OPTIONS'
+# task, args, kwargs, queue and priority.
+SCHEDULE_NAME = re.compile(r"(?!task:)[A-Za-z0-9][A-Za-z0-9_.:\-]{0,99}")
+SCHEDULE_JOB_FIELDS = ("task", "args", "kwargs", "queue", "priority")
+SCHEDULE_OPTIONS = (
+    Option(
+        "name",
+        "name",
+        "string",
+        "The schedule's name; saving a schedule of that name again replaces it.",
+        max_len=100,
+        pattern=SCHEDULE_NAME,
+        pattern_words="1-100 of A-Z a-z 0-9 _ . : - starting alphanumeric (not task:...)",
+        nullable=False,
+    ),
+    Option(
+        "cron",
+        "cron",
+        "string",
+        "A cron expression of five fields, e.g. `*/5 * * * *`, or an @-name such as @daily.",
+        max_len=200,
+        nullable=False,
+    ),
+    Option(
+        "timezone",
+        "timezone",
+        "string",
+        "An IANA zone the cron is read in.",
+        default="UTC",
+        max_len=100,
+    ),
+    Option(
+        "missed",
+        "missed",
+        "choice",
+        "Ticks missed while the server was down: skipped (a tick up to 60 s late still runs),"
+        " or all run.",
+        default=MISSED_TICK_POLICIES[0],
+        choices=MISSED_TICK_POLICIES,
+    ),
+    Option("paused", "paused", "boolean", "A paused schedule enqueues nothing.", default=False),
+)
+SCHEDULE_BY_NAME = {o.name: o for o in SCHEDULE_OPTIONS}
+
+
+def check_schedule(given: Mapping[str, Any]) -> dict[str, Any]:
+    """A schedule's fields and its job's, checked, each left out at its default;
+    ValidationError naming the first bad one."""
+    job = {k: v for k, v in given.items() if k in SCHEDULE_JOB_FIELDS}
+    checked = check_options(job)
+    for name, value in given.items():
+        option = SCHEDULE_BY_NAME.get(name)
+        if option is None:
+            if name not in SCHEDULE_JOB_FIELDS:
+                raise ValidationError(name, "unknown field")
+            continue
+        if value is None and option.nullable:
+            continue
+        checked[name] = option.check(value)
+    for option in SCHEDULE_OPTIONS:
+        if checked.get(option.name) is None:
+            if not option.nullable:
+                raise ValidationError(option.name, "is required")
+            checked[option.name] = option.default
+    out = {k: checked[k] for k in (*SCHEDULE_JOB_FIELDS, *SCHEDULE_BY_NAME)}
+    return {**out, "args": list(out["args"]), "kwargs": dict(out["kwargs"])}

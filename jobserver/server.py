@@ -29,10 +29,9 @@ from .http.app import create_app
 from .http.listener import HttpListener
 from .isolation import ProcessPool
 from .job_options import BY_NAME as OPTIONS_BY_NAME
-from .job_options import check_options, check_queue_settings
+from .job_options import check_options, check_queue_settings, check_schedule
 from .metrics import Metrics
 from .models import (
-    MISSED_TICK_POLICIES,
     Attempt,
     DeadLetter,
     Job,
@@ -489,32 +488,18 @@ class JobServer:
         cron: str,
         args: Sequence[Any] = (),
         kwargs: dict[str, Any] | None = None,
-        *,
-        queue: str = "default",
-        priority: int = 0,
-        timezone: str = "UTC",
-        missed: str = "skip",
-        paused: bool = False,
+        **options: Any,
     ) -> Schedule:
-        job = check_options(
-            {"task": task, "args": args, "kwargs": kwargs, "queue": queue, "priority": priority}
+        """Save (or replace) the schedule `name`; options: queue, priority, timezone, missed,
+        paused. ValidationError names a bad field (job_options.SCHEDULE_OPTIONS)."""
+        fields = check_schedule(
+            {"name": name, "task": task, "cron": cron, "args": args, "kwargs": kwargs, **options}
         )
         self.task_spec(task)
-        check_cron(cron, timezone)
-        if missed not in MISSED_TICK_POLICIES:
-            raise ValidationError("missed", f"must be one of {', '.join(MISSED_TICK_POLICIES)}")
+        check_cron(fields["cron"], fields["timezone"])
         schedule = Schedule(
-            name=name,
-            task=task,
-            cron=cron,
-            args=list(job["args"]),
-            kwargs=dict(job["kwargs"]),
-            queue=job["queue"],
-            priority=job["priority"],
-            timezone=timezone,
-            missed=missed,
-            paused=paused,
-            next_tick_at=next_tick(cron, self.clock.now(), timezone),
+            **fields,
+            next_tick_at=next_tick(fields["cron"], self.clock.now(), fields["timezone"]),
             source="api",
         )
         saved = await self.store.save_schedule(schedule, keep_next_tick=True)

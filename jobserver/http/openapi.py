@@ -19,6 +19,8 @@ from ..job_options import (
     MAX_KEY_LEN,
     OPTIONS,
     QUEUE_SETTINGS,
+    SCHEDULE_JOB_FIELDS,
+    SCHEDULE_OPTIONS,
     Option,
 )
 from ..job_options import QUEUE_PATTERN as QUEUE_PATTERN_TEXT
@@ -116,7 +118,9 @@ def _option_schema(option: Option) -> dict[str, Any]:
         words.append("An RFC 3339 time with a zone.")
     words += [f"Not with `{BY_NAME[o].wire}`." for o in _excluded_by(option)]
     if option.default is not None:
-        words.append(f"Default: `{codec.dumps(_plain(option.default)).decode()}`.")
+        default = option.default
+        text = default if isinstance(default, str) else codec.dumps(_plain(default)).decode()
+        words.append(f"Default: `{text}`.")
     out["description"] = " ".join(words)
     return _nullable(out) if option.nullable else out
 
@@ -376,36 +380,8 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
             "required": ["name", "task", "cron"],
             "additionalProperties": False,
             "properties": {
-                "name": {
-                    "type": "string",
-                    "pattern": f"^(?!task:){schema.SCHEDULE_NAME.pattern}$",
-                },
-                "task": _job_request(tasks)["properties"]["task"],
-                "cron": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": 200,
-                    "description": "A cron expression, e.g. `*/5 * * * *`.",
-                },
-                "args": {"type": "array"},
-                "kwargs": _option_schema(BY_NAME["kwargs"]),
-                "queue": _option_schema(BY_NAME["queue"]),
-                "priority": _option_schema(BY_NAME["priority"]),
-                "timezone": _nullable(
-                    {
-                        "type": "string",
-                        "minLength": 1,
-                        "maxLength": 100,
-                        "description": "An IANA zone the cron is read in. Default: `UTC`.",
-                    }
-                ),
-                "missed": {
-                    "type": "string",
-                    "enum": ["skip", "catch_up"],
-                    "description": "Ticks missed while the server was down: skipped (a tick"
-                    " up to 60 s late still runs), or all run. Default: `skip`.",
-                },
-                "paused": {"type": "boolean"},
+                **{name: _job_request(tasks)["properties"][name] for name in SCHEDULE_JOB_FIELDS},
+                **{o.wire: _option_schema(o) for o in SCHEDULE_OPTIONS},
             },
         },
         "Schedule": _record(

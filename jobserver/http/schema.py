@@ -14,7 +14,7 @@ from aiohttp import web
 
 from .. import codec
 from ..errors import NotFound, ValidationError
-from ..job_options import BACKOFF_BY_WIRE, BY_WIRE, MAX_KEY_LEN, QUEUE_NAME
+from ..job_options import BACKOFF_BY_WIRE, BY_WIRE, MAX_KEY_LEN, QUEUE_NAME, SCHEDULE_JOB_FIELDS
 from ..models import (
     DeadLetter,
     Job,
@@ -63,14 +63,6 @@ MAX_BATCH = 10_000
 
 
 MAX_ITEM_ERRORS = 100
-
-
-SCHEDULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,99}")
-
-
-SCHEDULE_FIELDS = frozenset(
-    {"name", "task", "cron", "args", "kwargs", "queue", "priority", "timezone", "missed", "paused"}
-)
 
 
 def _reject_nan(name: str) -> Any:
@@ -347,32 +339,14 @@ def queue_name_param(request: web.Request) -> str:
 
 
 def parse_schedule(body: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(body) - SCHEDULE_FIELDS
-    if unknown:
-        raise ValidationError(sorted(unknown)[0], "unknown field")
-    name = body.get("name")
-    if not isinstance(name, str) or not SCHEDULE_NAME.fullmatch(name) or name.startswith("task:"):
-        raise ValidationError(
-            "name", "must be 1-100 of A-Z a-z 0-9 _ . : - starting alphanumeric (not task:...)"
-        )
-    job = parse_enqueue(
-        {k: body[k] for k in ("task", "args", "kwargs", "queue", "priority") if k in body}, None
-    )
-    cron = _string(body, "cron", 200)
-    if cron is None:
-        raise ValidationError("cron", "is required")
-    timezone = _string(body, "timezone", 100) or "UTC"
-    paused = body.get("paused", False)
-    if not isinstance(paused, bool):
-        raise ValidationError("paused", "must be true or false")
+    """A POST /schedules body as keyword arguments for JobServer.save_schedule, which checks
+    them (its fields and its job's have the same names in Python and over HTTP)."""
+    job = parse_enqueue({k: v for k, v in body.items() if k in SCHEDULE_JOB_FIELDS}, None)
     return {
+        **{k: v for k, v in body.items() if k not in SCHEDULE_JOB_FIELDS},
         **job,
-        "task": job.get("task"),  # JobServer.save_schedule checks the job's options
-        "name": name,
-        "cron": cron,
-        "timezone": timezone,
-        "missed": body.get("missed", "skip"),  # checked there too
-        "paused": paused,
+        "name": body.get("name"),
+        "cron": body.get("cron"),
     }
 
 

@@ -131,3 +131,31 @@ async def test_the_python_api_checks_queue_settings_as_the_http_api_does(tmp_pat
             assert caught.value.field == field, changes
         info = await server.configure_queue("q", concurrency_limit=3, rate_limit=None)
         assert info.settings.concurrency_limit == 3 and info.settings.rate_limit is None
+
+
+async def test_the_python_api_checks_a_schedule_as_the_http_api_does(tmp_path: Path) -> None:
+    """save_schedule once took any name (`task:...` is the names of @task(cron=...)
+    schedules), any queue, priority or zone length, and stored them."""
+    async with JobServer(db=tmp_path / "s.db", tasks=list(reg)) as server:
+        for options, field in (
+            ({"name": "task:shout"}, "name"),
+            ({"name": "has space"}, "name"),
+            ({"queue": "no spaces"}, "queue"),
+            ({"priority": 5000}, "priority"),
+            ({"timezone": "x" * 101}, "timezone"),
+            ({"missed": "sometimes"}, "missed"),
+            ({"paused": "yes"}, "paused"),
+            ({"surprise": 1}, "surprise"),
+        ):
+            args = {"name": "nightly", "task": "shout", "cron": "@daily", **options}
+            with pytest.raises(ValidationError) as caught:
+                await server.save_schedule(**args)
+            assert caught.value.field == field, options
+        assert [s.name for s in await server.list_schedules()] == []
+        saved = await server.save_schedule("nightly", "shout", "@daily", ["x"], queue="q")
+        assert (saved.queue, saved.args, saved.timezone, saved.missed) == (
+            "q",
+            ["x"],
+            "UTC",
+            "skip",
+        )
