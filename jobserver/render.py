@@ -10,7 +10,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
-from .models import ATTEMPT_OUTCOMES, Attempt, DeadLetter, Job
+from .models import (
+    ATTEMPT_OUTCOMES,
+    MISSED_TICK_POLICIES,
+    Attempt,
+    DeadLetter,
+    Job,
+    QueueInfo,
+    QueueSettings,
+    Schedule,
+)
 
 MIN_TS = datetime(1, 1, 1, tzinfo=UTC).timestamp()
 MAX_TS = datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC).timestamp()
@@ -170,3 +179,66 @@ def dead_letter_to_dict(dl: DeadLetter) -> dict[str, Any]:
 def attempt_to_dict(attempt: Attempt) -> dict[str, Any]:
     """One attempt of a job's history."""
     return {f.name: f.read(attempt) for f in ATTEMPT_RECORD}
+
+
+def _record_schema(fields: tuple[Field[Any], ...]) -> dict[str, Any]:
+    """An object with exactly these fields, each always there."""
+    return {
+        "type": "object",
+        "required": [f.name for f in fields],
+        "additionalProperties": False,
+        "properties": {f.name: f.schema for f in fields},
+    }
+
+
+SCHEDULE_RECORD: tuple[Field[Schedule], ...] = (
+    Field("name", {"type": "string"}, lambda s: s.name),
+    Field("task", {"type": "string"}, lambda s: s.task),
+    Field("cron", {"type": "string"}, lambda s: s.cron),
+    Field("timezone", {"type": "string"}, lambda s: s.timezone),
+    Field("args", {"type": "array"}, lambda s: s.args),
+    Field("kwargs", {"type": "object"}, lambda s: s.kwargs),
+    Field("queue", {"type": "string"}, lambda s: s.queue),
+    Field("priority", {"type": "integer"}, lambda s: s.priority),
+    Field("missed", {"type": "string", "enum": list(MISSED_TICK_POLICIES)}, lambda s: s.missed),
+    Field("paused", {"type": "boolean"}, lambda s: s.paused),
+    Field("next_run_at", TIMESTAMP, lambda s: rfc3339(s.next_tick_at)),
+    Field("last_run_at", _null(TIMESTAMP), lambda s: rfc3339(s.last_tick_at)),
+    Field("source", {"type": "string", "enum": ["api", "task"]}, lambda s: s.source),
+)
+
+QUEUE_LIMITS: tuple[Field[QueueSettings], ...] = (
+    Field("concurrency_limit", {"type": ["integer", "null"]}, lambda q: q.concurrency_limit),
+    Field("rate_limit", {"type": ["number", "null"]}, lambda q: q.rate_limit),
+    Field("rate_burst", {"type": ["number", "null"]}, lambda q: q.rate_burst),
+    Field("max_depth", {"type": ["integer", "null"]}, lambda q: q.max_depth),
+)
+
+QUEUE_RECORD: tuple[Field[QueueInfo], ...] = (
+    Field("name", {"type": "string"}, lambda q: q.name),
+    Field("paused", {"type": "boolean"}, lambda q: q.settings.paused),
+    Field(
+        "counts",
+        {
+            "type": "object",
+            "additionalProperties": {"type": "integer", "minimum": 0},
+            "description": "Jobs by state.",
+        },
+        lambda q: q.counts,
+    ),
+    Field("oldest_due_age_s", {"type": ["number", "null"]}, lambda q: q.oldest_due_age_s),
+    Field(
+        "limits",
+        _record_schema(QUEUE_LIMITS),
+        lambda q: {f.name: f.read(q.settings) for f in QUEUE_LIMITS},
+    ),
+    Field("rate_tokens", {"type": ["number", "null"]}, lambda q: q.rate_tokens),
+)
+
+
+def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
+    return {f.name: f.read(schedule) for f in SCHEDULE_RECORD}
+
+
+def queue_to_dict(info: QueueInfo) -> dict[str, Any]:
+    return {f.name: f.read(info) for f in QUEUE_RECORD}

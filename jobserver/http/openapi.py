@@ -25,7 +25,13 @@ from ..job_options import (
 )
 from ..job_options import QUEUE_PATTERN as QUEUE_PATTERN_TEXT
 from ..models import JobState
-from ..render import ATTEMPT_RECORD, DEAD_LETTER_RECORD, JOB_RECORD
+from ..render import (
+    ATTEMPT_RECORD,
+    DEAD_LETTER_RECORD,
+    JOB_RECORD,
+    QUEUE_RECORD,
+    SCHEDULE_RECORD,
+)
 from ..workflows import MAX_WORKFLOW_JOBS
 from . import schema
 
@@ -347,27 +353,7 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
                 "jobs": {"type": "array", "items": ref("Job")},
             }
         ),
-        "Queue": _record(
-            {
-                "name": {"type": "string"},
-                "paused": {"type": "boolean"},
-                "counts": {
-                    "type": "object",
-                    "additionalProperties": {"type": "integer", "minimum": 0},
-                    "description": "Jobs by state.",
-                },
-                "oldest_due_age_s": {"type": ["number", "null"]},
-                "limits": _record(
-                    {
-                        "concurrency_limit": {"type": ["integer", "null"]},
-                        "rate_limit": {"type": ["number", "null"]},
-                        "rate_burst": {"type": ["number", "null"]},
-                        "max_depth": {"type": ["integer", "null"]},
-                    }
-                ),
-                "rate_tokens": {"type": ["number", "null"]},
-            }
-        ),
+        "Queue": _record({f.name: f.schema for f in QUEUE_RECORD}),
         "QueueList": _record({"items": {"type": "array", "items": ref("Queue")}}),
         "QueueSettings": {
             "type": "object",
@@ -384,23 +370,7 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
                 **{o.wire: _option_schema(o) for o in SCHEDULE_OPTIONS},
             },
         },
-        "Schedule": _record(
-            {
-                "name": {"type": "string"},
-                "task": {"type": "string"},
-                "cron": {"type": "string"},
-                "timezone": {"type": "string"},
-                "args": {"type": "array"},
-                "kwargs": {"type": "object"},
-                "queue": {"type": "string"},
-                "priority": {"type": "integer"},
-                "missed": {"type": "string", "enum": ["skip", "catch_up"]},
-                "paused": {"type": "boolean"},
-                "next_run_at": timestamp,
-                "last_run_at": _nullable(timestamp),
-                "source": {"type": "string", "enum": ["api", "task"]},
-            }
-        ),
+        "Schedule": _record({f.name: f.schema for f in SCHEDULE_RECORD}),
         "ScheduleList": _record({"items": {"type": "array", "items": ref("Schedule")}}),
         "DeadLetter": _record({f.name: f.schema for f in DEAD_LETTER_RECORD}),
         "Attempt": _record({f.name: f.schema for f in ATTEMPT_RECORD}),

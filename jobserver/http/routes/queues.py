@@ -2,36 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from aiohttp import web
 
-from ...models import (
-    QueueInfo,
-)
+from ...render import queue_to_dict
 from ..context import server_of
 from ..errors import json_response
 from ..schema import query_params, queue_name_param, read_json_object
-
-if TYPE_CHECKING:
-    pass
-
-
-def queue_to_dict(info: QueueInfo) -> dict[str, Any]:
-    st = info.settings
-    return {
-        "name": info.name,
-        "paused": st.paused,
-        "counts": info.counts,
-        "oldest_due_age_s": info.oldest_due_age_s,
-        "limits": {
-            "concurrency_limit": st.concurrency_limit,
-            "rate_limit": st.rate_limit,
-            "rate_burst": st.rate_burst,
-            "max_depth": st.max_depth,
-        },
-        "rate_tokens": info.rate_tokens,
-    }
 
 
 async def list_queues(request: web.Request) -> web.Response:

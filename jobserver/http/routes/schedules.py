@@ -2,40 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from aiohttp import web
 
-from ...models import (
-    Schedule,
-)
 from ...render import (
-    rfc3339,
+    schedule_to_dict,
 )
 from ..context import server_of
 from ..errors import json_response
 from ..schema import parse_schedule, query_params, read_json_object
-
-if TYPE_CHECKING:
-    pass
-
-
-def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
-    return {
-        "name": schedule.name,
-        "task": schedule.task,
-        "cron": schedule.cron,
-        "timezone": schedule.timezone,
-        "args": schedule.args,
-        "kwargs": schedule.kwargs,
-        "queue": schedule.queue,
-        "priority": schedule.priority,
-        "missed": schedule.missed,
-        "paused": schedule.paused,
-        "next_run_at": rfc3339(schedule.next_tick_at),
-        "last_run_at": rfc3339(schedule.last_tick_at),
-        "source": schedule.source,
-    }
 
 
 async def post_schedule(request: web.Request) -> web.Response:
