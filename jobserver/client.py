@@ -15,13 +15,15 @@ a call. Errors from the API raise `ApiError` subclasses, network failures `Conne
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
+import select
+import socket
+import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,7 +33,8 @@ from typing import Any, Final, Generic, Literal, TypeVar, cast
 
 import aiohttp
 
-from .job_options import BACKOFF_BY_NAME, BY_NAME, BY_WIRE, Option
+from .errors import ValidationError
+from .job_options import BACKOFF_BY_NAME, BY_NAME, BY_WIRE, Option, parse_rfc3339
 from .models import TERMINAL_STATES, Backoff, JobState
 
 __all__ = [
@@ -48,6 +51,7 @@ __all__ = [
     "ConflictError",
     "ConnectionFailed",
     "DeadLetterInfo",
+    "InvalidArgument",
     "InvalidRequest",
     "JobError",
     "JobInfo",
@@ -89,8 +93,18 @@ class ConnectionFailed(ClientError):
         self.reason = reason
 
 
+class InvalidArgument(ClientError, TypeError, ValueError):
+    """An argument the client cannot send (the wrong type, a datetime without a zone...): raised
+    before any request. Also a TypeError and a ValueError, which it once was."""
+
+
 class UnexpectedResponse(ClientError):
-    """The server answered with something the API does not document (not jobserver?)."""
+    """The server answered with something the API does not document (not jobserver?); `status`
+    is its HTTP status, when it had one."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ApiError(ClientError):
@@ -181,7 +195,8 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def _api_error(status: int, raw: bytes, retry_after: str | None) -> ApiError:
-    """The exception for an error response, from its standard error body when it has one."""
+    """The exception for an error response, from its standard error body; UnexpectedResponse
+    (raised) for an answer that does not have one."""
     body: dict[str, Any] = {}
     try:
         data = json.loads(raw) if raw else None
@@ -189,6 +204,11 @@ def _api_error(status: int, raw: bytes, retry_after: str | None) -> ApiError:
         data = None
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
         body = data["error"]
+    else:  # every error of jobserver's has that shape: this is someone else's answer
+        snippet = raw.decode("utf-8", "replace").strip()[:200]
+        raise UnexpectedResponse(
+            f"HTTP {status} that is not jobserver's error (is the URL right?): {snippet!r}", status
+        )
     code = str(body.get("code") or "http_error")
     message = str(body.get("message") or raw.decode("utf-8", "replace").strip()[:200])
     if not message:
@@ -656,15 +676,23 @@ _Op = Generator[_Call, _Reply, T]
 
 def _job_id(value: int, what: str = "job id") -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{what} must be an int, got {value!r}")
+        raise InvalidArgument(f"{what} must be an int, got {value!r}")
     return value
 
 
 def _timestamp(name: str, when: Any) -> str:
+    """A time as the API takes it: an aware datetime, or RFC 3339 text (checked here, so that
+    a mistake is an InvalidArgument before any request, as a naive datetime is)."""
+    if isinstance(when, str):
+        try:
+            parse_rfc3339(name, when)
+        except ValidationError as exc:
+            raise InvalidArgument(f"{name} {exc.message}") from None
+        return when
     if not isinstance(when, datetime):
-        raise TypeError(f"{name} must be a datetime, got {when!r}")
+        raise InvalidArgument(f"{name} must be an aware datetime or RFC 3339 text, got {when!r}")
     if when.tzinfo is None:
-        raise ValueError(f"{name} must be timezone-aware (e.g. datetime.now(UTC))")
+        raise InvalidArgument(f"{name} must be timezone-aware (e.g. datetime.now(UTC))")
     return when.isoformat()
 
 
@@ -678,16 +706,16 @@ def _api_value(key: str, option: Option, value: Any) -> Any:
     """An option's value as the API takes it; a value of the wrong type for the server to
     refuse, naming the field, except where Python's type says more (a datetime without a zone)."""
     if option.kind == "time":
-        return value if isinstance(value, str) else _timestamp(key, value)
+        return _timestamp(key, value)
     if option.kind == "backoff" and isinstance(value, Backoff | Mapping):
         return _backoff(value)
     if option.kind == "ids":
         if isinstance(value, int):
-            raise TypeError(f"{key} must be a sequence of job ids, not one id")
+            raise InvalidArgument(f"{key} must be a sequence of job ids, not one id")
         return [_job_id(d, f"{key} id") for d in value]
     if option.kind == "array":
         if isinstance(value, str | bytes):
-            raise TypeError(f"{key} must be a sequence of arguments, not a string")
+            raise InvalidArgument(f"{key} must be a sequence of arguments, not a string")
         return list(value)
     return dict(value) if option.kind == "object" and isinstance(value, Mapping) else value
 
@@ -702,7 +730,7 @@ def _api_job(options: Mapping[str, Any]) -> dict[str, Any]:
         option = BY_NAME.get(key) or BY_WIRE.get(key)
         wire = key if option is None else option.wire
         if wire in job:
-            raise ValueError(f"a job gives both {key} and {wire}")
+            raise InvalidArgument(f"a job gives both {key} and {wire}")
         if value is None or (option is not None and option.kind in ("object", "ids") and not value):
             continue
         job[wire] = value if option is None else _api_value(key, option, value)
@@ -754,7 +782,7 @@ def _workflow_body(
     spec: Mapping[str, Any], on_dependency_failure: DependencyFailure | None
 ) -> dict[str, Any]:
     if not isinstance(spec, Mapping):
-        raise TypeError(f"a workflow spec is a dict (chain, group or chord), got {spec!r}")
+        raise InvalidArgument(f"a workflow spec is a dict (chain, group or chord), got {spec!r}")
     body = dict(spec)
     given = body.pop("on_dependency_failure", None)
     body = _workflow_node(body)
@@ -812,7 +840,7 @@ def _schedule(data: Any) -> ScheduleInfo:
 def _name(name: str, what: str) -> str:
     """A queue's or schedule's name as one path segment."""
     if not isinstance(name, str) or not name:
-        raise TypeError(f"{what} name must be a non-empty string, got {name!r}")
+        raise InvalidArgument(f"{what} name must be a non-empty string, got {name!r}")
     return urllib.parse.quote(name, safe="")
 
 
@@ -829,7 +857,7 @@ def _schedule_body(
     **options: Any,
 ) -> dict[str, Any]:
     if isinstance(args, str | bytes):
-        raise TypeError("args must be a sequence of arguments, not a string")
+        raise InvalidArgument("args must be a sequence of arguments, not a string")
     body: dict[str, Any] = {"name": name, "task": task, "cron": cron, "args": list(args)}
     if kwargs:
         body["kwargs"] = dict(kwargs)
@@ -857,7 +885,7 @@ class _Ops:
             try:
                 task = item.pop("task")
             except KeyError:
-                raise TypeError("every job needs a 'task'") from None
+                raise InvalidArgument("every job needs a 'task'") from None
             bodies.append(_job_body(task, **item))
         reply = yield _Call("POST", "/jobs/batch", body={"jobs": bodies})
         ids = _parse("ids", lambda d: [int(i) for i in d["ids"]], reply.data)
@@ -882,7 +910,7 @@ class _Ops:
     @staticmethod
     def wait(job_id: int, timeout_s: float | None) -> _Op[JobInfo]:
         if timeout_s is not None and not timeout_s >= 0:
-            raise ValueError(f"timeout_s must be a number of seconds >= 0, got {timeout_s!r}")
+            raise InvalidArgument(f"timeout_s must be a number of seconds >= 0, got {timeout_s!r}")
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             left = MAX_WAIT_S if deadline is None else deadline - time.monotonic()
@@ -997,7 +1025,7 @@ class _Ops:
         """Until every job ended: long-polls one unfinished job at a time (woken when it
         ends), then looks at the whole workflow again."""
         if timeout_s is not None and not timeout_s >= 0:
-            raise ValueError(f"timeout_s must be a number of seconds >= 0, got {timeout_s!r}")
+            raise InvalidArgument(f"timeout_s must be a number of seconds >= 0, got {timeout_s!r}")
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             flow = yield from _Ops.workflow(workflow_id)
@@ -1028,19 +1056,46 @@ class _Ops:
         return True
 
 
+def _dropped(sock: socket.socket) -> bool:
+    """Whether the server has closed a kept-alive connection: an idle one has nothing to
+    read, so a readable one holds its end (or stray bytes, as good as broken)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+DEFAULT_RETRIES = 3  # of a request answered 429 queue_full or 503, which wrote nothing
+MAX_RETRY_WAIT_S = 30.0  # a longer Retry-After is raised, not waited for
+
+
+def _retry_wait(exc: ClientError, retries_left: int, attempt: int) -> float | None:
+    """Seconds to wait before sending the request again, or None to raise `exc`. Only answers
+    that say nothing was done are tried again: a full queue (429 `queue_full`) and a server
+    that cannot write now (503); their Retry-After is honoured."""
+    if retries_left <= 0 or not isinstance(exc, QueueFull | Unavailable):
+        return None
+    wait = exc.retry_after_s if exc.retry_after_s is not None else min(0.25 * 2**attempt, 5.0)
+    return wait if wait <= MAX_RETRY_WAIT_S else None
+
+
 def _check_url(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"the server URL must be http://host[:port][/prefix], got {url!r}")
+        raise InvalidArgument(f"the server URL must be http://host[:port][/prefix], got {url!r}")
     return url.rstrip("/")
 
 
 class _Base:
-    def __init__(self, url: str, token: str | None, timeout_s: float) -> None:
+    def __init__(self, url: str, token: str | None, timeout_s: float, retries: int) -> None:
         if not timeout_s > 0:
-            raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
+            raise InvalidArgument(f"timeout_s must be positive, got {timeout_s!r}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise InvalidArgument(f"retries must be a whole number >= 0, got {retries!r}")
         self.url = _check_url(url)
         self.timeout_s = float(timeout_s)
+        self.retries = retries
         self._headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
@@ -1088,8 +1143,9 @@ class AsyncClient(_Base):
         timeout_s: float = DEFAULT_TIMEOUT_S,
         *,
         session: aiohttp.ClientSession | None = None,
+        retries: int = DEFAULT_RETRIES,
     ) -> None:
-        super().__init__(url, token, timeout_s)
+        super().__init__(url, token, timeout_s, retries)
         self._session = session
         self._own_session = session is None
 
@@ -1115,6 +1171,18 @@ class AsyncClient(_Base):
             self._session = aiohttp.ClientSession()
         return self._session
 
+    async def _send_retrying(self, call: _Call) -> _Reply:
+        attempt = 0
+        while True:
+            try:
+                return await self._send(call)
+            except ClientError as exc:
+                wait = _retry_wait(exc, self.retries - attempt, attempt)
+                if wait is None:
+                    raise
+            await asyncio.sleep(wait)
+            attempt += 1
+
     async def _send(self, call: _Call) -> _Reply:
         data, headers = self._encode(call)
         timeout = aiohttp.ClientTimeout(total=self.timeout_s + call.wait_s)
@@ -1135,7 +1203,7 @@ class AsyncClient(_Base):
             call = next(op)
             while True:
                 try:
-                    reply = await self._send(call)
+                    reply = await self._send_retrying(call)
                 except ClientError as exc:
                     call = op.throw(exc)
                 else:
@@ -1383,7 +1451,8 @@ class AsyncClient(_Base):
 
 # -- the sync client ------------------------------------------------------------------------------
 class Client(_Base):
-    """The API over urllib, blocking; the same methods as `AsyncClient`.
+    """The API over http.client, blocking; the same methods as `AsyncClient`. Connections are
+    kept alive and reused, one a thread; `close()` (or `with Client(...)`) closes them.
 
     Proxy variables (http_proxy, ...) are ignored, as aiohttp does by default."""
 
@@ -1392,9 +1461,18 @@ class Client(_Base):
         url: str = DEFAULT_URL,
         token: str | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        *,
+        retries: int = DEFAULT_RETRIES,
     ) -> None:
-        super().__init__(url, token, timeout_s)
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        super().__init__(url, token, timeout_s, retries)
+        parts = urllib.parse.urlsplit(self.url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or ""
+        self._port = parts.port
+        self._prefix = parts.path
+        self._local = threading.local()  # this thread's connection
+        self._connections: set[http.client.HTTPConnection] = set()
+        self._lock = threading.Lock()
 
     def __enter__(self) -> Client:
         return self
@@ -1407,39 +1485,79 @@ class Client(_Base):
     ) -> None:
         self.close()
 
+    def __del__(self) -> None:
+        # A client dropped without close() closes its connections (no ResourceWarning).
+        with contextlib.suppress(Exception):
+            self.close()
+
     def close(self) -> None:
-        """Nothing to release (each call has its own connection); for symmetry."""
+        """Close the kept-alive connections (a later call opens a new one)."""
+        with self._lock:
+            connections, self._connections = self._connections, set()
+        for conn in connections:
+            conn.close()
+
+    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's connection, and whether it has served a request before. One the
+        server has closed meanwhile (idle too long) is dropped here, before a request is sent
+        on it, so that a request is not lost to that race."""
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is not None and conn.sock is not None and not _dropped(conn.sock):
+            return conn, True
+        if conn is not None:
+            self._forget(conn)
+        kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        conn = kind(self._host, self._port, timeout=self.timeout_s)
+        self._local.conn = conn
+        with self._lock:
+            self._connections.add(conn)
+        return conn, False
+
+    def _forget(self, conn: http.client.HTTPConnection) -> None:
+        conn.close()
+        with self._lock:
+            self._connections.discard(conn)
+        if getattr(self._local, "conn", None) is conn:
+            self._local.conn = None
 
     def _send(self, call: _Call) -> _Reply:
         data, headers = self._encode(call)
-        request = urllib.request.Request(
-            self._url(call), data=data, headers=headers, method=call.method
-        )
+        path = self._prefix + call.path
+        if call.query:
+            path += "?" + urllib.parse.urlencode(call.query)
         timeout = self.timeout_s + call.wait_s
-        try:
-            with self._opener.open(request, timeout=timeout) as resp:
+        for _ in range(2):
+            conn, reused = self._connection()
+            conn.timeout = timeout
+            if conn.sock is not None:
+                conn.sock.settimeout(timeout)
+            sent = False
+            try:
+                conn.request(call.method, path, body=data, headers=headers)
+                sent = True
+                resp = conn.getresponse()
                 raw = resp.read()
-                return self._reply(resp.status, raw, resp.headers.get("Retry-After"))
-        except urllib.error.HTTPError as exc:
-            with exc:
-                raw = exc.read()
-            return self._reply(exc.code, raw, exc.headers.get("Retry-After"))
-        except urllib.error.URLError as exc:
-            reason = exc.reason
-            if isinstance(reason, TimeoutError):
+            except TimeoutError:
+                self._forget(conn)
                 raise ConnectionFailed(self.url, f"no answer within {timeout:g} s") from None
-            raise ConnectionFailed(self.url, str(reason)) from exc
-        except TimeoutError:
-            raise ConnectionFailed(self.url, f"no answer within {timeout:g} s") from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise ConnectionFailed(self.url, str(exc) or type(exc).__name__) from exc
+            except (OSError, http.client.HTTPException) as exc:
+                self._forget(conn)
+                # A kept-alive connection that failed before the request was sent (or, for a
+                # request that is safe to repeat, before any answer) is tried once on a new one.
+                if reused and (not sent or call.method in ("GET", "HEAD", "DELETE")):
+                    continue
+                raise ConnectionFailed(self.url, str(exc) or type(exc).__name__) from exc
+            if resp.will_close:
+                self._forget(conn)
+            return self._reply(resp.status, raw, resp.getheader("Retry-After"))
+        raise AssertionError("unreachable")  # the second try raises or returns
 
     def _run(self, op: _Op[T]) -> T:
         try:
             call = next(op)
             while True:
                 try:
-                    reply = self._send(call)
+                    reply = self._send_retrying(call)
                 except ClientError as exc:
                     call = op.throw(exc)
                 else:
@@ -1448,6 +1566,18 @@ class Client(_Base):
             return cast(T, stop.value)
         finally:
             op.close()
+
+    def _send_retrying(self, call: _Call) -> _Reply:
+        attempt = 0
+        while True:
+            try:
+                return self._send(call)
+            except ClientError as exc:
+                wait = _retry_wait(exc, self.retries - attempt, attempt)
+                if wait is None:
+                    raise
+            time.sleep(wait)
+            attempt += 1
 
     def enqueue(
         self,

@@ -9,7 +9,8 @@ table, and nowhere else:
   (`http/schema.py`) and writes the OpenAPI schema of a job request (`http/openapi.py`);
 - the client builds request bodies (`client._job_body`).
 
-Pure: no I/O. Times are epoch seconds here; the HTTP layer reads and writes RFC 3339.
+Pure: no I/O. A time may be given as an aware datetime, RFC 3339 text or epoch seconds; it is
+kept as epoch seconds.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -48,7 +50,7 @@ _EXPECTED = {
     "boolean": "must be true or false",
     "array": "must be an array",
     "object": "must be an object",
-    "time": "must be a time in epoch seconds",
+    "time": "must be an RFC 3339 timestamp string",
 }
 
 
@@ -112,11 +114,7 @@ class Option:
                 raise ValidationError(f"{self.name}.ctx", "is reserved for the job context")
             return dict(value)
         if kind == "time":
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValidationError(self.name, self.expected)
-            if math.isnan(value):
-                raise ValidationError(self.name, "is not a time")
-            return min(max(float(value), MIN_TS), MAX_TS)  # a time past year 9999 is its end
+            return _time(self.name, value)
         if kind == "choice":
             if value not in self.choices:
                 raise ValidationError(self.name, self.expected)
@@ -128,6 +126,44 @@ class Option:
                 raise ValidationError(self.name, self.expected)
             return [_integer(self.name, item, 1, MAX_ID) for item in value]
         return _backoff(self.name, value)
+
+
+RFC3339_NO_ZONE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+)
+
+
+RFC3339 = re.compile(RFC3339_NO_ZONE.pattern + r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})")
+
+
+def parse_rfc3339(name: str, value: Any) -> float:
+    """Epoch seconds from an RFC 3339 time with a zone (fromisoformat alone takes other ISO 8601
+    forms too); a time outside years 1-9999 in UTC is taken as that bound."""
+    if not isinstance(value, str):
+        raise ValidationError(name, "must be an RFC 3339 timestamp string")
+    if not RFC3339.fullmatch(value):
+        if RFC3339_NO_ZONE.fullmatch(value):
+            raise ValidationError(name, "must include a time zone (Z or +hh:mm)")
+        raise ValidationError(name, "must be an RFC 3339 timestamp, e.g. 2030-01-01T12:00:00Z")
+    try:
+        when = datetime.fromisoformat(value.upper())
+    except ValueError as exc:  # e.g. month 13, or a leap second (:60), which datetime cannot hold
+        raise ValidationError(name, f"is not a valid time: {exc}") from None
+    return min(max(when.timestamp(), MIN_TS), MAX_TS)
+
+
+def _time(name: str, value: Any) -> float:
+    """Epoch seconds from one of the three ways to give a time: an aware datetime, RFC 3339
+    text (the API's way), or epoch seconds (JobServer.enqueue's first way, kept)."""
+    if isinstance(value, str):
+        return parse_rfc3339(name, value)
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValidationError(name, "must include a time zone (an aware datetime)")
+        return min(max(value.timestamp(), MIN_TS), MAX_TS)
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ValidationError(name, "must be an aware datetime, RFC 3339 text or epoch seconds")
+    return min(max(float(value), MIN_TS), MAX_TS)  # a time past year 9999 is its end
 
 
 def _integer(name: str, value: Any, lo: float | None, hi: float | None) -> int:

@@ -285,8 +285,8 @@ class JobServer:
     ) -> Job:
         """Enqueue one job; returns once it is committed to disk.
 
-        Options: queue, priority, delay_s or run_at (epoch seconds), max_retries, timeout_s,
-        backoff, idempotency_key."""
+        Options (job_options.OPTIONS): queue, priority, delay_s or run_at (an aware datetime,
+        RFC 3339 text or epoch seconds), max_retries, timeout_s, backoff, idempotency_key..."""
         return (await self.submit(task, args, kwargs, **options)).job
 
     async def submit(self, task: str, *args: Any, **options: Any) -> Enqueued:

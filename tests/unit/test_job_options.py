@@ -112,7 +112,7 @@ def test_a_request_body_and_the_clients_body_are_each_others_mirror() -> None:
     body = _job_body("send", [1], {"to": "a"}, **options)
     assert set(body) == {BY_NAME[n].wire for n in options} | POSITIONAL
     back = parse_enqueue(body, None)
-    assert back["run_at"] == when.timestamp()
+    assert check_options(back)["run_at"] == when.timestamp()
     assert back["backoff"] == {"base_s": 2, "factor": 3, "cap_s": 60}
     assert check_options(back)["timeout_s"] == 9.5
     for name in set(options) - {"run_at", "backoff"}:
@@ -134,3 +134,16 @@ def test_the_openapi_queue_settings_are_the_declared_ones() -> None:
     assert list(props) == [o.wire for o in QUEUE_SETTINGS]
     assert props["rate_limit"]["exclusiveMinimum"] == 0
     assert props["paused"] == {"type": "boolean", "description": QUEUE_SETTINGS[0].description}
+
+
+def test_a_time_is_an_aware_datetime_rfc_3339_text_or_epoch_seconds() -> None:
+    when = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    for given in (when, "2030-01-02T03:04:05Z", "2030-01-02T04:04:05+01:00", when.timestamp()):
+        assert check_options({"task": "t", "run_at": given})["run_at"] == when.timestamp()
+    for bad in (datetime(2030, 1, 2), "2030-01-02T03:04:05", "tomorrow", float("nan"), True):
+        with pytest.raises(ValidationError) as caught:
+            check_options({"task": "t", "deadline": bad})
+        assert caught.value.field == "deadline"
+    with pytest.raises(ValidationError) as caught:  # over HTTP, text only
+        parse_enqueue({"task": "t", "run_at": when.timestamp()}, None)
+    assert caught.value.field == "run_at"
