@@ -46,6 +46,7 @@ __all__ = [
     "AsyncClient",
     "AttemptInfo",
     "AuthError",
+    "BulkInfo",
     "Client",
     "ClientError",
     "ConflictError",
@@ -453,6 +454,29 @@ class DeadLetterInfo:
             "attempts": self.attempts,
             "failed_at": _render_time(self.failed_at),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class BulkInfo:
+    """What a bulk action on dead letters found and did: `matched` (how many, up to its
+    limit), `more` (more matched), their ids, a `sample` of them whole, and `done`: the new
+    jobs' ids (requeue) or the dead letters deleted (delete); empty in a dry run."""
+
+    matched: int
+    more: bool
+    dead_letter_ids: list[int]
+    sample: list[DeadLetterInfo]
+    done: list[int]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], done: str) -> BulkInfo:
+        return cls(
+            matched=int(data["matched"]),
+            more=bool(data["more"]),
+            dead_letter_ids=[int(i) for i in data["dead_letter_ids"]],
+            sample=[DeadLetterInfo.from_dict(d) for d in data["sample"]],
+            done=[int(i) for i in data[done]],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -937,8 +961,11 @@ class _Ops:
         return _job(reply.data)
 
     @staticmethod
-    def dead_letters(limit: int | None, cursor: str | None) -> _Op[Page[DeadLetterInfo]]:
-        reply = yield _Call("GET", "/dead-letters", query=_page_query(limit, cursor))
+    def dead_letters(
+        limit: int | None, cursor: str | None, task: str | None, queue: str | None
+    ) -> _Op[Page[DeadLetterInfo]]:
+        query = _page_query(limit, cursor, task=task, queue=queue)
+        reply = yield _Call("GET", "/dead-letters", query=query)
         return cast(Page[DeadLetterInfo], _page_of(DeadLetterInfo.from_dict, reply.data))
 
     @staticmethod
@@ -951,6 +978,17 @@ class _Ops:
         path = f"/dead-letters/{_job_id(dead_letter_id, 'dead letter id')}/requeue"
         reply = yield _Call("POST", path)
         return _ref(reply).id
+
+    @staticmethod
+    def bulk_dead_letters(action: str, selection: Mapping[str, Any]) -> _Op[BulkInfo]:
+        body = {
+            k: (_timestamp(k, v) if k in ("failed_after", "failed_before") else v)
+            for k, v in selection.items()
+            if v is not None
+        }
+        reply = yield _Call("POST", f"/dead-letters/{action}", body=body)
+        done = "job_ids" if action == "requeue" else "deleted"
+        return cast(BulkInfo, _parse(action, lambda d: BulkInfo.from_dict(d, done), reply.data))
 
     @staticmethod
     def delete_dead_letter(dead_letter_id: int) -> _Op[None]:
@@ -1321,9 +1359,14 @@ class AsyncClient(_Base):
         return await self._run(_Ops.cancel(job_id))
 
     async def dead_letters(
-        self, *, limit: int | None = None, cursor: str | None = None
+        self,
+        *,
+        limit: int | None = None,
+        cursor: str | None = None,
+        task: str | None = None,
+        queue: str | None = None,
     ) -> Page[DeadLetterInfo]:
-        return await self._run(_Ops.dead_letters(limit, cursor))
+        return await self._run(_Ops.dead_letters(limit, cursor, task, queue))
 
     async def iter_dead_letters(self, *, page_size: int = 100) -> AsyncIterator[DeadLetterInfo]:
         cursor: str | None = None
@@ -1344,6 +1387,16 @@ class AsyncClient(_Base):
 
     async def delete_dead_letter(self, dead_letter_id: int) -> None:
         await self._run(_Ops.delete_dead_letter(dead_letter_id))
+
+    async def requeue_dead_letters(self, **selection: Any) -> BulkInfo:
+        """Enqueue again the dead letters that match, in one transaction. Selection: task,
+        queue, error_type, failed_after, failed_before (aware datetimes or RFC 3339), limit
+        (default 1000), dry_run (change nothing; say which)."""
+        return await self._run(_Ops.bulk_dead_letters("requeue", selection))
+
+    async def delete_dead_letters(self, **selection: Any) -> BulkInfo:
+        """Delete the dead letters that match; the selection as requeue_dead_letters'."""
+        return await self._run(_Ops.bulk_dead_letters("delete", selection))
 
     async def delete_job(self, job_id: int) -> None:
         """Delete a finished job (ConflictError while it is pending or running)."""
@@ -1669,9 +1722,14 @@ class Client(_Base):
         return self._run(_Ops.cancel(job_id))
 
     def dead_letters(
-        self, *, limit: int | None = None, cursor: str | None = None
+        self,
+        *,
+        limit: int | None = None,
+        cursor: str | None = None,
+        task: str | None = None,
+        queue: str | None = None,
     ) -> Page[DeadLetterInfo]:
-        return self._run(_Ops.dead_letters(limit, cursor))
+        return self._run(_Ops.dead_letters(limit, cursor, task, queue))
 
     def iter_dead_letters(self, *, page_size: int = 100) -> Iterator[DeadLetterInfo]:
         cursor: str | None = None
@@ -1690,6 +1748,14 @@ class Client(_Base):
 
     def delete_dead_letter(self, dead_letter_id: int) -> None:
         self._run(_Ops.delete_dead_letter(dead_letter_id))
+
+    def requeue_dead_letters(self, **selection: Any) -> BulkInfo:
+        """See `AsyncClient.requeue_dead_letters`."""
+        return self._run(_Ops.bulk_dead_letters("requeue", selection))
+
+    def delete_dead_letters(self, **selection: Any) -> BulkInfo:
+        """See `AsyncClient.delete_dead_letters`."""
+        return self._run(_Ops.bulk_dead_letters("delete", selection))
 
     def delete_job(self, job_id: int) -> None:
         self._run(_Ops.delete_job(job_id))

@@ -531,3 +531,59 @@ def check_schedule(given: Mapping[str, Any]) -> dict[str, Any]:
             checked[option.name] = option.default
     out = {k: checked[k] for k in (*SCHEDULE_JOB_FIELDS, *SCHEDULE_BY_NAME)}
     return {**out, "args": list(out["args"]), "kwargs": dict(out["kwargs"])}
+
+
+# Which dead letters a bulk action takes (POST /dead-letters/requeue and /delete,
+# JobServer.requeue_dead_letters and delete_dead_letters): every filter left out matches all.
+MAX_BULK = 10_000
+DEAD_LETTER_SELECTION = (
+    Option("task", "task", "string", "Only this task's.", max_len=MAX_TASK_NAME),
+    Option(
+        "queue",
+        "queue",
+        "string",
+        "Only this queue's.",
+        max_len=100,
+        pattern=QUEUE_NAME,
+        pattern_words="1-100 of A-Z a-z 0-9 _ . : - starting alphanumeric",
+    ),
+    Option(
+        "error_type",
+        "error_type",
+        "string",
+        "Only those whose error has this type, e.g. `TimeoutError`.",
+        max_len=200,
+    ),
+    Option("failed_after", "failed_after", "time", "Only those that failed at or after this."),
+    Option("failed_before", "failed_before", "time", "Only those that failed before this."),
+    Option(
+        "limit",
+        "limit",
+        "integer",
+        "At most this many, newest first; the answer says whether more matched.",
+        default=1000,
+        lo=1,
+        hi=MAX_BULK,
+    ),
+    Option(
+        "dry_run",
+        "dry_run",
+        "boolean",
+        "Change nothing: only count and show which would be taken.",
+        default=False,
+    ),
+)
+DEAD_LETTER_SELECTION_BY_NAME = {o.name: o for o in DEAD_LETTER_SELECTION}
+
+
+def check_dead_letter_selection(given: Mapping[str, Any]) -> dict[str, Any]:
+    """Every field of a dead-letter selection, checked, each left out (or None) at its
+    default; ValidationError naming the first bad one."""
+    checked = {o.name: o.default for o in DEAD_LETTER_SELECTION}
+    for name, value in given.items():
+        option = DEAD_LETTER_SELECTION_BY_NAME.get(name)
+        if option is None:
+            raise ValidationError(name, "unknown field")
+        if value is not None:
+            checked[name] = option.check(value)
+    return checked

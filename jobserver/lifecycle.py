@@ -385,9 +385,27 @@ def request_cancel(job_id: int, now: float, ch: Changes) -> Program[tuple[Job, J
 def requeue_dead_letter(dead_letter_id: int, now: float, ch: Changes) -> Program[Job]:
     """A new pending job from a dead letter, which is removed; it starts with fresh attempts
     and what the original job asked for (its priority, retries, timeout and backoff)."""
+    new = yield from _requeue_letter(dead_letter_id, now, ch)
+    if new is None:
+        raise NotFound(f"no dead letter {dead_letter_id}")
+    return new
+
+
+def requeue_dead_letters(ids: Sequence[int], now: float, ch: Changes) -> Program[list[Job]]:
+    """requeue_dead_letter for each of `ids`; one that is gone (requeued or deleted by another
+    request meanwhile) is skipped."""
+    jobs: list[Job] = []
+    for dead_letter_id in ids:
+        new = yield from _requeue_letter(dead_letter_id, now, ch)
+        if new is not None:
+            jobs.append(new)
+    return jobs
+
+
+def _requeue_letter(dead_letter_id: int, now: float, ch: Changes) -> Program[Job | None]:
     letter = yield row("take_dead_letter", dead_letter_id)
     if letter is None:
-        raise NotFound(f"no dead letter {dead_letter_id}")
+        return None
     job_id, task, queue, args, kwargs = letter
     original = yield row("job_options", job_id)
     priority, max_retries, timeout_s, backoff = original if original else (0, 3, None, None)
@@ -399,6 +417,15 @@ def requeue_dead_letter(dead_letter_id: int, now: float, ch: Changes) -> Program
     )
     ch.new_pending = True
     return new
+
+
+def delete_dead_letters(ids: Sequence[int]) -> Program[list[int]]:
+    """Delete these dead letters; the ids of those that were there."""
+    deleted = []
+    for dead_letter_id in ids:
+        if (yield count("delete_dead_letter", dead_letter_id)):
+            deleted.append(dead_letter_id)
+    return deleted
 
 
 def delete_job(job_id: int) -> Program[None]:

@@ -29,7 +29,12 @@ from .http.app import create_app
 from .http.listener import HttpListener
 from .isolation import ProcessPool
 from .job_options import BY_NAME as OPTIONS_BY_NAME
-from .job_options import check_options, check_queue_settings, check_schedule
+from .job_options import (
+    check_dead_letter_selection,
+    check_options,
+    check_queue_settings,
+    check_schedule,
+)
 from .metrics import Metrics
 from .models import (
     Attempt,
@@ -44,7 +49,7 @@ from .models import (
 from .retention import DAY_S, Retention
 from .schedule import check_cron, next_tick
 from .scheduler import Scheduler
-from .store.base import Enqueued, JobFilter, Store
+from .store.base import BulkResult, DeadLetterFilter, Enqueued, JobFilter, Store
 from .store.sqlite import SQLiteStore
 from .tasks import Registry, TaskSpec, default_registry, load_task_modules
 from .transitions import Publisher
@@ -56,6 +61,8 @@ if TYPE_CHECKING:
     from aiohttp import web
 
 log = logging.getLogger(__name__)
+
+DEAD_LETTER_SCAN = 500  # rows read at a time while selecting dead letters
 LAG_PROBE_S = 0.25
 LAG_WARNING_S = 0.5
 
@@ -579,8 +586,56 @@ class JobServer:
         return await self.get_job(job_id)
 
     # -- dead letters -----------------------------------------------------------------------------
-    async def list_dead_letters(self, limit: int, before_id: int | None) -> list[DeadLetter]:
-        return await self.store.list_dead_letters(limit, before_id)
+    async def list_dead_letters(
+        self, limit: int, before_id: int | None, flt: DeadLetterFilter | None = None
+    ) -> list[DeadLetter]:
+        """Newest first; `flt` by task, queue and time (its error_type is not read here)."""
+        return await self.store.list_dead_letters(limit, before_id, flt)
+
+    async def select_dead_letters(
+        self, flt: DeadLetterFilter, limit: int
+    ) -> tuple[list[DeadLetter], bool]:
+        """Up to `limit` dead letters that match, newest first, and whether more do."""
+        found: list[DeadLetter] = []
+        cursor = None
+        while True:
+            page = await self.store.list_dead_letters(DEAD_LETTER_SCAN, cursor, flt)
+            for letter in page:
+                if flt.matches(letter):
+                    if len(found) == limit:
+                        return found, True
+                    found.append(letter)
+            if len(page) < DEAD_LETTER_SCAN:
+                return found, False
+            cursor = page[-1].id
+
+    async def requeue_dead_letters(self, **selection: Any) -> BulkResult:
+        """Enqueue again, in one transaction, the dead letters that match (each as
+        requeue_dead_letter does). Selection (job_options.DEAD_LETTER_SELECTION): task, queue,
+        error_type, failed_after, failed_before, limit (1000), dry_run (only say which)."""
+        flt, limit, dry_run = self._dead_letter_selection(selection)
+        matched, more = await self.select_dead_letters(flt, limit)
+        if dry_run or not matched:
+            return BulkResult(matched, more, [])
+        jobs = await self.store.requeue_dead_letters([d.id for d in matched], self.clock.now())
+        self.worker.wake()
+        return BulkResult(matched, more, [j.id for j in jobs])
+
+    async def delete_dead_letters(self, **selection: Any) -> BulkResult:
+        """Delete, in one transaction, the dead letters that match; the selection as
+        requeue_dead_letters takes it."""
+        flt, limit, dry_run = self._dead_letter_selection(selection)
+        matched, more = await self.select_dead_letters(flt, limit)
+        if dry_run or not matched:
+            return BulkResult(matched, more, [])
+        deleted = await self.store.delete_dead_letters([d.id for d in matched])
+        return BulkResult(matched, more, deleted)
+
+    @staticmethod
+    def _dead_letter_selection(selection: dict[str, Any]) -> tuple[DeadLetterFilter, int, bool]:
+        fields = check_dead_letter_selection(selection)
+        limit, dry_run = fields.pop("limit"), fields.pop("dry_run")
+        return DeadLetterFilter(**fields), limit, dry_run
 
     async def get_dead_letter(self, dead_letter_id: int) -> DeadLetter:
         dl = await self.store.get_dead_letter(dead_letter_id)

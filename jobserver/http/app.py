@@ -15,9 +15,11 @@ from .errors import error_middleware
 from .openapi import build_spec
 from .routes.dead_letters import (
     delete_dead_letter,
+    delete_dead_letters,
     get_dead_letter,
     list_dead_letters,
     requeue_dead_letter,
+    requeue_dead_letters,
 )
 from .routes.jobs import (
     cancel_job,
@@ -51,6 +53,8 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
     ("GET", f"/jobs/{ID}/attempts", list_attempts, "list_attempts"),
     ("GET", "/dead-letters", list_dead_letters, "list_dead_letters"),
     ("GET", f"/dead-letters/{ID}", get_dead_letter, "get_dead_letter"),
+    ("POST", "/dead-letters/requeue", requeue_dead_letters, "requeue_dead_letters"),
+    ("POST", "/dead-letters/delete", delete_dead_letters, "delete_dead_letters"),
     ("POST", f"/dead-letters/{ID}/requeue", requeue_dead_letter, "requeue_dead_letter"),
     ("DELETE", f"/dead-letters/{ID}", delete_dead_letter, "delete_dead_letter"),
     ("GET", "/queues", list_queues, "list_queues"),

@@ -15,6 +15,7 @@ from .. import codec
 from ..job_options import (
     BACKOFF_OPTIONS,
     BY_NAME,
+    DEAD_LETTER_SELECTION,
     MAX_ID,
     MAX_KEY_LEN,
     OPTIONS,
@@ -374,6 +375,31 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
         "ScheduleList": _record({"items": {"type": "array", "items": ref("Schedule")}}),
         "DeadLetter": _record({f.name: f.schema for f in DEAD_LETTER_RECORD}),
         "Attempt": _record({f.name: f.schema for f in ATTEMPT_RECORD}),
+        "DeadLetterSelection": {
+            "type": "object",
+            "description": "Which dead letters: each filter left out matches all.",
+            "additionalProperties": False,
+            "properties": {o.wire: _option_schema(o) for o in DEAD_LETTER_SELECTION},
+        },
+        **{
+            name: _record(
+                {
+                    "matched": {"type": "integer", "minimum": 0},
+                    "more": {"type": "boolean", "description": "More matched than `limit`."},
+                    "dead_letter_ids": {"type": "array", "items": {"type": "integer"}},
+                    "sample": {
+                        "type": "array",
+                        "items": ref("DeadLetter"),
+                        "description": "The first of them, whole.",
+                    },
+                    done: {"type": "array", "items": {"type": "integer"}, "description": words},
+                }
+            )
+            for name, done, words in (
+                ("DeadLettersRequeued", "job_ids", "The new jobs (none in a dry run)."),
+                ("DeadLettersDeleted", "deleted", "The dead letters deleted (none in a dry run)."),
+            )
+        },
         "AttemptList": _record(
             {
                 "job_id": {"type": "integer", "minimum": 1},
@@ -749,12 +775,42 @@ def _paths() -> dict[str, Any]:
                 "operationId": "list_dead_letters",
                 "tags": ["dead-letters"],
                 "summary": "List dead letters, newest first",
-                "parameters": [_param("Limit"), _param("Cursor")],
+                "parameters": [
+                    {"name": "task", "in": "query", "schema": {"type": "string"}},
+                    {"name": "queue", "in": "query", "schema": {"type": "string"}},
+                    _param("Limit"),
+                    _param("Cursor"),
+                ],
                 "responses": {
                     "200": _response("A page of dead letters.", ref("DeadLetterPage")),
                     **_errors("Invalid", "Unavailable"),
                 },
             }
+        },
+        **{
+            f"/dead-letters/{action}": {
+                "post": {
+                    "operationId": f"{action}_dead_letters",
+                    "tags": ["dead-letters"],
+                    "summary": f"{action.capitalize()} the dead letters that match a filter",
+                    "description": "In one transaction, up to `limit` of them, newest first;"
+                    " with `dry_run`, nothing changes and the answer says which would be"
+                    + (
+                        " enqueued again (each as a new job, as one requeue does)."
+                        if action == "requeue"
+                        else " deleted."
+                    ),
+                    "requestBody": _body("DeadLetterSelection"),
+                    "responses": {
+                        "200": _response("What matched, and what was done.", ref(answer)),
+                        **_errors(*BODY_ERRORS, "Invalid", "Unavailable"),
+                    },
+                }
+            }
+            for action, answer in (
+                ("requeue", "DeadLettersRequeued"),
+                ("delete", "DeadLettersDeleted"),
+            )
         },
         "/dead-letters/{id}": {
             "get": {

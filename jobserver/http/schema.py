@@ -6,14 +6,21 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
 from .. import codec
 from ..errors import NotFound, ValidationError
-from ..job_options import BACKOFF_BY_WIRE, BY_WIRE, MAX_KEY_LEN, QUEUE_NAME, SCHEDULE_JOB_FIELDS
+from ..job_options import (
+    BACKOFF_BY_WIRE,
+    BY_WIRE,
+    MAX_KEY_LEN,
+    QUEUE_NAME,
+    SCHEDULE_JOB_FIELDS,
+    Option,
+)
 from ..models import (
     DeadLetter,
     Job,
@@ -186,13 +193,13 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def parse_enqueue(body: dict[str, Any], header_key: str | None) -> dict[str, Any]:
-    """A POST /jobs body as keyword arguments for JobServer.new_job: the API's names become
-    Python's (job_options.OPTIONS). The values, RFC 3339 times included, are checked there,
-    once; its errors reach the client in the API's names (errors.in_api_names)."""
-    options: dict[str, Any] = {"task": None}  # left out, JobServer.new_job says it is required
+def read_fields(body: dict[str, Any], declared: Mapping[str, Option]) -> dict[str, Any]:
+    """A body's fields under their Python names (the table's); unknown ones refused, nulls
+    left out (refused where the field may not be null), times text only (JSON has no time
+    type; Python may also give epoch seconds). The core checks the values."""
+    fields: dict[str, Any] = {}
     for wire, value in body.items():
-        option = BY_WIRE.get(wire)
+        option = declared.get(wire)
         if option is None:
             raise ValidationError(wire, "unknown field")
         if value is None:
@@ -200,11 +207,18 @@ def parse_enqueue(body: dict[str, Any], header_key: str | None) -> dict[str, Any
                 raise ValidationError(wire, option.expected)
             continue
         if option.kind == "time" and not isinstance(value, str):
-            # over HTTP a time is RFC 3339 text only (Python may also give epoch seconds)
             raise ValidationError(wire, "must be an RFC 3339 timestamp string")
         if option.kind == "backoff" and isinstance(value, dict):
             value = {(b.name if (b := BACKOFF_BY_WIRE.get(k)) else k): v for k, v in value.items()}
-        options[option.name] = value
+        fields[option.name] = value
+    return fields
+
+
+def parse_enqueue(body: dict[str, Any], header_key: str | None) -> dict[str, Any]:
+    """A POST /jobs body as keyword arguments for JobServer.new_job: the API's names become
+    Python's (job_options.OPTIONS). The values, RFC 3339 times included, are checked there,
+    once; its errors reach the client in the API's names (errors.in_api_names)."""
+    options = {"task": None, **read_fields(body, BY_WIRE)}  # no task: new_job says so
     if header_key is not None:
         if not 1 <= len(header_key) <= MAX_KEY_LEN:
             raise ValidationError("Idempotency-Key", f"must be 1 to {MAX_KEY_LEN} characters")

@@ -57,6 +57,32 @@ class JobFilter:
     task: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class BulkResult:
+    """What a bulk action found and did: the rows that matched (up to its limit), whether more
+    matched, and the ids it made (requeued: the new jobs; deleted: the dead letters)."""
+
+    matched: list[DeadLetter]
+    more: bool
+    done: list[int]
+
+
+@dataclass(slots=True)
+class DeadLetterFilter:
+    """Which dead letters: each field left None matches all. Times are epoch seconds
+    (failed_after inclusive, failed_before exclusive); error_type is the error's `type`."""
+
+    task: str | None = None
+    queue: str | None = None
+    error_type: str | None = None
+    failed_after: float | None = None
+    failed_before: float | None = None
+
+    def matches(self, letter: DeadLetter) -> bool:
+        """The error type, which the stores keep inside a JSON value, is matched here."""
+        return self.error_type is None or (letter.error or {}).get("type") == self.error_type
+
+
 def payload_fingerprint(job: NewJob) -> str:
     """What makes two requests "the same job" for an idempotency key: every option but the
     start time (a retried request with `delay` names a different instant for the same intent)."""
@@ -218,8 +244,18 @@ class Store(Protocol):
         ...
 
     async def list_dead_letters(
-        self, limit: int, before_id: int | None = None
-    ) -> list[DeadLetter]: ...
+        self, limit: int, before_id: int | None = None, flt: DeadLetterFilter | None = None
+    ) -> list[DeadLetter]:
+        """Newest first; `flt` by task, queue and time in SQL (not its error_type)."""
+        ...
+
+    async def requeue_dead_letters(self, dead_letter_ids: Sequence[int], now: float) -> list[Job]:
+        """requeue_dead_letter for each, in one transaction; one already gone is skipped."""
+        ...
+
+    async def delete_dead_letters(self, dead_letter_ids: Sequence[int]) -> list[int]:
+        """Delete these, in one transaction; returns the ids that were there."""
+        ...
 
     async def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None: ...
 

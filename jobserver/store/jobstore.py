@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from .. import codec, lifecycle
+from ..job_options import MAX_ID
 from ..lifecycle import Changes, Program, count, job, row, rows, value
 from ..models import (
     Attempt,
@@ -26,7 +27,13 @@ from ..models import (
     Schedule,
     Transition,
 )
-from .base import LeaseReport, OnTransitions, RescueReport, with_current_attempt
+from .base import (
+    DeadLetterFilter,
+    LeaseReport,
+    OnTransitions,
+    RescueReport,
+    with_current_attempt,
+)
 
 T = TypeVar("T")
 
@@ -195,8 +202,14 @@ class JobStore:
     async def delete_job(self, job_id: int) -> None:
         await self._move(lambda ch: lifecycle.delete_job(job_id))
 
+    async def requeue_dead_letters(self, dead_letter_ids: Sequence[int], now: float) -> list[Job]:
+        return await self._move(lambda ch: lifecycle.requeue_dead_letters(dead_letter_ids, now, ch))
+
     async def delete_dead_letter(self, dead_letter_id: int) -> bool:
         return await self._move(lambda ch: _changed(count("delete_dead_letter", dead_letter_id)))
+
+    async def delete_dead_letters(self, dead_letter_ids: Sequence[int]) -> list[int]:
+        return await self._move(lambda ch: lifecycle.delete_dead_letters(dead_letter_ids))
 
     async def check_writable(self) -> None:
         # A real write, committed: a transaction that changes nothing commits on a full disk
@@ -228,11 +241,18 @@ class JobStore:
         found = await self._look(_one(row("dead_letter_by_id", dead_letter_id)))
         return None if found is None else self._dead_letter(found)
 
-    async def list_dead_letters(self, limit: int, before_id: int | None = None) -> list[DeadLetter]:
-        page = (
-            rows("dead_letters_newest", limit)
-            if before_id is None
-            else rows("dead_letters_before", before_id, limit)
+    async def list_dead_letters(
+        self, limit: int, before_id: int | None = None, flt: DeadLetterFilter | None = None
+    ) -> list[DeadLetter]:
+        f = flt or DeadLetterFilter()
+        page = rows(
+            "dead_letters_page",
+            MAX_ID + 1 if before_id is None else before_id,
+            f.task,
+            f.queue,
+            f.failed_after,
+            f.failed_before,
+            limit,
         )
         return [self._dead_letter(r) for r in await self._look(_one(page))]
 

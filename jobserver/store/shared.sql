@@ -96,13 +96,13 @@ SELECT count(*) FROM dead_letters;
 SELECT id, job_id, task, queue, args, kwargs, error, attempts, failed_at
 FROM dead_letters WHERE id = $1;
 
--- name: dead_letters_newest
+-- name: dead_letters_page
+-- Newest first, below the id $1; each filter that is NULL matches every row.
 SELECT id, job_id, task, queue, args, kwargs, error, attempts, failed_at
-FROM dead_letters ORDER BY id DESC LIMIT $1;
-
--- name: dead_letters_before
-SELECT id, job_id, task, queue, args, kwargs, error, attempts, failed_at
-FROM dead_letters WHERE id < $1 ORDER BY id DESC LIMIT $2;
+FROM dead_letters
+WHERE id < $1 AND task = coalesce($2, task) AND queue = coalesce($3, queue)
+  AND failed_at >= coalesce($4, failed_at) AND failed_at < coalesce($5, failed_at + 1)
+ORDER BY id DESC LIMIT $6;
 
 -- name: workflow_exists
 SELECT 1 FROM workflows WHERE id = $1;

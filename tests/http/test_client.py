@@ -345,6 +345,54 @@ async def test_dead_letters(client: AsyncClient) -> None:
         await client.requeue_dead_letter(987654)
 
 
+@task(registry=reg, name="client_timeout")
+async def client_timeout() -> None:
+    raise TimeoutError("the mail server did not answer")
+
+
+async def test_dead_letters_requeued_and_deleted_by_a_filter(client: AsyncClient) -> None:
+    """Bulk re-drive (issue 20): by task, queue, error type and time; a dry run changes
+    nothing; limit and `more`; the new jobs are real jobs, the dead letters are gone."""
+    before = datetime.now(UTC)
+    refused = [await client.enqueue("client_refuse", [f"r{i}"], queue="bulk") for i in range(3)]
+    timed_out = [
+        await client.enqueue("client_timeout", queue="bulk", max_retries=0) for _ in range(2)
+    ]
+    other_queue = await client.enqueue("client_refuse", ["o"], queue="elsewhere")
+    for ref in [*refused, *timed_out, other_queue]:
+        assert (await client.wait(ref.id, timeout_s=10)).status == JobState.FAILED
+
+    dry = await client.requeue_dead_letters(queue="bulk", error_type="TimeoutError", dry_run=True)
+    assert (dry.matched, dry.more, dry.done) == (2, False, [])
+    assert {d.job_id for d in dry.sample} == {r.id for r in timed_out}
+    assert len((await client.dead_letters(queue="bulk")).items) == 5  # nothing changed
+
+    limited = await client.requeue_dead_letters(
+        task="client_refuse", queue="bulk", limit=2, failed_after=before
+    )
+    assert (limited.matched, limited.more, len(limited.done)) == (2, True, 2)
+    for job_id in limited.done:  # new jobs, which fail again (as refused jobs do)
+        assert (await client.wait(job_id, timeout_s=10)).task == "client_refuse"
+    assert await client.delete_dead_letters(
+        failed_before=before
+    ) == await client.delete_dead_letters(
+        failed_before=before, dry_run=True
+    )  # nothing failed before the test began: both empty
+    gone = await client.delete_dead_letters(queue="bulk", error_type="TimeoutError")
+    assert gone.done == gone.dead_letter_ids and len(gone.done) == 2
+    left = await client.dead_letters(queue="bulk")
+    assert {d.task for d in left.items} == {"client_refuse"}
+    assert [d.job_id for d in (await client.dead_letters(queue="elsewhere")).items] == [
+        other_queue.id
+    ]
+    with pytest.raises(InvalidRequest) as bad:
+        await client.requeue_dead_letters(limit=0)
+    assert bad.value.field == "limit"
+    with pytest.raises(InvalidRequest) as bad:
+        await client.delete_dead_letters(tasks="x")
+    assert bad.value.field == "tasks"
+
+
 async def test_health_and_ready(client: AsyncClient) -> None:
     assert await client.health() is True
     assert await client.ready() is True

@@ -297,6 +297,22 @@ async def drive_dead_letter_and_health_routes(c: Checked) -> None:
     [dl2] = page["items"]
     assert (await c.call("DELETE", f"/dead-letters/{dl2['id']}", one))[0] == 204
     assert (await c.call("DELETE", f"/dead-letters/{dl2['id']}", one))[0] == 404
+    # by a filter: a dry run, then each action; bad selections and bodies
+    await c.terminal((await c.enqueue(task="openapi_explode"))["id"])
+    for action in ("requeue", "delete"):
+        path = f"/dead-letters/{action}"
+        selection = {"task": "openapi_explode", "error_type": "RuntimeError", "dry_run": True}
+        status, dry = await c.call("POST", path, path, selection)
+        assert status == 200 and dry["matched"] >= 1 and dry["sample"]
+        assert (await c.call("POST", path, path, {"limit": 0}))[0] == 422
+        assert (await c.call("POST", path, path, {"failed_after": 5}))[0] == 422
+        await drive_body_errors(c, "POST", path, path)
+    path = "/dead-letters/delete"
+    status, gone = await c.call("POST", path, path, {"task": "openapi_explode"})
+    assert status == 200 and gone["deleted"] == gone["dead_letter_ids"] != []
+    assert (await c.call("GET", "/dead-letters?task=openapi_explode", "/dead-letters"))[1][
+        "items"
+    ] == []
 
     assert (await c.call("GET", "/healthz", "/healthz"))[0] == 200
     assert (await c.call("GET", "/readyz", "/readyz"))[0] == 200
@@ -399,6 +415,8 @@ async def drive_storage_faults(c: Checked, monkeypatch: pytest.MonkeyPatch) -> N
             ("GET", "/dead-letters/1", "/dead-letters/{id}", None),
             ("POST", "/dead-letters/1/requeue", "/dead-letters/{id}/requeue", None),
             ("DELETE", "/dead-letters/1", "/dead-letters/{id}", None),
+            ("POST", "/dead-letters/requeue", "/dead-letters/requeue", {}),
+            ("POST", "/dead-letters/delete", "/dead-letters/delete", {}),
             ("GET", "/readyz", "/readyz", None),
             ("DELETE", "/jobs/1", "/jobs/{id}", None),
             ("GET", "/queues", "/queues", None),
