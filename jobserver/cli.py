@@ -19,16 +19,23 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any, TextIO
 
+import shtab
+
+from . import __version__
 from .client import (
     DEFAULT_URL,
     NOT_GIVEN,
     ApiError,
+    AuthError,
+    BulkInfo,
     Client,
     ClientError,
     ConnectionFailed,
     JobInfo,
+    Page,
     QueueFull,
     QueueInfo,
+    UnexpectedResponse,
     WorkflowInfo,
 )
 from .config import (
@@ -42,6 +49,7 @@ from .config import (
     read_config_file,
 )
 from .errors import DatabaseInUse, StoreError, ValidationError
+from .job_options import parse_rfc3339
 from .logs import configure_logging
 from .models import JobState
 from .runtime import tune_gc
@@ -55,6 +63,7 @@ EXIT_STARTUP = 1
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jobserver", description="A background-job server.")
+    parser.add_argument("--version", action="version", version=f"jobserver {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
         "serve",
@@ -70,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument(flag_name(setting), dest=setting, **kwargs)  # type: ignore[arg-type]
     add_client_commands(commands)
     add_database_commands(commands)
+    completion = commands.add_parser(
+        "completion",
+        help='print a shell completion script, e.g. eval "$(jobserver completion bash)"',
+    )
+    completion.add_argument("shell", choices=shtab.SUPPORTED_SHELLS)
+    completion.set_defaults(whole_parser=parser)
     return parser
 
 
@@ -160,6 +175,9 @@ def run(coro_settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "completion":  # written by shtab from the parser itself
+        print(shtab.complete(args.whole_parser, shell=args.shell))
+        return 0
     if args.command != "serve":
         return run_command(args)
     try:
@@ -227,6 +245,15 @@ def _seconds_arg(text: str) -> float:
     return value
 
 
+def _time_arg(text: str) -> str:
+    """An RFC 3339 time with its zone, checked here (sent as it is)."""
+    try:
+        parse_rfc3339("time", text)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    return text
+
+
 def _limit_arg(kind: type[int] | type[float]) -> Callable[[str], int | float | None]:
     """A queue limit: a number, or `none` to lift it."""
 
@@ -266,9 +293,15 @@ def add_client_commands(commands: Any) -> None:
         "--token", help="API token, sent as 'Authorization: Bearer TOKEN' [JOBSERVER_TOKEN]"
     )
 
-    def add(name: str, handler: ClientHandler, help_text: str) -> argparse.ArgumentParser:
+    listing = argparse.ArgumentParser(add_help=False)
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    def add(
+        name: str, handler: ClientHandler, help_text: str, *, lists: bool = False
+    ) -> argparse.ArgumentParser:
+        parents = [server, listing] if lists else [server]
         parser: argparse.ArgumentParser = commands.add_parser(
-            name, parents=[server], help=help_text, description=help_text
+            name, parents=parents, help=help_text, description=help_text
         )
         parser.set_defaults(client_handler=handler)
         return parser
@@ -340,7 +373,12 @@ def add_client_commands(commands: Any) -> None:
     p = add("get", cmd_get, "print a job as JSON")
     p.add_argument("id", type=int, help="the job's id")
 
-    p = add("attempts", cmd_attempts, "a job's history: each attempt's outcome, node and error")
+    p = add(
+        "attempts",
+        cmd_attempts,
+        "a job's history: each attempt's outcome, node and error",
+        lists=True,
+    )
     p.add_argument("id", type=int, help="the job's id")
     p.add_argument("--traceback", action="store_true", help="print each failed attempt's traceback")
 
@@ -353,19 +391,55 @@ def add_client_commands(commands: Any) -> None:
     p.add_argument("id", type=int, help="the job's id")
     p.add_argument("--timeout", type=_seconds_arg, metavar="S", help="give up after S seconds")
 
-    p = add("jobs", cmd_jobs, "list jobs, newest first, as a table")
+    p = add("jobs", cmd_jobs, "list jobs, newest first, as a table", lists=True)
     p.add_argument("--status", choices=[s.value for s in JobState])
     p.add_argument("--queue", metavar="Q")
     p.add_argument("--task", metavar="TASK")
     p.add_argument("--limit", type=int, default=50, metavar="N", help="1-1000 (default 50)")
     p.add_argument("--cursor", metavar="C", help="the next_cursor of the previous page")
 
-    p = add("dead-letters", cmd_dead_letters, "list dead letters, newest first, as a table")
+    p = add(
+        "dead-letters", cmd_dead_letters, "list dead letters, newest first, as a table", lists=True
+    )
+    p.add_argument("--task", metavar="TASK")
+    p.add_argument("--queue", metavar="Q")
     p.add_argument("--limit", type=int, default=50, metavar="N", help="1-1000 (default 50)")
     p.add_argument("--cursor", metavar="C", help="the next_cursor of the previous page")
 
+    p = add("dead-letter", cmd_dead_letter, "print a dead letter as JSON")
+    p.add_argument("dead_letter_id", type=int, metavar="DEAD_LETTER_ID")
+
+    p = add("delete-dead-letter", cmd_delete_dead_letter, "delete a dead letter")
+    p.add_argument("dead_letter_id", type=int, metavar="DEAD_LETTER_ID")
+
     p = add("requeue", cmd_requeue, "enqueue a dead letter again as a new job; print its id")
     p.add_argument("dead_letter_id", type=int, metavar="DEAD_LETTER_ID")
+
+    for name, handler, what in (
+        ("requeue-dead-letters", cmd_requeue_dead_letters, "enqueue again as new jobs"),
+        ("purge-dead-letters", cmd_purge_dead_letters, "delete"),
+    ):
+        p = add(
+            name,
+            handler,
+            f"{what} the dead letters that match, in one transaction (newest first, up to"
+            " --limit); --dry-run shows which without changing anything",
+            lists=True,
+        )
+        p.add_argument("--task", metavar="TASK")
+        p.add_argument("--queue", metavar="Q")
+        p.add_argument("--error-type", metavar="TYPE", help="the error's type, e.g. TimeoutError")
+        p.add_argument(
+            "--failed-after",
+            type=_time_arg,
+            metavar="TIME",
+            help="RFC 3339, e.g. 2026-12-01T00:00Z",
+        )
+        p.add_argument("--failed-before", type=_time_arg, metavar="TIME", help="RFC 3339")
+        p.add_argument(
+            "--limit", type=int, default=1000, metavar="N", help="1-10000 (default 1000)"
+        )
+        p.add_argument("--dry-run", action="store_true", help="change nothing; show which")
 
     p = add("cancel", cmd_cancel, "cancel a job (a running one is asked to stop)")
     p.add_argument("id", type=int, help="the job's id")
@@ -373,7 +447,7 @@ def add_client_commands(commands: Any) -> None:
     p = add("delete", cmd_delete, "delete a finished job (succeeded, failed or cancelled)")
     p.add_argument("id", type=int, help="the job's id")
 
-    add("queues", cmd_queues, "list the queues: jobs by state, oldest due job, limits")
+    add("queues", cmd_queues, "list the queues: jobs by state, oldest due job, limits", lists=True)
 
     p = add(
         "queue",
@@ -417,7 +491,7 @@ def add_client_commands(commands: Any) -> None:
         help="pending jobs it may hold; enqueueing past it is refused (429)",
     )
 
-    add("schedules", cmd_schedules, "list the cron schedules as a table")
+    add("schedules", cmd_schedules, "list the cron schedules as a table", lists=True)
 
     schedule = commands.add_parser(
         "schedule", help="add, show or remove a cron schedule", description="Cron schedules."
@@ -492,7 +566,9 @@ def add_client_commands(commands: Any) -> None:
         " status; exit 1 unless it succeeded",
     )
 
-    p = add("workflow-status", cmd_workflow_status, "print a workflow's jobs and status")
+    p = add(
+        "workflow-status", cmd_workflow_status, "print a workflow's jobs and status", lists=True
+    )
     p.add_argument("id", type=int, help="the workflow's id")
 
 
@@ -625,6 +701,9 @@ def cmd_get(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_attempts(client: Client, args: argparse.Namespace) -> int:
     attempts = client.attempts(args.id)
+    if args.json:
+        _print_json({"job_id": args.id, "items": [a.to_dict() for a in attempts]})
+        return 0
     rows = [
         [
             str(a.attempt),
@@ -660,6 +739,8 @@ def cmd_jobs(client: Client, args: argparse.Namespace) -> int:
     page = client.list_jobs(
         status=args.status, queue=args.queue, task=args.task, limit=args.limit, cursor=args.cursor
     )
+    if args.json:
+        return _print_page(page)
     rows = [
         [str(j.id), j.task, j.queue, j.status.value, str(j.attempts), _utc(j.created_at)]
         for j in page.items
@@ -672,8 +753,17 @@ def cmd_jobs(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_page(page: Page[Any]) -> int:
+    _print_json({"items": [i.to_dict() for i in page.items], "next_cursor": page.next_cursor})
+    return 0
+
+
 def cmd_dead_letters(client: Client, args: argparse.Namespace) -> int:
-    page = client.dead_letters(limit=args.limit, cursor=args.cursor)
+    page = client.dead_letters(
+        limit=args.limit, cursor=args.cursor, task=args.task, queue=args.queue
+    )
+    if args.json:
+        return _print_page(page)
     rows = [
         [
             str(d.id),
@@ -698,6 +788,63 @@ def cmd_dead_letters(client: Client, args: argparse.Namespace) -> int:
 def cmd_requeue(client: Client, args: argparse.Namespace) -> int:
     print(client.requeue_dead_letter(args.dead_letter_id))
     return 0
+
+
+def cmd_dead_letter(client: Client, args: argparse.Namespace) -> int:
+    _print_json(client.dead_letter(args.dead_letter_id).to_dict())
+    return 0
+
+
+def cmd_delete_dead_letter(client: Client, args: argparse.Namespace) -> int:
+    client.delete_dead_letter(args.dead_letter_id)
+    print(f"dead letter {args.dead_letter_id} deleted")
+    return 0
+
+
+def _selection(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "task": args.task,
+        "queue": args.queue,
+        "error_type": args.error_type,
+        "failed_after": args.failed_after,
+        "failed_before": args.failed_before,
+        "limit": args.limit,
+        "dry_run": args.dry_run,
+    }
+
+
+def _report_bulk(result: BulkInfo, args: argparse.Namespace, did: str, made: str) -> int:
+    if args.json:
+        _print_json(
+            {
+                "matched": result.matched,
+                "more": result.more,
+                "dead_letter_ids": result.dead_letter_ids,
+                "sample": [d.to_dict() for d in result.sample],
+                made: result.done,
+            }
+        )
+        return 0
+    more = f" (more match: run again, or raise --limit past {args.limit})" if result.more else ""
+    if args.dry_run:
+        print(f"{result.matched} dead letters match{more}; --dry-run: nothing {did}")
+        rows = [[str(d.id), d.task, d.queue, _cell(str(d.error)) if d.error else ""]
+                for d in result.sample]  # fmt: skip
+        if rows:
+            print(_table(["ID", "TASK", "QUEUE", "ERROR"], rows))
+        return 0
+    print(f"{len(result.done)} of {result.matched} dead letters {did}{more}")
+    return 0
+
+
+def cmd_requeue_dead_letters(client: Client, args: argparse.Namespace) -> int:
+    result = client.requeue_dead_letters(**_selection(args))
+    return _report_bulk(result, args, "requeued", "job_ids")
+
+
+def cmd_purge_dead_letters(client: Client, args: argparse.Namespace) -> int:
+    result = client.delete_dead_letters(**_selection(args))
+    return _report_bulk(result, args, "deleted", "deleted")
 
 
 def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
@@ -745,7 +892,16 @@ def _limits(queue: QueueInfo) -> str:
 
 def cmd_queues(client: Client, args: argparse.Namespace) -> int:
     queues = client.queues()
-    states = [JobState.PENDING, JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED]
+    if args.json:
+        _print_json({"items": [q.to_dict() for q in queues]})
+        return 0
+    states = [
+        JobState.PENDING,
+        JobState.RUNNING,
+        JobState.SUCCEEDED,
+        JobState.FAILED,
+        JobState.CANCELLED,
+    ]
     rows = [
         [
             q.name,
@@ -779,6 +935,10 @@ def cmd_queue(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_schedules(client: Client, args: argparse.Namespace) -> int:
+    schedules = client.schedules()
+    if args.json:
+        _print_json({"items": [s.to_dict() for s in schedules]})
+        return 0
     rows = [
         [
             s.name,
@@ -791,7 +951,7 @@ def cmd_schedules(client: Client, args: argparse.Namespace) -> int:
             _utc(s.last_run_at) if s.last_run_at else "-",
             s.cron,
         ]
-        for s in client.schedules()
+        for s in schedules
     ]
     if rows:
         headers = ["NAME", "TASK", "QUEUE", "TIMEZONE", "MISSED", "PAUSED", "NEXT", "LAST", "CRON"]
@@ -889,7 +1049,11 @@ def _print_workflow(flow: WorkflowInfo) -> None:
 
 
 def cmd_workflow_status(client: Client, args: argparse.Namespace) -> int:
-    _print_workflow(client.workflow(args.id))
+    flow = client.workflow(args.id)
+    if args.json:
+        _print_json(flow.to_dict())
+        return 0
+    _print_workflow(flow)
     return 0
 
 
@@ -1020,6 +1184,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     """Every command but `serve`."""
+    url = token = None
     try:
         if hasattr(args, "db_handler"):
             try:
@@ -1045,8 +1210,16 @@ def run_command(args: argparse.Namespace) -> int:
     except QueueFull as exc:
         after = f"; try again in {exc.retry_after_s:g} s" if exc.retry_after_s is not None else ""
         return _fail(f"{exc}{after}")
+    except AuthError as exc:
+        if exc.status == 401 and token:
+            return _fail(f"the server refused the token ({exc}): check --token / JOBSERVER_TOKEN")
+        if exc.status == 401:
+            return _fail(f"the server needs a token ({exc}): give --token or set JOBSERVER_TOKEN")
+        return _fail(str(exc))
     except ApiError as exc:
         return _fail(str(exc))  # "<code>: <message> (field: X)"
+    except UnexpectedResponse as exc:
+        return _fail(f"{url} did not answer as a jobserver does: {exc}")
     except ClientError as exc:
         return _fail(str(exc))
     except BrokenPipeError:

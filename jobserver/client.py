@@ -411,6 +411,19 @@ class AttemptInfo:
             traceback=None if error is None else error.get("traceback"),
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        error = self.error
+        return {
+            "attempt": self.attempt,
+            "outcome": self.outcome,
+            "started_at": _render_time(self.started_at),
+            "ended_at": _render_time(self.ended_at),
+            "node": self.node,
+            "error": None
+            if error is None
+            else {"type": error.type, "message": error.message, "traceback": self.traceback},
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetterInfo:

@@ -20,7 +20,7 @@ from unittest import mock
 
 import pytest
 
-from jobserver import JobState
+from jobserver import JobState, __version__
 from jobserver.cli import main
 from jobserver.client import Client, ClientError
 from jobserver.store.sqlite.statements import MIGRATIONS
@@ -40,7 +40,7 @@ clean_env = server_env
 class ServeProcess:
     """`python -m jobserver serve` on `db`, with the tasks of tests/cli_tasks.py."""
 
-    def __init__(self, db: Path, log_path: Path) -> None:
+    def __init__(self, db: Path, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.db = db
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -49,7 +49,7 @@ class ServeProcess:
         command = [
             sys.executable, "-m", "jobserver", "serve", "--db", str(db), "--port", str(self.port),
             "--tasks", "tests.cli_tasks", "--grace-period", "1", "--log-level", "warning",
-            "--webhook-secret", WEBHOOK_SECRET,
+            "--webhook-secret", WEBHOOK_SECRET, *extra_args,
         ]  # fmt: skip
         try:
             self.proc = subprocess.Popen(
@@ -531,6 +531,102 @@ def test_an_unreachable_server(served: ServeProcess) -> None:
     assert bad.stderr.startswith("jobserver: JOBSERVER_URL: "), bad.stderr
 
 
+def test_version_and_shell_completion() -> None:
+    assert ok(jobserver("--version")).strip() == f"jobserver {__version__}"
+    script = ok(jobserver("completion", "bash"))
+    assert "requeue-dead-letters" in script and "--dry-run" in script
+    assert "compdef" in ok(jobserver("completion", "zsh"))
+
+
+def test_every_listing_prints_json(served: ServeProcess) -> None:
+    waited = ok(jobserver("enqueue", "echo", "--args", '["j"]', "--wait", "10", "--queue", "listed",
+                          url=served.url))  # fmt: skip
+    job_id = json.loads(waited)["id"]
+    jobs = json.loads(ok(jobserver("jobs", "--queue", "listed", "--json", url=served.url)))
+    assert [j["id"] for j in jobs["items"]] == [job_id] and jobs["next_cursor"] is None
+    attempts = json.loads(ok(jobserver("attempts", str(job_id), "--json", url=served.url)))
+    assert attempts["job_id"] == job_id and attempts["items"][0]["outcome"] == "succeeded"
+    queues = json.loads(ok(jobserver("queues", "--json", url=served.url)))["items"]
+    [listed] = [q for q in queues if q["name"] == "listed"]
+    assert listed["counts"]["succeeded"] == 1
+    assert "items" in json.loads(ok(jobserver("schedules", "--json", url=served.url)))
+    letters = json.loads(ok(jobserver("dead-letters", "--json", url=served.url)))
+    assert set(letters) == {"items", "next_cursor"}
+    header = ok(jobserver("queues", url=served.url)).splitlines()[0].split()
+    assert "CANCELLED" in header
+
+
+def test_dead_letters_show_delete_and_bulk(served: ServeProcess) -> None:
+    queue = f"bulk-{uuid.uuid4().hex[:6]}"
+    for i in range(3):
+        failed = jobserver(
+            "enqueue", "cli_refuse", "--args", f'["r{i}"]', "--queue", queue, "--wait", "10",
+            url=served.url,
+        )  # fmt: skip
+        assert failed.returncode == 1
+    letters = json.loads(ok(jobserver("dead-letters", "--queue", queue, "--json", url=served.url)))[
+        "items"
+    ]
+    assert len(letters) == 3
+    first = letters[0]["id"]
+    shown = json.loads(ok(jobserver("dead-letter", str(first), url=served.url)))
+    assert shown["queue"] == queue and shown["error"]["type"] == "PermanentError"
+    deleted = ok(jobserver("delete-dead-letter", str(first), url=served.url))
+    assert deleted == f"dead letter {first} deleted\n"
+    gone = jobserver("dead-letter", str(first), url=served.url)
+    assert gone.returncode == 1 and "not_found" in gone.stderr
+
+    select = ("--queue", queue, "--error-type", "PermanentError")
+    dry = ok(jobserver("requeue-dead-letters", *select, "--dry-run", url=served.url))
+    assert dry.splitlines()[0] == "2 dead letters match; --dry-run: nothing requeued"
+    assert len(json.loads(ok(jobserver("dead-letters", "--queue", queue, "--json",
+                                       url=served.url)))["items"]) == 2  # fmt: skip
+    requeued = json.loads(
+        ok(jobserver("requeue-dead-letters", *select, "--limit", "1", "--json", url=served.url))
+    )
+    assert (requeued["matched"], requeued["more"], len(requeued["job_ids"])) == (1, True, 1)
+    purged = ok(jobserver("purge-dead-letters", "--queue", queue, url=served.url))
+    assert re.fullmatch(r"[12] of [12] dead letters deleted\n", purged), purged
+    bad_time = jobserver("purge-dead-letters", "--failed-after", "yesterday", url=served.url)
+    assert bad_time.returncode == 2 and "RFC 3339" in bad_time.stderr
+
+
+def test_a_wrong_token_and_a_server_that_is_not_jobserver(tmp_path: Path) -> None:
+    guarded = ServeProcess(tmp_path / "t.db", tmp_path / "t.log", ("--token", "right-token"))
+    try:
+        guarded.wait_ready()
+        wrong = jobserver("jobs", "--token", "wrong-token", url=guarded.url)
+        assert wrong.returncode == 1
+        assert wrong.stderr.startswith("jobserver: the server refused the token ("), wrong.stderr
+        assert "--token / JOBSERVER_TOKEN" in wrong.stderr
+        none = jobserver("jobs", url=guarded.url)
+        assert none.stderr.startswith("jobserver: the server needs a token ("), none.stderr
+        assert ok(jobserver("jobs", "--token", "right-token", url=guarded.url)) == ""
+    finally:
+        guarded.close()
+    port = free_port()
+    other = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 10
+        while True:
+            result = jobserver("jobs", url=url)
+            if "not reachable" not in result.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert result.returncode == 1
+        assert result.stderr.startswith(f"jobserver: {url} did not answer as a jobserver does"), (
+            result.stderr
+        )
+        assert "<" not in result.stderr.splitlines()[0][:80]  # no raw HTML up front
+    finally:
+        other.terminate()
+        other.wait(timeout=10)
+
+
 # -- database commands ----------------------------------------------------------------------------
 def test_migrate(tmp_path: Path, served: ServeProcess) -> None:
     db = tmp_path / "fresh.db"
@@ -617,6 +713,7 @@ def test_help_lists_every_command() -> None:
     for command in (
         "serve", "enqueue", "get", "wait", "jobs", "dead-letters", "requeue", "cancel",
         "delete", "queues", "queue", "schedules", "schedule", "workflow", "workflow-status",
-        "migrate", "backup",
+        "migrate", "backup", "dead-letter", "delete-dead-letter", "requeue-dead-letters",
+        "purge-dead-letters", "completion",
     ):  # fmt: skip
         assert command in result.stdout
