@@ -99,6 +99,7 @@ async def serve(settings: Settings) -> int:
             grace_period_s=settings.grace_period,
             http_allowed_hosts=settings.http_allow_hosts,
             max_body_bytes=settings.max_body_bytes,
+            access_log=settings.access_log,
             rescue_interval_s=settings.rescue_interval,
             idempotency_window_s=settings.idempotency_window,
             keep_finished_s=settings.keep_finished_days * 86_400,

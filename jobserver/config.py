@@ -33,6 +33,7 @@ class Settings:
     lease_ttl: float = 30.0
     log_format: str = "text"
     log_level: str = "info"
+    access_log: bool = False
     http_allow_hosts: tuple[str, ...] = field(default=tuple(sorted(DEFAULT_ALLOWED_HOSTS)))
     max_body_bytes: int = 1024 * 1024
     rescue_interval: float = 5.0
@@ -82,6 +83,15 @@ def _choice(*options: str) -> Callable[[str], str]:
     return convert
 
 
+def _switch(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"must be on or off, got {text!r}")
+
+
 def _names(text: str) -> tuple[str, ...]:
     names = tuple(part.strip() for part in text.split(",") if part.strip())
     if not names:
@@ -119,6 +129,11 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], str]] = {
     "lease_ttl": (_positive_float, "seconds a job's lease lasts without renewal (default 30)"),
     "log_format": (_choice("text", "json"), "log lines as text (default) or JSON"),
     "log_level": (_choice("debug", "info", "warning", "error"), "log level (default info)"),
+    "access_log": (
+        _switch,
+        "on: log each HTTP request (method, path, status, ms, client) as jobserver.access"
+        " (default off)",
+    ),
     "http_allow_hosts": (_names, "hosts the http task may call (default: loopback only)"),
     "max_body_bytes": (_int_in(1024, 1024**3), "largest request body accepted (default 1 MiB)"),
     "rescue_interval": (

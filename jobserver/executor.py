@@ -14,6 +14,7 @@ from typing import Any
 
 from .errors import PermanentError, Retry
 from .isolation import HARD_GRACE_S, ProcessPool
+from .logs import job_fields
 from .models import Job, error_info
 from .outcomes import Cancelled, Failed, Outcome, Succeeded, returned
 from .tasks import JobContext, Registry, TaskSpec, bind_current_job
@@ -97,7 +98,13 @@ class Executor:
         except (SystemExit, KeyboardInterrupt) as exc:
             # Raised by a task (sys.exit() in a sync one reaches here through its future): it
             # ends this attempt, not the server, whose loop it would otherwise stop.
-            log.warning("job %s (%s) raised %s: its attempt failed", job.id, job.task, exc)
+            log.warning(
+                "job %s (%s) raised %s: its attempt failed",
+                job.id,
+                job.task,
+                exc,
+                extra=job_fields(job),
+            )
             return self._failure(exc, retryable=False)
         if deadline is not None and (
             deadline.expired() or asyncio.get_running_loop().time() > (deadline.when() or 0)
@@ -111,6 +118,7 @@ class Executor:
                 job.task,
                 how,
                 timeout_s,
+                extra=job_fields(job),
             )
             return Failed(
                 error_info(
@@ -182,6 +190,7 @@ class Executor:
             job.task,
             self.abandoned_threads,
             max(0, self.abandoned_cap - self.abandoned_threads),
+            extra=job_fields(job),
         )
         loop = asyncio.get_running_loop()
 

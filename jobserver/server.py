@@ -99,6 +99,7 @@ class JobServer:
         max_connections: int = 1024,
         body_timeout_s: float = 30.0,
         header_timeout_s: float = 10.0,
+        access_log: bool = False,
         idempotency_window_s: float = 86_400.0,
         webhook_secret: str | None = None,
         tokens: Iterable[str] = (),
@@ -126,6 +127,7 @@ class JobServer:
         self.max_connections = max_connections
         self.body_timeout_s = body_timeout_s  # a client sending its body slower is cut off
         self.header_timeout_s = header_timeout_s  # ... or its first request head
+        self.access_log = access_log  # a line a request, logger jobserver.access
         self.idempotency_window_s = idempotency_window_s
         self.auth = TokenAuth(tokens, read_tokens, server_names=server_names)
         self._http_task = HttpTask(http_allowed_hosts, webhook_secret)

@@ -23,6 +23,7 @@ from typing import Any
 from . import retry
 from .clock import Clock
 from .executor import Executor
+from .logs import job_fields
 from .models import Backoff, Job, JobState, error_info
 from .outcomes import Cancelled, Failed, Outcome, Succeeded
 from .store.base import LeaseReport, Store
@@ -279,6 +280,7 @@ class Worker:
             timeout_s,
             OVERRUN_GRACE_S,
             self.abandoned_tasks,
+            extra=job_fields(job),
         )
         running.task.add_done_callback(self._abandoned_task_ended)
         self._give_back_slot(running)
@@ -299,7 +301,11 @@ class Worker:
         try:
             await self._record(job, overrun)
         except Exception:
-            log.exception("recording the timeout of job %s failed; its lease will expire", job.id)
+            log.exception(
+                "recording the timeout of job %s failed; its lease will expire",
+                job.id,
+                extra=job_fields(job),
+            )
 
     def _abandoned_task_ended(self, _: asyncio.Task[None]) -> None:
         self.abandoned_tasks -= 1
@@ -327,7 +333,11 @@ class Worker:
             # expires and the job runs again; at-least-once.
             pass
         except Exception:
-            log.exception("recording the end of job %s failed; its lease will expire", job.id)
+            log.exception(
+                "recording the end of job %s failed; its lease will expire",
+                job.id,
+                extra=job_fields(job),
+            )
         finally:
             self._forget(running)
 
@@ -384,13 +394,17 @@ class Worker:
         stored = await self.store.dead_letter(job.id, token, outcome.error, now)
         if stored == JobState.FAILED:
             log.warning(
-                "job %s (%s) failed for good after %s attempt(s), %s: %s\n%s",
+                "job %s (%s) failed for good after %s attempt(s), %s: %s",
                 job.id,
                 job.task,
                 job.attempts,
                 decision.reason,
                 outcome.error.get("message"),
-                outcome.error.get("traceback") or "",
+                extra=job_fields(
+                    job,
+                    error_type=outcome.error.get("type"),
+                    traceback=outcome.error.get("traceback"),
+                ),
             )
         return stored
 
@@ -399,6 +413,7 @@ class Worker:
             "job %s: the outcome of attempt %s was discarded; its lease is no longer current",
             job.id,
             job.attempts,
+            extra=job_fields(job),
         )
 
     # -- progress ---------------------------------------------------------------------------------
@@ -458,7 +473,7 @@ class Worker:
         try:
             await self.store.update_progress(job.id, token, fraction, msg)
         except Exception:
-            log.warning("job %s: progress not saved", job.id, exc_info=True)
+            log.warning("job %s: progress not saved", job.id, exc_info=True, extra=job_fields(job))
 
     # -- leases -----------------------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
@@ -491,7 +506,11 @@ class Worker:
         for job_id in report.lost:
             running = self._running.get(job_id)
             if running is not None and running.job.lease_token == tokens.get(job_id):
-                log.warning("job %s lost its lease; stopping this run of it", job_id)
+                log.warning(
+                    "job %s lost its lease; stopping this run of it",
+                    job_id,
+                    extra=job_fields(running.job),
+                )
                 self._cancel(running, "lease_lost")
         for job_id in report.cancel_requested:
             self.cancel_running(job_id)

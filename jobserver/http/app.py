@@ -11,7 +11,7 @@ from .. import codec
 from .auth import auth_middleware
 from .context import OPENAPI_KEY, POLL_PREFIX_KEY, SERVER_KEY, Handler
 from .dashboard import add_routes as add_dashboard_routes
-from .errors import error_middleware
+from .errors import access_middleware, error_middleware
 from .openapi import build_spec
 from .routes.dead_letters import (
     delete_dead_letter,
@@ -77,7 +77,10 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
 
 
 def create_app(server: JobServer) -> web.Application:
-    app = web.Application(middlewares=[error_middleware, auth_middleware])
+    middlewares = [error_middleware, auth_middleware]
+    if server.access_log:
+        middlewares.insert(0, access_middleware)  # outermost: it sees the final status
+    app = web.Application(middlewares=middlewares)
     app[SERVER_KEY] = server
     app[POLL_PREFIX_KEY] = {}
     app[OPENAPI_KEY] = codec.dumps(build_spec(tasks=server.registry.names()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -75,6 +76,36 @@ def in_api_names(exc: ValidationError) -> ValidationError:
     """The core's error about a job option (named as in Python) as the API names it."""
     field = None if exc.field is None else _PYTHON_NAMES.sub(_api_name, exc.field)
     return ValidationError(field, _PYTHON_NAMES.sub(_api_name, exc.message))
+
+
+access_log = logging.getLogger("jobserver.access")
+
+
+def log_access(method: str, path: str, status: int, started: float, client: str) -> None:
+    """One line a request (with `--access-log on`); JSON lines carry each part as a field."""
+    ms = (time.monotonic() - started) * 1000
+    access_log.info(
+        '%s "%s %s" %d %.1fms',
+        client,
+        method,
+        path,
+        status,
+        ms,
+        extra={"method": method, "path": path, "status": status, "ms": round(ms, 2),
+               "client": client},
+    )  # fmt: skip
+
+
+@web.middleware
+async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.monotonic()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        log_access(request.method, request.path_qs, status, started, request.remote or "?")
 
 
 @web.middleware

@@ -33,7 +33,7 @@ from .. import codec
 from ..auth import Access
 from ..errors import Conflict, NotFound, QueueFull, StorageUnavailable, ValidationError
 from .connections import MAX_HEADER_BYTES, aiohttp_protocol
-from .errors import error_body
+from .errors import error_body, log_access
 from .routes.jobs import accepted
 from .schema import BODY_TOO_SLOW, field_with_inexact_integer, nests_too_deep, parse_enqueue
 
@@ -188,6 +188,7 @@ class EnqueueProtocol(asyncio.Protocol):
         self._request: _Request | None = None  # the head at the front, once llhttp read it
         self._parser: httptools.HttpRequestParser | None = None
         self._head_end = self._body_end = 0  # where that request's head and body end
+        self._started = 0.0  # when the request being answered was read
         self._head_timer: asyncio.TimerHandle | None = None  # until the first head is in
         self._tail = b""  # the last bytes seen, to spot the end of the first head
         self._body_timer: asyncio.TimerHandle | None = None  # a head in, its body not yet
@@ -329,6 +330,7 @@ class EnqueueProtocol(asyncio.Protocol):
             return
         self._request = self._parser = None  # the next request's head is read anew
         self._replying = True
+        self._started = time.monotonic()
         self._shared.idle.discard(self)
         try:
             written = self._shared.server.submit_soon(**fields_in)
@@ -431,6 +433,8 @@ class EnqueueProtocol(asyncio.Protocol):
         if self._closed or transport is None:
             return  # the client went away; its job is committed all the same
         _write_reply(transport, status, body)
+        if self._shared.server.access_log:
+            log_access("POST", "/jobs", status, self._started, self._client)
         self._last_active = self._loop.time()
         self._shared.answered += 1
         if self._paused:
