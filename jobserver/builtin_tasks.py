@@ -46,7 +46,10 @@ def _job_headers() -> dict[str, str]:
         ctx = current_job()
     except LookupError:
         return {}
-    return {"X-Jobserver-Job-Id": str(ctx.job_id), "X-Jobserver-Attempt": str(ctx.attempt)}
+    headers = {"X-Jobserver-Job-Id": str(ctx.job_id), "X-Jobserver-Attempt": str(ctx.attempt)}
+    if ctx.traceparent is not None:
+        headers["traceparent"] = ctx.traceparent  # the app's work joins the job's trace
+    return headers
 
 
 def retry_after_s(value: str | None) -> float | None:

@@ -307,6 +307,7 @@ class JobInfo:
     depends_on: tuple[int, ...] = ()
     workflow_id: int | None = None
     callback_url: str | None = None
+    traceparent: str | None = None  # the W3C trace context given at enqueue
     waiting: dict[str, Any] | None = None  # for a pending job: why it has not started
 
     @property
@@ -347,6 +348,7 @@ class JobInfo:
             depends_on=tuple(int(d) for d in data.get("depends_on") or ()),
             workflow_id=data.get("workflow_id"),
             callback_url=data.get("callback_url"),
+            traceparent=data.get("traceparent"),
             waiting=data.get("waiting"),
         )
 
@@ -381,6 +383,7 @@ class JobInfo:
             "depends_on": list(self.depends_on),
             "workflow_id": self.workflow_id,
             "callback_url": self.callback_url,
+            "traceparent": self.traceparent,
             **({"waiting": self.waiting} if self.status == JobState.PENDING else {}),
         }
 
@@ -1285,6 +1288,7 @@ class AsyncClient(_Base):
         pass_result: bool | None = None,
         on_dependency_failure: DependencyFailure | None = None,
         callback_url: str | None = None,
+        traceparent: str | None = None,
     ) -> JobRef:
         """Enqueue one job; returns once the server has committed it. Options left None take
         the task's defaults (queue "default", priority 0).
@@ -1294,7 +1298,8 @@ class AsyncClient(_Base):
         the key, that job is returned instead (`created` False). `depends_on`: ids of jobs that
         must succeed first; `pass_result` gives it their result(s) as its first argument;
         `on_dependency_failure` "fail" (default) or "cancel". `callback_url`: POSTed the job's
-        record, signed, when it ends. A queue at its `max_depth` raises QueueFull."""
+        record, signed, when it ends. `traceparent`: the W3C trace context its attempts, http
+        calls and webhook carry on. A queue at its `max_depth` raises QueueFull."""
         body = _job_body(
             task,
             args,
@@ -1314,6 +1319,7 @@ class AsyncClient(_Base):
             pass_result=pass_result,
             on_dependency_failure=on_dependency_failure,
             callback_url=callback_url,
+            traceparent=traceparent,
         )
         return await self._run(_Ops.enqueue(body))
 
@@ -1666,6 +1672,7 @@ class Client(_Base):
         pass_result: bool | None = None,
         on_dependency_failure: DependencyFailure | None = None,
         callback_url: str | None = None,
+        traceparent: str | None = None,
     ) -> JobRef:
         """See `AsyncClient.enqueue`."""
         body = _job_body(
@@ -1687,6 +1694,7 @@ class Client(_Base):
             pass_result=pass_result,
             on_dependency_failure=on_dependency_failure,
             callback_url=callback_url,
+            traceparent=traceparent,
         )
         return self._run(_Ops.enqueue(body))
 

@@ -156,6 +156,7 @@ class Executor:
             "queue": job.queue,
             "attempt": job.attempts,
             "max_retries": job.max_retries,
+            "traceparent": ctx.traceparent,
         }
         try:
             ran = await self.processes.run(job, spec.fn, context, soft_s, hard_s)

@@ -26,6 +26,7 @@ from typing import Any, Literal
 from .errors import ValidationError
 from .models import DEPENDENCY_FAILURE_POLICIES, MISSED_TICK_POLICIES, Backoff
 from .render import MAX_TS, MIN_TS
+from .tracing import TRACEPARENT
 
 Kind = Literal[
     "string", "integer", "number", "boolean", "array", "object", "time", "choice", "ids", "backoff"
@@ -371,6 +372,16 @@ OPTIONS = (
         "What a dependency that did not succeed does to this job.",
         default=DEPENDENCY_FAILURE_POLICIES[0],
         choices=DEPENDENCY_FAILURE_POLICIES,
+    ),
+    Option(
+        "traceparent",
+        "traceparent",
+        "string",
+        "W3C trace context (https://www.w3.org/TR/trace-context/) the job's attempts, its http"
+        " calls and its webhook carry on; also taken from the `traceparent` header.",
+        max_len=55,
+        pattern=TRACEPARENT,
+        pattern_words="a W3C traceparent: 00-<32 hex>-<16 hex>-<2 hex>",
     ),
     Option(
         "callback_url",

@@ -668,19 +668,20 @@ class NewRow:
         )
 
 
-# The columns an insert writes, in NewRow.values' order ("insert_job" binds them as $1..$19).
+# The columns an insert writes, in NewRow.values' order ("insert_job" binds them as $1..$20).
 INSERT_ORDER = (
     "task", "queue", "args", "kwargs", "priority", "max_retries", "timeout_s", "backoff",
     "created_at", "run_at", "idempotency_key", "idempotency_expires_at", "payload_hash",
     "deadline", "unique_key", "pass_result", "on_dependency_failure", "callback_url",
-    "workflow_id",
+    "workflow_id", "traceparent",
 )  # fmt: skip
 JSON_COLUMNS = frozenset({"args", "kwargs", "backoff"})
+WORKFLOW_ID_INDEX = INSERT_ORDER.index("workflow_id")
 # A plain job's columns ("insert_plain"): the rest keep their defaults.
 PLAIN_COLUMNS = (
     "task", "queue", "args", "kwargs", "priority", "max_retries", "timeout_s", "backoff",
     "created_at", "run_at", "deadline", "pass_result", "on_dependency_failure", "callback_url",
-    "workflow_id",
+    "workflow_id", "traceparent",
 )  # fmt: skip
 PLAIN_INDEXES = tuple(INSERT_ORDER.index(column) for column in PLAIN_COLUMNS)
 
@@ -712,6 +713,7 @@ def new_row(job: NewJob, now: float) -> NewRow:
         job.on_dependency_failure,
         job.callback_url,
         job.workflow_id,
+        job.traceparent,
     )
     return NewRow(values, list(job.depends_on), list(job.depends_on_index))
 
@@ -741,6 +743,7 @@ def inserted_job(row: NewRow, job_id: int) -> Job:
         on_dependency_failure=v[16],
         callback_url=v[17],
         workflow_id=v[18],
+        traceparent=v[19],
     )
 
 
@@ -845,7 +848,8 @@ def create_workflow(
     """A workflow's jobs (their `depends_on_index` point at each other), in one transaction."""
     workflow_id = yield value("insert_workflow", now)
     for r in rows:
-        r.values = (*r.values[:18], workflow_id)
+        at = WORKFLOW_ID_INDEX
+        r.values = (*r.values[:at], workflow_id, *r.values[at + 1 :])
     yield from admit(rows)
     enqueued = yield from insert_all(rows, now, ch)
     return workflow_id, [e.job for e in enqueued]

@@ -92,6 +92,7 @@ class NewJob:
     on_dependency_failure: str = "fail"  # or "cancel": what a failed dependency does to it
     callback_url: str | None = None  # POSTed the job record when it ends
     workflow_id: int | None = None
+    traceparent: str | None = None  # W3C trace context, carried to its attempts
 
 
 @dataclass(slots=True)
@@ -127,6 +128,7 @@ class Job:
     on_dependency_failure: str = "fail"
     callback_url: str | None = None
     workflow_id: int | None = None
+    traceparent: str | None = None
 
     @property
     def is_terminal(self) -> bool:

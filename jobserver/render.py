@@ -119,6 +119,11 @@ JOB_RECORD: tuple[Field[Job], ...] = (
     Field("depends_on", {"type": "array", "items": {"type": "integer"}}, lambda j: j.depends_on),
     Field("workflow_id", {"type": ["integer", "null"]}, lambda j: j.workflow_id),
     Field("callback_url", {"type": ["string", "null"]}, lambda j: j.callback_url),
+    Field(
+        "traceparent",
+        {"type": ["string", "null"], "description": "The W3C trace context given at enqueue."},
+        lambda j: j.traceparent,
+    ),
 )
 
 DEAD_LETTER_RECORD: tuple[Field[DeadLetter], ...] = (

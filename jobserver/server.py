@@ -361,6 +361,7 @@ class JobServer:
             pass_result=o["pass_result"],
             on_dependency_failure=o["on_dependency_failure"],
             callback_url=o["callback_url"],
+            traceparent=o["traceparent"],
         )
 
     async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[Enqueued]:

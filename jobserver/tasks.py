@@ -194,6 +194,7 @@ class JobContext:
         attempt: int,
         max_retries: int,
         report_progress: Callable[[float, str | None], None],
+        traceparent: str | None = None,
     ) -> None:
         self.job_id = job_id
         self.task = task
@@ -207,6 +208,9 @@ class JobContext:
         self.cancel_reason: str | None = None  # "cancelled" | "timeout" | "shutdown" | "lease_lost"
         # results of the jobs this one depends on, by job id (empty for a job without any)
         self.parent_results: dict[int, Any] = {}
+        # this attempt's W3C trace context (a child of the job's), for calls the task makes;
+        # the http task and webhooks send it as their `traceparent` header
+        self.traceparent = traceparent
 
     @property
     def cancelled(self) -> bool:

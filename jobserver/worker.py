@@ -28,6 +28,7 @@ from .models import Backoff, Job, JobState, error_info
 from .outcomes import Cancelled, Failed, Outcome, Succeeded
 from .store.base import LeaseReport, Store
 from .tasks import JobContext
+from .tracing import attempt_span
 
 log = logging.getLogger(__name__)
 # A task still running this long after its timeout ignores cancellation: its attempt ends as
@@ -325,7 +326,8 @@ class Worker:
         try:
             if job.depends_on:
                 job = await self._with_parent_results(job, ctx)
-            outcome = await self.executor.run(job, ctx)
+            with attempt_span(job) as ctx.traceparent:
+                outcome = await self.executor.run(job, ctx)
             self._give_back_slot(running)
             await self._record(job, outcome)
         except asyncio.CancelledError:

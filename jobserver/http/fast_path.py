@@ -55,6 +55,7 @@ _USED = frozenset(
         b"authorization",
         b"idempotency-key",
         b"connection",
+        b"traceparent",
     }
 )
 # Bodies aiohttp decodes (Content-Encoding) or frames (Transfer-Encoding), and requests it
@@ -406,7 +407,10 @@ class EnqueueProtocol(asyncio.Protocol):
         if field_with_inexact_integer(raw) is not None:
             return None  # aiohttp refuses it (422)
         key = fields.get(b"idempotency-key")
-        return parse_enqueue(body, None if key is None else _text(key))
+        trace = fields.get(b"traceparent")
+        return parse_enqueue(
+            body, None if key is None else _text(key), None if trace is None else _text(trace)
+        )
 
     def _written(self, request_end: int, written: asyncio.Future[Enqueued]) -> None:
         error = written.exception() if not written.cancelled() else StorageUnavailable("stopped")

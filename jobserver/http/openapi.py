@@ -635,6 +635,13 @@ def _parameters() -> dict[str, Any]:
             " with another payload it is refused (409).",
             "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LEN},
         },
+        "Traceparent": {
+            "name": "traceparent",
+            "in": "header",
+            "description": "W3C trace context: the job's, unless the body gives `traceparent`;"
+            " one that is not valid is ignored.",
+            "schema": {"type": "string"},
+        },
     }
 
 
@@ -674,7 +681,7 @@ def _paths() -> dict[str, Any]:
                 "summary": "Enqueue a job",
                 "description": "Answers once the job is committed. With `wait`, answers when"
                 " the job ends (200 and the Job) or the wait runs out (the usual 202).",
-                "parameters": [_param("Wait"), _param("IdempotencyKey")],
+                "parameters": [_param("Wait"), _param("IdempotencyKey"), _param("Traceparent")],
                 "requestBody": _body("JobRequest"),
                 "responses": {
                     "200": _response(

@@ -25,6 +25,7 @@ from ..models import (
     DeadLetter,
     Job,
 )
+from ..tracing import TRACEPARENT
 from .context import SERVER_KEY
 from .errors import RequestError
 
@@ -214,11 +215,19 @@ def read_fields(body: dict[str, Any], declared: Mapping[str, Option]) -> dict[st
     return fields
 
 
-def parse_enqueue(body: dict[str, Any], header_key: str | None) -> dict[str, Any]:
+def parse_enqueue(
+    body: dict[str, Any], header_key: str | None, traceparent: str | None = None
+) -> dict[str, Any]:
     """A POST /jobs body as keyword arguments for JobServer.new_job: the API's names become
     Python's (job_options.OPTIONS). The values, RFC 3339 times included, are checked there,
-    once; its errors reach the client in the API's names (errors.in_api_names)."""
+    once; its errors reach the client in the API's names (errors.in_api_names).
+
+    The `traceparent` header is the job's trace context unless the body gives one; a header
+    that is not a valid one is ignored, as W3C trace context asks of a receiver."""
     options = {"task": None, **read_fields(body, BY_WIRE)}  # no task: new_job says so
+    given = None if traceparent is None else traceparent.strip().lower()
+    if given is not None and "traceparent" not in options and TRACEPARENT.fullmatch(given):
+        options["traceparent"] = given
     if header_key is not None:
         if not 1 <= len(header_key) <= MAX_KEY_LEN:
             raise ValidationError("Idempotency-Key", f"must be 1 to {MAX_KEY_LEN} characters")

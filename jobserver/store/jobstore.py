@@ -41,7 +41,8 @@ JOB_COLUMNS = (
     "id, task, queue, args, kwargs, priority, status, attempts, max_retries, timeout_s, backoff,"
     " created_at, run_at, started_at, completed_at, result, error, progress, progress_message,"
     " lease_token, lease_expires_at, cancel_requested, idempotency_key, deadline, unique_key,"
-    " depends_on, blocked_by, pass_result, on_dependency_failure, callback_url, workflow_id"
+    " depends_on, blocked_by, pass_result, on_dependency_failure, callback_url, workflow_id,"
+    " traceparent"
 )
 
 
@@ -80,6 +81,7 @@ def job_from_row(r: Sequence[Any], loads: Callable[[Any], Any]) -> Job:
         on_dependency_failure=r[28],
         callback_url=r[29],
         workflow_id=r[30],
+        traceparent=r[31],
     )
 
 

@@ -45,7 +45,9 @@ async def post_job(request: web.Request) -> web.Response:
     server = server_of(request)
     wait_s = wait_param(query_params(request, {"wait"}))
     body = await read_json_object(request, server.max_body_bytes)
-    fields = parse_enqueue(body, request.headers.get("Idempotency-Key"))
+    fields = parse_enqueue(
+        body, request.headers.get("Idempotency-Key"), request.headers.get("traceparent")
+    )
     enqueued = await server.submit(**fields)
     job = enqueued.job
     if wait_s:
@@ -74,7 +76,7 @@ async def post_jobs_batch(request: web.Request) -> web.Response:
         try:
             if not isinstance(item, dict):
                 raise ValidationError(None, "must be a JSON object")
-            new = server.new_job(**parse_enqueue(item, None))
+            new = server.new_job(**parse_enqueue(item, None, request.headers.get("traceparent")))
             key = new.idempotency_key
             if key is not None:
                 seen_at, digest = keys.setdefault(key, (index, payload_fingerprint(new)))

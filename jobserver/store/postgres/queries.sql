@@ -86,8 +86,10 @@ WHERE d.depends_on = $1 AND j.status = 'pending'
 FOR UPDATE OF j;
 
 -- name: queue_webhooks
-INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries, created_at, run_at)
-SELECT $3, $4, jsonb_build_array(callback_url, id), '{}'::jsonb, 0, 'pending', $5, $2, $2
+INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries, created_at, run_at,
+    traceparent)
+SELECT $3, $4, jsonb_build_array(callback_url, id), '{}'::jsonb, 0, 'pending', $5, $2, $2,
+    traceparent
 FROM jobs WHERE id = ANY($1::bigint[]) AND callback_url IS NOT NULL
 RETURNING id, task, queue;
 
@@ -183,9 +185,10 @@ SELECT id, payload_hash, idempotency_expires_at FROM jobs WHERE idempotency_key 
 -- name: insert_job
 INSERT INTO jobs (task, queue, args, kwargs, priority, max_retries, timeout_s, backoff,
     created_at, run_at, idempotency_key, idempotency_expires_at, payload_hash, deadline,
-    unique_key, pass_result, on_dependency_failure, callback_url, workflow_id, status)
+    unique_key, pass_result, on_dependency_failure, callback_url, workflow_id, traceparent,
+    status)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-    'pending')
+    $20, 'pending')
 ON CONFLICT DO NOTHING
 RETURNING id;
 
@@ -194,15 +197,16 @@ RETURNING id;
 -- in an array parameter would read as another dimension). Ids follow ORDER BY n.
 INSERT INTO jobs (task, queue, args, kwargs, priority, max_retries, timeout_s, backoff,
     created_at, run_at, deadline, pass_result, on_dependency_failure, callback_url, workflow_id,
-    status)
+    traceparent, status)
 SELECT task, queue, args::jsonb, kwargs::jsonb, priority, max_retries, timeout_s, backoff::jsonb,
     created_at, run_at, deadline, pass_result, on_dependency_failure, callback_url, workflow_id,
-    'pending'
+    traceparent, 'pending'
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::integer[], $6::integer[],
     $7::double precision[], $8::text[], $9::double precision[], $10::double precision[],
-    $11::double precision[], $12::boolean[], $13::text[], $14::text[], $15::bigint[])
+    $11::double precision[], $12::boolean[], $13::text[], $14::text[], $15::bigint[],
+    $16::text[])
     WITH ORDINALITY AS v(task, queue, args, kwargs, priority, max_retries, timeout_s, backoff,
         created_at, run_at, deadline, pass_result, on_dependency_failure, callback_url,
-        workflow_id, n)
+        workflow_id, traceparent, n)
 ORDER BY n
 RETURNING id;

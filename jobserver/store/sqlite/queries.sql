@@ -69,9 +69,10 @@ SELECT j.id FROM jobs j JOIN job_dependencies d ON d.job_id = j.id
 WHERE d.depends_on = $1 AND j.status = 'pending';
 
 -- name: queue_webhooks
-INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries, created_at, run_at)
+INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries, created_at, run_at,
+    traceparent)
 SELECT $3, $4, CAST(json_array(callback_url, id) AS BLOB), CAST('{}' AS BLOB), 0, 'pending', $5,
-    $2, $2
+    $2, $2, traceparent
 FROM jobs WHERE id IN (SELECT value FROM json_each($1)) AND callback_url IS NOT NULL
 RETURNING id, task, queue;
 
@@ -170,14 +171,15 @@ SELECT id, payload_hash, idempotency_expires_at FROM jobs WHERE idempotency_key 
 -- name: insert_job
 INSERT INTO jobs (task, queue, args, kwargs, priority, max_retries, timeout_s, backoff,
     created_at, run_at, idempotency_key, idempotency_expires_at, payload_hash, deadline,
-    unique_key, pass_result, on_dependency_failure, callback_url, workflow_id, status)
+    unique_key, pass_result, on_dependency_failure, callback_url, workflow_id, traceparent,
+    status)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-    'pending')
+    $20, 'pending')
 RETURNING id;
 
 -- name: insert_plain
 -- the driver repeats the VALUES row once a job (one statement for up to PLAIN_CHUNK jobs)
 INSERT INTO jobs (task, queue, args, kwargs, priority, max_retries, timeout_s, backoff,
     created_at, run_at, deadline, pass_result, on_dependency_failure, callback_url, workflow_id,
-    status)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 'pending');
+    traceparent, status)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 'pending');
