@@ -5,6 +5,7 @@ with OpenTelemetry each attempt is a span."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -14,6 +15,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 
 from jobserver import JobServer, JobState, SystemClock
 from jobserver.tasks import JobContext, Registry, task
@@ -32,9 +34,20 @@ async def traced(ctx: JobContext) -> None:
     seen_in_task.append(ctx.traceparent)
 
 
+class _SecretIds(IdGenerator):
+    """Ids from `secrets`: the SDK's default draws on the `random` module, whose use inside a
+    Hypothesis test (the server runs in the fuzz tests' process) Hypothesis reports."""
+
+    def generate_span_id(self) -> int:
+        return secrets.randbits(64) or 1
+
+    def generate_trace_id(self) -> int:
+        return secrets.randbits(128) or 1
+
+
 # One provider a process (OpenTelemetry allows it to be set once): every span of this module.
 spans = InMemorySpanExporter()
-_provider = TracerProvider()
+_provider = TracerProvider(id_generator=_SecretIds())
 _provider.add_span_processor(SimpleSpanProcessor(spans))
 trace.set_tracer_provider(_provider)
 
