@@ -298,3 +298,77 @@ async def test_dashboard_mounted_under_a_prefix(
         assert errors == []
     finally:
         await runner.cleanup()
+
+
+WIDTHS = [pytest.param(1400, id="1400px"), pytest.param(390, id="390px")]
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+async def test_jump_to_a_job_zoned_times_and_no_sideways_scroll(
+    browser: Any, make_server: ServerFactory, session: aiohttp.ClientSession, width: int
+) -> None:
+    """Issue 20: the header's job id box and a changed #job/N open a job; times name their
+    zone; at a phone's 390 px the page is no wider than the screen and the controls fit."""
+    _, base = await start(make_server)
+    api = Api(base, session, None)
+    first = await api.enqueue(task="doomed", args=["first"])
+    second = await api.enqueue(task="doomed", args=["second"])
+    page, errors = await new_page(browser)
+    await page.set_viewport_size({"width": width, "height": 900})
+    await page.goto(base + "/")
+    await page.locator("#jobs tbody tr").first.wait_for()
+
+    await page.fill("#jump-id", str(first))
+    await page.press("#jump-id", "Enter")
+    await pw.expect(page.locator("#detail-title")).to_contain_text(f"Job {first} ")
+    await page.evaluate(f"location.hash = '#job/{second}'")  # no reload: hashchange
+    await pw.expect(page.locator("#detail-title")).to_contain_text(f"Job {second} ")
+    created = await page.locator("#jobs tbody td.time").first.inner_text()
+    assert re.search(r"\d\d:\d\d:\d\d (UTC|UTC[+-]\d\d:\d\d)$", created), created
+
+    scroll_width = await page.evaluate("document.documentElement.scrollWidth")
+    assert scroll_width <= width, f"the page is {scroll_width} px wide at {width} px"
+    for control in ("#token-button", "#jump-id", "#dl-requeue-selected", "#dl-delete-matching"):
+        box = await page.locator(control).bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, control
+    detail = await page.locator("#detail").bounding_box()
+    jobs = await page.locator("#jobs-card").bounding_box()
+    assert detail is not None and jobs is not None
+    if width < 700:  # a job's detail comes first on a phone, not below 50 rows
+        assert detail["y"] < jobs["y"]
+    assert errors == []
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+async def test_requeue_all_matching_dead_letters_on_the_server(
+    browser: Any, make_server: ServerFactory, session: aiohttp.ClientSession, width: int
+) -> None:
+    """'Requeue all matching' asks the server (one request, after a dry run for the count),
+    not one request per loaded row: dead letters beyond the loaded page go too."""
+    server, base = await start(make_server)
+    api = Api(base, session, None)
+    ids = [await api.enqueue(task="doomed", args=[f"r{i}"]) for i in range(60)]
+    for job_id in ids:
+        await server.wait_for(job_id, 10)
+    page, errors = await new_page(browser)
+    await page.set_viewport_size({"width": width, "height": 900})
+    await page.goto(base + "/")
+    await pw.expect(page.locator("#dead-letters tbody tr")).to_have_count(50)  # one page loaded
+    await page.select_option("#dl-task", "doomed")
+    asked: list[str] = []
+
+    async def accept(dialog: Any) -> None:
+        asked.append(dialog.message)
+        await dialog.accept()
+
+    page.on("dialog", accept)
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(f"{request.method} {request.url}"))
+    await page.click("#dl-requeue-matching")
+    await pw.expect(page.locator("#alerts")).to_contain_text("60 dead letters requeued")
+    assert asked == ["Requeue 60 dead letters of task doomed?"]
+    posts = [r for r in requests if r.startswith("POST")]
+    assert posts == [f"POST {base}/dead-letters/requeue"] * 2  # the dry run, then the act
+    jobs = (await api.get("/jobs?task=doomed&limit=1000"))["items"]
+    assert len(jobs) == 120  # the 60 requeued as new jobs, beside the 60 that failed
+    assert errors == []

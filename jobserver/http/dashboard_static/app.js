@@ -48,12 +48,22 @@
   // -- formatting ----------------------------------------------------------------------------
   const pad = (n) => String(n).padStart(2, "0");
 
+  /** This browser's zone as an offset, e.g. UTC+01:00 (UTC for none). */
+  function zoneOf(d) {
+    const minutes = -d.getTimezoneOffset();
+    if (minutes === 0) return "UTC";
+    const sign = minutes > 0 ? "+" : "-";
+    const abs = Math.abs(minutes);
+    return `UTC${sign}${pad(Math.floor(abs / 60))}:${pad(abs % 60)}`;
+  }
+
+  /** A time in this browser's zone, the zone said: "14:03:12 UTC+01:00" (today) or with the date. */
   function fmtTime(iso) {
     if (!iso) return "";
     const d = new Date(iso);
     if (Number.isNaN(d.getTime())) return iso;
     const now = new Date();
-    const time = `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+    const time = `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())} ${zoneOf(d)}`;
     if (d.toDateString() === now.toDateString()) return time;
     return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${time}`;
   }
@@ -913,6 +923,32 @@
     await refresh();
   }
 
+  /** Requeue or delete every dead letter of the chosen task (all when none is chosen) on the
+   * server, in one transaction: a dry run first says how many, to confirm. */
+  async function bulkMatching(kind) {
+    const selection = dlTask ? { task: dlTask } : {};
+    const path = `dead-letters/${kind}`;
+    try {
+      const dry = await api("POST", path, { ...selection, dry_run: true, limit: 10000 });
+      if (!dry.matched) {
+        showAlert("action", "No dead letters match.", "ok");
+        return;
+      }
+      const count = `${dry.matched}${dry.more ? "+" : ""}`;
+      const what = dlTask ? `of task ${dlTask}` : "of every task";
+      const verb = kind === "requeue" ? "Requeue" : "Delete";
+      if (!confirm(`${verb} ${count} dead letter${dry.matched === 1 ? "" : "s"} ${what}?`)) return;
+      const done = await api("POST", path, { ...selection, limit: 10000 });
+      const n = (kind === "requeue" ? done.job_ids : done.deleted).length;
+      const past = kind === "requeue" ? "requeued" : "deleted";
+      showAlert("action", `${n} dead letter${n === 1 ? "" : "s"} ${past}${done.more ? "; more remain" : ""}.`, "ok");
+      dlSelected.clear();
+    } catch (err) {
+      showError("action", err);
+    }
+    await refresh();
+  }
+
   function initDeadLetters() {
     $("#dl-task").addEventListener("change", (e) => {
       dlTask = e.target.value;
@@ -934,6 +970,8 @@
     $("#dl-all").addEventListener("change", (e) => selectShown(e.target.checked));
     $("#dl-requeue-selected").addEventListener("click", () => bulk("requeue"));
     $("#dl-delete-selected").addEventListener("click", () => bulk("delete"));
+    $("#dl-requeue-matching").addEventListener("click", () => bulkMatching("requeue"));
+    $("#dl-delete-matching").addEventListener("click", () => bulkMatching("delete"));
     $("#dl-more").addEventListener("click", moreDeadLetters);
   }
 
@@ -1018,11 +1056,22 @@
       if (!document.hidden) refresh();
     });
     renderChart();
+    const openFromHash = () => {
+      const match = /^#job\/(\d{1,18})$/.exec(location.hash);
+      if (match && !needToken) openDetail(Number(match[1]));
+    };
+    window.addEventListener("hashchange", openFromHash);
+    $("#jump").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const id = $("#jump-id").value.trim();
+      if (!/^\d{1,18}$/.test(id)) return;
+      if (location.hash === `#job/${id}`) openFromHash();
+      else location.hash = `#job/${id}`;
+    });
     refresh().then(() => {
       if (needToken) return;
       loadTaskNames();
-      const match = /^#job\/(\d+)$/.exec(location.hash);
-      if (match) openDetail(Number(match[1]));
+      openFromHash();
     });
     schedule();
   }
