@@ -59,4 +59,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         )  # fmt: skip
     if access is Access.READ and request.method not in READ_METHODS:
         return error_response(403, "forbidden", "this token may only read", "Authorization")
-    return await handler(request)
+    response = await handler(request)
+    if access is Access.READ and not response.prepared:
+        response.headers["X-Jobserver-Access"] = "read"  # the dashboard hides its writes
+    return response

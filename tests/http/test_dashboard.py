@@ -258,14 +258,23 @@ async def test_dashboard_with_a_read_only_token(
     await pw.expect(page.locator("#token-reason")).to_contain_text("The saved token was refused")
     await pw.expect(page.locator("#token-box")).to_be_visible()
 
-    # a read-only token shows everything, and a write shows the API's 403 message
+    # a read-only token shows everything but the controls it may not use (issue 20: they
+    # were shown, and answered 403)
     await sign_in(page, READ_TOKEN)
     await page.locator(f'#jobs tbody tr[data-id="{job_id}"]').wait_for()
-    await page.locator('#queues tbody tr[data-queue="default"] button[data-action="pause"]').click()
-    await pw.expect(page.locator("#alerts .alert.error")).to_contain_text(
-        "this token may only read"
-    )
+    pause = page.locator('#queues tbody tr[data-queue="default"] button[data-action="pause"]')
+    await pw.expect(pause).to_be_hidden()
+    await page.locator(f'#jobs tbody tr[data-id="{job_id}"]').click()
+    await pw.expect(page.locator("#detail-title")).to_contain_text(f"Job {job_id} ")
+    for write in ("#detail-cancel", "#detail-again", "#detail-delete", "#dl-requeue-matching"):
+        await pw.expect(page.locator(write)).to_be_hidden()
+    reader = Api(base, session, READ_TOKEN)
+    assert (await reader.call("POST", "/queues/default/pause"))[0] == 403  # the API refuses too
     assert (await api.get("/queues/default"))["paused"] is False
+    # with the full token again, the controls come back
+    await page.click("#token-button")
+    await sign_in(page, TOKEN)
+    await pw.expect(pause).to_be_visible()
     assert errors == []
 
 
@@ -371,4 +380,36 @@ async def test_requeue_all_matching_dead_letters_on_the_server(
     assert posts == [f"POST {base}/dead-letters/requeue"] * 2  # the dry run, then the act
     jobs = (await api.get("/jobs?task=doomed&limit=1000"))["items"]
     assert len(jobs) == 120  # the 60 requeued as new jobs, beside the 60 that failed
+    assert errors == []
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+async def test_a_jobs_page_shows_its_attempts_and_runs_it_again_or_deletes_it(
+    browser: Any, make_server: ServerFactory, session: aiohttp.ClientSession, width: int
+) -> None:
+    server, base = await start(make_server)
+    api = Api(base, session, None)
+    failed = await api.enqueue(task="doomed", args=["card declined"])
+    await server.wait_for(failed, 10)
+    page, errors = await new_page(browser)
+    await page.set_viewport_size({"width": width, "height": 900})
+    await page.goto(f"{base}/#job/{failed}")
+    attempts = page.locator("#detail-attempts li")
+    await pw.expect(attempts).to_have_count(1)
+    await pw.expect(attempts.first).to_contain_text("PermanentError: card declined")
+    await attempts.first.locator("summary").click()
+    await pw.expect(attempts.first.locator("pre.traceback")).to_contain_text("Traceback")
+
+    await page.click("#detail-again")
+    notice = page.locator("#alerts .alert.ok", has_text=f"a copy of job {failed}")
+    await notice.wait_for()
+    copy = int(re.search(r"Job (\d+) enqueued", await notice.inner_text()).group(1))  # type: ignore[union-attr]
+    assert (await api.get(f"/jobs/{copy}"))["args"] == ["card declined"]
+
+    await page.evaluate(f"location.hash = '#job/{failed}'")
+    await pw.expect(page.locator("#detail-title")).to_contain_text(f"Job {failed} ")
+    page.once("dialog", lambda dialog: dialog.accept())
+    await page.click("#detail-delete")
+    await page.locator("#alerts .alert.ok", has_text=f"Job {failed} deleted").wait_for()
+    assert (await api.call("GET", f"/jobs/{failed}"))[0] == 404
     assert errors == []

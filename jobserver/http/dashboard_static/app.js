@@ -183,6 +183,8 @@
         data = null;
       }
     }
+    // A read-only token's answers say so: its page hides what it may not do.
+    document.body.classList.toggle("read-only", response.headers.get("X-Jobserver-Access") === "read");
     if (response.ok) {
       authed = true;
       document.body.classList.remove("locked");
@@ -394,8 +396,8 @@
     const spark = el("td", { class: "spark-cell" });
     sparkCells.set(q.name, spark);
     const action = q.paused
-      ? el("button", { type: "button", class: "resume", dataset: { action: "resume" }, onclick: () => setPaused(q.name, false) }, "Resume")
-      : el("button", { type: "button", class: "pause ghost", dataset: { action: "pause" }, onclick: () => setPaused(q.name, true) }, "Pause");
+      ? el("button", { type: "button", class: "resume write", dataset: { action: "resume" }, onclick: () => setPaused(q.name, false) }, "Resume")
+      : el("button", { type: "button", class: "pause ghost write", dataset: { action: "pause" }, onclick: () => setPaused(q.name, true) }, "Pause");
     return el(
       "tr",
       { dataset: { queue: q.name }, class: q.paused ? "paused" : "" },
@@ -633,11 +635,13 @@
   // -- a job's detail ------------------------------------------------------------------------
   let detailId = null;
   let detailJob = null;
+  let detailAttempts = [];
   let detailSig = "";
 
   function openDetail(id) {
     detailId = id;
     detailJob = null;
+    detailAttempts = [];
     detailSig = "";
     history.replaceState(null, "", `#job/${id}`);
     $("#detail").hidden = false;
@@ -660,8 +664,8 @@
     if (id === null) return;
     if (detailJob && detailJob.is_terminal && detailJob.id === id) return; // it will not change
     try {
-      const job = await api("GET", `jobs/${id}`);
-      if (id === detailId) renderDetail(job);
+      const [job, attempts] = await Promise.all([api("GET", `jobs/${id}`), api("GET", `jobs/${id}/attempts`)]);
+      if (id === detailId) renderDetail(job, attempts.items);
     } catch (err) {
       if (err instanceof ApiError && err.status === 404 && id === detailId) {
         $("#detail-body").replaceChildren(el("p", { class: "empty" }, err.message));
@@ -676,9 +680,10 @@
     return [el("dt", {}, label), el("dd", {}, ...value)];
   }
 
-  function renderDetail(job) {
+  function renderDetail(job, attempts = detailAttempts) {
     detailJob = job;
-    const sig = JSON.stringify(job);
+    detailAttempts = attempts;
+    const sig = JSON.stringify([job, attempts]);
     if (sig === detailSig) return;
     detailSig = sig;
     $("#detail-title").textContent = `Job ${job.id} · ${job.task}`;
@@ -695,11 +700,34 @@
           {
             type: "button",
             id: "detail-cancel",
-            class: "danger",
+            class: "danger write",
             disabled: job.is_terminal || job.cancel_requested,
             onclick: () => cancelJob(job.id),
           },
           "Cancel job",
+        ),
+        el(
+          "button",
+          {
+            type: "button",
+            id: "detail-again",
+            class: "ghost write",
+            title: "Enqueue a new job with this one's task, arguments, queue and priority",
+            onclick: () => runAgain(job),
+          },
+          "Run again",
+        ),
+        el(
+          "button",
+          {
+            type: "button",
+            id: "detail-delete",
+            class: "ghost danger-text write",
+            disabled: !job.is_terminal,
+            title: "Only a finished job can be deleted",
+            onclick: () => deleteJob(job.id),
+          },
+          "Delete",
         ),
       ),
     );
@@ -735,7 +763,55 @@
     body.push(dl);
     body.push(el("h3", {}, "Arguments"), el("pre", {}, json({ args: job.args, kwargs: job.kwargs })));
     if (job.status === "succeeded") body.push(el("h3", {}, "Result"), el("pre", {}, json(job.result)));
+    if (attempts && attempts.length) body.push(el("h3", {}, "Attempts"), attemptList(attempts));
     $("#detail-body").replaceChildren(...body);
+  }
+
+  /** A job's history: each attempt's outcome, times, node and error, its traceback folded. */
+  function attemptList(attempts) {
+    return el(
+      "ol",
+      { class: "attempts", id: "detail-attempts" },
+      ...attempts.map((a) =>
+        el(
+          "li",
+          { dataset: { outcome: a.outcome } },
+          badge(a.outcome),
+          " ",
+          el("span", { class: "muted", title: a.started_at || "" }, fmtTime(a.started_at)),
+          a.ended_at ? el("span", { class: "muted" }, ` → ${fmtTime(a.ended_at)}`) : null,
+          a.node ? el("span", { class: "muted" }, ` on ${a.node}`) : null,
+          a.error ? el("div", { class: "error-box" }, el("b", {}, a.error.type || "Error"), ": ", a.error.message || "") : null,
+          a.error && a.error.traceback
+            ? el("details", {}, el("summary", {}, "Traceback"), el("pre", { class: "traceback" }, a.error.traceback))
+            : null,
+        ),
+      ),
+    );
+  }
+
+  async function runAgain(job) {
+    try {
+      const body = { task: job.task, args: job.args, kwargs: job.kwargs, queue: job.queue, priority: job.priority };
+      const made = await api("POST", "jobs", body);
+      showAlert("action", `Job ${made.id} enqueued, a copy of job ${job.id}.`, "ok");
+      openDetail(made.id);
+    } catch (err) {
+      showError("action", err);
+    }
+    await refresh();
+  }
+
+  async function deleteJob(id) {
+    if (!confirm(`Delete job ${id}?`)) return;
+    try {
+      await api("DELETE", `jobs/${id}`);
+      showAlert("action", `Job ${id} deleted.`, "ok");
+      closeDetail();
+    } catch (err) {
+      showError("action", err);
+    }
+    await refresh();
   }
 
   function jobLink(id) {
@@ -829,8 +905,8 @@
       el(
         "td",
         { class: "actions" },
-        el("button", { type: "button", class: "requeue", dataset: { action: "requeue" }, disabled: dlBusy, onclick: () => requeueOne(d.id) }, "Requeue"),
-        el("button", { type: "button", class: "delete ghost danger", dataset: { action: "delete" }, disabled: dlBusy, onclick: () => deleteOne(d.id) }, "Delete"),
+        el("button", { type: "button", class: "requeue write", dataset: { action: "requeue" }, disabled: dlBusy, onclick: () => requeueOne(d.id) }, "Requeue"),
+        el("button", { type: "button", class: "delete ghost danger write", dataset: { action: "delete" }, disabled: dlBusy, onclick: () => deleteOne(d.id) }, "Delete"),
       ),
     );
   }
