@@ -965,9 +965,12 @@ class _Ops:
         task: str | None,
         limit: int | None,
         cursor: str | None,
+        search: str | None = None,
     ) -> _Op[Page[JobInfo]]:
         status_text = None if status is None else JobState(status).value
-        query = _page_query(limit, cursor, status=status_text, queue=queue, task=task)
+        query = _page_query(
+            limit, cursor, status=status_text, queue=queue, task=task, search=search
+        )
         reply = yield _Call("GET", "/jobs", query=query)
         return cast(Page[JobInfo], _page_of(JobInfo.from_dict, reply.data))
 
@@ -1348,9 +1351,11 @@ class AsyncClient(_Base):
         task: str | None = None,
         limit: int | None = None,
         cursor: str | None = None,
+        search: str | None = None,
     ) -> Page[JobInfo]:
-        """One page of jobs, newest first (limit 1-1000, default 50)."""
-        return await self._run(_Ops.list_jobs(status, queue, task, limit, cursor))
+        """One page of jobs, newest first (limit 1-1000, default 50); `search`: a part of the
+        task's or the queue's name, any case."""
+        return await self._run(_Ops.list_jobs(status, queue, task, limit, cursor, search))
 
     async def iter_jobs(
         self,
@@ -1718,8 +1723,9 @@ class Client(_Base):
         task: str | None = None,
         limit: int | None = None,
         cursor: str | None = None,
+        search: str | None = None,
     ) -> Page[JobInfo]:
-        return self._run(_Ops.list_jobs(status, queue, task, limit, cursor))
+        return self._run(_Ops.list_jobs(status, queue, task, limit, cursor, search))
 
     def iter_jobs(
         self,

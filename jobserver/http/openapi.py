@@ -701,6 +701,12 @@ def _paths() -> dict[str, Any]:
                     {"name": "status", "in": "query", "schema": ref("JobStatus")},
                     {"name": "queue", "in": "query", "schema": {"type": "string"}},
                     {"name": "task", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "search",
+                        "in": "query",
+                        "description": "A part of the task's or the queue's name, any case.",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                    },
                     _param("Limit"),
                     _param("Cursor"),
                 ],

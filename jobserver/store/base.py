@@ -55,6 +55,18 @@ class JobFilter:
     status: JobState | None = None
     queue: str | None = None
     task: str | None = None
+    search: str | None = None  # a part of the task's or the queue's name, any case
+
+    def search_pattern(self) -> str | None:
+        """`search` as a LIKE pattern (ESCAPE '\\'), lower case: its own % and _ match
+        themselves. Both stores match with lower(...) LIKE it: the same rule on each (SQLite's
+        LIKE ignores ASCII case by itself, PostgreSQL's does not)."""
+        if self.search is None:
+            return None
+        text = self.search.lower()
+        for special in ("\\", "%", "_"):
+            text = text.replace(special, "\\" + special)
+        return f"%{text}%"
 
 
 @dataclass(frozen=True, slots=True)

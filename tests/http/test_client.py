@@ -393,6 +393,27 @@ async def test_dead_letters_requeued_and_deleted_by_a_filter(client: AsyncClient
     assert bad.value.field == "tasks"
 
 
+async def test_jobs_found_by_a_part_of_their_task_or_queue(client: AsyncClient) -> None:
+    """`search` (issue 20: the dashboard's filter matched whole names only): any case, and %
+    and _ in it are themselves, on both stores alike."""
+    outbox = await client.enqueue("echo", queue="Mail_Outbox", delay_s=600)
+    lookalike = await client.enqueue("echo", queue="mailxoutbox", delay_s=600)
+    other = await client.enqueue("client_sum", [[1]], queue="billing", delay_s=600)
+
+    async def found(text: str) -> set[int]:
+        return {j.id for j in (await client.list_jobs(search=text, limit=1000)).items}
+
+    assert {outbox.id, lookalike.id} <= await found("MAIL")
+    assert other.id not in await found("mail")
+    assert await found("l_o") & {outbox.id, lookalike.id} == {outbox.id}  # _ is no wildcard
+    assert await found("%") & {outbox.id, lookalike.id, other.id} == set()  # nor is %
+    assert other.id in await found("CLIENT_S")  # the task's name
+    assert await found("no such thing") == set()
+    with pytest.raises(InvalidRequest) as bad:
+        await client.list_jobs(search="x" * 201)
+    assert bad.value.field == "search"
+
+
 async def test_health_and_ready(client: AsyncClient) -> None:
     assert await client.health() is True
     assert await client.ready() is True

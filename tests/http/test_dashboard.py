@@ -413,3 +413,28 @@ async def test_a_jobs_page_shows_its_attempts_and_runs_it_again_or_deletes_it(
     await page.locator("#alerts .alert.ok", has_text=f"Job {failed} deleted").wait_for()
     assert (await api.call("GET", f"/jobs/{failed}"))[0] == 404
     assert errors == []
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+async def test_search_finds_jobs_by_a_part_of_their_task_or_queue(
+    browser: Any, make_server: ServerFactory, session: aiohttp.ClientSession, width: int
+) -> None:
+    """The task filter matched whole names only ('send' found none of 220 send_email jobs)."""
+    _, base = await start(make_server)
+    api = Api(base, session, None)
+    doomed = await api.enqueue(task="doomed", args=["x"], queue="billing")
+    echoed = await api.enqueue(task="echo", args=["y"], queue="Mail_Outbox")
+    page, errors = await new_page(browser)
+    await page.set_viewport_size({"width": width, "height": 900})
+    await page.goto(base + "/")
+    rows = page.locator("#jobs tbody tr")
+    await pw.expect(rows).to_have_count(2)
+    await page.fill("#f-search", "OOM")  # a part of "doomed", another case
+    await page.press("#f-search", "Enter")
+    await pw.expect(rows).to_have_count(1)
+    await pw.expect(rows.first).to_have_attribute("data-id", str(doomed))
+    await page.fill("#f-search", "mail_")  # a part of the queue's name
+    await page.press("#f-search", "Enter")
+    await pw.expect(rows).to_have_count(1)
+    await pw.expect(rows.first).to_have_attribute("data-id", str(echoed))
+    assert errors == []

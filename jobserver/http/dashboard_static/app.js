@@ -606,6 +606,7 @@
       status: $("#f-status").value,
       queue: $("#f-queue").value.trim(),
       task: $("#f-task").value.trim(),
+      search: $("#f-search").value.trim(),
     };
   }
 
@@ -614,6 +615,7 @@
     $("#f-status").value = filters.status;
     $("#f-queue").value = filters.queue;
     $("#f-task").value = filters.task;
+    $("#f-search").value = filters.search || "";
     jobsVersion += 1;
     jobs = [];
     jobsCursor = null;
@@ -628,7 +630,7 @@
       setJobFilters(readFilterForm());
     });
     $("#f-status").addEventListener("change", () => setJobFilters(readFilterForm()));
-    $("#f-reset").addEventListener("click", () => setJobFilters({ status: "", queue: "", task: "" }));
+    $("#f-reset").addEventListener("click", () => setJobFilters({ status: "", queue: "", task: "", search: "" }));
     $("#jobs-more").addEventListener("click", moreJobs);
   }
 

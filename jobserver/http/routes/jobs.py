@@ -129,7 +129,7 @@ async def delete_job(request: web.Request) -> web.Response:
 
 
 async def list_jobs(request: web.Request) -> web.Response:
-    query = query_params(request, {"status", "queue", "task", "limit", "cursor"})
+    query = query_params(request, {"status", "queue", "task", "search", "limit", "cursor"})
     limit, cursor = page_params(query)
     status = None
     if "status" in query:
@@ -139,7 +139,10 @@ async def list_jobs(request: web.Request) -> web.Response:
             raise ValidationError(
                 "status", f"must be one of {', '.join(s.value for s in JobState)}"
             ) from None
-    flt = JobFilter(status=status, queue=query.get("queue"), task=query.get("task"))
+    search = query.get("search")
+    if search is not None and not 1 <= len(search) <= 200:
+        raise ValidationError("search", "must be 1 to 200 characters")
+    flt = JobFilter(status=status, queue=query.get("queue"), task=query.get("task"), search=search)
     server = server_of(request)
     return await bounded_page(
         lambda n, before: server.list_jobs(flt, n, before), limit, cursor, job_to_dict, server

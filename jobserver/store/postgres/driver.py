@@ -532,6 +532,13 @@ class PostgresStore(JobStore):
             if value is not None:
                 params.append(value)
                 clauses.append(f"{column} = ${len(params)}")
+        pattern = flt.search_pattern()
+        if pattern is not None:
+            params.append(pattern)
+            n = len(params)
+            clauses.append(
+                f"(lower(task) LIKE ${n} ESCAPE '\\' OR lower(queue) LIKE ${n} ESCAPE '\\')"
+            )
         if before_id is not None:
             params.append(before_id)
             clauses.append(f"id < ${len(params)}")

@@ -449,6 +449,10 @@ class SQLiteStore(JobStore):
         if flt.task is not None:
             clauses.append("task = ?")
             params.append(flt.task)
+        pattern = flt.search_pattern()
+        if pattern is not None:
+            clauses.append("(lower(task) LIKE ? ESCAPE '\\' OR lower(queue) LIKE ? ESCAPE '\\')")
+            params += [pattern, pattern]
         if before_id is not None:
             clauses.append("id < ?")
             params.append(before_id)
