@@ -438,3 +438,21 @@ async def test_search_finds_jobs_by_a_part_of_their_task_or_queue(
     await pw.expect(rows).to_have_count(1)
     await pw.expect(rows.first).to_have_attribute("data-id", str(echoed))
     assert errors == []
+
+
+async def test_the_page_updates_from_the_event_stream_not_only_by_polling(
+    browser: Any, make_server: ServerFactory, session: aiohttp.ClientSession
+) -> None:
+    """With a token (which EventSource could not send): once the stream is up the page polls
+    every 15 s only, yet a job enqueued elsewhere shows within a few seconds."""
+    _, base = await start(make_server, tokens=[TOKEN])
+    api = Api(base, session, TOKEN)
+    page, errors = await new_page(browser)
+    await page.goto(base + "/")
+    await sign_in(page, TOKEN)
+    await page.locator('body[data-live="stream"]').wait_for(state="attached")
+    await page.wait_for_timeout(500)  # past the refresh the sign-in set off
+    job_id = await api.enqueue(task="echo", args=["pushed"])
+    row = page.locator(f'#jobs tbody tr[data-id="{job_id}"]')
+    await pw.expect(row).to_be_visible(timeout=4_000)  # the poll alone would take up to 15 s
+    assert errors == []

@@ -1117,7 +1117,60 @@
     timer = setTimeout(async () => {
       if ($("#auto-refresh").checked && !document.hidden) await refresh();
       schedule();
-    }, POLL_MS);
+    }, streaming ? STREAM_POLL_MS : POLL_MS);
+  }
+
+  // -- live: the server's event stream ---------------------------------------------------------
+  // GET /events (Server-Sent Events) read with fetch, which can send the token (EventSource
+  // cannot). Each job event refreshes the page soon after (debounced); while the stream is up
+  // the page polls only every STREAM_POLL_MS, for counts that no event carries.
+  const STREAM_POLL_MS = 15000;
+  const DEBOUNCE_MS = 300;
+  let streaming = false;
+  let soon = null;
+  let streamTries = 0;
+
+  function refreshSoon() {
+    if (soon || !$("#auto-refresh").checked) return;
+    soon = setTimeout(() => {
+      soon = null;
+      refresh();
+    }, DEBOUNCE_MS);
+  }
+
+  async function streamEvents() {
+    if (!window.ReadableStream) return;
+    if (needToken) {
+      setTimeout(streamEvents, POLL_MS); // again once a token is given
+      return;
+    }
+    const headers = { Accept: "text/event-stream" };
+    if (token) headers.Authorization = "Bearer " + token;
+    try {
+      const response = await fetch(BASE + "events", { headers, cache: "no-store" });
+      if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      streaming = true;
+      streamTries = 0;
+      document.body.dataset.live = "stream";
+      schedule();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        const blocks = buffer.split("\n\n");
+        buffer = blocks.pop();
+        if (blocks.some((b) => /^event: (job|gap)$/m.test(b))) refreshSoon();
+      }
+    } catch {
+      // the stream is not there (an old server, a proxy that buffers): polling goes on
+    }
+    streaming = false;
+    delete document.body.dataset.live;
+    schedule();
+    streamTries += 1;
+    setTimeout(streamEvents, Math.min(30000, 1000 * 2 ** Math.min(streamTries, 5)));
   }
 
   function init() {
@@ -1151,6 +1204,7 @@
       loadTaskNames();
       openFromHash();
     });
+    streamEvents();
     schedule();
   }
 
