@@ -9,7 +9,7 @@ from aiohttp import web
 
 from .. import codec
 from .auth import auth_middleware
-from .context import OPENAPI_KEY, POLL_PREFIX_KEY, SERVER_KEY, Handler
+from .context import OPENAPI_KEY, POLL_PREFIX_KEY, SERVER_KEY, STREAMS_KEY, Handler
 from .dashboard import add_routes as add_dashboard_routes
 from .errors import access_middleware, error_middleware
 from .openapi import build_spec
@@ -30,7 +30,7 @@ from .routes.jobs import (
     post_job,
     post_jobs_batch,
 )
-from .routes.ops import healthz, metrics, openapi_json, readyz, stream_events
+from .routes.ops import EventStreams, healthz, metrics, openapi_json, readyz, stream_events
 from .routes.queues import get_queue, list_queues, patch_queue, pause_queue, resume_queue
 from .routes.schedules import delete_schedule, get_schedule, list_schedules, post_schedule
 from .routes.workflows import get_workflow, post_workflow
@@ -81,6 +81,8 @@ def create_app(server: JobServer) -> web.Application:
     if server.access_log:
         middlewares.insert(0, access_middleware)  # outermost: it sees the final status
     app = web.Application(middlewares=middlewares)
+    streams = app[STREAMS_KEY] = EventStreams()
+    app.on_shutdown.append(streams.close)
     app[SERVER_KEY] = server
     app[POLL_PREFIX_KEY] = {}
     app[OPENAPI_KEY] = codec.dumps(build_spec(tasks=server.registry.names()))

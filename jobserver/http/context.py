@@ -9,6 +9,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from ..server import JobServer
+    from .routes.ops import EventStreams
 
 
 SERVER_KEY: web.AppKey[JobServer] = web.AppKey("jobserver")
@@ -18,6 +19,7 @@ OPENAPI_KEY: web.AppKey[bytes] = web.AppKey("openapi", bytes)
 
 
 POLL_PREFIX_KEY: web.AppKey[dict[str, str]] = web.AppKey("poll_prefix", dict)
+STREAMS_KEY: web.AppKey[EventStreams] = web.AppKey("event_streams")
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

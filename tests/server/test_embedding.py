@@ -159,3 +159,24 @@ async def test_the_python_api_checks_a_schedule_as_the_http_api_does(tmp_path: P
             "UTC",
             "skip",
         )
+
+
+async def test_a_host_apps_shutdown_ends_open_event_streams(tmp_path: Path) -> None:
+    """An app's graceful stop waits for its requests; an /events stream never ends by itself
+    (the dashboard keeps one open), so the mounted app ends them on shutdown."""
+    async with JobServer(db=tmp_path / "s.db", tasks=list(reg)) as server:
+        app = web.Application()
+        app.add_subapp("/jobs-api", server.create_app())
+        runner = web.AppRunner(app, shutdown_timeout=30)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        async with aiohttp.ClientSession() as session:
+            stream = await session.get(f"http://{host}:{port}/jobs-api/events")
+            assert (await stream.content.readline()).startswith(b": connected")
+            started = time.monotonic()
+            await runner.cleanup()
+            assert time.monotonic() - started < 5  # not the 30 s of shutdown_timeout
+            assert await stream.content.read() == b"\n"  # the stream's end, then closed
+            stream.close()

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from ... import codec
 from ...events import Event, EventFilter, Gap, Ready
 from ...metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from ..context import OPENAPI_KEY, server_of
+from ..context import OPENAPI_KEY, STREAMS_KEY, server_of
 from ..errors import json_response
 from ..schema import digits_param, query_params
 
@@ -36,6 +37,8 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await response.prepare(request)
+    streams = request.app[STREAMS_KEY]
+    me = streams.enter()
     try:
         async for item in server_of(request).events.stream(flt, last_id, EVENT_IDLE_S):
             if item is Ready:  # subscribed: what commits from now on will be sent
@@ -51,7 +54,37 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
             await response.write(chunk)
     except ConnectionResetError:
         pass  # the client went away
+    except asyncio.CancelledError:
+        if not streams.closing or me is None:
+            raise
+        me.uncancel()  # ended by the app's shutdown: the stream closes like any other end
+    finally:
+        streams.leave(me)
     return response
+
+
+class EventStreams:
+    """The handlers streaming /events: an app's graceful stop waits for its requests, and a
+    stream never ends by itself, so on shutdown (before that wait) they are ended."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.closing = False
+
+    def enter(self) -> asyncio.Task[Any] | None:
+        task = asyncio.current_task()
+        if task is not None:
+            self.tasks.add(task)
+        return task
+
+    def leave(self, task: asyncio.Task[Any] | None) -> None:
+        if task is not None:
+            self.tasks.discard(task)
+
+    async def close(self, app: web.Application) -> None:  # an on_shutdown handler
+        self.closing = True
+        for task in list(self.tasks):
+            task.cancel()
 
 
 async def metrics(request: web.Request) -> web.Response:
