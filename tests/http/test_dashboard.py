@@ -456,3 +456,26 @@ async def test_the_page_updates_from_the_event_stream_not_only_by_polling(
     row = page.locator(f'#jobs tbody tr[data-id="{job_id}"]')
     await pw.expect(row).to_be_visible(timeout=4_000)  # the poll alone would take up to 15 s
     assert errors == []
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+async def test_the_schedules_view(
+    browser: Any, make_server: ServerFactory, session: aiohttp.ClientSession, width: int
+) -> None:
+    _, base = await start(make_server)
+    api = Api(base, session, None)
+    body = {"name": "nightly", "task": "echo", "cron": "0 3 * * *", "timezone": "Europe/Paris"}
+    assert (await api.call("POST", "/schedules", body))[0] == 201
+    page, errors = await new_page(browser)
+    await page.set_viewport_size({"width": width, "height": 900})
+    await page.goto(base + "/")
+    row = page.locator('#schedules tbody tr[data-name="nightly"]')
+    await pw.expect(row).to_contain_text("0 3 * * *")
+    await pw.expect(row).to_contain_text("Europe/Paris")
+    await pw.expect(row).to_contain_text("never")  # not fired yet
+    assert (await api.call("DELETE", "/schedules/nightly"))[0] == 204
+    await page.click("#refresh")
+    await pw.expect(row).to_have_count(0)
+    await pw.expect(page.locator("#schedules-empty")).to_be_visible()
+    assert await page.evaluate("document.documentElement.scrollWidth") <= width
+    assert errors == []

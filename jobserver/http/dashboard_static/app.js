@@ -222,6 +222,7 @@
       $("#token-box").hidden = true;
       needToken = false;
       clearAlert("poll");
+      clearAlert("action"); // a 403 of the last token is not this one's
       loadTaskNames();
       refresh();
     });
@@ -1053,6 +1054,28 @@
     $("#dl-more").addEventListener("click", moreDeadLetters);
   }
 
+  // -- schedules -------------------------------------------------------------------------------
+  const scheduleRows = new Map();
+
+  async function refreshSchedules() {
+    const data = await api("GET", "schedules");
+    $("#schedules-empty").hidden = data.items.length > 0;
+    syncRows($("#schedules tbody"), scheduleRows, data.items, (x) => x.name, (x) =>
+      el(
+        "tr",
+        { dataset: { name: x.name } },
+        el("td", {}, x.name),
+        el("td", {}, x.task),
+        el("td", {}, el("code", {}, x.cron)),
+        el("td", {}, x.timezone),
+        timeCell(x.next_run_at),
+        x.last_run_at ? timeCell(x.last_run_at) : el("td", { class: "muted" }, "never"),
+        el("td", {}, x.queue),
+        el("td", {}, x.paused ? badge("paused") : x.source === "task" ? "from @task" : "active"),
+      ),
+    );
+  }
+
   // -- polling -------------------------------------------------------------------------------
   let inFlight = null;
   let again = false;
@@ -1080,6 +1103,7 @@
       refreshJobs(),
       refreshDeadLetters(),
       refreshDetail(),
+      refreshSchedules(),
     ]);
     if (needToken) return;
     const failed = results.find((r) => r.status === "rejected");
