@@ -15,6 +15,7 @@ kept as epoch seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping
@@ -464,15 +465,26 @@ QUEUE_SETTINGS_BY_NAME = {o.name: o for o in QUEUE_SETTINGS}
 def check_queue_settings(changes: Mapping[str, Any]) -> dict[str, Any]:
     """The settings to change, checked; None lifts a limit. ValidationError names the first
     bad one."""
+    return _check_given(changes, QUEUE_SETTINGS_BY_NAME, keep_none=True)
+
+
+def _check_given(
+    given: Mapping[str, Any], declared: Mapping[str, Option], *, keep_none: bool
+) -> dict[str, Any]:
+    """Each given field checked by its declaration; None is kept (`keep_none`: it means
+    "lift") or left out (it means "not given"), refused where the field may not be null."""
     checked: dict[str, Any] = {}
-    for name, value in changes.items():
-        option = QUEUE_SETTINGS_BY_NAME.get(name)
+    for name, value in given.items():
+        option = declared.get(name)
         if option is None:
             raise ValidationError(name, "unknown field")
-        if value is None and option.nullable:
-            checked[name] = None
-        else:
-            checked[name] = option.check(value)
+        if value is None:
+            if not option.nullable:
+                raise ValidationError(name, option.expected)
+            if keep_none:
+                checked[name] = None
+            continue
+        checked[name] = option.check(value)
     return checked
 
 
@@ -549,14 +561,8 @@ def check_schedule(given: Mapping[str, Any]) -> dict[str, Any]:
 MAX_BULK = 10_000
 DEAD_LETTER_SELECTION = (
     Option("task", "task", "string", "Only this task's.", max_len=MAX_TASK_NAME),
-    Option(
-        "queue",
-        "queue",
-        "string",
-        "Only this queue's.",
-        max_len=100,
-        pattern=QUEUE_NAME,
-        pattern_words="1-100 of A-Z a-z 0-9 _ . : - starting alphanumeric",
+    dataclasses.replace(
+        BY_NAME["queue"], description="Only this queue's.", default=None, nullable=True
     ),
     Option(
         "error_type",
@@ -590,11 +596,5 @@ DEAD_LETTER_SELECTION_BY_NAME = {o.name: o for o in DEAD_LETTER_SELECTION}
 def check_dead_letter_selection(given: Mapping[str, Any]) -> dict[str, Any]:
     """Every field of a dead-letter selection, checked, each left out (or None) at its
     default; ValidationError naming the first bad one."""
-    checked = {o.name: o.default for o in DEAD_LETTER_SELECTION}
-    for name, value in given.items():
-        option = DEAD_LETTER_SELECTION_BY_NAME.get(name)
-        if option is None:
-            raise ValidationError(name, "unknown field")
-        if value is not None:
-            checked[name] = option.check(value)
-    return checked
+    defaults = {o.name: o.default for o in DEAD_LETTER_SELECTION}
+    return {**defaults, **_check_given(given, DEAD_LETTER_SELECTION_BY_NAME, keep_none=False)}
