@@ -479,3 +479,31 @@ async def test_the_schedules_view(
     await pw.expect(page.locator("#schedules-empty")).to_be_visible()
     assert await page.evaluate("document.documentElement.scrollWidth") <= width
     assert errors == []
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+async def test_the_workflow_view(
+    browser: Any, make_server: ServerFactory, session: aiohttp.ClientSession, width: int
+) -> None:
+    server, base = await start(make_server)
+    api = Api(base, session, None)
+    flow = {"chain": [{"task": "echo", "args": ["a"]}, {"task": "echo", "args": ["b"]}]}
+    status, made = await api.call("POST", "/workflows", flow)
+    assert status == 202
+    first, second = made["jobs"]
+    await server.wait_for(second, 10)
+    page, errors = await new_page(browser)
+    await page.set_viewport_size({"width": width, "height": 900})
+    await page.goto(f"{base}/#workflow/{made['id']}")
+    await pw.expect(page.locator("#detail-title")).to_have_text(
+        f"Workflow {made['id']} · succeeded"
+    )
+    rows = page.locator("#workflow-jobs tbody tr")
+    await pw.expect(rows).to_have_count(2)
+    await pw.expect(rows.first).to_have_attribute("data-id", str(first))
+    await rows.nth(1).locator("a").click()  # a job of it
+    await pw.expect(page.locator("#detail-title")).to_contain_text(f"Job {second} ")
+    await page.locator("#detail a.workflow-link").click()  # and back to its workflow
+    await pw.expect(rows).to_have_count(2)
+    assert await page.evaluate("document.documentElement.scrollWidth") <= width
+    assert errors == []

@@ -643,6 +643,7 @@
 
   function openDetail(id) {
     detailId = id;
+    workflowId = null;
     detailJob = null;
     detailAttempts = [];
     detailSig = "";
@@ -654,7 +655,49 @@
     refreshDetail().catch((err) => showError("detail", err));
   }
 
+  // -- a workflow: its jobs and status, in the detail panel -----------------------------------
+  let workflowId = null;
+
+  function workflowLink(id) {
+    return el("a", { href: `#workflow/${id}`, class: "workflow-link" }, `#${id}`);
+  }
+
+  function openWorkflow(id) {
+    detailId = null;
+    detailJob = null;
+    workflowId = id;
+    $("#detail").hidden = false;
+    $("#detail-title").textContent = `Workflow ${id}`;
+    $("#detail-body").replaceChildren(el("p", { class: "muted" }, "loading…"));
+    refreshWorkflow().catch((err) => showError("detail", err));
+  }
+
+  async function refreshWorkflow() {
+    const id = workflowId;
+    if (id === null) return;
+    let flow;
+    try {
+      flow = await api("GET", `workflows/${id}`);
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 404 && id === workflowId) {
+        $("#detail-body").replaceChildren(el("p", { class: "empty" }, err.message));
+        return;
+      }
+      throw err;
+    }
+    if (id !== workflowId) return;
+    $("#detail-title").textContent = `Workflow ${id} · ${flow.status}`;
+    const rows = flow.jobs.map((j) =>
+      el("tr", { dataset: { id: j.id } }, el("td", { class: "num" }, jobLink(j.id)), el("td", {}, j.task), el("td", {}, badge(j.status))),
+    );
+    $("#detail-body").replaceChildren(
+      el("div", { class: "detail-status" }, badge(flow.status), el("span", { class: "muted" }, `${flow.jobs.length} jobs, dependencies first`)),
+      el("div", { class: "table-wrap" }, el("table", { id: "workflow-jobs" }, el("thead", {}, el("tr", {}, el("th", { class: "num" }, "Job"), el("th", {}, "Task"), el("th", {}, "Status"))), el("tbody", {}, ...rows))),
+    );
+  }
+
   function closeDetail() {
+    workflowId = null;
     detailId = null;
     detailJob = null;
     $("#detail").hidden = true;
@@ -761,7 +804,7 @@
       job.deadline ? field("Deadline", el("span", { title: job.deadline }, fmtTime(job.deadline))) : null,
       job.unique_key ? field("Unique key", job.unique_key) : null,
       job.depends_on && job.depends_on.length ? field("Depends on", job.depends_on.map((d, i) => [i ? ", " : "", jobLink(d)])) : null,
-      job.workflow_id ? field("Workflow", job.workflow_id) : null,
+      job.workflow_id ? field("Workflow", workflowLink(job.workflow_id)) : null,
     );
     body.push(dl);
     body.push(el("h3", {}, "Arguments"), el("pre", {}, json({ args: job.args, kwargs: job.kwargs })));
@@ -1103,6 +1146,7 @@
       refreshJobs(),
       refreshDeadLetters(),
       refreshDetail(),
+      refreshWorkflow(),
       refreshSchedules(),
     ]);
     if (needToken) return;
@@ -1212,8 +1256,11 @@
     });
     renderChart();
     const openFromHash = () => {
-      const match = /^#job\/(\d{1,18})$/.exec(location.hash);
-      if (match && !needToken) openDetail(Number(match[1]));
+      if (needToken) return;
+      const job = /^#job\/(\d{1,18})$/.exec(location.hash);
+      if (job) openDetail(Number(job[1]));
+      const flow = /^#workflow\/(\d{1,18})$/.exec(location.hash);
+      if (flow) openWorkflow(Number(flow[1]));
     };
     window.addEventListener("hashchange", openFromHash);
     $("#jump").addEventListener("submit", (e) => {
