@@ -24,6 +24,7 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from .models import JobState, QueueInfo, Transition
+from .throughput import ThroughputHistory
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -125,6 +126,7 @@ class _Families(Collector):
 
 class Metrics:
     def __init__(self) -> None:
+        self.throughput = ThroughputHistory()  # the dashboard's chart, this node's
         self.registry = CollectorRegistry()
         r = self.registry
         self.jobs = LabelledCounter(
@@ -215,6 +217,8 @@ class Metrics:
             self.failures.inc((t.queue, t.task))
         if t.reason in _ATTEMPT_ENDINGS and t.started_at is not None:
             self.duration.observe((t.queue, t.task), max(0.0, t.at - t.started_at))
+        if t.after in (JobState.SUCCEEDED, JobState.FAILED):
+            self.throughput.record(t.after == JobState.SUCCEEDED, t.at)
 
     def record_commit(self, writes: int, seconds: float) -> None:
         self.batch_size.observe((), writes)

@@ -30,7 +30,15 @@ from .routes.jobs import (
     post_job,
     post_jobs_batch,
 )
-from .routes.ops import EventStreams, healthz, metrics, openapi_json, readyz, stream_events
+from .routes.ops import (
+    EventStreams,
+    healthz,
+    metrics,
+    openapi_json,
+    readyz,
+    stream_events,
+    throughput,
+)
 from .routes.queues import get_queue, list_queues, patch_queue, pause_queue, resume_queue
 from .routes.schedules import delete_schedule, get_schedule, list_schedules, post_schedule
 from .routes.workflows import get_workflow, post_workflow
@@ -70,6 +78,7 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
     ("GET", f"/workflows/{ID}", get_workflow, "get_workflow"),
     ("GET", "/events", stream_events, "events"),
     ("GET", "/metrics", metrics, "metrics"),
+    ("GET", "/stats/throughput", throughput, "throughput"),
     ("GET", "/healthz", healthz, "healthz"),
     ("GET", "/readyz", readyz, "readyz"),
     ("GET", "/openapi.json", openapi_json, "openapi"),

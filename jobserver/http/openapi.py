@@ -375,6 +375,25 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
         "ScheduleList": _record({"items": {"type": "array", "items": ref("Schedule")}}),
         "DeadLetter": _record({f.name: f.schema for f in DEAD_LETTER_RECORD}),
         "Attempt": _record({f.name: f.schema for f in ATTEMPT_RECORD}),
+        "Throughput": _record(
+            {
+                "bucket_s": {"type": "number", "description": "Seconds a bucket."},
+                "points": {
+                    "type": "array",
+                    "items": _record(
+                        {
+                            "at": {**timestamp, "description": "The bucket's start."},
+                            "succeeded": {"type": "integer", "minimum": 0},
+                            "failed": {
+                                "type": "integer",
+                                "minimum": 0,
+                                "description": "Failed for good.",
+                            },
+                        }
+                    ),
+                },
+            }
+        ),
         "DeadLetterSelection": {
             "type": "object",
             "description": "Which dead letters: each filter left out matches all.",
@@ -1036,6 +1055,19 @@ def _paths() -> dict[str, Any]:
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
                     **_errors("Unavailable"),
+                },
+            }
+        },
+        "/stats/throughput": {
+            "get": {
+                "operationId": "throughput",
+                "tags": ["meta"],
+                "summary": "Jobs that ended on this node, a bucket each over the last two minutes",
+                "responses": {
+                    "200": _response(
+                        "Oldest bucket first, empty ones included.", ref("Throughput")
+                    ),
+                    **_errors("Invalid"),
                 },
             }
         },

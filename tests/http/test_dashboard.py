@@ -507,3 +507,19 @@ async def test_the_workflow_view(
     await pw.expect(rows).to_have_count(2)
     assert await page.evaluate("document.documentElement.scrollWidth") <= width
     assert errors == []
+
+
+async def test_the_throughput_chart_has_a_history_when_the_page_opens(
+    browser: Any, make_server: ServerFactory, session: aiohttp.ClientSession
+) -> None:
+    """The chart was empty on open (its history lived in the browser): the server keeps it."""
+    server, base = await start(make_server)
+    api = Api(base, session, None)
+    ids = [await api.enqueue(task="echo", args=[i]) for i in range(5)]
+    for job_id in ids:
+        await server.wait_for(job_id, 10)
+    page, errors = await new_page(browser)
+    await page.goto(base + "/")
+    await pw.expect(page.locator("#chart polyline.line.ok")).to_have_count(1, timeout=3_000)
+    await pw.expect(page.locator("#chart-now")).not_to_contain_text("collecting")
+    assert errors == []

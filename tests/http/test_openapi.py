@@ -503,6 +503,10 @@ async def drive_flow_routes(c: Checked) -> None:
     clash = {"group": [{**keyed, "args": [2]}]}
     assert (await c.call("POST", "/workflows", "/workflows", clash))[0] == 409
     assert (await c.call("GET", "/metrics", "/metrics"))[0] == 200
+    status, history = await c.call("GET", "/stats/throughput", "/stats/throughput")
+    assert status == 200 and len(history["points"]) == 60
+    assert sum(p["succeeded"] for p in history["points"]) >= 1  # the jobs run above
+    assert (await c.call("GET", "/stats/throughput?x=1", "/stats/throughput"))[0] == 422
     assert (await c.call("GET", "/events?job_id=x", "/events"))[0] == 422
     async with c.session.get(c.base + "/events") as resp:  # a stream: read its start only
         first = await resp.content.readline()

@@ -271,7 +271,7 @@
   // -- queues and throughput -----------------------------------------------------------------
   const queueRows = new Map();
   const sparkCells = new Map();
-  const lastCounts = new Map(); // queue -> {at, succeeded, failed}
+  const lastCounts = new Map(); // queue -> {at, succeeded}
   const queueHistory = new Map(); // queue -> [succeeded per second, ...]
   const totalHistory = []; // [{ok, bad}, ...]
   let queues = [];
@@ -283,32 +283,30 @@
     renderQueues();
   }
 
-  /** Finished jobs per second since the last poll, from the queues' counts by state. A count
-   *  that went down (old jobs pruned) counts as none, never as a negative rate. */
+  /** Each queue's succeeded/s since the last poll (its sparkline), from its counts by state.
+   *  A count that went down (old jobs pruned) counts as none, never as a negative rate. */
   function recordThroughput(items) {
     const now = performance.now();
-    let ok = 0;
-    let bad = 0;
-    let any = false;
     for (const q of items) {
-      const counts = { at: now, succeeded: q.counts.succeeded || 0, failed: q.counts.failed || 0 };
+      const counts = { at: now, succeeded: q.counts.succeeded || 0 };
       const prev = lastCounts.get(q.name);
       lastCounts.set(q.name, counts);
       const history = queueHistory.get(q.name) || [];
       queueHistory.set(q.name, history);
       if (!prev) continue;
       const dt = Math.max(0.001, (now - prev.at) / 1000);
-      const okRate = Math.max(0, counts.succeeded - prev.succeeded) / dt;
-      const badRate = Math.max(0, counts.failed - prev.failed) / dt;
-      history.push(okRate);
+      history.push(Math.max(0, counts.succeeded - prev.succeeded) / dt);
       if (history.length > CHART_POINTS) history.shift();
-      ok += okRate;
-      bad += badRate;
-      any = true;
     }
-    if (any || totalHistory.length) {
-      totalHistory.push({ ok, bad });
-      if (totalHistory.length > CHART_POINTS) totalHistory.shift();
+  }
+
+  /** The chart: jobs that ended a second, over the last two minutes, as the server kept them
+   *  (so it has a history when the page opens, and polls at any pace draw the same line). */
+  async function refreshThroughput() {
+    const data = await api("GET", "stats/throughput");
+    totalHistory.length = 0;
+    for (const p of data.points.slice(-CHART_POINTS)) {
+      totalHistory.push({ ok: p.succeeded / data.bucket_s, bad: p.failed / data.bucket_s });
     }
     renderChart();
   }
@@ -1148,6 +1146,7 @@
       refreshDetail(),
       refreshWorkflow(),
       refreshSchedules(),
+      refreshThroughput(),
     ]);
     if (needToken) return;
     const failed = results.find((r) => r.status === "rejected");

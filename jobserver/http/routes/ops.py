@@ -10,6 +10,7 @@ from aiohttp import web
 from ... import codec
 from ...events import Event, EventFilter, Gap, Ready
 from ...metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ...render import rfc3339
 from ..context import OPENAPI_KEY, STREAMS_KEY, server_of
 from ..errors import json_response
 from ..schema import digits_param, query_params
@@ -90,6 +91,18 @@ class EventStreams:
 async def metrics(request: web.Request) -> web.Response:
     body = await server_of(request).render_metrics()
     return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+async def throughput(request: web.Request) -> web.Response:
+    """Jobs that ended on this node, a bucket each over the last two minutes."""
+    query_params(request, set())
+    server = server_of(request)
+    history = server.metrics.throughput
+    points = [
+        {"at": rfc3339(at), "succeeded": ok, "failed": failed}
+        for at, ok, failed in history.points(server.clock.now())
+    ]
+    return json_response({"bucket_s": history.bucket_s, "points": points})
 
 
 async def healthz(request: web.Request) -> web.Response:
