@@ -451,6 +451,15 @@ def add_client_commands(commands: Any) -> None:
     add("queues", cmd_queues, "list the queues: jobs by state, oldest due job, limits", lists=True)
 
     p = add(
+        "purge-queue",
+        cmd_purge_queue,
+        "cancel a queue's pending jobs, oldest first, in one transaction; --dry-run counts them",
+    )
+    p.add_argument("name", help="the queue")
+    p.add_argument("--limit", type=int, metavar="N", help="1-10000 (default 10000)")
+    p.add_argument("--dry-run", action="store_true", help="change nothing; say how many")
+
+    p = add(
         "queue",
         cmd_queue,
         "show a queue as JSON, after changing what the options say (a limit of 'none' lifts it)",
@@ -918,6 +927,16 @@ def cmd_queues(client: Client, args: argparse.Namespace) -> int:
         print(_table(headers, rows))
     else:
         print("no queues", file=sys.stderr)
+    return 0
+
+
+def cmd_purge_queue(client: Client, args: argparse.Namespace) -> int:
+    result = client.purge_queue(args.name, limit=args.limit, dry_run=args.dry_run)
+    more = " (more are pending: run it again)" if result.more else ""
+    if args.dry_run:
+        print(f"{result.matched} pending jobs in {args.name}{more}; --dry-run: none cancelled")
+    else:
+        print(f"{len(result.cancelled)} pending jobs in {args.name} cancelled{more}")
     return 0
 
 

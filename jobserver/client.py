@@ -60,6 +60,7 @@ __all__ = [
     "NotFoundError",
     "Page",
     "Progress",
+    "PurgeInfo",
     "QueueFull",
     "QueueInfo",
     "QueueLimits",
@@ -470,6 +471,20 @@ class DeadLetterInfo:
             "attempts": self.attempts,
             "failed_at": _render_time(self.failed_at),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeInfo:
+    """A queue purge: how many pending jobs it took (would take, in a dry run), whether more
+    are pending, and the ids it cancelled."""
+
+    matched: int
+    more: bool
+    cancelled: list[int]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PurgeInfo:
+        return cls(int(data["matched"]), bool(data["more"]), [int(i) for i in data["cancelled"]])
 
 
 @dataclass(frozen=True, slots=True)
@@ -1040,6 +1055,14 @@ class _Ops:
         reply = yield _Call("POST", f"/queues/{_name(name, 'queue')}/{action}")
         return _queue(reply.data)
 
+    @staticmethod
+    def purge_queue(name: str, limit: int | None, dry_run: bool) -> _Op[PurgeInfo]:
+        body: dict[str, Any] = {"dry_run": dry_run}
+        if limit is not None:
+            body["limit"] = limit
+        reply = yield _Call("POST", f"/queues/{_name(name, 'queue')}/purge", body=body)
+        return cast(PurgeInfo, _parse("purge", PurgeInfo.from_dict, reply.data))
+
     # -- schedules
     @staticmethod
     def create_schedule(body: dict[str, Any]) -> _Op[ScheduleInfo]:
@@ -1460,6 +1483,13 @@ class AsyncClient(_Base):
     async def resume_queue(self, name: str) -> QueueInfo:
         return await self._run(_Ops.pause_queue(name, False))
 
+    async def purge_queue(
+        self, name: str, *, limit: int | None = None, dry_run: bool = False
+    ) -> PurgeInfo:
+        """Cancel the queue's pending jobs, oldest first, up to `limit` (default 10,000), in
+        one transaction; `dry_run` only counts them."""
+        return await self._run(_Ops.purge_queue(name, limit, dry_run))
+
     async def create_schedule(
         self,
         name: str,
@@ -1818,6 +1848,12 @@ class Client(_Base):
 
     def resume_queue(self, name: str) -> QueueInfo:
         return self._run(_Ops.pause_queue(name, False))
+
+    def purge_queue(
+        self, name: str, *, limit: int | None = None, dry_run: bool = False
+    ) -> PurgeInfo:
+        """See `AsyncClient.purge_queue`."""
+        return self._run(_Ops.purge_queue(name, limit, dry_run))
 
     def create_schedule(
         self,

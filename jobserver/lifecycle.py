@@ -382,6 +382,22 @@ def request_cancel(job_id: int, now: float, ch: Changes) -> Program[tuple[Job, J
     return after, before.status
 
 
+def purge_queue(queue: str, limit: int, now: float, ch: Changes) -> Program[list[int]]:
+    """Cancel up to `limit` of the queue's pending jobs, oldest first, each as request_cancel
+    does (its dependants fail or are cancelled by their own policy); the ids cancelled. A job
+    that an earlier one's cascade already ended is passed over."""
+    pending = yield rows("pending_in_queue", queue, limit)
+    cancelled: list[int] = []
+    for (job_id,) in pending:
+        try:
+            after, before = yield from request_cancel(job_id, now, ch)
+        except Conflict:  # failed by an earlier one's cascade
+            continue
+        if before == JobState.PENDING and after.status == JobState.CANCELLED:
+            cancelled.append(job_id)
+    return cancelled
+
+
 def requeue_dead_letter(dead_letter_id: int, now: float, ch: Changes) -> Program[Job]:
     """A new pending job from a dead letter, which is removed; it starts with fresh attempts
     and what the original job asked for (its priority, retries, timeout and backoff)."""

@@ -30,6 +30,8 @@ from .http.listener import HttpListener
 from .isolation import ProcessPool
 from .job_options import BY_NAME as OPTIONS_BY_NAME
 from .job_options import (
+    DEAD_LETTER_SELECTION_BY_NAME,
+    MAX_BULK,
     check_dead_letter_selection,
     check_options,
     check_queue_settings,
@@ -611,6 +613,23 @@ class JobServer:
             if len(page) < DEAD_LETTER_SCAN:
                 return found, False
             cursor = page[-1].id
+
+    async def purge_queue(
+        self, name: str, *, limit: int = MAX_BULK, dry_run: bool = False
+    ) -> tuple[int, bool, list[int]]:
+        """Cancel the queue's pending jobs, oldest first, up to `limit`, in one transaction
+        (each as cancel() does: their dependants follow their policy). Returns how many are
+        taken (`dry_run`: would be), whether more are pending, and the ids cancelled."""
+        OPTIONS_BY_NAME["queue"].check(name)
+        limit = DEAD_LETTER_SELECTION_BY_NAME["limit"].check(limit)
+        found = await self.store.list_jobs(
+            JobFilter(status=JobState.PENDING, queue=name), limit + 1, None
+        )
+        matched, more = min(len(found), limit), len(found) > limit
+        if dry_run or not matched:
+            return matched, more, []
+        cancelled = await self.store.purge_queue(name, limit, self.clock.now())
+        return len(cancelled), more, cancelled
 
     async def requeue_dead_letters(self, **selection: Any) -> BulkResult:
         """Enqueue again, in one transaction, the dead letters that match (each as

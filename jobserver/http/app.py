@@ -39,7 +39,14 @@ from .routes.ops import (
     stream_events,
     throughput,
 )
-from .routes.queues import get_queue, list_queues, patch_queue, pause_queue, resume_queue
+from .routes.queues import (
+    get_queue,
+    list_queues,
+    patch_queue,
+    pause_queue,
+    purge_queue,
+    resume_queue,
+)
 from .routes.schedules import delete_schedule, get_schedule, list_schedules, post_schedule
 from .routes.workflows import get_workflow, post_workflow
 
@@ -70,6 +77,7 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
     ("PATCH", "/queues/{name}", patch_queue, "configure_queue"),
     ("POST", "/queues/{name}/pause", pause_queue, "pause_queue"),
     ("POST", "/queues/{name}/resume", resume_queue, "resume_queue"),
+    ("POST", "/queues/{name}/purge", purge_queue, "purge_queue"),
     ("POST", "/schedules", post_schedule, "create_schedule"),
     ("GET", "/schedules", list_schedules, "list_schedules"),
     ("GET", "/schedules/{name}", get_schedule, "get_schedule"),

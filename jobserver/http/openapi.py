@@ -394,6 +394,22 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
                 },
             }
         ),
+        "PurgeRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                o.wire: _option_schema(o)
+                for o in DEAD_LETTER_SELECTION
+                if o.name in ("limit", "dry_run")
+            },
+        },
+        "PurgeResult": _record(
+            {
+                "matched": {"type": "integer", "minimum": 0},
+                "more": {"type": "boolean", "description": "More are pending than `limit`."},
+                "cancelled": {"type": "array", "items": {"type": "integer"}},
+            }
+        ),
         "DeadLetterSelection": {
             "type": "object",
             "description": "Which dead letters: each filter left out matches all.",
@@ -935,6 +951,22 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": _response("The queue.", ref("Queue")),
                     **_errors("NotFound", "Unavailable"),
+                },
+            }
+        },
+        "/queues/{name}/purge": {
+            "post": {
+                "operationId": "purge_queue",
+                "tags": ["queues"],
+                "summary": "Cancel the queue's pending jobs",
+                "description": "Oldest first, up to `limit`, in one transaction; each as a"
+                " cancel does (its dependants follow their policy). With `dry_run`, nothing"
+                " changes and `matched` says how many would be cancelled.",
+                "parameters": [_param("QueueName")],
+                "requestBody": {**_body("PurgeRequest"), "required": False},
+                "responses": {
+                    "200": _response("What was cancelled.", ref("PurgeResult")),
+                    **_errors(*BODY_ERRORS, "NotFound", "Invalid", "Unavailable"),
                 },
             }
         },

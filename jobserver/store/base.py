@@ -261,6 +261,10 @@ class Store(Protocol):
         """Newest first; `flt` by task, queue and time in SQL (not its error_type)."""
         ...
 
+    async def purge_queue(self, queue: str, limit: int, now: float) -> list[int]:
+        """Cancel up to `limit` of the queue's pending jobs, in one transaction; their ids."""
+        ...
+
     async def requeue_dead_letters(self, dead_letter_ids: Sequence[int], now: float) -> list[Job]:
         """requeue_dead_letter for each, in one transaction; one already gone is skipped."""
         ...

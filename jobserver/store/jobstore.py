@@ -204,6 +204,9 @@ class JobStore:
     async def delete_job(self, job_id: int) -> None:
         await self._move(lambda ch: lifecycle.delete_job(job_id))
 
+    async def purge_queue(self, queue: str, limit: int, now: float) -> list[int]:
+        return await self._move(lambda ch: lifecycle.purge_queue(queue, limit, now, ch))
+
     async def requeue_dead_letters(self, dead_letter_ids: Sequence[int], now: float) -> list[Job]:
         return await self._move(lambda ch: lifecycle.requeue_dead_letters(dead_letter_ids, now, ch))
 

@@ -591,6 +591,17 @@ def test_dead_letters_show_delete_and_bulk(served: ServeProcess) -> None:
     assert bad_time.returncode == 2 and "RFC 3339" in bad_time.stderr
 
 
+def test_purge_queue(served: ServeProcess) -> None:
+    queue = f"purge-{uuid.uuid4().hex[:6]}"
+    for _ in range(2):
+        enqueue(served, "echo", "--queue", queue, "--delay", "600")
+    dry = ok(jobserver("purge-queue", queue, "--dry-run", url=served.url))
+    assert dry == f"2 pending jobs in {queue}; --dry-run: none cancelled\n"
+    assert ok(jobserver("purge-queue", queue, url=served.url)) == (
+        f"2 pending jobs in {queue} cancelled\n"
+    )
+
+
 def test_a_wrong_token_and_a_server_that_is_not_jobserver(tmp_path: Path) -> None:
     guarded = ServeProcess(tmp_path / "t.db", tmp_path / "t.log", ("--token", "right-token"))
     try:
@@ -714,6 +725,6 @@ def test_help_lists_every_command() -> None:
         "serve", "enqueue", "get", "wait", "jobs", "dead-letters", "requeue", "cancel",
         "delete", "queues", "queue", "schedules", "schedule", "workflow", "workflow-status",
         "migrate", "backup", "dead-letter", "delete-dead-letter", "requeue-dead-letters",
-        "purge-dead-letters", "completion",
+        "purge-dead-letters", "completion", "purge-queue",
     ):  # fmt: skip
         assert command in result.stdout

@@ -414,6 +414,30 @@ async def test_jobs_found_by_a_part_of_their_task_or_queue(client: AsyncClient) 
     assert bad.value.field == "search"
 
 
+async def test_a_queue_purge_cancels_its_pending_jobs_oldest_first(client: AsyncClient) -> None:
+    """Issue 20: no purge existed. Pending only (running and elsewhere untouched), in one
+    transaction, oldest first up to the limit; a dependant follows its policy."""
+    jobs = [await client.enqueue("echo", [i], queue="purge-me", delay_s=600) for i in range(3)]
+    after = await client.enqueue(
+        "echo", queue="kept", depends_on=[jobs[0].id], on_dependency_failure="cancel"
+    )
+    elsewhere = await client.enqueue("echo", queue="kept", delay_s=600)
+    dry = await client.purge_queue("purge-me", dry_run=True)
+    assert (dry.matched, dry.more, dry.cancelled) == (3, False, [])
+    first = await client.purge_queue("purge-me", limit=2)
+    assert (first.matched, first.more, first.cancelled) == (2, True, [jobs[0].id, jobs[1].id])
+    rest = await client.purge_queue("purge-me")
+    assert (rest.cancelled, rest.more) == ([jobs[2].id], False)
+    for ref in jobs:
+        assert (await client.get(ref.id)).status == JobState.CANCELLED
+    assert (await client.get(after.id)).status == JobState.CANCELLED  # its dependency was
+    assert (await client.get(elsewhere.id)).status == JobState.PENDING
+    assert (await client.purge_queue("purge-me")).matched == 0
+    with pytest.raises(InvalidRequest) as bad:
+        await client.purge_queue("purge-me", limit=0)
+    assert bad.value.field == "limit"
+
+
 async def test_health_and_ready(client: AsyncClient) -> None:
     assert await client.health() is True
     assert await client.ready() is True

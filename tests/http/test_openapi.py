@@ -424,6 +424,7 @@ async def drive_storage_faults(c: Checked, monkeypatch: pytest.MonkeyPatch) -> N
             ("PATCH", "/queues/q", "/queues/{name}", {"paused": True}),
             ("POST", "/queues/q/pause", "/queues/{name}/pause", None),
             ("POST", "/queues/q/resume", "/queues/{name}/resume", None),
+            ("POST", "/queues/q/purge", "/queues/{name}/purge", {}),
             ("POST", "/schedules", "/schedules", SCHEDULE),
             ("GET", "/schedules", "/schedules", None),
             ("GET", "/schedules/s", "/schedules/{name}", None),
@@ -467,6 +468,15 @@ async def drive_flow_routes(c: Checked) -> None:
     assert (await c.call("PATCH", "/queues/small", q, {"max_depth": 0}))[0] == 422
     assert (await c.call("PATCH", "/queues/%20bad", q, {"paused": True}))[0] == 404
     await drive_body_errors(c, "PATCH", "/queues/small", q)
+    purge = "/queues/{name}/purge"
+    await c.enqueue(task="echo", queue="purged", delay=999)
+    status, dry = await c.call("POST", "/queues/purged/purge", purge, {"dry_run": True})
+    assert status == 200 and (dry["matched"], dry["cancelled"]) == (1, [])
+    status, done = await c.call("POST", "/queues/purged/purge", purge)  # no body: defaults
+    assert status == 200 and done["matched"] == 1 and len(done["cancelled"]) == 1
+    assert (await c.call("POST", "/queues/purged/purge", purge, {"limit": 0}))[0] == 422
+    assert (await c.call("POST", "/queues/%20bad/purge", purge))[0] == 404
+    await drive_body_errors(c, "POST", "/queues/purged/purge", purge)
     for action in ("pause", "resume"):
         route = f"/queues/{{name}}/{action}"
         assert (await c.call("POST", f"/queues/small/{action}", route))[0] == 200

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ...job_options import DEAD_LETTER_SELECTION
 from ...render import queue_to_dict
 from ..context import server_of
 from ..errors import json_response
-from ..schema import query_params, queue_name_param, read_json_object
+from ..schema import query_params, queue_name_param, read_fields, read_json_object
 
 
 async def list_queues(request: web.Request) -> web.Response:
@@ -37,3 +38,15 @@ async def pause_queue(request: web.Request) -> web.Response:
 async def resume_queue(request: web.Request) -> web.Response:
     info = await server_of(request).configure_queue(queue_name_param(request), paused=False)
     return json_response(queue_to_dict(info))
+
+
+PURGE = {o.wire: o for o in DEAD_LETTER_SELECTION if o.name in ("limit", "dry_run")}
+
+
+async def purge_queue(request: web.Request) -> web.Response:
+    """Cancel the queue's pending jobs (up to `limit`, oldest first); `dry_run` counts them."""
+    server = server_of(request)
+    name = queue_name_param(request)
+    body = await read_json_object(request, server.max_body_bytes) if request.body_exists else {}
+    matched, more, cancelled = await server.purge_queue(name, **read_fields(body, PURGE))
+    return json_response({"matched": matched, "more": more, "cancelled": cancelled})

@@ -210,3 +210,8 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::integer[], $6::i
         workflow_id, traceparent, n)
 ORDER BY n
 RETURNING id;
+
+-- name: pending_in_queue
+SELECT id FROM jobs WHERE status = 'pending' AND queue = $1 ORDER BY id LIMIT $2
+-- rows a claim holds are skipped: they are starting, no longer pending
+FOR UPDATE SKIP LOCKED;

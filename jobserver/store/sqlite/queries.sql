@@ -183,3 +183,6 @@ INSERT INTO jobs (task, queue, args, kwargs, priority, max_retries, timeout_s, b
     created_at, run_at, deadline, pass_result, on_dependency_failure, callback_url, workflow_id,
     traceparent, status)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 'pending');
+
+-- name: pending_in_queue
+SELECT id FROM jobs WHERE status = 'pending' AND queue = $1 ORDER BY id LIMIT $2;
