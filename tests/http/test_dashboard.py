@@ -44,6 +44,7 @@ UI_TIMEOUT_MS = 8_000  # the page polls every 2 s
 pw.expect.set_options(timeout=UI_TIMEOUT_MS)  # for expect(); pages get it for their waits
 
 reg = Registry()
+WIDTHS = [pytest.param(1400, id="1400px"), pytest.param(390, id="390px")]  # a desktop, a phone
 
 
 @task(registry=reg, max_retries=0)
@@ -100,9 +101,9 @@ async def browser() -> AsyncIterator[Any]:
             await b.close()
 
 
-async def new_page(browser: Any) -> tuple[Any, list[str]]:
+async def new_page(browser: Any, width: int = 1400) -> tuple[Any, list[str]]:
     """A page with the default timeout for waits, and a list that collects script errors."""
-    page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = await browser.new_page(viewport={"width": width, "height": 1000})
     page.set_default_timeout(UI_TIMEOUT_MS)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -124,15 +125,17 @@ async def sign_in(page: Any, token: str) -> None:
 
 # `browser` comes before `make_server` in each test's arguments: the server stops before the
 # browser closes, so closing it never stalls a running server's event loop.
+@pytest.mark.parametrize("width", WIDTHS)
 async def test_dashboard_with_a_token(
     browser: Any,
     make_server: ServerFactory,
     session: aiohttp.ClientSession,
     tmp_path: Path,
+    width: int,
 ) -> None:
     _, base = await start(make_server, tokens=[TOKEN])
     api = Api(base, session, TOKEN)
-    page, errors = await new_page(browser)
+    page, errors = await new_page(browser, width)
 
     # the page loads without a token, asks for one on the API's 401, and keeps it
     response = await page.goto(base + "/")
@@ -242,13 +245,14 @@ async def test_dashboard_with_a_token(
     assert errors == []
 
 
+@pytest.mark.parametrize("width", WIDTHS)
 async def test_dashboard_with_a_read_only_token(
-    browser: Any, make_server: ServerFactory, session: aiohttp.ClientSession
+    browser: Any, make_server: ServerFactory, session: aiohttp.ClientSession, width: int
 ) -> None:
     _, base = await start(make_server, tokens=[TOKEN], read_tokens=[READ_TOKEN])
     api = Api(base, session, TOKEN)
     job_id = await api.enqueue(task="echo", args=["seen"])
-    page, errors = await new_page(browser)
+    page, errors = await new_page(browser, width)
     await page.goto(base + "/")
 
     # a wrong token is refused: the box says so and stays
@@ -278,8 +282,9 @@ async def test_dashboard_with_a_read_only_token(
     assert errors == []
 
 
+@pytest.mark.parametrize("width", WIDTHS)
 async def test_dashboard_mounted_under_a_prefix(
-    browser: Any, make_server: ServerFactory, session: aiohttp.ClientSession
+    browser: Any, make_server: ServerFactory, session: aiohttp.ClientSession, width: int
 ) -> None:
     """Embedded in an app at /jobs-api/, the page calls /jobs-api/jobs (no token configured)."""
     server = await make_server(tasks=list(reg), clock=SystemClock())
@@ -293,7 +298,7 @@ async def test_dashboard_mounted_under_a_prefix(
         host, port = runner.addresses[0][:2]
         base = f"http://{host}:{port}/jobs-api"
         job_id = await Api(base, session, None).enqueue(task="echo", args=["embedded"])
-        page, errors = await new_page(browser)
+        page, errors = await new_page(browser, width)
         requests: list[str] = []
         page.on("request", lambda r: requests.append(r.url))
         await page.goto(base + "/")
@@ -307,9 +312,6 @@ async def test_dashboard_mounted_under_a_prefix(
         assert errors == []
     finally:
         await runner.cleanup()
-
-
-WIDTHS = [pytest.param(1400, id="1400px"), pytest.param(390, id="390px")]
 
 
 @pytest.mark.parametrize("width", WIDTHS)
