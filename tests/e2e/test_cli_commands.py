@@ -389,12 +389,13 @@ def test_queue_limits_pause_resume_and_a_full_queue(served: ServeProcess) -> Non
     listed = jobserver("queues", url=served.url)  # one through the real entry point
     rows = table(ok(listed))
     assert rows[0] == [
-        "QUEUE", "PAUSED", "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "OLDEST", "DUE", "LIMITS",
+        "QUEUE", "PAUSED", "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "OLDEST",
+        "DUE", "LIMITS",
     ]  # fmt: skip
     [row] = [r for r in rows[1:] if r[0] == queue]
-    assert row[1:6] == ["yes", "1", "0", "0", "0"]
-    assert re.fullmatch(r"\d+(\.\d)?s", row[6]), row  # the job has waited since it was due
-    assert row[7] == "max_depth=1"
+    assert row[1:7] == ["yes", "1", "0", "0", "0", "0"]
+    assert re.fullmatch(r"\d+(\.\d)?s", row[7]), row  # the job has waited since it was due
+    assert row[8] == "max_depth=1"
 
     changed = cli(
         served, "queue", queue, "--resume", "--max-depth", "none", "--concurrency-limit", "2",
@@ -407,8 +408,8 @@ def test_queue_limits_pause_resume_and_a_full_queue(served: ServeProcess) -> Non
     }  # fmt: skip
     assert Client(served.url, timeout_s=10).wait(job_id, timeout_s=10).result == "queued"
     [row] = [r for r in table(ok(cli(served, "queues")))[1:] if r[0] == queue]
-    assert row[1:7] == ["no", "0", "0", "1", "0", "-"]
-    assert row[7] == "concurrency=2,rate=50/s,burst=5"
+    assert row[1:8] == ["no", "0", "0", "1", "0", "0", "-"]
+    assert row[8] == "concurrency=2,rate=50/s,burst=5"
     assert json.loads(ok(cli(served, "queue", queue)))["counts"]["succeeded"] == 1
 
     for wrong in (["--max-depth", "0"], ["--rate-limit", "fast"], ["--pause", "--resume"]):
