@@ -442,14 +442,15 @@ async def test_search_finds_jobs_by_a_part_of_their_task_or_queue(
     assert errors == []
 
 
+@pytest.mark.parametrize("width", WIDTHS)
 async def test_the_page_updates_from_the_event_stream_not_only_by_polling(
-    browser: Any, make_server: ServerFactory, session: aiohttp.ClientSession
+    browser: Any, make_server: ServerFactory, session: aiohttp.ClientSession, width: int
 ) -> None:
     """With a token (which EventSource could not send): once the stream is up the page polls
     every 15 s only, yet a job enqueued elsewhere shows within a few seconds."""
     _, base = await start(make_server, tokens=[TOKEN])
     api = Api(base, session, TOKEN)
-    page, errors = await new_page(browser)
+    page, errors = await new_page(browser, width)
     await page.goto(base + "/")
     await sign_in(page, TOKEN)
     await page.locator('body[data-live="stream"]').wait_for(state="attached")
@@ -511,8 +512,9 @@ async def test_the_workflow_view(
     assert errors == []
 
 
+@pytest.mark.parametrize("width", WIDTHS)
 async def test_the_throughput_chart_has_a_history_when_the_page_opens(
-    browser: Any, make_server: ServerFactory, session: aiohttp.ClientSession
+    browser: Any, make_server: ServerFactory, session: aiohttp.ClientSession, width: int
 ) -> None:
     """The chart was empty on open (its history lived in the browser): the server keeps it."""
     server, base = await start(make_server)
@@ -520,7 +522,7 @@ async def test_the_throughput_chart_has_a_history_when_the_page_opens(
     ids = [await api.enqueue(task="echo", args=[i]) for i in range(5)]
     for job_id in ids:
         await server.wait_for(job_id, 10)
-    page, errors = await new_page(browser)
+    page, errors = await new_page(browser, width)
     await page.goto(base + "/")
     await pw.expect(page.locator("#chart polyline.line.ok")).to_have_count(1, timeout=3_000)
     await pw.expect(page.locator("#chart-now")).not_to_contain_text("collecting")
