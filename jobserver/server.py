@@ -622,6 +622,7 @@ class JobServer:
         taken (`dry_run`: would be), whether more are pending, and the ids cancelled."""
         OPTIONS_BY_NAME["queue"].check(name)
         limit = DEAD_LETTER_SELECTION_BY_NAME["limit"].check(limit)
+        dry_run = DEAD_LETTER_SELECTION_BY_NAME["dry_run"].check(dry_run)
         found = await self.store.list_jobs(
             JobFilter(status=JobState.PENDING, queue=name), limit + 1, None
         )

@@ -475,6 +475,8 @@ async def drive_flow_routes(c: Checked) -> None:
     status, done = await c.call("POST", "/queues/purged/purge", purge)  # no body: defaults
     assert status == 200 and done["matched"] == 1 and len(done["cancelled"]) == 1
     assert (await c.call("POST", "/queues/purged/purge", purge, {"limit": 0}))[0] == 422
+    # the fuzz found {"dry_run": {}} taken as "no": it purged
+    assert (await c.call("POST", "/queues/purged/purge", purge, {"dry_run": {}}))[0] == 422
     assert (await c.call("POST", "/queues/%20bad/purge", purge))[0] == 404
     await drive_body_errors(c, "POST", "/queues/purged/purge", purge)
     for action in ("pause", "resume"):
