@@ -963,7 +963,7 @@ def _paths() -> dict[str, Any]:
                 " cancel does (its dependants follow their policy). With `dry_run`, nothing"
                 " changes and `matched` says how many would be cancelled.",
                 "parameters": [_param("QueueName")],
-                "requestBody": {**_body("PurgeRequest"), "required": False},
+                "requestBody": _body("PurgeRequest"),
                 "responses": {
                     "200": _response("What was cancelled.", ref("PurgeResult")),
                     **_errors(*BODY_ERRORS, "NotFound", "Invalid", "Unavailable"),

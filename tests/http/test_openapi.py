@@ -472,12 +472,12 @@ async def drive_flow_routes(c: Checked) -> None:
     await c.enqueue(task="echo", queue="purged", delay=999)
     status, dry = await c.call("POST", "/queues/purged/purge", purge, {"dry_run": True})
     assert status == 200 and (dry["matched"], dry["cancelled"]) == (1, [])
-    status, done = await c.call("POST", "/queues/purged/purge", purge)  # no body: defaults
+    status, done = await c.call("POST", "/queues/purged/purge", purge, {})  # the defaults
     assert status == 200 and done["matched"] == 1 and len(done["cancelled"]) == 1
     assert (await c.call("POST", "/queues/purged/purge", purge, {"limit": 0}))[0] == 422
     # the fuzz found {"dry_run": {}} taken as "no": it purged
     assert (await c.call("POST", "/queues/purged/purge", purge, {"dry_run": {}}))[0] == 422
-    assert (await c.call("POST", "/queues/%20bad/purge", purge))[0] == 404
+    assert (await c.call("POST", "/queues/%20bad/purge", purge, {}))[0] == 404
     await drive_body_errors(c, "POST", "/queues/purged/purge", purge)
     for action in ("pause", "resume"):
         route = f"/queues/{{name}}/{action}"

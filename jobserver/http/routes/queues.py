@@ -47,6 +47,6 @@ async def purge_queue(request: web.Request) -> web.Response:
     """Cancel the queue's pending jobs (up to `limit`, oldest first); `dry_run` counts them."""
     server = server_of(request)
     name = queue_name_param(request)
-    body = await read_json_object(request, server.max_body_bytes) if request.body_exists else {}
+    body = await read_json_object(request, server.max_body_bytes)  # {}: the defaults
     matched, more, cancelled = await server.purge_queue(name, **read_fields(body, PURGE))
     return json_response({"matched": matched, "more": more, "cancelled": cancelled})
