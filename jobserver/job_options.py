@@ -536,24 +536,20 @@ SCHEDULE_BY_NAME = {o.name: o for o in SCHEDULE_OPTIONS}
 def check_schedule(given: Mapping[str, Any]) -> dict[str, Any]:
     """A schedule's fields and its job's, checked, each left out at its default;
     ValidationError naming the first bad one."""
-    job = {k: v for k, v in given.items() if k in SCHEDULE_JOB_FIELDS}
-    checked = check_options(job)
-    for name, value in given.items():
-        option = SCHEDULE_BY_NAME.get(name)
-        if option is None:
-            if name not in SCHEDULE_JOB_FIELDS:
-                raise ValidationError(name, "unknown field")
-            continue
-        if value is None and option.nullable:
-            continue
-        checked[name] = option.check(value)
+    job = check_options({k: v for k, v in given.items() if k in SCHEDULE_JOB_FIELDS})
+    own = {k: v for k, v in given.items() if k not in SCHEDULE_JOB_FIELDS}
+    checked = _check_given(own, SCHEDULE_BY_NAME, keep_none=False)
     for option in SCHEDULE_OPTIONS:
-        if checked.get(option.name) is None:
+        if option.name not in checked:
             if not option.nullable:
                 raise ValidationError(option.name, "is required")
             checked[option.name] = option.default
-    out = {k: checked[k] for k in (*SCHEDULE_JOB_FIELDS, *SCHEDULE_BY_NAME)}
-    return {**out, "args": list(out["args"]), "kwargs": dict(out["kwargs"])}
+    return {
+        **{k: job[k] for k in SCHEDULE_JOB_FIELDS},
+        "args": list(job["args"]),
+        "kwargs": dict(job["kwargs"]),
+        **checked,
+    }
 
 
 # Which dead letters a bulk action takes (POST /dead-letters/requeue and /delete,
