@@ -62,6 +62,18 @@ def fair_share(
     return chosen
 
 
+def interleave(first: Sequence[int], second: Sequence[int]) -> list[int]:
+    """One of each in turn: a queue's unkeyed jobs and its keyed ones share its budget."""
+    if not second:
+        return list(first)
+    if not first:
+        return list(second)
+    merged: list[int] = []
+    for i in range(max(len(first), len(second))):
+        merged.extend(ids[i] for ids in (first, second) if i < len(ids))
+    return merged
+
+
 def waiting_reason(
     job: Job,
     settings: QueueSettings,
@@ -104,4 +116,7 @@ def settings_from_row(row: Mapping[str, Any]) -> QueueSettings:
         rate_limit=row["rate_limit"],
         rate_burst=row["rate_burst"],
         max_depth=row["max_depth"],
+        key_concurrency_limit=row["key_concurrency_limit"],
+        key_rate_limit=row["key_rate_limit"],
+        key_rate_burst=row["key_rate_burst"],
     )

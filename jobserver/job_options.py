@@ -37,6 +37,7 @@ MAX_ID = 10**18 - 1  # ids are read from up to 18 digits
 MAX_DELAY_S = 366 * 86400.0
 MAX_TIMEOUT_S = 7 * 86400.0
 MAX_KEY_LEN = 200
+MAX_FAIRNESS_KEY_LEN = 200  # the jobs table checks it too
 MAX_URL_LEN = 2000
 MAX_DEPENDENCIES = 1000
 MAX_TASK_NAME = 200
@@ -352,6 +353,14 @@ OPTIONS = (
         max_len=MAX_KEY_LEN,
     ),
     Option(
+        "fairness_key",
+        "fairness_key",
+        "string",
+        "The key (a tenant, a customer, an API account) whose fair share of its queue the"
+        " job runs in: keys take turns, by weight, within their own limits.",
+        max_len=MAX_FAIRNESS_KEY_LEN,
+    ),
+    Option(
         "depends_on",
         "depends_on",
         "ids",
@@ -458,8 +467,84 @@ QUEUE_SETTINGS = (
         lo=1.0,
         hi=1_000_000.0,
     ),
+    Option(
+        "key_concurrency_limit",
+        "key_concurrency_limit",
+        "integer",
+        "Jobs of one fairness key running at once, on all nodes (a key may set its own).",
+        lo=1,
+        hi=1_000_000,
+    ),
+    Option(
+        "key_rate_limit",
+        "key_rate_limit",
+        "number",
+        "Jobs of one fairness key started per second (a token bucket a key).",
+        lo=0.0,
+        hi=1_000_000.0,
+        open_lo=True,
+    ),
+    Option(
+        "key_rate_burst",
+        "key_rate_burst",
+        "number",
+        "Jobs of one fairness key its bucket lets start at once.",
+        lo=1.0,
+        hi=1_000_000.0,
+    ),
 )
 QUEUE_SETTINGS_BY_NAME = {o.name: o for o in QUEUE_SETTINGS}
+
+# A fairness key's own settings (PATCH /queues/{name}/keys/{key}, JobServer.configure_key);
+# None gives the setting back to its queue's default.
+KEY_SETTINGS = (
+    Option(
+        "weight",
+        "weight",
+        "number",
+        "The key's share against the queue's other keys (1 each by default): weight 5 runs"
+        " five of its jobs for one of a weight-1 key's, while both have jobs due.",
+        lo=0.0,
+        hi=1_000_000.0,
+        open_lo=True,
+    ),
+    Option(
+        "concurrency_limit",
+        "concurrency_limit",
+        "integer",
+        "The key's jobs running at once, on all nodes.",
+        lo=1,
+        hi=1_000_000,
+    ),
+    Option(
+        "rate_limit",
+        "rate_limit",
+        "number",
+        "The key's jobs started per second (a token bucket).",
+        lo=0.0,
+        hi=1_000_000.0,
+        open_lo=True,
+    ),
+    Option(
+        "rate_burst",
+        "rate_burst",
+        "number",
+        "The key's jobs its bucket lets start at once.",
+        lo=1.0,
+        hi=1_000_000.0,
+    ),
+)
+KEY_SETTINGS_BY_NAME = {o.name: o for o in KEY_SETTINGS}
+
+
+def check_key_settings(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """A key's settings to change, checked; None gives one back to the queue's default."""
+    return _check_given(changes, KEY_SETTINGS_BY_NAME, keep_none=True)
+
+
+def check_fairness_key(key: Any) -> str:
+    """A key named in a path or a call: the fairness_key option's rule."""
+    return BY_NAME["fairness_key"].check(key)  # type: ignore[no-any-return]
 
 
 def check_queue_settings(changes: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from collections.abc import Container, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from . import codec, flow
+from . import codec, fairness, flow
 from .errors import Conflict, NotFound, QueueFull, StorageUnavailable, ValidationError
 from .events import encode_log
 from .models import (
@@ -424,9 +424,10 @@ def _requeue_letter(dead_letter_id: int, now: float, ch: Changes) -> Program[Job
         return None
     job_id, task, queue, args, kwargs = letter
     original = yield row("job_options", job_id)
-    priority, max_retries, timeout_s, backoff = original if original else (0, 3, None, None)
+    priority, max_retries, timeout_s, backoff, key = original or (0, 3, None, None, None)
     new: Job = yield job(
-        "insert_requeued", task, queue, args, kwargs, priority, max_retries, timeout_s, backoff, now
+        "insert_requeued",
+        *(task, queue, args, kwargs, priority, max_retries, timeout_s, backoff, now, key),
     )
     ch.transitions.append(
         Transition(new.id, new.task, new.queue, None, PENDING, "requeued", 0, now, job=new)
@@ -474,9 +475,12 @@ class Dialect:
 
 QUEUE_COLUMNS = (
     "name", "paused", "concurrency_limit", "rate_limit", "rate_burst", "max_depth", "tokens",
-    "tokens_at",
+    "tokens_at", "key_concurrency_limit", "key_rate_limit", "key_rate_burst", "keyed",
 )  # fmt: skip
-QUEUE_SETTINGS = ("paused", "concurrency_limit", "rate_limit", "rate_burst", "max_depth")
+QUEUE_SETTINGS = (
+    "paused", "concurrency_limit", "rate_limit", "rate_burst", "max_depth",
+    "key_concurrency_limit", "key_rate_limit", "key_rate_burst",
+)  # fmt: skip
 # one statement a setting: configure_queue runs those it is given
 SET_QUEUE = {
     "paused": "set_queue_paused",
@@ -484,22 +488,29 @@ SET_QUEUE = {
     "rate_limit": "set_queue_rate_limit",
     "rate_burst": "set_queue_rate_burst",
     "max_depth": "set_queue_max_depth",
+    "key_concurrency_limit": "set_queue_key_concurrency_limit",
+    "key_rate_limit": "set_queue_key_rate_limit",
+    "key_rate_burst": "set_queue_key_rate_burst",
 }
-QueueState = tuple[QueueSettings, float | None, float | None]  # settings, tokens, tokens_at
+# settings, tokens, tokens_at, and whether the queue has had keyed jobs
+QueueState = tuple[QueueSettings, float | None, float | None, bool]
 
 
 def _queue_state(r: Sequence[Any]) -> QueueState:
     fields = dict(zip(QUEUE_COLUMNS, r, strict=True))
-    return flow.settings_from_row(fields), fields["tokens"], fields["tokens_at"]
+    settings = flow.settings_from_row(fields)
+    return settings, fields["tokens"], fields["tokens_at"], bool(fields["keyed"])
 
 
 def queue_states(lock_limited: bool = False) -> Program[dict[str, QueueState]]:
-    """Every queue's settings and bucket; `lock_limited` locks (and re-reads) those with a limit."""
+    """Every queue's settings and bucket; `lock_limited` locks (and re-reads) those with a limit
+    (a keyed queue included: its keys' limits hold across nodes, and its virtual time moves
+    at each claim)."""
     queues = {r[0]: _queue_state(r) for r in (yield rows("queue_rows"))}
     limited = sorted(
         name
-        for name, (settings, _, _) in queues.items()
-        if settings.concurrency_limit is not None or settings.rate_limit is not None
+        for name, (settings, _, _, keyed) in queues.items()
+        if settings.concurrency_limit is not None or settings.rate_limit is not None or keyed
     )
     if lock_limited and limited:
         for r in (yield rows("lock_queue_rows", limited)):
@@ -540,18 +551,24 @@ def claim(
     """Take due jobs: each queue's within its budget (pause, concurrency, rate), shared fairly
     between queues (the turn starts at queue `start`), counting an attempt on each."""
     queues = yield from queue_states(lock_limited=d.lock_limited_queues)
-    limited = any(settings.concurrency_limit for settings, _, _ in queues.values())
+    limited = any(settings.concurrency_limit for settings, _, _, _ in queues.values())
     running = (yield from _running_by_queue()) if limited else {}
     candidates: list[tuple[str, list[int]]] = []
     tokens: dict[str, float] = {}
+    keyed: dict[str, KeyedPick] = {}
     for name in sorted(queues):
-        settings, bucket, bucket_at = queues[name]
+        settings, bucket, bucket_at, has_keys = queues[name]
+        if has_keys and not settings.paused:
+            yield from stage_due(name, now)  # even when full: next_wake_at counts on it
         if settings.rate_limit is not None:
             tokens[name] = flow.refill(settings, bucket, bucket_at, now)
         allowed = flow.budget(limit, settings, running.get(name, 0), tokens.get(name))
         if allowed <= 0:
             continue
         ids = yield from due_ids(name, now, allowed, d)
+        if has_keys:
+            keyed[name] = yield from keyed_due(name, settings, now, allowed)
+            ids = flow.interleave(ids, [c[0] for c in keyed[name].chosen])[:allowed]
         if ids:
             candidates.append((name, ids))
     chosen = flow.fair_share(candidates, limit, start % max(1, len(candidates)))
@@ -565,6 +582,8 @@ def claim(
     for name, left in tokens.items():
         taken = sum(1 for j in claimed if j.queue == name)
         yield count("set_tokens", left - taken, now, name)
+    for name, pick in keyed.items():
+        yield from pick.settle([j for j in claimed if j.queue == name], now)
     order = {job_id: i for i, job_id in enumerate(chosen)}
     claimed.sort(key=lambda j: order[j.id])
     return claimed
@@ -588,7 +607,9 @@ def next_wake_at(now: float, d: Dialect) -> Program[float | None]:
         if wake is not None:
             candidates.append(wake)
     running = (yield from _running_by_queue()) if queues else {}
-    for name, (settings, bucket, bucket_at) in queues.items():
+    for name, (settings, bucket, bucket_at, has_keys) in queues.items():
+        if has_keys and not settings.paused:
+            candidates.extend((yield from keyed_wake_at(name, settings, now)))
         if settings.paused or (settings.rate_limit is None and settings.concurrency_limit is None):
             continue
         if d.walk_priority_levels:  # (no row locks there: due_ids takes none on SQLite)
@@ -621,7 +642,7 @@ def queue_infos(now: float, only: str | None) -> Program[list[QueueInfo]]:
             counts[queue][status] = n
     infos = []
     for name in sorted(queues):
-        settings, bucket, bucket_at = queues[name]
+        settings, bucket, bucket_at, has_keys = queues[name]
         oldest = yield value("oldest_due", name, now)
         tokens = (
             flow.refill(settings, bucket, bucket_at, now)
@@ -635,6 +656,7 @@ def queue_infos(now: float, only: str | None) -> Program[list[QueueInfo]]:
                 counts=counts[name],
                 oldest_due_age_s=None if oldest is None else now - oldest,
                 rate_tokens=tokens,
+                busiest_keys=(yield from busiest_keys(name)) if has_keys else [],
             )
         )
     return infos
@@ -684,12 +706,12 @@ class NewRow:
         )
 
 
-# The columns an insert writes, in NewRow.values' order ("insert_job" binds them as $1..$20).
+# The columns an insert writes, in NewRow.values' order ("insert_job" binds them as $1..$22).
 INSERT_ORDER = (
     "task", "queue", "args", "kwargs", "priority", "max_retries", "timeout_s", "backoff",
     "created_at", "run_at", "idempotency_key", "idempotency_expires_at", "payload_hash",
     "deadline", "unique_key", "pass_result", "on_dependency_failure", "callback_url",
-    "workflow_id", "traceparent",
+    "workflow_id", "traceparent", "fairness_key", "fair_tag",
 )  # fmt: skip
 JSON_COLUMNS = frozenset({"args", "kwargs", "backoff"})
 WORKFLOW_ID_INDEX = INSERT_ORDER.index("workflow_id")
@@ -697,7 +719,7 @@ WORKFLOW_ID_INDEX = INSERT_ORDER.index("workflow_id")
 PLAIN_COLUMNS = (
     "task", "queue", "args", "kwargs", "priority", "max_retries", "timeout_s", "backoff",
     "created_at", "run_at", "deadline", "pass_result", "on_dependency_failure", "callback_url",
-    "workflow_id", "traceparent",
+    "workflow_id", "traceparent", "fairness_key", "fair_tag",
 )  # fmt: skip
 PLAIN_INDEXES = tuple(INSERT_ORDER.index(column) for column in PLAIN_COLUMNS)
 
@@ -730,6 +752,8 @@ def new_row(job: NewJob, now: float) -> NewRow:
         job.callback_url,
         job.workflow_id,
         job.traceparent,
+        job.fairness_key,
+        None,  # fair_tag: given by tag_due_rows when the job is due
     )
     return NewRow(values, list(job.depends_on), list(job.depends_on_index))
 
@@ -760,6 +784,7 @@ def inserted_job(row: NewRow, job_id: int) -> Job:
         callback_url=v[17],
         workflow_id=v[18],
         traceparent=v[19],
+        fairness_key=v[20],
     )
 
 
@@ -789,6 +814,7 @@ def admit(rows: Sequence[NewRow], known_unlimited: Container[str] = ()) -> Progr
 def insert_plain(rows: Sequence[NewRow], ch: Changes) -> Program[list[Enqueued]]:
     """Plain jobs, all or none, in as few statements as the dialect can (the driver shapes
     them: a multi-row VALUES on SQLite, arrays on PostgreSQL); the ids come back in order."""
+    yield from tag_due_rows(rows)
     ids: list[int] = yield Sql("insert_plain", tuple(rows), "insert_plain")
     ch.transitions.extend(
         Transition(job_id, r.values[0], r.values[1], None, PENDING, "enqueued", 0, r.values[8])
@@ -836,6 +862,7 @@ def insert_all(rows: Sequence[NewRow], now: float, ch: Changes) -> Program[list[
         found = yield from insert_plain(rows, ch)  # nothing to look up first
         ch.new_pending = bool(found)
         return found
+    yield from tag_due_rows(rows)
     results: list[Enqueued] = []
     for r in rows:
         enqueued = yield from insert_one(r, now, ch)
@@ -886,3 +913,190 @@ def fire_schedule(
     yield from admit(rows)
     enqueued = yield from insert_all(rows, now, ch)
     return [e.job for e in enqueued]
+
+
+# -- keys within a queue (fairness.py) --------------------------------------------------------
+
+STAGE_MAX = 1000  # keyed jobs a claim tags at most; the rest at the next claims
+BUSIEST_KEYS = 10  # keys /queues/{name} and /metrics show: bounded, however many keys
+KEY_SETTINGS = ("weight", "concurrency_limit", "rate_limit", "rate_burst")
+SET_KEY = {
+    "weight": "set_key_weight",
+    "concurrency_limit": "set_key_concurrency_limit",
+    "rate_limit": "set_key_rate_limit",
+    "rate_burst": "set_key_rate_burst",
+}
+KEY_COLUMN = INSERT_ORDER.index("fairness_key")
+TAG_COLUMN = INSERT_ORDER.index("fair_tag")
+
+
+def _tags(queue: str, keys: Sequence[str]) -> Program[list[float]]:
+    """Tags for jobs of `keys` (in order) of `queue` becoming due now; moves their keys' ends."""
+    state = yield row("queue_virtual_time", queue)
+    if state is None:
+        yield count("register_queue", queue)
+    if state is None or not state[1]:
+        yield count("mark_queue_keyed", queue)
+    virtual_time = 0.0 if state is None else state[0]
+    ends: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for key, last_end, weight in (yield rows("key_ends", queue, list(dict.fromkeys(keys)))):
+        ends[key] = last_end
+        if weight is not None:
+            weights[key] = weight
+    tags, new_ends = fairness.start_tags(virtual_time, keys, ends, weights)
+    yield many("set_key_end", [(queue, key, end) for key, end in new_ends.items()])
+    return tags
+
+
+def tag_due_rows(rows_: Sequence[NewRow]) -> Program[None]:
+    """Tag the keyed jobs of a batch that are due when written (run_at <= created_at; the
+    rest when a claim stages them, see stage_due). Unkeyed ones cost a look a job."""
+    due: dict[str, list[NewRow]] = {}
+    for r in rows_:
+        v = r.values
+        if v[KEY_COLUMN] is not None and v[9] <= v[8] and not (r.depends_on or r.depends_on_index):
+            due.setdefault(v[1], []).append(r)
+    for queue, keyed in due.items():
+        tags = yield from _tags(queue, [r.values[KEY_COLUMN] for r in keyed])
+        for r, tag in zip(keyed, tags, strict=True):
+            r.values = (*r.values[:TAG_COLUMN], tag, *r.values[TAG_COLUMN + 1 :])
+
+
+def stage_due(queue: str, now: float) -> Program[None]:
+    """Tag keyed jobs that fell due since they were written (delayed, retried, requeued,
+    unblocked): oldest first, up to STAGE_MAX a claim."""
+    found = yield rows("untagged_due", queue, now, STAGE_MAX)
+    if found:
+        tags = yield from _tags(queue, [r[1] for r in found])
+        yield many("set_tag", [(tag, r[0]) for tag, r in zip(tags, found, strict=True)])
+
+
+def _key_policies(
+    queue: str, settings: QueueSettings
+) -> Program[tuple[fairness.KeyPolicy, dict[str, fairness.KeyPolicy]]]:
+    """The queue's default policy for a key, and those of keys with settings of their own."""
+    found = yield rows("key_overrides", queue)
+    own = {r[0]: fairness.policy(settings, fairness.KeyOverride(*r[1:])) for r in found}
+    return fairness.policy(settings, None), own
+
+
+@dataclass(slots=True)
+class KeyedPick:
+    """A queue's keyed jobs a claim may take, in tag order, and what it settles after."""
+
+    queue: str
+    chosen: list[tuple[int, str, float]]  # id, key, tag
+    default: fairness.KeyPolicy
+    own: dict[str, fairness.KeyPolicy]
+    tokens: dict[str, float]  # rate-limited keys' buckets at the claim, for those drawn from
+
+    def settle(self, claimed: Sequence[Job], now: float) -> Program[None]:
+        """Move the virtual time to the latest tag claimed; take the claimed jobs' tokens."""
+        tag_of = {c[0]: c[2] for c in self.chosen}
+        tags = [tag_of[j.id] for j in claimed if j.id in tag_of]
+        if tags:
+            yield count("advance_virtual_time", self.queue, max(tags))
+        taken: dict[str, int] = {}
+        for j in claimed:
+            if j.id in tag_of and j.fairness_key is not None:
+                taken[j.fairness_key] = taken.get(j.fairness_key, 0) + 1
+        drawn = []
+        for key, n in taken.items():
+            p = self.own.get(key, self.default)
+            if p.rate_limit is not None:
+                drawn.append((self.queue, key, self.tokens.get(key, p.bucket_size) - n, now))
+        if drawn:
+            yield many("set_key_tokens", drawn)
+
+
+def keyed_due(queue: str, settings: QueueSettings, now: float, allowed: int) -> Program[KeyedPick]:
+    """Up to `allowed` of the queue's tagged jobs, in tag order, within each key's limits.
+    Keys found full are left out of the next read, so a full key's backlog is passed over in
+    the index rather than read; three reads at most."""
+    default, own = yield from _key_policies(queue, settings)
+    policies = [default, *own.values()]
+    running: dict[str, int] = {}
+    if any(p.concurrency_limit is not None for p in policies):
+        running = {r[0]: r[1] for r in (yield rows("running_by_key", queue))}
+    tokens: dict[str, float] = {}
+    horizon = fairness.rate_horizon_s(policies)
+    if horizon is not None:
+        for key, left, left_at in (yield rows("drawn_buckets", queue, now - horizon)):
+            tokens[key] = fairness.refill(own.get(key, default), left, left_at, now)
+    rooms: dict[str, int | None] = {}
+    for key in {*running, *tokens, *own}:
+        p = own.get(key, default)
+        left = tokens.get(key, p.bucket_size if p.rate_limit is not None else None)
+        rooms[key] = fairness.room(p, running.get(key, 0), left)
+    default_room = fairness.room(
+        default, 0, default.bucket_size if default.rate_limit is not None else None
+    )
+    full = {key for key, left in rooms.items() if left is not None and left <= 0}
+    chosen: list[tuple[int, str, float]] = []
+    taken: set[int] = set()
+    for _ in range(3):
+        want = allowed - len(chosen)
+        found = yield rows("keyed_due", queue, now, sorted(full), want + len(taken))
+        fresh = [(r[0], r[1], r[2]) for r in found if r[0] not in taken]
+        picked, newly_full = fairness.pick(fresh, rooms, default_room, want)
+        chosen += picked
+        taken.update(c[0] for c in picked)
+        if len(chosen) >= allowed or len(found) < want + len(taken) - len(picked):
+            break  # enough, or the index had no more
+        if not newly_full - full:
+            break
+        full |= newly_full
+    return KeyedPick(queue, chosen, default, own, tokens)
+
+
+def keyed_wake_at(queue: str, settings: QueueSettings, now: float) -> Program[list[float]]:
+    """When a claim may next find keyed work: the next untagged job's run_at, or a recheck
+    while tagged jobs wait on their keys' limits."""
+    wake: list[float] = []
+    untagged = yield value("next_untagged_at", queue)
+    if untagged is not None:
+        wake.append(max(untagged, now))
+    default, own = yield from _key_policies(queue, settings)
+    policies = [default, *own.values()]
+    limited = any(p.concurrency_limit is not None or p.rate_limit is not None for p in policies)
+    if limited and (yield value("has_tagged", queue)) is not None:
+        rates = [p.rate_limit for p in policies if p.rate_limit is not None]
+        token_s = 1 / max(rates) if rates else CONCURRENCY_RECHECK_S  # the soonest next token
+        wake.append(now + min(CONCURRENCY_RECHECK_S, token_s))
+    return wake
+
+
+def busiest_keys(queue: str) -> Program[list[dict[str, Any]]]:
+    found = yield rows("busiest_keys", queue, BUSIEST_KEYS)
+    return fairness.busiest(((r[0], r[1], r[2]) for r in found), BUSIEST_KEYS)
+
+
+def key_state(queue: str, key: str, now: float) -> Program[fairness.KeyState]:
+    """One key's settings of its own, what holds for it, its running jobs and bucket."""
+    states = yield from queue_states()
+    settings = states[queue][0] if queue in states else QueueSettings()
+    found = yield row("key_row", queue, key)
+    override = fairness.KeyOverride(*found[:4]) if found is not None else fairness.KeyOverride()
+    p = fairness.policy(settings, override)
+    running = yield value("key_running", queue, key)
+    tokens = None
+    if p.rate_limit is not None:
+        left, left_at = (found[4], found[5]) if found is not None else (None, None)
+        tokens = fairness.refill(p, left, left_at, now)
+    return fairness.KeyState(queue, key, override, p, running or 0, tokens)
+
+
+def configure_key(
+    queue: str, key: str, changes: dict[str, Any], now: float, ch: Changes
+) -> Program[fairness.KeyState]:
+    """Set some of a key's own settings (None: back to its queue's)."""
+    ch.due = True  # a key given more room may have work now
+    unknown = set(changes) - set(KEY_SETTINGS)
+    if unknown:
+        raise ValueError(f"not key settings: {sorted(unknown)}")
+    yield count("register_queue", queue)
+    yield count("register_key", queue, key)
+    for setting, new in changes.items():
+        yield count(SET_KEY[setting], queue, key, new)
+    return (yield from key_state(queue, key, now))

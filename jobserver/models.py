@@ -93,6 +93,7 @@ class NewJob:
     callback_url: str | None = None  # POSTed the job record when it ends
     workflow_id: int | None = None
     traceparent: str | None = None  # W3C trace context, carried to its attempts
+    fairness_key: str | None = None  # shares its queue fairly with the queue's other keys
 
 
 @dataclass(slots=True)
@@ -129,6 +130,7 @@ class Job:
     callback_url: str | None = None
     workflow_id: int | None = None
     traceparent: str | None = None
+    fairness_key: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -243,6 +245,10 @@ class QueueSettings:
     rate_limit: float | None = None  # jobs started per second (token bucket)
     rate_burst: float | None = None  # bucket size; None: one second's worth (at least 1)
     max_depth: int | None = None  # pending jobs; enqueue past it is refused (429)
+    # each key's own defaults (fairness.py): running at once, started per second, burst
+    key_concurrency_limit: int | None = None
+    key_rate_limit: float | None = None
+    key_rate_burst: float | None = None
 
 
 @dataclass(slots=True)
@@ -252,6 +258,8 @@ class QueueInfo:
     counts: dict[str, int]  # jobs by state
     oldest_due_age_s: float | None  # how long the oldest due pending job has waited
     rate_tokens: float | None  # tokens in the bucket now, for a rate-limited queue
+    # the keys with the most jobs pending or running ({key, pending, running}), at most a few
+    busiest_keys: list[dict[str, Any]] = field(default_factory=list)
 
 
 MISSED_TICK_POLICIES = ("skip", "catch_up")

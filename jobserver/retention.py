@@ -61,6 +61,9 @@ class Retention:
         # The event log: a row a commit, so a batch of them is cheap; it holds no job.
         while await self.store.prune_events(now - self.keep_events_s, self.batch * 10):
             await asyncio.sleep(0)
+        # Fairness keys that hold nothing (a key seen once stays a row until then).
+        while await self.store.prune_keys(now - DAY_S, self.batch * 10):
+            await asyncio.sleep(0)
         if total:
             await self.store.reclaim_space(pages=max(100, total // 4))
             log.info("retention: deleted %d old jobs and dead letters", total)

@@ -364,6 +364,7 @@ class JobServer:
             on_dependency_failure=o["on_dependency_failure"],
             callback_url=o["callback_url"],
             traceparent=o["traceparent"],
+            fairness_key=o["fairness_key"],
         )
 
     async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[Enqueued]:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from .. import codec
 from ..events import LogRow
+from ..fairness import KeyState
 from ..models import Attempt, DeadLetter, Job, JobState, NewJob, QueueInfo, Schedule, Transition
 
 
@@ -309,6 +310,21 @@ class Store(Protocol):
 
     async def configure_queue(self, name: str, changes: dict[str, Any], now: float) -> QueueInfo:
         """Set some of paused, concurrency_limit, rate_limit, rate_burst, max_depth."""
+        ...
+
+    async def prune_keys(self, untouched_since: float, limit: int) -> int:
+        """Forget up to `limit` fairness keys that hold nothing: no settings of their own, no
+        turn owed, no bucket drawn since `untouched_since`. Returns how many."""
+        ...
+
+    async def configure_key(
+        self, queue: str, key: str, changes: dict[str, Any], now: float
+    ) -> KeyState:
+        """Set some of a fairness key's own settings (None: back to its queue's default)."""
+        ...
+
+    async def get_key(self, queue: str, key: str, now: float) -> KeyState:
+        """A fairness key's settings, running jobs and bucket (a key never seen: defaults)."""
         ...
 
     # -- schedules ------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from .. import codec, lifecycle
+from ..fairness import KeyState
 from ..job_options import MAX_ID
 from ..lifecycle import Changes, Program, count, job, row, rows, value
 from ..models import (
@@ -42,7 +43,7 @@ JOB_COLUMNS = (
     " created_at, run_at, started_at, completed_at, result, error, progress, progress_message,"
     " lease_token, lease_expires_at, cancel_requested, idempotency_key, deadline, unique_key,"
     " depends_on, blocked_by, pass_result, on_dependency_failure, callback_url, workflow_id,"
-    " traceparent"
+    " traceparent, fairness_key"
 )
 
 
@@ -82,6 +83,7 @@ def job_from_row(r: Sequence[Any], loads: Callable[[Any], Any]) -> Job:
         callback_url=r[29],
         workflow_id=r[30],
         traceparent=r[31],
+        fairness_key=r[32],
     )
 
 
@@ -142,6 +144,15 @@ class JobStore:
     async def configure_queue(self, name: str, changes: dict[str, Any], now: float) -> QueueInfo:
         """Set some of paused, concurrency_limit, rate_limit, rate_burst, max_depth."""
         return await self._move(lambda ch: lifecycle.configure_queue(name, changes, now, ch))
+
+    async def configure_key(
+        self, queue: str, key: str, changes: dict[str, Any], now: float
+    ) -> KeyState:
+        """Set some of a fairness key's own weight, concurrency_limit, rate_limit, rate_burst."""
+        return await self._move(lambda ch: lifecycle.configure_key(queue, key, changes, now, ch))
+
+    async def get_key(self, queue: str, key: str, now: float) -> KeyState:
+        return await self._look(lifecycle.key_state(queue, key, now))
 
     # -- workflows and schedules ------------------------------------------------------------------
     async def create_workflow(self, jobs: Sequence[NewJob], now: float) -> tuple[int, list[Job]]:
@@ -286,6 +297,12 @@ class JobStore:
     async def job_names(self, job_ids: Sequence[int]) -> dict[int, tuple[str, str]]:
         found = await self._look(_one(rows("job_names", list(job_ids))))
         return {r[0]: (r[1], r[2]) for r in found}
+
+    async def prune_keys(self, untouched_since: float, limit: int) -> int:
+        deleted: int = await self._move(
+            lambda ch: _one(count("prune_keys", untouched_since, limit))
+        )
+        return deleted
 
     async def prune_events(self, before: float, limit: int) -> int:
         deleted: int = await self._move(lambda ch: _one(count("prune_event_log", before, limit)))

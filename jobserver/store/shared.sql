@@ -4,7 +4,8 @@
 -- Parameters are $1, $2...; {job_columns} stands for the columns a Job is read from.
 
 -- name: retry_leased
-UPDATE jobs SET status = 'pending', run_at = $3, error = $4,
+-- (a keyed job gets a new tag when the retry is due: see fairness.py)
+UPDATE jobs SET status = 'pending', run_at = $3, error = $4, fair_tag = NULL,
     lease_token = NULL, lease_expires_at = NULL
 WHERE id = $1 AND status = 'running' AND lease_token = $2
 RETURNING task, queue, attempts, started_at;
@@ -55,12 +56,12 @@ SELECT {job_columns} FROM jobs WHERE id = $1;
 DELETE FROM dead_letters WHERE id = $1 RETURNING job_id, task, queue, args, kwargs;
 
 -- name: job_options
-SELECT priority, max_retries, timeout_s, backoff FROM jobs WHERE id = $1;
+SELECT priority, max_retries, timeout_s, backoff, fairness_key FROM jobs WHERE id = $1;
 
 -- name: insert_requeued
 INSERT INTO jobs (task, queue, args, kwargs, priority, status, max_retries, timeout_s, backoff,
-    created_at, run_at)
-VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $9)
+    created_at, run_at, fairness_key)
+VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $9, $10)
 RETURNING {job_columns};
 
 -- name: delete_job
@@ -136,7 +137,8 @@ FROM schedules WHERE name = $1;
 DELETE FROM schedules WHERE name = $1;
 
 -- name: queue_rows
-SELECT name, paused, concurrency_limit, rate_limit, rate_burst, max_depth, tokens, tokens_at
+SELECT name, paused, concurrency_limit, rate_limit, rate_burst, max_depth, tokens, tokens_at,
+    key_concurrency_limit, key_rate_limit, key_rate_burst, keyed
 FROM queues;
 
 -- name: running_by_queue
@@ -203,3 +205,84 @@ SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM event_log;
 -- name: prune_event_log
 DELETE FROM event_log WHERE id IN (
     SELECT id FROM (SELECT id, at FROM event_log ORDER BY id LIMIT $2) AS oldest WHERE at < $1);
+
+-- Keys within a queue (lifecycle: tag_due_rows, claim's keyed path; fairness.py).
+
+-- name: queue_virtual_time
+SELECT virtual_time, keyed FROM queues WHERE name = $1;
+
+-- name: mark_queue_keyed
+UPDATE queues SET keyed = TRUE WHERE name = $1;
+
+-- name: set_tag
+UPDATE jobs SET fair_tag = $1 WHERE id = $2;
+
+-- name: advance_virtual_time
+UPDATE queues SET virtual_time = $2 WHERE name = $1 AND virtual_time < $2;
+
+-- name: key_overrides
+SELECT key, weight, concurrency_limit, rate_limit, rate_burst FROM queue_keys
+WHERE queue = $1 AND (weight IS NOT NULL OR concurrency_limit IS NOT NULL
+    OR rate_limit IS NOT NULL OR rate_burst IS NOT NULL);
+
+-- name: running_by_key
+SELECT fairness_key, count(*) FROM jobs
+WHERE queue = $1 AND fairness_key IS NOT NULL AND status = 'running'
+GROUP BY fairness_key;
+
+-- name: drawn_buckets
+SELECT key, tokens, tokens_at FROM queue_keys
+WHERE queue = $1 AND tokens_at IS NOT NULL AND tokens_at >= $2;
+
+-- name: set_key_tokens
+INSERT INTO queue_keys (queue, key, tokens, tokens_at) VALUES ($1, $2, $3, $4)
+ON CONFLICT (queue, key) DO UPDATE SET tokens = excluded.tokens, tokens_at = excluded.tokens_at;
+
+-- name: busiest_keys
+SELECT fairness_key,
+    sum(CASE WHEN status = 'pending' THEN 1 ELSE 0 END),
+    sum(CASE WHEN status = 'running' THEN 1 ELSE 0 END)
+FROM jobs
+WHERE queue = $1 AND fairness_key IS NOT NULL AND status IN ('pending', 'running')
+GROUP BY fairness_key ORDER BY count(*) DESC, fairness_key LIMIT $2;
+
+-- name: key_row
+SELECT weight, concurrency_limit, rate_limit, rate_burst, tokens, tokens_at FROM queue_keys
+WHERE queue = $1 AND key = $2;
+
+-- name: key_running
+SELECT count(*) FROM jobs WHERE queue = $1 AND fairness_key = $2 AND status = 'running';
+
+-- name: register_key
+INSERT INTO queue_keys (queue, key) VALUES ($1, $2) ON CONFLICT (queue, key) DO NOTHING;
+
+-- name: set_key_weight
+UPDATE queue_keys SET weight = $3 WHERE queue = $1 AND key = $2;
+
+-- name: set_key_concurrency_limit
+UPDATE queue_keys SET concurrency_limit = $3 WHERE queue = $1 AND key = $2;
+
+-- name: set_key_rate_limit
+UPDATE queue_keys SET rate_limit = $3 WHERE queue = $1 AND key = $2;
+
+-- name: set_key_rate_burst
+UPDATE queue_keys SET rate_burst = $3 WHERE queue = $1 AND key = $2;
+
+-- name: set_queue_key_concurrency_limit
+UPDATE queues SET key_concurrency_limit = $2 WHERE name = $1;
+
+-- name: set_queue_key_rate_limit
+UPDATE queues SET key_rate_limit = $2 WHERE name = $1;
+
+-- name: set_queue_key_rate_burst
+UPDATE queues SET key_rate_burst = $2 WHERE name = $1;
+
+-- name: prune_keys
+-- a key with no settings of its own, no turn owed (its end is behind its queue's virtual
+-- time) and a bucket untouched since $1 is the same as no row; $2 a batch
+DELETE FROM queue_keys WHERE (queue, key) IN (
+    SELECT k.queue, k.key FROM queue_keys k JOIN queues q ON q.name = k.queue
+    WHERE k.weight IS NULL AND k.concurrency_limit IS NULL AND k.rate_limit IS NULL
+      AND k.rate_burst IS NULL AND (k.tokens_at IS NULL OR k.tokens_at < $1)
+      AND k.last_end <= q.virtual_time
+    LIMIT $2);

@@ -278,3 +278,25 @@ async def test_another_node_hears_each_end_with_what_an_event_needs(
         )
     assert [t.reason for t in own].count("succeeded") == 40
     assert "heard" not in {t.reason for t in own}
+
+
+async def test_a_key_concurrency_limit_holds_across_nodes_claiming_at_once(
+    nodes: Callable[[], Awaitable[Any]],
+) -> None:
+    """Three nodes claim a keyed queue at the same moment: the key's limit counts the others'
+    claims (the queue's row is locked while a claim counts), and each job goes to one node."""
+    three = [await nodes() for _ in range(3)]
+    await three[0].configure_queue("q", {"key_concurrency_limit": 2}, T0)
+    await three[0].enqueue(
+        [NewJob(task="t", queue="q", fairness_key=k) for k in ("a", "b") for _ in range(20)], T0
+    )
+    for _ in range(3):
+        claims = await asyncio.gather(*(n.claim(10, T0, 30.0) for n in three))
+        taken = [j for claim in claims for j in claim]
+        assert len({j.id for j in taken}) == len(taken)
+        running = await three[0].get_key("q", "a", T0)
+        assert running.running <= 2
+        assert sum(j.fairness_key == "a" for j in taken) <= 2
+        for node, claim in zip(three, claims, strict=True):
+            for job in claim:
+                assert await node.complete(job.id, job.lease_token or "", b"null", T0)

@@ -139,33 +139,34 @@ SELECT min(next_tick_at) FROM schedules WHERE NOT paused;
 -- name: lock_queue_rows
 -- claims on limited queues take turns across nodes, so their limits hold exactly; the
 -- bucket is read again under the lock (one lock order: by name)
-SELECT name, paused, concurrency_limit, rate_limit, rate_burst, max_depth, tokens, tokens_at
+SELECT name, paused, concurrency_limit, rate_limit, rate_burst, max_depth, tokens, tokens_at,
+    key_concurrency_limit, key_rate_limit, key_rate_burst, keyed
 FROM queues WHERE name = ANY($1::text[]) ORDER BY name FOR UPDATE;
 
 -- name: top_priority
-SELECT max(priority) FROM jobs WHERE status = 'pending' AND blocked_by = 0 AND queue = $1;
+SELECT max(priority) FROM jobs WHERE status = 'pending' AND blocked_by = 0 AND fairness_key IS NULL AND queue = $1;
 
 -- name: top_priority_below
 SELECT max(priority) FROM jobs
-WHERE status = 'pending' AND blocked_by = 0 AND queue = $1 AND priority < $2;
+WHERE status = 'pending' AND blocked_by = 0 AND fairness_key IS NULL AND queue = $1 AND priority < $2;
 
 -- name: due_ids_at_priority
 -- (not run here: due_ids takes every level in one round trip; see lifecycle.Dialect)
 SELECT id FROM jobs
-WHERE status = 'pending' AND blocked_by = 0 AND queue = $1 AND priority = $2
+WHERE status = 'pending' AND blocked_by = 0 AND fairness_key IS NULL AND queue = $1 AND priority = $2
   AND run_at <= $3 AND (deadline IS NULL OR deadline >= $3)
 ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED;
 
 -- name: due_ids
 SELECT id FROM jobs
-WHERE status = 'pending' AND blocked_by = 0 AND queue = $1
+WHERE status = 'pending' AND blocked_by = 0 AND fairness_key IS NULL AND queue = $1
   AND run_at <= $2 AND (deadline IS NULL OR deadline >= $2)
 ORDER BY priority DESC, run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED;
 
 -- name: next_due_at_priority
 -- (not run here: next_run_at reads all queues at once)
 SELECT min(run_at) FROM jobs
-WHERE status = 'pending' AND blocked_by = 0 AND queue = $1 AND priority = $2 AND run_at > $3;
+WHERE status = 'pending' AND blocked_by = 0 AND fairness_key IS NULL AND queue = $1 AND priority = $2 AND run_at > $3;
 
 -- name: claim_jobs
 UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = $1,
@@ -186,9 +187,9 @@ SELECT id, payload_hash, idempotency_expires_at FROM jobs WHERE idempotency_key 
 INSERT INTO jobs (task, queue, args, kwargs, priority, max_retries, timeout_s, backoff,
     created_at, run_at, idempotency_key, idempotency_expires_at, payload_hash, deadline,
     unique_key, pass_result, on_dependency_failure, callback_url, workflow_id, traceparent,
-    status)
+    fairness_key, fair_tag, status)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-    $20, 'pending')
+    $20, $21, $22, 'pending')
 ON CONFLICT DO NOTHING
 RETURNING id;
 
@@ -197,17 +198,17 @@ RETURNING id;
 -- in an array parameter would read as another dimension). Ids follow ORDER BY n.
 INSERT INTO jobs (task, queue, args, kwargs, priority, max_retries, timeout_s, backoff,
     created_at, run_at, deadline, pass_result, on_dependency_failure, callback_url, workflow_id,
-    traceparent, status)
+    traceparent, fairness_key, fair_tag, status)
 SELECT task, queue, args::jsonb, kwargs::jsonb, priority, max_retries, timeout_s, backoff::jsonb,
     created_at, run_at, deadline, pass_result, on_dependency_failure, callback_url, workflow_id,
-    traceparent, 'pending'
+    traceparent, fairness_key, fair_tag, 'pending'
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::integer[], $6::integer[],
     $7::double precision[], $8::text[], $9::double precision[], $10::double precision[],
     $11::double precision[], $12::boolean[], $13::text[], $14::text[], $15::bigint[],
-    $16::text[])
+    $16::text[], $17::text[], $18::double precision[])
     WITH ORDINALITY AS v(task, queue, args, kwargs, priority, max_retries, timeout_s, backoff,
         created_at, run_at, deadline, pass_result, on_dependency_failure, callback_url,
-        workflow_id, traceparent, n)
+        workflow_id, traceparent, fairness_key, fair_tag, n)
 ORDER BY n
 RETURNING id;
 
@@ -215,3 +216,36 @@ RETURNING id;
 SELECT id FROM jobs WHERE status = 'pending' AND queue = $1 ORDER BY id LIMIT $2
 -- rows a claim holds are skipped: they are starting, no longer pending
 FOR UPDATE SKIP LOCKED;
+
+-- Keys within a queue (see ../shared.sql for the rest).
+
+-- name: key_ends
+SELECT key, last_end, weight FROM queue_keys WHERE queue = $1 AND key = ANY($2::text[]);
+
+-- name: set_key_end
+-- (nodes may tag a key's jobs at once: its end only moves forward)
+INSERT INTO queue_keys (queue, key, last_end) VALUES ($1, $2, $3)
+ON CONFLICT (queue, key) DO UPDATE SET last_end = greatest(queue_keys.last_end, excluded.last_end);
+
+-- name: untagged_due
+-- (locked: two nodes must not tag the same job, moving its key's end twice)
+SELECT id, fairness_key FROM jobs
+WHERE status = 'pending' AND blocked_by = 0 AND fairness_key IS NOT NULL AND fair_tag IS NULL
+  AND queue = $1 AND run_at <= $2
+ORDER BY run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED;
+
+-- name: keyed_due
+SELECT id, fairness_key, fair_tag FROM jobs
+WHERE status = 'pending' AND blocked_by = 0 AND fair_tag IS NOT NULL AND queue = $1
+  AND (deadline IS NULL OR deadline >= $2)
+  AND fairness_key <> ALL($3::text[])
+ORDER BY priority DESC, fair_tag, id LIMIT $4 FOR UPDATE SKIP LOCKED;
+
+-- name: next_untagged_at
+SELECT min(run_at) FROM jobs
+WHERE status = 'pending' AND blocked_by = 0 AND fairness_key IS NOT NULL AND fair_tag IS NULL
+  AND queue = $1;
+
+-- name: has_tagged
+SELECT 1 FROM jobs
+WHERE status = 'pending' AND blocked_by = 0 AND fair_tag IS NOT NULL AND queue = $1 LIMIT 1;

@@ -124,33 +124,34 @@ SELECT min(next_tick_at) FROM schedules WHERE paused = 0;
 
 -- name: lock_queue_rows
 -- (one writer: nothing to lock; the rows are read again as PostgreSQL's are)
-SELECT name, paused, concurrency_limit, rate_limit, rate_burst, max_depth, tokens, tokens_at
+SELECT name, paused, concurrency_limit, rate_limit, rate_burst, max_depth, tokens, tokens_at,
+    key_concurrency_limit, key_rate_limit, key_rate_burst, keyed
 FROM queues WHERE name IN (SELECT value FROM json_each($1)) ORDER BY name;
 
 -- name: top_priority
 SELECT max(priority) FROM jobs INDEXED BY jobs_claim
-WHERE status = 'pending' AND blocked_by = 0 AND queue = $1;
+WHERE status = 'pending' AND blocked_by = 0 AND fairness_key IS NULL AND queue = $1;
 
 -- name: top_priority_below
 SELECT max(priority) FROM jobs INDEXED BY jobs_claim
-WHERE status = 'pending' AND blocked_by = 0 AND queue = $1 AND priority < $2;
+WHERE status = 'pending' AND blocked_by = 0 AND fairness_key IS NULL AND queue = $1 AND priority < $2;
 
 -- name: due_ids_at_priority
 SELECT id FROM jobs INDEXED BY jobs_claim
-WHERE status = 'pending' AND blocked_by = 0 AND queue = $1 AND priority = $2
+WHERE status = 'pending' AND blocked_by = 0 AND fairness_key IS NULL AND queue = $1 AND priority = $2
   AND run_at <= $3 AND (deadline IS NULL OR deadline >= $3)
 ORDER BY run_at, id LIMIT $4;
 
 -- name: due_ids
 -- (not run here: it walks every level's delayed jobs; see lifecycle.Dialect)
 SELECT id FROM jobs
-WHERE status = 'pending' AND blocked_by = 0 AND queue = $1
+WHERE status = 'pending' AND blocked_by = 0 AND fairness_key IS NULL AND queue = $1
   AND run_at <= $2 AND (deadline IS NULL OR deadline >= $2)
 ORDER BY priority DESC, run_at, id LIMIT $3;
 
 -- name: next_due_at_priority
 SELECT min(run_at) FROM jobs INDEXED BY jobs_claim
-WHERE status = 'pending' AND blocked_by = 0 AND queue = $1 AND priority = $2 AND run_at > $3;
+WHERE status = 'pending' AND blocked_by = 0 AND fairness_key IS NULL AND queue = $1 AND priority = $2 AND run_at > $3;
 
 -- name: claim_jobs
 -- RETURNING only what the claim did not set itself (see CLAIMED_COLUMNS in statements.py)
@@ -172,17 +173,51 @@ SELECT id, payload_hash, idempotency_expires_at FROM jobs WHERE idempotency_key 
 INSERT INTO jobs (task, queue, args, kwargs, priority, max_retries, timeout_s, backoff,
     created_at, run_at, idempotency_key, idempotency_expires_at, payload_hash, deadline,
     unique_key, pass_result, on_dependency_failure, callback_url, workflow_id, traceparent,
-    status)
+    fairness_key, fair_tag, status)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-    $20, 'pending')
+    $20, $21, $22, 'pending')
 RETURNING id;
 
 -- name: insert_plain
 -- the driver repeats the VALUES row once a job (one statement for up to PLAIN_CHUNK jobs)
 INSERT INTO jobs (task, queue, args, kwargs, priority, max_retries, timeout_s, backoff,
     created_at, run_at, deadline, pass_result, on_dependency_failure, callback_url, workflow_id,
-    traceparent, status)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 'pending');
+    traceparent, fairness_key, fair_tag, status)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+    'pending');
 
 -- name: pending_in_queue
 SELECT id FROM jobs WHERE status = 'pending' AND queue = $1 ORDER BY id LIMIT $2;
+
+-- Keys within a queue (see ../shared.sql for the rest).
+
+-- name: key_ends
+SELECT key, last_end, weight FROM queue_keys
+WHERE queue = $1 AND key IN (SELECT value FROM json_each($2));
+
+-- name: set_key_end
+INSERT INTO queue_keys (queue, key, last_end) VALUES ($1, $2, $3)
+ON CONFLICT (queue, key) DO UPDATE SET last_end = max(last_end, excluded.last_end);
+
+-- name: untagged_due
+SELECT id, fairness_key FROM jobs INDEXED BY jobs_untagged
+WHERE status = 'pending' AND blocked_by = 0 AND fairness_key IS NOT NULL AND fair_tag IS NULL
+  AND queue = $1 AND run_at <= $2
+ORDER BY run_at, id LIMIT $3;
+
+-- name: keyed_due
+-- the keys in $3 are full: their jobs are passed over in the index
+SELECT id, fairness_key, fair_tag FROM jobs INDEXED BY jobs_claim_keyed
+WHERE status = 'pending' AND blocked_by = 0 AND fair_tag IS NOT NULL AND queue = $1
+  AND (deadline IS NULL OR deadline >= $2)
+  AND fairness_key NOT IN (SELECT value FROM json_each($3))
+ORDER BY priority DESC, fair_tag, id LIMIT $4;
+
+-- name: next_untagged_at
+SELECT min(run_at) FROM jobs INDEXED BY jobs_untagged
+WHERE status = 'pending' AND blocked_by = 0 AND fairness_key IS NOT NULL AND fair_tag IS NULL
+  AND queue = $1;
+
+-- name: has_tagged
+SELECT 1 FROM jobs INDEXED BY jobs_claim_keyed
+WHERE status = 'pending' AND blocked_by = 0 AND fair_tag IS NOT NULL AND queue = $1 LIMIT 1;

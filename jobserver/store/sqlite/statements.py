@@ -33,7 +33,7 @@ CLAIMED_COLUMNS = (
     "id, task, queue, args, kwargs, priority, attempts, max_retries, timeout_s, backoff,"
     " created_at, run_at, result, error, progress, progress_message, idempotency_key, deadline,"
     " unique_key, depends_on, pass_result, on_dependency_failure, callback_url, workflow_id,"
-    " traceparent"
+    " traceparent, fairness_key"
 )
 
 
@@ -72,6 +72,7 @@ def claimed_job(r: Sequence[Any], now: float, token: str, expires: float) -> Job
         callback_url=r[22],
         workflow_id=r[23],
         traceparent=r[24],
+        fairness_key=r[25],
     )
 
 
@@ -113,7 +114,7 @@ def run(conn: sqlite3.Connection, program: Program[T]) -> T:
 
 _PLAIN_HEAD, _PLAIN_VALUES = QUERIES["insert_plain"][0][0].split("VALUES")
 _PLAIN_ROW = re.sub(r"\?\d+", "?", _PLAIN_VALUES).strip()  # a row's own `?`s, in order
-PLAIN_CHUNK = 500  # rows a statement: 16 parameters each, far below SQLite's 32,766
+PLAIN_CHUNK = 500  # rows a statement: 18 parameters each, far below SQLite's 32,766
 
 
 def _insert_plain(conn: sqlite3.Connection, rows: Sequence[NewRow]) -> list[int]:
