@@ -57,6 +57,7 @@ __all__ = [
     "JobError",
     "JobInfo",
     "JobRef",
+    "KeyInfo",
     "NotFoundError",
     "Page",
     "Progress",
@@ -309,6 +310,7 @@ class JobInfo:
     workflow_id: int | None = None
     callback_url: str | None = None
     traceparent: str | None = None  # the W3C trace context given at enqueue
+    fairness_key: str | None = None  # the key whose fair share of its queue it runs in
     waiting: dict[str, Any] | None = None  # for a pending job: why it has not started
 
     @property
@@ -350,6 +352,7 @@ class JobInfo:
             workflow_id=data.get("workflow_id"),
             callback_url=data.get("callback_url"),
             traceparent=data.get("traceparent"),
+            fairness_key=data.get("fairness_key"),
             waiting=data.get("waiting"),
         )
 
@@ -385,6 +388,7 @@ class JobInfo:
             "workflow_id": self.workflow_id,
             "callback_url": self.callback_url,
             "traceparent": self.traceparent,
+            "fairness_key": self.fairness_key,
             **({"waiting": self.waiting} if self.status == JobState.PENDING else {}),
         }
 
@@ -528,6 +532,9 @@ class QueueLimits:
     rate_limit: float | None = None
     rate_burst: float | None = None
     max_depth: int | None = None
+    key_concurrency_limit: int | None = None  # each fairness key's, unless it sets its own
+    key_rate_limit: float | None = None
+    key_rate_burst: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -535,6 +542,9 @@ class QueueLimits:
             "rate_limit": self.rate_limit,
             "rate_burst": self.rate_burst,
             "max_depth": self.max_depth,
+            "key_concurrency_limit": self.key_concurrency_limit,
+            "key_rate_limit": self.key_rate_limit,
+            "key_rate_burst": self.key_rate_burst,
         }
 
 
@@ -549,6 +559,8 @@ class QueueInfo:
     oldest_due_age_s: float | None
     limits: QueueLimits
     rate_tokens: float | None = None  # tokens in the bucket now, for a rate-limited queue
+    # the fairness keys with the most jobs pending or running: {key, pending, running}
+    busiest_keys: tuple[dict[str, Any], ...] = ()
 
     @property
     def pending(self) -> int:
@@ -573,8 +585,15 @@ class QueueInfo:
                 rate_limit=_opt_float(limits.get("rate_limit")),
                 rate_burst=_opt_float(limits.get("rate_burst")),
                 max_depth=_opt_int(limits.get("max_depth")),
+                key_concurrency_limit=_opt_int(limits.get("key_concurrency_limit")),
+                key_rate_limit=_opt_float(limits.get("key_rate_limit")),
+                key_rate_burst=_opt_float(limits.get("key_rate_burst")),
             ),
             rate_tokens=None if tokens is None else float(tokens),
+            busiest_keys=tuple(
+                {"key": str(k["key"]), "pending": int(k["pending"]), "running": int(k["running"])}
+                for k in data.get("busiest_keys") or ()
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -584,6 +603,43 @@ class QueueInfo:
             "counts": dict(self.counts),
             "oldest_due_age_s": self.oldest_due_age_s,
             "limits": self.limits.to_dict(),
+            "rate_tokens": self.rate_tokens,
+            "busiest_keys": [dict(k) for k in self.busiest_keys],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """A fairness key of a queue as GET /queues/{name}/keys/{key} shows it: its own settings
+    (`own`, None where it takes the queue's), what holds for it (`effective`), its running
+    jobs and, when rate-limited, the tokens in its bucket."""
+
+    queue: str
+    key: str
+    own: dict[str, Any]
+    effective: dict[str, Any]
+    running: int
+    rate_tokens: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> KeyInfo:
+        tokens = data.get("rate_tokens")
+        return cls(
+            queue=str(data["queue"]),
+            key=str(data["key"]),
+            own=dict(data["own"]),
+            effective=dict(data["effective"]),
+            running=int(data["running"]),
+            rate_tokens=None if tokens is None else float(tokens),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "queue": self.queue,
+            "key": self.key,
+            "own": dict(self.own),
+            "effective": dict(self.effective),
+            "running": self.running,
             "rate_tokens": self.rate_tokens,
         }
 
@@ -893,7 +949,7 @@ def _schedule(data: Any) -> ScheduleInfo:
 
 
 def _name(name: str, what: str) -> str:
-    """A queue's or schedule's name as one path segment."""
+    """A queue's, schedule's or fairness key's name as one path segment."""
     if not isinstance(name, str) or not name:
         raise InvalidArgument(f"{what} name must be a non-empty string, got {name!r}")
     return urllib.parse.quote(name, safe="")
@@ -1054,6 +1110,17 @@ class _Ops:
         action = "pause" if pause else "resume"
         reply = yield _Call("POST", f"/queues/{_name(name, 'queue')}/{action}")
         return _queue(reply.data)
+
+    @staticmethod
+    def key(queue: str, key: str) -> _Op[KeyInfo]:
+        reply = yield _Call("GET", f"/queues/{_name(queue, 'queue')}/keys/{_name(key, 'key')}")
+        return cast(KeyInfo, _parse("key", KeyInfo.from_dict, reply.data))
+
+    @staticmethod
+    def configure_key(queue: str, key: str, changes: dict[str, Any]) -> _Op[KeyInfo]:
+        path = f"/queues/{_name(queue, 'queue')}/keys/{_name(key, 'key')}"
+        reply = yield _Call("PATCH", path, body=changes)
+        return cast(KeyInfo, _parse("key", KeyInfo.from_dict, reply.data))
 
     @staticmethod
     def purge_queue(name: str, limit: int | None, dry_run: bool) -> _Op[PurgeInfo]:
@@ -1315,6 +1382,7 @@ class AsyncClient(_Base):
         on_dependency_failure: DependencyFailure | None = None,
         callback_url: str | None = None,
         traceparent: str | None = None,
+        fairness_key: str | None = None,
     ) -> JobRef:
         """Enqueue one job; returns once the server has committed it. Options left None take
         the task's defaults (queue "default", priority 0).
@@ -1324,7 +1392,8 @@ class AsyncClient(_Base):
         the key, that job is returned instead (`created` False). `depends_on`: ids of jobs that
         must succeed first; `pass_result` gives it their result(s) as its first argument;
         `on_dependency_failure` "fail" (default) or "cancel". `callback_url`: POSTed the job's
-        record, signed, when it ends. `traceparent`: the W3C trace context its attempts, http
+        record, signed, when it ends. `fairness_key`: the key (a tenant, a customer) whose fair
+        share of the queue it runs in. `traceparent`: the W3C trace context its attempts, http
         calls and webhook carry on. A queue at its `max_depth` raises QueueFull."""
         body = _job_body(
             task,
@@ -1346,6 +1415,7 @@ class AsyncClient(_Base):
             on_dependency_failure=on_dependency_failure,
             callback_url=callback_url,
             traceparent=traceparent,
+            fairness_key=fairness_key,
         )
         return await self._run(_Ops.enqueue(body))
 
@@ -1465,16 +1535,46 @@ class AsyncClient(_Base):
         rate_limit: float | _NotGiven | None = NOT_GIVEN,
         rate_burst: float | _NotGiven | None = NOT_GIVEN,
         max_depth: int | _NotGiven | None = NOT_GIVEN,
+        key_concurrency_limit: int | _NotGiven | None = NOT_GIVEN,
+        key_rate_limit: float | _NotGiven | None = NOT_GIVEN,
+        key_rate_burst: float | _NotGiven | None = NOT_GIVEN,
     ) -> QueueInfo:
-        """Change the settings given (None lifts a limit); the others stay as they are."""
+        """Change the settings given (None lifts a limit); the others stay as they are.
+        `key_*` are each fairness key's limits, unless a key sets its own (configure_key)."""
         changes = _queue_changes(
             paused=paused,
             concurrency_limit=concurrency_limit,
             rate_limit=rate_limit,
             rate_burst=rate_burst,
             max_depth=max_depth,
+            key_concurrency_limit=key_concurrency_limit,
+            key_rate_limit=key_rate_limit,
+            key_rate_burst=key_rate_burst,
         )
         return await self._run(_Ops.configure_queue(name, changes))
+
+    async def key(self, queue: str, key: str) -> KeyInfo:
+        """A fairness key of a queue: its own settings, what holds for it, its running jobs."""
+        return await self._run(_Ops.key(queue, key))
+
+    async def configure_key(
+        self,
+        queue: str,
+        key: str,
+        *,
+        weight: float | _NotGiven | None = NOT_GIVEN,
+        concurrency_limit: int | _NotGiven | None = NOT_GIVEN,
+        rate_limit: float | _NotGiven | None = NOT_GIVEN,
+        rate_burst: float | _NotGiven | None = NOT_GIVEN,
+    ) -> KeyInfo:
+        """Set a fairness key's own weight or limits (None: back to the queue's default)."""
+        changes = _queue_changes(
+            weight=weight,
+            concurrency_limit=concurrency_limit,
+            rate_limit=rate_limit,
+            rate_burst=rate_burst,
+        )
+        return await self._run(_Ops.configure_key(queue, key, changes))
 
     async def pause_queue(self, name: str) -> QueueInfo:
         """Stop starting the queue's jobs (running ones go on; enqueueing still works)."""
@@ -1708,6 +1808,7 @@ class Client(_Base):
         on_dependency_failure: DependencyFailure | None = None,
         callback_url: str | None = None,
         traceparent: str | None = None,
+        fairness_key: str | None = None,
     ) -> JobRef:
         """See `AsyncClient.enqueue`."""
         body = _job_body(
@@ -1730,6 +1831,7 @@ class Client(_Base):
             on_dependency_failure=on_dependency_failure,
             callback_url=callback_url,
             traceparent=traceparent,
+            fairness_key=fairness_key,
         )
         return self._run(_Ops.enqueue(body))
 
@@ -1832,6 +1934,9 @@ class Client(_Base):
         rate_limit: float | _NotGiven | None = NOT_GIVEN,
         rate_burst: float | _NotGiven | None = NOT_GIVEN,
         max_depth: int | _NotGiven | None = NOT_GIVEN,
+        key_concurrency_limit: int | _NotGiven | None = NOT_GIVEN,
+        key_rate_limit: float | _NotGiven | None = NOT_GIVEN,
+        key_rate_burst: float | _NotGiven | None = NOT_GIVEN,
     ) -> QueueInfo:
         """See `AsyncClient.configure_queue`."""
         changes = _queue_changes(
@@ -1840,8 +1945,34 @@ class Client(_Base):
             rate_limit=rate_limit,
             rate_burst=rate_burst,
             max_depth=max_depth,
+            key_concurrency_limit=key_concurrency_limit,
+            key_rate_limit=key_rate_limit,
+            key_rate_burst=key_rate_burst,
         )
         return self._run(_Ops.configure_queue(name, changes))
+
+    def key(self, queue: str, key: str) -> KeyInfo:
+        """See `AsyncClient.key`."""
+        return self._run(_Ops.key(queue, key))
+
+    def configure_key(
+        self,
+        queue: str,
+        key: str,
+        *,
+        weight: float | _NotGiven | None = NOT_GIVEN,
+        concurrency_limit: int | _NotGiven | None = NOT_GIVEN,
+        rate_limit: float | _NotGiven | None = NOT_GIVEN,
+        rate_burst: float | _NotGiven | None = NOT_GIVEN,
+    ) -> KeyInfo:
+        """See `AsyncClient.configure_key`."""
+        changes = _queue_changes(
+            weight=weight,
+            concurrency_limit=concurrency_limit,
+            rate_limit=rate_limit,
+            rate_burst=rate_burst,
+        )
+        return self._run(_Ops.configure_key(queue, key, changes))
 
     def pause_queue(self, name: str) -> QueueInfo:
         return self._run(_Ops.pause_queue(name, True))

@@ -22,6 +22,8 @@ from .models import QueueSettings
 
 T = TypeVar("T")
 
+BUSIEST_KEYS = 10  # keys /queues/{name} and /metrics show: bounded, however many keys
+
 
 @dataclass(frozen=True, slots=True)
 class KeyOverride:

@@ -918,7 +918,6 @@ def fire_schedule(
 # -- keys within a queue (fairness.py) --------------------------------------------------------
 
 STAGE_MAX = 1000  # keyed jobs a claim tags at most; the rest at the next claims
-BUSIEST_KEYS = 10  # keys /queues/{name} and /metrics show: bounded, however many keys
 KEY_SETTINGS = ("weight", "concurrency_limit", "rate_limit", "rate_burst")
 SET_KEY = {
     "weight": "set_key_weight",
@@ -1068,8 +1067,8 @@ def keyed_wake_at(queue: str, settings: QueueSettings, now: float) -> Program[li
 
 
 def busiest_keys(queue: str) -> Program[list[dict[str, Any]]]:
-    found = yield rows("busiest_keys", queue, BUSIEST_KEYS)
-    return fairness.busiest(((r[0], r[1], r[2]) for r in found), BUSIEST_KEYS)
+    found = yield rows("busiest_keys", queue, fairness.BUSIEST_KEYS)
+    return fairness.busiest(((r[0], r[1], r[2]) for r in found), fairness.BUSIEST_KEYS)
 
 
 def key_state(queue: str, key: str, now: float) -> Program[fairness.KeyState]:

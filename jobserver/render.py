@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
+from .fairness import BUSIEST_KEYS, KeyOverride, KeyState
 from .models import (
     ATTEMPT_OUTCOMES,
     MISSED_TICK_POLICIES,
@@ -124,6 +125,11 @@ JOB_RECORD: tuple[Field[Job], ...] = (
         {"type": ["string", "null"], "description": "The W3C trace context given at enqueue."},
         lambda j: j.traceparent,
     ),
+    Field(
+        "fairness_key",
+        {"type": ["string", "null"], "description": "The key whose fair share it runs in."},
+        lambda j: j.fairness_key,
+    ),
 )
 
 DEAD_LETTER_RECORD: tuple[Field[DeadLetter], ...] = (
@@ -217,7 +223,29 @@ QUEUE_LIMITS: tuple[Field[QueueSettings], ...] = (
     Field("rate_limit", {"type": ["number", "null"]}, lambda q: q.rate_limit),
     Field("rate_burst", {"type": ["number", "null"]}, lambda q: q.rate_burst),
     Field("max_depth", {"type": ["integer", "null"]}, lambda q: q.max_depth),
+    Field(
+        "key_concurrency_limit",
+        {"type": ["integer", "null"], "description": "Each fairness key's running jobs."},
+        lambda q: q.key_concurrency_limit,
+    ),
+    Field(
+        "key_rate_limit",
+        {"type": ["number", "null"], "description": "Each fairness key's starts a second."},
+        lambda q: q.key_rate_limit,
+    ),
+    Field("key_rate_burst", {"type": ["number", "null"]}, lambda q: q.key_rate_burst),
 )
+
+BUSY_KEY = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["key", "pending", "running"],
+    "properties": {
+        "key": {"type": "string"},
+        "pending": {"type": "integer", "minimum": 0},
+        "running": {"type": "integer", "minimum": 0},
+    },
+}
 
 QUEUE_RECORD: tuple[Field[QueueInfo], ...] = (
     Field("name", {"type": "string"}, lambda q: q.name),
@@ -238,6 +266,48 @@ QUEUE_RECORD: tuple[Field[QueueInfo], ...] = (
         lambda q: {f.name: f.read(q.settings) for f in QUEUE_LIMITS},
     ),
     Field("rate_tokens", {"type": ["number", "null"]}, lambda q: q.rate_tokens),
+    Field(
+        "busiest_keys",
+        {
+            "type": "array",
+            "items": BUSY_KEY,
+            "maxItems": BUSIEST_KEYS,
+            "description": "The fairness keys with the most jobs pending or running, most"
+            f" first: at most {BUSIEST_KEYS}, however many keys the queue has.",
+        },
+        lambda q: q.busiest_keys,
+    ),
+)
+
+KEY_OWN: tuple[Field[KeyOverride], ...] = (
+    Field("weight", {"type": ["number", "null"]}, lambda o: o.weight),
+    Field("concurrency_limit", {"type": ["integer", "null"]}, lambda o: o.concurrency_limit),
+    Field("rate_limit", {"type": ["number", "null"]}, lambda o: o.rate_limit),
+    Field("rate_burst", {"type": ["number", "null"]}, lambda o: o.rate_burst),
+)
+KEY_RECORD: tuple[Field[KeyState], ...] = (
+    Field("queue", {"type": "string"}, lambda k: k.queue),
+    Field("key", {"type": "string"}, lambda k: k.key),
+    Field(
+        "own",
+        {**_record_schema(KEY_OWN), "description": "The key's own settings (null: the queue's)."},
+        lambda k: {f.name: f.read(k.override) for f in KEY_OWN},
+    ),
+    Field(
+        "effective",
+        {
+            **_record_schema(KEY_OWN),
+            "description": "What holds for the key: its own settings, else its queue's key_*.",
+        },
+        lambda k: {
+            "weight": k.policy.weight,
+            "concurrency_limit": k.policy.concurrency_limit,
+            "rate_limit": k.policy.rate_limit,
+            "rate_burst": k.policy.rate_burst,
+        },
+    ),
+    Field("running", {"type": "integer", "minimum": 0}, lambda k: k.running),
+    Field("rate_tokens", {"type": ["number", "null"]}, lambda k: k.rate_tokens),
 )
 
 
@@ -247,3 +317,7 @@ def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
 
 def queue_to_dict(info: QueueInfo) -> dict[str, Any]:
     return {f.name: f.read(info) for f in QUEUE_RECORD}
+
+
+def key_to_dict(state: KeyState) -> dict[str, Any]:
+    return {f.name: f.read(state) for f in KEY_RECORD}

@@ -18,13 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from . import flow, workflows
+from . import fairness, flow, workflows
 from .auth import TokenAuth
 from .builtin_tasks import DEFAULT_ALLOWED_HOSTS, HttpTask, builtin_specs
 from .clock import Clock, SystemClock
 from .errors import NotFound, StorageUnavailable, ValidationError
 from .events import EventBus
 from .executor import Executor
+from .fairness import KeyState
 from .http.app import create_app
 from .http.listener import HttpListener
 from .isolation import ProcessPool
@@ -33,6 +34,8 @@ from .job_options import (
     DEAD_LETTER_SELECTION_BY_NAME,
     MAX_BULK,
     check_dead_letter_selection,
+    check_fairness_key,
+    check_key_settings,
     check_options,
     check_queue_settings,
     check_schedule,
@@ -470,9 +473,17 @@ class JobServer:
         info = await self.store.get_queue(job.queue, now)
         if info is None:
             return flow.waiting_reason(job, QueueSettings(), 0, None, now)
-        return flow.waiting_reason(
+        reason = flow.waiting_reason(
             job, info.settings, info.counts[JobState.RUNNING.value], info.rate_tokens, now
         )
+        if job.fairness_key is not None and reason is not None and reason["code"] == "due":
+            key = await self.store.get_key(job.queue, job.fairness_key, now)
+            held = fairness.waiting_reason(
+                key.key, key.queue, key.policy, key.running, key.rate_tokens, now
+            )
+            if held is not None:
+                return held
+        return reason
 
     # -- queues -----------------------------------------------------------------------------------
     async def list_queues(self) -> list[QueueInfo]:
@@ -492,6 +503,24 @@ class JobServer:
         log.info("queue %r: %s", name, changes)
         self.worker.wake()
         return info
+
+    async def configure_key(self, queue: str, key: str, **changes: Any) -> KeyState:
+        """Set some of a fairness key's own weight, concurrency_limit, rate_limit, rate_burst
+        (None: back to its queue's key_* default); ValidationError naming a bad one."""
+        OPTIONS_BY_NAME["queue"].check(queue)
+        check_fairness_key(key)
+        changes = check_key_settings(changes)
+        state = await self.store.configure_key(queue, key, changes, self.clock.now())
+        log.info("queue %r, key %r: %s", queue, key, changes)
+        self.worker.wake()
+        return state
+
+    async def get_key(self, queue: str, key: str) -> KeyState:
+        """A fairness key's settings, what holds for it, its running jobs and its bucket (a
+        key never seen has its queue's defaults)."""
+        OPTIONS_BY_NAME["queue"].check(queue)
+        check_fairness_key(key)
+        return await self.store.get_key(queue, key, self.clock.now())
 
     # -- schedules --------------------------------------------------------------------------------
     async def save_schedule(

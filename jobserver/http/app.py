@@ -40,8 +40,10 @@ from .routes.ops import (
     throughput,
 )
 from .routes.queues import (
+    get_key,
     get_queue,
     list_queues,
+    patch_key,
     patch_queue,
     pause_queue,
     purge_queue,
@@ -78,6 +80,8 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
     ("POST", "/queues/{name}/pause", pause_queue, "pause_queue"),
     ("POST", "/queues/{name}/resume", resume_queue, "resume_queue"),
     ("POST", "/queues/{name}/purge", purge_queue, "purge_queue"),
+    ("GET", "/queues/{name}/keys/{key}", get_key, "get_key"),
+    ("PATCH", "/queues/{name}/keys/{key}", patch_key, "configure_key"),
     ("POST", "/schedules", post_schedule, "create_schedule"),
     ("GET", "/schedules", list_schedules, "list_schedules"),
     ("GET", "/schedules/{name}", get_schedule, "get_schedule"),

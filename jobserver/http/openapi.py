@@ -16,6 +16,8 @@ from ..job_options import (
     BACKOFF_OPTIONS,
     BY_NAME,
     DEAD_LETTER_SELECTION,
+    KEY_SETTINGS,
+    MAX_FAIRNESS_KEY_LEN,
     MAX_ID,
     MAX_KEY_LEN,
     OPTIONS,
@@ -30,6 +32,7 @@ from ..render import (
     ATTEMPT_RECORD,
     DEAD_LETTER_RECORD,
     JOB_RECORD,
+    KEY_RECORD,
     QUEUE_RECORD,
     SCHEDULE_RECORD,
 )
@@ -356,6 +359,14 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
         ),
         "Queue": _record({f.name: f.schema for f in QUEUE_RECORD}),
         "QueueList": _record({"items": {"type": "array", "items": ref("Queue")}}),
+        "Key": _record({f.name: f.schema for f in KEY_RECORD}),
+        "KeySettings": {
+            "type": "object",
+            "description": "A fairness key's own settings to change; null gives one back to"
+            " its queue's key_* default.",
+            "additionalProperties": False,
+            "properties": {o.wire: _option_schema(o) for o in KEY_SETTINGS},
+        },
         "QueueSettings": {
             "type": "object",
             "description": "The settings to change; null lifts a limit.",
@@ -638,6 +649,13 @@ def _parameters() -> dict[str, Any]:
             "in": "path",
             "required": True,
             "schema": {"type": "string", "pattern": QUEUE_PATTERN},
+        },
+        "FairnessKey": {
+            "name": "key",
+            "in": "path",
+            "required": True,
+            "description": "The fairness key (percent-encoded).",
+            "schema": {"type": "string", "minLength": 1, "maxLength": MAX_FAIRNESS_KEY_LEN},
         },
         "ScheduleName": {
             "name": "name",
@@ -926,6 +944,29 @@ def _paths() -> dict[str, Any]:
                 "requestBody": _body("QueueSettings"),
                 "responses": {
                     "200": _response("The queue.", ref("Queue")),
+                    **_errors(*BODY_ERRORS, "NotFound", "Invalid", "Unavailable"),
+                },
+            },
+        },
+        "/queues/{name}/keys/{key}": {
+            "get": {
+                "operationId": "get_key",
+                "tags": ["queues"],
+                "summary": "One fairness key of a queue: its settings, running jobs, bucket",
+                "parameters": [_param("QueueName"), _param("FairnessKey")],
+                "responses": {
+                    "200": _response("The key.", ref("Key")),
+                    **_errors("NotFound", "Invalid", "Unavailable"),
+                },
+            },
+            "patch": {
+                "operationId": "configure_key",
+                "tags": ["queues"],
+                "summary": "Set a fairness key's own weight or limits",
+                "parameters": [_param("QueueName"), _param("FairnessKey")],
+                "requestBody": _body("KeySettings"),
+                "responses": {
+                    "200": _response("The key.", ref("Key")),
                     **_errors(*BODY_ERRORS, "NotFound", "Invalid", "Unavailable"),
                 },
             },

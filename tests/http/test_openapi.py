@@ -384,6 +384,7 @@ STORE_CALLS = [
     "requeue_dead_letter", "delete_dead_letter", "check_writable", "delete_job", "list_queues",
     "get_queue", "configure_queue", "save_schedule", "list_schedules", "get_schedule",
     "delete_schedule", "create_workflow", "workflow_jobs", "count_dead_letters", "list_attempts",
+    "get_key", "configure_key",
 ]  # fmt: skip
 
 
@@ -425,6 +426,8 @@ async def drive_storage_faults(c: Checked, monkeypatch: pytest.MonkeyPatch) -> N
             ("POST", "/queues/q/pause", "/queues/{name}/pause", None),
             ("POST", "/queues/q/resume", "/queues/{name}/resume", None),
             ("POST", "/queues/q/purge", "/queues/{name}/purge", {}),
+            ("GET", "/queues/q/keys/k", "/queues/{name}/keys/{key}", None),
+            ("PATCH", "/queues/q/keys/k", "/queues/{name}/keys/{key}", {"weight": 2}),
             ("POST", "/schedules", "/schedules", SCHEDULE),
             ("GET", "/schedules", "/schedules", None),
             ("GET", "/schedules/s", "/schedules/{name}", None),
@@ -479,6 +482,14 @@ async def drive_flow_routes(c: Checked) -> None:
     assert (await c.call("POST", "/queues/purged/purge", purge, {"dry_run": {}}))[0] == 422
     assert (await c.call("POST", "/queues/%20bad/purge", purge, {}))[0] == 404
     await drive_body_errors(c, "POST", "/queues/purged/purge", purge)
+    k = "/queues/{name}/keys/{key}"
+    assert (await c.call("PATCH", "/queues/small/keys/acme", k, {"weight": 3}))[0] == 200
+    assert (await c.call("PATCH", "/queues/small/keys/acme", k, {"weight": -3}))[0] == 422
+    assert (await c.call("PATCH", "/queues/%20bad/keys/acme", k, {"weight": 3}))[0] == 404
+    await drive_body_errors(c, "PATCH", "/queues/small/keys/acme", k)
+    assert (await c.call("GET", "/queues/small/keys/acme", k))[0] == 200
+    assert (await c.call("GET", f"/queues/small/keys/{'k' * 201}", k))[0] == 422
+    assert (await c.call("GET", "/queues/%20bad/keys/acme", k))[0] == 404
     for action in ("pause", "resume"):
         route = f"/queues/{{name}}/{action}"
         assert (await c.call("POST", f"/queues/small/{action}", route))[0] == 200
