@@ -929,14 +929,20 @@ KEY_COLUMN = INSERT_ORDER.index("fairness_key")
 TAG_COLUMN = INSERT_ORDER.index("fair_tag")
 
 
-def _tags(queue: str, keys: Sequence[str]) -> Program[list[float]]:
-    """Tags for jobs of `keys` (in order) of `queue` becoming due now; moves their keys' ends."""
+def _mark_keyed(queue: str) -> Program[float]:
+    """Note that `queue` has keyed jobs (its claims take the keyed path from now on); returns
+    its virtual time."""
     state = yield row("queue_virtual_time", queue)
     if state is None:
         yield count("register_queue", queue)
     if state is None or not state[1]:
         yield count("mark_queue_keyed", queue)
-    virtual_time = 0.0 if state is None else state[0]
+    return 0.0 if state is None else float(state[0])
+
+
+def _tags(queue: str, keys: Sequence[str]) -> Program[list[float]]:
+    """Tags for jobs of `keys` (in order) of `queue` becoming due now; moves their keys' ends."""
+    virtual_time = yield from _mark_keyed(queue)
     ends: dict[str, float] = {}
     weights: dict[str, float] = {}
     for key, last_end, weight in (yield rows("key_ends", queue, list(dict.fromkeys(keys)))):
@@ -950,16 +956,24 @@ def _tags(queue: str, keys: Sequence[str]) -> Program[list[float]]:
 
 def tag_due_rows(rows_: Sequence[NewRow]) -> Program[None]:
     """Tag the keyed jobs of a batch that are due when written (run_at <= created_at; the
-    rest when a claim stages them, see stage_due). Unkeyed ones cost a look a job."""
+    rest when a claim stages them, see stage_due), and mark their queues keyed. Unkeyed
+    batches cost a look a job."""
     due: dict[str, list[NewRow]] = {}
+    later: set[str] = set()
     for r in rows_:
         v = r.values
-        if v[KEY_COLUMN] is not None and v[9] <= v[8] and not (r.depends_on or r.depends_on_index):
+        if v[KEY_COLUMN] is None:
+            continue
+        if v[9] <= v[8] and not (r.depends_on or r.depends_on_index):
             due.setdefault(v[1], []).append(r)
+        else:
+            later.add(v[1])
     for queue, keyed in due.items():
         tags = yield from _tags(queue, [r.values[KEY_COLUMN] for r in keyed])
         for r, tag in zip(keyed, tags, strict=True):
             r.values = (*r.values[:TAG_COLUMN], tag, *r.values[TAG_COLUMN + 1 :])
+    for queue in later - due.keys():
+        yield from _mark_keyed(queue)
 
 
 def stage_due(queue: str, now: float) -> Program[None]:

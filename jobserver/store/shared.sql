@@ -220,11 +220,6 @@ UPDATE jobs SET fair_tag = $1 WHERE id = $2;
 -- name: advance_virtual_time
 UPDATE queues SET virtual_time = $2 WHERE name = $1 AND virtual_time < $2;
 
--- name: key_overrides
-SELECT key, weight, concurrency_limit, rate_limit, rate_burst FROM queue_keys
-WHERE queue = $1 AND (weight IS NOT NULL OR concurrency_limit IS NOT NULL
-    OR rate_limit IS NOT NULL OR rate_burst IS NOT NULL);
-
 -- name: running_by_key
 SELECT fairness_key, count(*) FROM jobs
 WHERE queue = $1 AND fairness_key IS NOT NULL AND status = 'running'

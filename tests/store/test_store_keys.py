@@ -160,3 +160,14 @@ async def test_keys_that_hold_nothing_are_pruned_and_those_that_do_are_kept(
     await store.enqueue([new("owed"), new("fresh")], T0)
     order = keys_of(await store.claim(10, T0, TTL))
     assert order == ["fresh", "owed", "owed"]
+
+
+async def test_a_delayed_keyed_job_alone_in_a_new_queue_runs_when_due(store: Store) -> None:
+    """The first keyed job of a queue was delayed: the queue must still be known as keyed, or
+    no claim ever stages its job (found by the metrics test: the queue showed no keys)."""
+    await store.enqueue([new("a", queue="later", run_at=T0 + 5)], T0)
+    assert await store.next_wake_at(T0) == pytest.approx(T0 + 5)
+    info = await store.get_queue("later", T0)
+    assert info is not None and info.busiest_keys == [{"key": "a", "pending": 1, "running": 0}]
+    (job,) = await store.claim(10, T0 + 5, TTL)
+    assert job.fairness_key == "a"

@@ -227,6 +227,11 @@ SELECT key, last_end, weight FROM queue_keys WHERE queue = $1 AND key = ANY($2::
 INSERT INTO queue_keys (queue, key, last_end) VALUES ($1, $2, $3)
 ON CONFLICT (queue, key) DO UPDATE SET last_end = greatest(queue_keys.last_end, excluded.last_end);
 
+-- name: key_overrides
+SELECT key, weight, concurrency_limit, rate_limit, rate_burst FROM queue_keys
+WHERE queue = $1 AND (weight IS NOT NULL OR concurrency_limit IS NOT NULL
+    OR rate_limit IS NOT NULL OR rate_burst IS NOT NULL);
+
 -- name: untagged_due
 -- (locked: two nodes must not tag the same job, moving its key's end twice)
 SELECT id, fairness_key FROM jobs

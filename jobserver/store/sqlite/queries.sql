@@ -199,6 +199,13 @@ WHERE queue = $1 AND key IN (SELECT value FROM json_each($2));
 INSERT INTO queue_keys (queue, key, last_end) VALUES ($1, $2, $3)
 ON CONFLICT (queue, key) DO UPDATE SET last_end = max(last_end, excluded.last_end);
 
+-- name: key_overrides
+-- INDEXED BY: left to itself SQLite walks the queue's every key by the primary key
+SELECT key, weight, concurrency_limit, rate_limit, rate_burst
+FROM queue_keys INDEXED BY queue_keys_overrides
+WHERE queue = $1 AND (weight IS NOT NULL OR concurrency_limit IS NOT NULL
+    OR rate_limit IS NOT NULL OR rate_burst IS NOT NULL);
+
 -- name: untagged_due
 SELECT id, fairness_key FROM jobs INDEXED BY jobs_untagged
 WHERE status = 'pending' AND blocked_by = 0 AND fairness_key IS NOT NULL AND fair_tag IS NULL
