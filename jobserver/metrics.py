@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
+from .fairness import BUSIEST_KEYS
 from .models import JobState, QueueInfo, Transition
 from .throughput import ThroughputHistory
 
@@ -190,6 +191,13 @@ class Metrics:
             ["queue"],
             registry=r,
         )
+        self.busiest_keys = Gauge(
+            "jobserver_queue_busiest_key_jobs",
+            "Jobs pending or running of a queue's busiest fairness keys: at most"
+            f" {BUSIEST_KEYS} keys a queue, whatever the number of keys",
+            ["queue", "key", "state"],
+            registry=r,
+        )
         self.dead_letters = Gauge(
             "jobserver_dead_letters", "Jobs in the dead-letter table", registry=r
         )
@@ -228,9 +236,13 @@ class Metrics:
         """The exposition text, with the queue gauges set from a fresh read of the store."""
         self.depth.clear()
         self.oldest_due.clear()
+        self.busiest_keys.clear()  # the top keys change: last scrape's must not linger
         for info in queues:
             for state, count in info.counts.items():
                 self.depth.labels(info.name, state).set(count)
             self.oldest_due.labels(info.name).set(info.oldest_due_age_s or 0.0)
+            for key in info.busiest_keys:
+                for state in ("pending", "running"):
+                    self.busiest_keys.labels(info.name, key["key"], state).set(key[state])
         self.dead_letters.set(dead_letters)
         return generate_latest(self.registry)

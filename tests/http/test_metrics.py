@@ -69,6 +69,33 @@ async def test_counters_histograms_and_queue_gauges(make_server: ServerFactory) 
     assert ("jobserver_event_loop_lag_seconds", ()) in got
 
 
+async def test_the_busiest_fairness_keys_are_gauges_bounded_per_queue(
+    make_server: ServerFactory,
+) -> None:
+    """A series for each of a queue's ten busiest keys, never one a key: 30 keys, 10 series
+    a state; a key no longer among them is dropped at the next scrape."""
+    server = await make_server(tasks=list(reg))
+    jobs = [
+        server.new_job("fine", queue="mail", fairness_key=f"k{i:02d}", delay_s=600)
+        for i in range(30)
+        for _ in range(i + 1)
+    ]
+    await server.enqueue_many(jobs)
+    got = samples(await server.render_metrics())
+    keyed = {labels: v for (name, labels), v in got.items() if name.endswith("busiest_key_jobs")}
+    pending = {
+        dict(labels)["key"]: v for labels, v in keyed.items() if ("state", "pending") in labels
+    }
+    assert pending == {f"k{i:02d}": float(i + 1) for i in range(20, 30)}
+    assert len(keyed) == 20  # ten keys, pending and running
+    await server.enqueue_many(
+        [server.new_job("fine", queue="mail", fairness_key="flood", delay_s=600)] * 100
+    )
+    got = samples(await server.render_metrics())
+    keys = {dict(labels)["key"] for (name, labels) in got if name.endswith("busiest_key_jobs")}
+    assert "flood" in keys and "k20" not in keys and len(keys) == 10
+
+
 async def test_a_task_that_blocks_the_loop_is_named(tmp_path: object) -> None:
     async with JobServer(db=tmp_path / "lag.db", tasks=list(reg)) as server:  # type: ignore[operator]
         job = await server.enqueue("hogs_the_loop")
