@@ -255,6 +255,21 @@ def _time_arg(text: str) -> str:
     return text
 
 
+# (option, type, metavar, help) of `jobserver queue`'s defaults for every fairness key and of
+# `jobserver key`'s settings of one key
+KEY_DEFAULT_OPTIONS: tuple[tuple[str, type[int] | type[float], str, str], ...] = (
+    ("--key-concurrency-limit", int, "N|none", "each fairness key's jobs running at once"),
+    ("--key-rate-limit", float, "R|none", "each fairness key's jobs started per second"),
+    ("--key-rate-burst", float, "B|none", "each fairness key's bucket size"),
+)
+KEY_OWN_OPTIONS: tuple[tuple[str, type[int] | type[float], str, str], ...] = (
+    ("--weight", float, "W|none", "its share against the queue's other keys (default 1)"),
+    ("--concurrency-limit", int, "N|none", "its jobs running at once, across all nodes"),
+    ("--rate-limit", float, "R|none", "its jobs started per second"),
+    ("--rate-burst", float, "B|none", "its bucket's size"),
+)
+
+
 def _limit_arg(kind: type[int] | type[float]) -> Callable[[str], int | float | None]:
     """A queue limit: a number, or `none` to lift it."""
 
@@ -338,6 +353,11 @@ def add_client_commands(commands: Any) -> None:
         "--unique-key",
         metavar="K",
         help="while a pending or running job holds K, print its id instead of enqueueing",
+    )
+    p.add_argument(
+        "--fairness-key",
+        metavar="K",
+        help="the key (a tenant, a customer) whose fair share of the queue it runs in",
     )
     p.add_argument(
         "--depends-on",
@@ -500,6 +520,19 @@ def add_client_commands(commands: Any) -> None:
         metavar="N|none",
         help="pending jobs it may hold; enqueueing past it is refused (429)",
     )
+    for option, kind, meta, text in KEY_DEFAULT_OPTIONS:
+        p.add_argument(option, type=_limit_arg(kind), default=NOT_GIVEN, metavar=meta, help=text)
+
+    p = add(
+        "key",
+        cmd_key,
+        "show a fairness key of a queue as JSON, after changing its own settings ('none' gives"
+        " one back to the queue's key_* default)",
+    )
+    p.add_argument("queue", help="the queue")
+    p.add_argument("key", help="the fairness key")
+    for option, kind, meta, text in KEY_OWN_OPTIONS:
+        p.add_argument(option, type=_limit_arg(kind), default=NOT_GIVEN, metavar=meta, help=text)
 
     add("schedules", cmd_schedules, "list the cron schedules as a table", lists=True)
 
@@ -696,6 +729,7 @@ def cmd_enqueue(client: Client, args: argparse.Namespace) -> int:
         pass_result=args.pass_result,
         on_dependency_failure=args.on_dependency_failure,
         callback_url=args.callback_url,
+        fairness_key=args.fairness_key,
     )
     if args.wait is None:
         print(ref.id)
@@ -897,6 +931,10 @@ def _limits(queue: QueueInfo) -> str:
         parts.append(f"burst={limits.rate_burst:g}")
     if limits.max_depth is not None:
         parts.append(f"max_depth={limits.max_depth}")
+    if limits.key_concurrency_limit is not None:
+        parts.append(f"key_concurrency={limits.key_concurrency_limit}")
+    if limits.key_rate_limit is not None:
+        parts.append(f"key_rate={limits.key_rate_limit:g}/s")
     return ",".join(parts) or "-"
 
 
@@ -941,16 +979,25 @@ def cmd_purge_queue(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_queue(client: Client, args: argparse.Namespace) -> int:
-    changes = {
-        name: getattr(args, name)
-        for name in ("concurrency_limit", "rate_limit", "rate_burst", "max_depth")
-        if getattr(args, name) is not NOT_GIVEN
-    }
+    names = ["concurrency_limit", "rate_limit", "rate_burst", "max_depth"]
+    names += [o[0][2:].replace("-", "_") for o in KEY_DEFAULT_OPTIONS]
+    changes = {name: getattr(args, name) for name in names if getattr(args, name) is not NOT_GIVEN}
     if args.paused is not None:
         changes["paused"] = args.paused
     # One PATCH for every change, so a pause and new limits apply together.
     queue = client.configure_queue(args.name, **changes) if changes else client.queue(args.name)
     _print_json(queue.to_dict())
+    return 0
+
+
+def cmd_key(client: Client, args: argparse.Namespace) -> int:
+    names = tuple(o[0][2:].replace("-", "_") for o in KEY_OWN_OPTIONS)
+    changes = {name: getattr(args, name) for name in names if getattr(args, name) is not NOT_GIVEN}
+    if changes:
+        key = client.configure_key(args.queue, args.key, **changes)
+    else:
+        key = client.key(args.queue, args.key)
+    _print_json(key.to_dict())
     return 0
 
 

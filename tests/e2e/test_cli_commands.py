@@ -405,6 +405,7 @@ def test_queue_limits_pause_resume_and_a_full_queue(served: ServeProcess) -> Non
     assert resumed["paused"] is False
     assert resumed["limits"] == {
         "concurrency_limit": 2, "rate_limit": 50.0, "rate_burst": 5.0, "max_depth": None,
+        "key_concurrency_limit": None, "key_rate_limit": None, "key_rate_burst": None,
     }  # fmt: skip
     assert Client(served.url, timeout_s=10).wait(job_id, timeout_s=10).result == "queued"
     [row] = [r for r in table(ok(cli(served, "queues")))[1:] if r[0] == queue]
@@ -592,6 +593,25 @@ def test_dead_letters_show_delete_and_bulk(served: ServeProcess) -> None:
     assert bad_time.returncode == 2 and "RFC 3339" in bad_time.stderr
 
 
+def test_fairness_keys_from_the_cli(served: ServeProcess) -> None:
+    queue = f"k-{uuid.uuid4().hex[:8]}"
+    shown = json.loads(ok(cli(served, "queue", queue, "--key-concurrency-limit", "3")))
+    assert shown["limits"]["key_concurrency_limit"] == 3
+    key = json.loads(ok(cli(served, "key", queue, "acme", "--weight", "5", "--rate-limit", "9")))
+    assert key["own"] == {"weight": 5.0, "concurrency_limit": None, "rate_limit": 9.0,
+                          "rate_burst": None}  # fmt: skip
+    assert key["effective"]["concurrency_limit"] == 3  # the queue's default for every key
+    back = json.loads(ok(cli(served, "key", queue, "acme", "--weight", "none")))
+    assert back["own"]["weight"] is None and back["effective"]["weight"] == 1.0
+    job_id = int(ok(cli(served, "enqueue", "echo", "--queue", queue, "--fairness-key", "acme")))
+    assert json.loads(ok(cli(served, "get", str(job_id))))["fairness_key"] == "acme"
+    [row] = [r for r in table(ok(cli(served, "queues")))[1:] if r[0] == queue]
+    assert row[-1] == "key_concurrency=3"
+    assert cli(served, "key", queue, "acme", "--weight", "0").returncode == 2
+    too_long = cli(served, "key", queue, "k" * 201)
+    assert too_long.returncode == 1 and "fairness_key" in too_long.stderr
+
+
 def test_purge_queue(served: ServeProcess) -> None:
     queue = f"purge-{uuid.uuid4().hex[:6]}"
     for _ in range(2):
@@ -726,6 +746,6 @@ def test_help_lists_every_command() -> None:
         "serve", "enqueue", "get", "wait", "jobs", "dead-letters", "requeue", "cancel",
         "delete", "queues", "queue", "schedules", "schedule", "workflow", "workflow-status",
         "migrate", "backup", "dead-letter", "delete-dead-letter", "requeue-dead-letters",
-        "purge-dead-letters", "completion", "purge-queue",
+        "purge-dead-letters", "completion", "purge-queue", "key",
     ):  # fmt: skip
         assert command in result.stdout
