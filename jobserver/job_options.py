@@ -92,6 +92,8 @@ class Option:
         if kind == "string":
             if not isinstance(value, str):
                 raise ValidationError(self.name, self.expected)
+            if "\x00" in value:  # PostgreSQL's text cannot hold it: refused on both stores
+                raise ValidationError(self.name, "must not contain the NUL character")
             if self.pattern is not None:
                 if self.pattern.fullmatch(value) is None:
                     raise ValidationError(self.name, f"must be {self.pattern_words}")

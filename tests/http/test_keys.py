@@ -100,6 +100,8 @@ async def test_a_keys_own_settings_are_set_shown_and_given_back(api: Api) -> Non
         ("POST", "/jobs", {"task": "hold", "fairness_key": ""}, "fairness_key"),
         ("POST", "/jobs", {"task": "hold", "fairness_key": "k" * 201}, "fairness_key"),
         ("POST", "/jobs", {"task": "hold", "fairness_key": 7}, "fairness_key"),
+        ("POST", "/jobs", {"task": "hold", "fairness_key": "a\x00b"}, "fairness_key"),
+        ("PATCH", "/queues/q/keys/a%00b", {"weight": 2}, "fairness_key"),
         ("PATCH", "/queues/q", {"key_concurrency_limit": 0}, "key_concurrency_limit"),
         ("PATCH", "/queues/q", {"key_rate_limit": -1}, "key_rate_limit"),
         ("PATCH", "/queues/q", {"key_rate_burst": 0.5}, "key_rate_burst"),
@@ -126,3 +128,30 @@ async def test_bad_key_input_is_a_422_naming_the_field(
 async def test_a_key_in_a_queue_that_is_not_a_queue_name_is_404(api: Api) -> None:
     status, error = await api.call("PATCH", "/queues/bad%20name/keys/a", {"weight": 2})
     assert status == 404, error
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("args", ["a\x00b"]),
+        ("kwargs", {"note": "a\x00b"}),
+        ("kwargs", {"a\x00b": 1}),
+        ("unique_key", "a\x00b"),
+        ("idempotency_key", "a\x00b"),
+    ],
+)
+async def test_a_nul_character_anywhere_in_a_job_is_a_422_on_both_stores(
+    api: Api, field: str, value: Any
+) -> None:
+    """PostgreSQL's text and jsonb cannot hold NUL: it answered 503 'cannot take writes now'
+    for such input (SQLite took it), single and batch. Now both stores refuse it, naming the
+    field; the text "\\u0000" itself is still taken."""
+    body = {"task": "hold", field: value}
+    status, error = await api.call("POST", "/jobs", body)
+    assert status == 422 and error["error"]["field"] == field, error
+    status, batch = await api.call("POST", "/jobs/batch", {"jobs": [body]})
+    assert status == 422 and field in batch["error"]["field"], batch
+    status, fine = await api.call("POST", "/jobs", {"task": "hold", "args": ["C:\\u0000"]})
+    assert status == 202, fine
+    job = (await api.call("GET", f"/jobs/{fine['id']}"))[1]
+    assert job["args"] == ["C:\\u0000"]
