@@ -527,3 +527,27 @@ async def test_the_throughput_chart_has_a_history_when_the_page_opens(
     await pw.expect(page.locator("#chart polyline.line.ok")).to_have_count(1, timeout=3_000)
     await pw.expect(page.locator("#chart-now")).not_to_contain_text("collecting")
     assert errors == []
+
+
+async def test_a_keyed_queue_shows_its_busiest_keys_and_a_job_its_key(
+    browser: Any, make_server: ServerFactory, session: aiohttp.ClientSession
+) -> None:
+    """Issue 21: the queues table names each queue's busiest fairness keys and its per-key
+    limits; a job's detail names its key."""
+    _, base = await start(make_server)
+    api = Api(base, session, None)
+    status, _ = await api.call("PATCH", "/queues/mail", {"key_concurrency_limit": 3})
+    assert status == 200
+    ids = [
+        await api.enqueue(task="echo", queue="mail", fairness_key=key, delay=3600)
+        for key in ("acme", "acme", "zeta")
+    ]
+    page, errors = await new_page(browser)
+    await page.goto(base + "/")
+    row = page.locator('#queues tbody tr[data-queue="mail"]')
+    await pw.expect(row.locator(".keys")).to_contain_text("acme 2+0, zeta 1+0")
+    await pw.expect(row.locator("td.limits")).to_contain_text("per key: concurrency 3")
+    await page.evaluate(f"location.hash = '#job/{ids[0]}'")
+    await pw.expect(page.locator("#detail-body")).to_contain_text("Fairness key")
+    await pw.expect(page.locator("#detail-body dl")).to_contain_text("acme")
+    assert errors == []

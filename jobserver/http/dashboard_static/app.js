@@ -366,6 +366,11 @@
       parts.push(`rate ${limits.rate_limit}/s${burst}`);
     }
     if (limits.max_depth !== null) parts.push(`max depth ${limits.max_depth}`);
+    if (limits.key_concurrency_limit != null) parts.push(`per key: concurrency ${limits.key_concurrency_limit}`);
+    if (limits.key_rate_limit != null) {
+      const burst = limits.key_rate_burst != null ? ` (burst ${limits.key_rate_burst})` : "";
+      parts.push(`per key: rate ${limits.key_rate_limit}/s${burst}`);
+    }
     return parts.length ? parts.join(" · ") : "none";
   }
 
@@ -415,6 +420,7 @@
           },
           q.name,
         ),
+        busiestKeys(q),
       ),
       STATES.map((s) => countCell(q.name, s, q.counts[s] || 0)),
       el("td", { class: "num", title: "How long the oldest due pending job has waited" }, fmtAge(q.oldest_due_age_s)),
@@ -422,6 +428,18 @@
       spark,
       el("td", {}, q.paused ? el("span", { class: "badge s-paused" }, "paused") : el("span", { class: "badge s-active" }, "active")),
       el("td", { class: "actions" }, action),
+    );
+  }
+
+  /** A keyed queue's busiest fairness keys (the server sends ten at most), under its name. */
+  function busiestKeys(q) {
+    const keys = q.busiest_keys || [];
+    if (!keys.length) return null;
+    return el(
+      "div",
+      { class: "keys", title: "Its busiest fairness keys: jobs pending + running" },
+      "keys: ",
+      keys.flatMap((k, i) => [i ? ", " : "", el("span", { class: "key", dataset: { key: k.key } }, `${k.key} ${k.pending}+${k.running}`)]),
     );
   }
 
@@ -793,6 +811,7 @@
       { class: "fields" },
       field("Attempts", `${job.attempts} (max retries ${job.max_retries})`),
       field("Queue", job.queue),
+      job.fairness_key ? field("Fairness key", job.fairness_key) : null,
       field("Priority", job.priority),
       field("Timeout", job.timeout === null ? "none" : `${job.timeout} s`),
       field("Created", el("span", { title: job.created_at }, fmtTime(job.created_at))),
