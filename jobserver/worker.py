@@ -206,11 +206,6 @@ class Worker:
                 self._start_job(job)
             if len(jobs) == free or self._stopping:
                 return  # claims again at once, after every enqueue noted meanwhile
-            if self._woken or self._arrived <= self.clock.now():
-                # Woken, or a job due now enqueued, while it claimed: its read may have
-                # missed that job, so claim again at once rather than first reading when to
-                # wake (a read a job due now would wait for).
-                return
             # Asked as of the claim's own time: a job that fell due since then is counted
             # here, and the loop claims again at once instead of sleeping past it.
             next_due = await self.store.next_wake_at(now)
