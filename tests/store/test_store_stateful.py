@@ -170,6 +170,7 @@ class StoreMachine(RuleBasedStateMachine):
         max_retries=st.integers(0, 2),
         delay=st.sampled_from([0.0, 0.0, 0.0, 5.0, 45.0]),
         deadline=st.none() | st.sampled_from([1.0, 20.0, 100.0]),
+        key=st.sampled_from([None, None, "x", "y"]),
     )
     def enqueue(
         self,
@@ -179,8 +180,9 @@ class StoreMachine(RuleBasedStateMachine):
         max_retries: int,
         delay: float,
         deadline: float | None,
+        key: str | None,
     ) -> None:
-        self._enqueue(count, queue, priority, max_retries, delay, deadline)
+        self._enqueue(count, queue, priority, max_retries, delay, deadline, key)
 
     @rule(count=st.integers(1, 4), max_retries=st.integers(0, 1))
     def enqueue_due(self, count: int, max_retries: int) -> None:
@@ -195,6 +197,7 @@ class StoreMachine(RuleBasedStateMachine):
         max_retries: int,
         delay: float,
         deadline: float | None,
+        key: str | None = None,
     ) -> None:
         run_at = self.now + delay if delay else None
         new = [
@@ -206,6 +209,7 @@ class StoreMachine(RuleBasedStateMachine):
                 max_retries=max_retries,
                 run_at=run_at,
                 deadline=None if deadline is None else self.now + delay + deadline,
+                fairness_key=key,
             )
             for i in range(count)
         ]
@@ -276,9 +280,14 @@ class StoreMachine(RuleBasedStateMachine):
         assert len(claimed) == min(limit, len(due)), (len(claimed), limit, len(due))
         due_ids = {j.id for j in due}
         for queue in QUEUES:
-            # Each queue gives its jobs in its own order: priority, then run_at, then id.
-            mine = [j.id for j in claimed if j.queue == queue]
-            ordered = [j.id for j in sorted(due, key=claim_order) if j.queue == queue]
+            # Each queue gives its unkeyed jobs in its own order: priority, then run_at, then
+            # id (keyed ones go in their keys' fair order, beside them).
+            mine = [j.id for j in claimed if j.queue == queue and j.fairness_key is None]
+            ordered = [
+                j.id
+                for j in sorted(due, key=claim_order)
+                if j.queue == queue and j.fairness_key is None
+            ]
             assert sorted(mine, key=ordered.index) == ordered[: len(mine)], (mine, ordered)
         for job in claimed:
             assert job.id in due_ids
