@@ -679,10 +679,11 @@ class Bench:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     # -- figure 1 and 5: end to end in a fresh process ----------------------------------------
-    def e2e(self, db: Path, jobs: int) -> dict[str, Any]:
+    def e2e(self, db: Path, jobs: int, keys: int = 0) -> dict[str, Any]:
         self.wait_quiet()
         cmd = [PY, "-m", "bench_peers.jobserver_inproc", "e2e", "--db", str(db)]
         cmd += ["--jobs", str(jobs), "--concurrency", str(self.args.concurrency)]
+        cmd += ["--keys", str(keys)]
         try:
             return run_json(cmd, child_env(), timeout=max(600, jobs / 100))
         finally:
@@ -1029,6 +1030,17 @@ class Bench:
                 f" ({res['cpu_us_per_job']:.0f} us CPU a job, RSS {res['run_rss_start_mb']:.0f} ->"
                 f" {res['run_max_rss_mb']:.0f} MiB)"
             )
+            if not a.skip_keys:
+                keys = min(a.keys, a.jobs)
+                keyed = self.e2e(self.fresh_db("e2e-keyed"), a.jobs, keys)
+                self.results["e2e_keyed"].append(keyed["rate"])
+                self.results["keyed_ratio"].append(keyed["rate"] / res["rate"])
+                self.results["e2e_keyed_cpu_us_per_job"].append(keyed["cpu_us_per_job"])
+                log(
+                    f"  end-to-end, {keys:,} fairness keys: {fmt_int(keyed['rate'])} jobs/s"
+                    f" ({keyed['rate'] / res['rate']:.2f} of the unkeyed;"
+                    f" {keyed['cpu_us_per_job']:.0f} us CPU a job)"
+                )
             if not a.skip_growth:
                 db = self.fresh_db("e2e-1m")
                 copy_db(self.growth_db(), db)
@@ -1344,6 +1356,16 @@ def figure_lines(bench: Bench) -> Iterator[str]:
             f" every 50 ms; the process's peak, {median(r['e2e_max_rss_mb']):.0f} MiB, is the"
             " harness's enqueue phase)."
         )
+    if r.get("keyed_ratio"):
+        yield ""
+        yield (
+            f"The same end-to-end run with every job given one of {min(a.keys, a.jobs):,}"
+            f" fairness keys (job i has key i mod keys; issue 21):"
+            f" **{i(median(r['e2e_keyed']))} jobs/s** (runs: {runs_text(r['e2e_keyed'], i)}),"
+            f" **{median(r['keyed_ratio']):.2f}** of the unkeyed figure in the same run (runs:"
+            f" {runs_text(r['keyed_ratio'], f2)}); CPU"
+            f" {median(r['e2e_keyed_cpu_us_per_job']):.0f} us a job."
+        )
     yield ""
     yield "### 2. HTTP single enqueue (one job a request, 64 connections)"
     yield ""
@@ -1657,6 +1679,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--growth-rows", type=int, default=None, help="pending and finished (1M)")
     p.add_argument("--idle-seconds", type=float, default=None, help="(10)")
     p.add_argument("--skip-growth", action="store_true", help="skip the 1M-row database")
+    p.add_argument("--skip-keys", action="store_true", help="skip figure 1 with fairness keys")
+    p.add_argument("--keys", type=int, default=100_000, help="fairness keys in figure 1 keyed")
     p.add_argument("--skip-http", action="store_true", help="skip figures 2-4 and idle costs")
     p.add_argument("--skip-peers", action="store_true")
     p.add_argument("--skip-profile", action="store_true")

@@ -24,12 +24,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--durability", choices=["full", "normal"], default="full")
+    parser.add_argument("--keys", type=int, default=0, help="job i has fairness key i %% keys")
     args = parser.parse_args()
     rates = []
     for run in range(args.runs):
         with tempfile.TemporaryDirectory() as tmp:
             db = str(Path(tmp) / "bench.db")
-            rate = uvloop.run(e2e(db, args.jobs, args.concurrency, args.durability))["rate"]
+            run_e2e = e2e(db, args.jobs, args.concurrency, args.durability, keys=args.keys)
+            rate = uvloop.run(run_e2e)["rate"]
         rates.append(rate)
         print(f"run {run + 1}: {rate:,.0f} jobs/s")
     print(f"median: {statistics.median(rates):,.0f} jobs/s ({args.jobs:,} no-op jobs)")

@@ -48,22 +48,32 @@ def _cpu() -> float:
     return t.user + t.system
 
 
-async def prepare(server: JobServer, jobs: int) -> float:
-    """Enqueue the jobs of an e2e run; returns the seconds it took."""
+async def prepare(server: JobServer, jobs: int, keys: int = 0) -> float:
+    """Enqueue the jobs of an e2e run (`keys` > 0: job i has fairness key i % keys); returns
+    the seconds it took."""
     began = time.perf_counter()
     await server.store.open()
     for start in range(0, jobs, 5_000):
-        batch = [NewJob(task="bench_noop") for _ in range(min(5_000, jobs - start))]
+        batch = [
+            NewJob(task="bench_noop", fairness_key=f"k{i % keys}" if keys else None)
+            for i in range(start, min(start + 5_000, jobs))
+        ]
         await server.store.enqueue(batch, time.time())
     await server.store.close()
     return time.perf_counter() - began
 
 
 async def e2e(
-    db: str, jobs: int, concurrency: int, durability: str, enqueue: bool = True, tune: bool = True
+    db: str,
+    jobs: int,
+    concurrency: int,
+    durability: str,
+    enqueue: bool = True,
+    tune: bool = True,
+    keys: int = 0,
 ) -> dict[str, Any]:
     server = JobServer(db=db, tasks=TASKS, concurrency=concurrency, durability=durability)
-    enqueue_s = await prepare(server, jobs) if enqueue else 0.0
+    enqueue_s = await prepare(server, jobs, keys) if enqueue else 0.0
 
     finished = asyncio.Event()
     done = 0
@@ -155,6 +165,9 @@ def main() -> None:
     parser.add_argument(
         "--default-gc", action="store_true", help="e2e: without `serve`'s GC tuning"
     )
+    parser.add_argument(
+        "--keys", type=int, default=0, help="e2e, prepare: job i has fairness key i %% keys"
+    )
     args = parser.parse_args()
     if args.mode == "e2e":
         coro = e2e(
@@ -164,10 +177,11 @@ def main() -> None:
             args.durability,
             not args.skip_enqueue,
             not args.default_gc,
+            args.keys,
         )
     elif args.mode == "prepare":
         server = JobServer(db=args.db, tasks=TASKS, durability=args.durability)
-        coro = _as_dict(prepare(server, args.jobs))
+        coro = _as_dict(prepare(server, args.jobs, args.keys))
     else:
         coro = enqueue_many(args.db, args.jobs, args.batch, args.clients, args.durability)
     result = uvloop.run(coro)

@@ -54,3 +54,12 @@ def bench_spin(seconds: float) -> int:
 def bench_spin_isolated(seconds: float) -> int:
     """The same CPU-bound task in a child process."""
     return _spin(seconds)
+
+
+@task
+async def bench_sleep(seconds: float, kind: str = "") -> None:
+    """A job that holds its worker slot for `seconds` (scripts/bench_fairness.py): `kind`
+    names who enqueued it."""
+    import asyncio
+
+    await asyncio.sleep(seconds)
