@@ -39,6 +39,12 @@ OVERRUN_GRACE_S = 2.0
 STOP_BOUND_S = 5.0
 
 
+def _unheeded(read: asyncio.Future[Any]) -> None:
+    """A read left running once a wake came first: its error, if any, is not news."""
+    if not read.cancelled():
+        read.exception()
+
+
 @dataclass(slots=True)
 class _Running:
     job: Job
@@ -87,6 +93,9 @@ class Worker:
         self._planned_wake = math.inf
         self._claiming = False
         self._arrived = math.inf
+        # Awaited beside the read of the next wake time: resolved by a wake, or by an enqueue
+        # of a job due now, so that such a job need not wait for the read.
+        self._read_waiter: asyncio.Future[None] | None = None
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -105,9 +114,9 @@ class Worker:
     def wake(self) -> None:
         """A job may be due now: claim at once rather than at the next timer."""
         self._woken = True
-        waiter = self._wake_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        for waiter in (self._wake_waiter, self._read_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     def wake_for(self, run_at: float) -> None:
         """A job due at `run_at` was (or is being) enqueued: wake the dispatcher only if it
@@ -115,6 +124,9 @@ class Worker:
         it sets off lands in the same transaction or a later one, so it sees the job."""
         if self._claiming:
             self._arrived = min(self._arrived, run_at)
+            waiter = self._read_waiter
+            if waiter is not None and not waiter.done() and run_at <= self.clock.now():
+                waiter.set_result(None)
         elif run_at < self._planned_wake:
             self.wake()
 
@@ -206,9 +218,13 @@ class Worker:
                 self._start_job(job)
             if len(jobs) == free or self._stopping:
                 return  # claims again at once, after every enqueue noted meanwhile
+            if self._woken or self._arrived <= self.clock.now():
+                return  # a slot freed or a due job came while it claimed: claim again
             # Asked as of the claim's own time: a job that fell due since then is counted
             # here, and the loop claims again at once instead of sleeping past it.
-            next_due = await self.store.next_wake_at(now)
+            woken, next_due = await self._next_wake_unless_woken(now)
+            if woken:
+                return
         finally:
             self._claiming = False
         wake_at = min(math.inf if next_due is None else next_due, self._arrived)
@@ -216,6 +232,23 @@ class Worker:
             return  # due already (a retry scheduled meanwhile): claim again
         self._planned_wake = wake_at
         await self._sleep_or_wake(None if wake_at == math.inf else wake_at)
+
+    async def _next_wake_unless_woken(self, now: float) -> tuple[bool, float | None]:
+        """(False, the store's next wake time), or (True, None) if a wake or a due job comes
+        first. A queue held by a limit leaves slots free, and a job enqueued for them would
+        otherwise wait for this read (several statements) before the claim that starts it;
+        the read then finishes unheeded."""
+        loop = self._loop or asyncio.get_running_loop()
+        read = asyncio.ensure_future(self.store.next_wake_at(now))
+        waiter = self._read_waiter = loop.create_future()
+        try:
+            await asyncio.wait((read, waiter), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._read_waiter = None
+        if read.done():
+            return False, read.result()
+        read.add_done_callback(_unheeded)
+        return True, None
 
     async def _sleep_or_wake(self, until: float | None) -> None:
         if self._woken:

@@ -587,3 +587,35 @@ async def test_each_transition_is_logged_at_debug_only(
         if r.name == "jobserver.transitions" and r.levelno == logging.DEBUG and r.job_id == job.id  # type: ignore[attr-defined]
     ]
     assert states == [(job.id, "pending"), (job.id, "running"), (job.id, "succeeded")]
+
+
+async def test_a_due_job_does_not_wait_for_the_dispatchers_next_wake_read(
+    make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A queue at its limit leaves slots free: after each short claim the dispatcher reads
+    when to wake next (several statements). A job enqueued for those slots meanwhile waited
+    for that read; now the read is left to finish and the job is claimed at once. Here the
+    read is held open (the real one, gated) to make the window wide."""
+    server = await start(make_server, concurrency=4)
+    await server.configure_queue("held", concurrency_limit=1)
+    first = await server.enqueue("gated", ["first"], queue="held")
+    await eventually(lambda: status_of(server, first.id), lambda s: s == JobState.RUNNING)
+    reading, release = asyncio.Event(), asyncio.Event()
+    real_read = server.store.next_wake_at
+
+    async def slow_read(now: float) -> float | None:
+        reading.set()
+        await release.wait()
+        return await real_read(now)
+
+    monkeypatch.setattr(server.store, "next_wake_at", slow_read)
+    try:
+        await server.enqueue("gated", ["second"], queue="held")  # held: a short claim
+        await asyncio.wait_for(reading.wait(), 5)
+        job = await server.enqueue("add", [2, 3])
+        done = await server.wait_for(job.id, timeout_s=3)  # the read is still held open
+        assert done.status == JobState.SUCCEEDED and done.result == 5
+    finally:
+        release.set()  # else the server's stop waits for the held read
+        gates.setdefault("first", asyncio.Event()).set()
+        gates.setdefault("second", asyncio.Event()).set()
