@@ -377,7 +377,7 @@ class PostgresStore(JobStore):
         self._writer.observer = lambda writes, s: (
             self.commit_observer and self.commit_observer(writes, s)
         )
-        self._writer.on_commit = self._publish
+        self._writer.on_commit = self._committed
         self._writer.start()
 
     def _session_settings(self) -> dict[str, str]:
@@ -448,7 +448,20 @@ class PostgresStore(JobStore):
     def _channel(self, name: str) -> str:
         return f"{name}_{self.schema}"
 
+    def _committed(self, changed: list[Changes], log_ids: list[int]) -> None:
+        """A batch committed: publish its transitions; wake this node for what became due
+        (its own due notices are not heeded: see _heard_due)."""
+        self._publish(changed, log_ids)
+        if any(changes.due for changes in changed):
+            self._heard_due()
+
     def _heard_due(self, *args: Any) -> None:
+        """Jobs became due on some node. A notice this store sent itself is passed over: the
+        commit woke this node already (`_committed`, and the server's wake for its own
+        enqueues), and the echo arriving later set off a claim that found nothing, or one that
+        split an enqueue from the claim meant to share its transaction."""
+        if len(args) == 4 and args[3] == self._origin:
+            return
         for callback in self._on_due:
             callback()
 
@@ -487,7 +500,7 @@ class PostgresStore(JobStore):
             raise _unavailable(exc) from exc
 
     async def _notify_due(self, conn: asyncpg.Connection) -> None:
-        await conn.execute("SELECT pg_notify($1, '')", self._channel(DUE_CHANNEL))
+        await conn.execute("SELECT pg_notify($1, $2)", self._channel(DUE_CHANNEL), self._origin)
 
     async def _notify_done(self, conn: asyncpg.Connection, job_ids: Sequence[int]) -> None:
         """Tell every node these jobs ended, with what an event needs: one
