@@ -1208,7 +1208,9 @@ def build_spec(tasks: Iterable[str] | None = None) -> dict[str, Any]:
                 "summary": "A background-job server: durable SQLite queue and async workers.",
                 "description": (
                     "Paths are relative to where the API is served (a host application may mount"
-                    " it under a prefix). Every error has the shape"
+                    " it under a prefix). No string anywhere in a request (a job's args and"
+                    " kwargs included) may contain the NUL character U+0000: such a request is a"
+                    " 422 naming the field. Every error has the shape"
                     ' `{"error": {"code", "message", "field"}}`. A wrong method for a path is 405'
                     " with an `Allow` header (see the `MethodNotAllowed` response); an unknown"
                     " path is 404. Unknown body fields are refused with 422, and so are unknown"
