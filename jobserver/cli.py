@@ -223,6 +223,13 @@ ClientHandler = Callable[[Client, argparse.Namespace], int]
 DatabaseHandler = Callable[[argparse.Namespace], int]
 
 
+def _any_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"must be JSON: {exc}") from None
+
+
 def _json_arg(kind: type, what: str) -> Callable[[str], Any]:
     def convert(text: str) -> Any:
         try:
@@ -402,6 +409,19 @@ def add_client_commands(commands: Any) -> None:
     )
     p.add_argument("id", type=int, help="the job's id")
     p.add_argument("--traceback", action="store_true", help="print each failed attempt's traceback")
+
+    p = add("steps", cmd_steps, "a job's durable steps: name, kind, status, result", lists=True)
+    p.add_argument("id", type=int, help="the job's id")
+
+    p = add(
+        "signal",
+        cmd_signal,
+        "send a signal to the jobs waiting for KEY (ctx.wait_for_event), or keep it for the next",
+    )
+    p.add_argument("key", help="the key the jobs wait for")
+    p.add_argument(
+        "--payload", type=_any_json, default=None, metavar="JSON", help="what the wait returns"
+    )
 
     p = add(
         "wait",
@@ -767,6 +787,36 @@ def cmd_attempts(client: Client, args: argparse.Namespace) -> int:
         for a in attempts:
             if a.traceback:
                 print(f"\n-- attempt {a.attempt} --\n{a.traceback.rstrip()}")
+    return 0
+
+
+def cmd_steps(client: Client, args: argparse.Namespace) -> int:
+    steps = client.steps(args.id)
+    if args.json:
+        _print_json({"job_id": args.id, "items": [s.to_dict() for s in steps]})
+        return 0
+    rows = [
+        [
+            str(s.seq),
+            s.name,
+            s.kind,
+            s.status,
+            str(s.attempt),
+            _utc(s.started_at) if s.started_at else "",
+            _cell(json.dumps(s.result)),
+        ]
+        for s in steps
+    ]
+    if not rows:
+        print(f"job {args.id} has no steps", file=sys.stderr)
+        return 0
+    print(_table(["SEQ", "NAME", "KIND", "STATUS", "ATTEMPT", "STARTED", "RESULT"], rows))
+    return 0
+
+
+def cmd_signal(client: Client, args: argparse.Namespace) -> int:
+    signal_id, woken = client.signal(args.key, args.payload)
+    print(f"signal {signal_id} sent to {args.key!r}: {woken} waiting job(s) woken")
     return 0
 
 

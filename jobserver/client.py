@@ -33,6 +33,7 @@ from typing import Any, Final, Generic, Literal, TypeVar, cast
 
 import aiohttp
 
+from . import codec
 from .errors import ValidationError
 from .job_options import BACKOFF_BY_NAME, BY_NAME, BY_WIRE, Option, parse_rfc3339
 from .models import TERMINAL_STATES, Backoff, JobState
@@ -66,6 +67,7 @@ __all__ = [
     "QueueInfo",
     "QueueLimits",
     "ScheduleInfo",
+    "StepInfo",
     "TooManyFailures",
     "Unavailable",
     "UnexpectedResponse",
@@ -390,6 +392,46 @@ class JobInfo:
             "traceparent": self.traceparent,
             "fairness_key": self.fairness_key,
             **({"waiting": self.waiting} if self.status == JobState.PENDING else {}),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """One durable step of a job (GET /jobs/{id}/steps): `kind` run, sleep or wait; `status`
+    done or waiting; `result` its kept value."""
+
+    seq: int
+    name: str
+    kind: str
+    status: str
+    result: Any
+    attempt: int
+    started_at: datetime | None
+    ended_at: datetime | None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StepInfo:
+        return cls(
+            seq=int(data["seq"]),
+            name=str(data["name"]),
+            kind=str(data["kind"]),
+            status=str(data["status"]),
+            result=data.get("result"),
+            attempt=int(data["attempt"]),
+            started_at=_time(data.get("started_at")),
+            ended_at=_time(data.get("ended_at")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "name": self.name,
+            "kind": self.kind,
+            "status": self.status,
+            "result": self.result,
+            "attempt": self.attempt,
+            "started_at": _render_time(self.started_at),
+            "ended_at": _render_time(self.ended_at),
         }
 
 
@@ -1019,6 +1061,22 @@ class _Ops:
         return cast(list[AttemptInfo], items)
 
     @staticmethod
+    def steps(job_id: int) -> _Op[list[StepInfo]]:
+        reply = yield _Call("GET", f"/jobs/{_job_id(job_id)}/steps")
+        items = _parse("steps", lambda d: [StepInfo.from_dict(a) for a in d["items"]], reply.data)
+        return cast(list[StepInfo], items)
+
+    @staticmethod
+    def signal(key: str, payload: Any) -> _Op[tuple[int, int]]:
+        try:
+            body = {"payload": json.loads(codec.dumps(payload))}
+        except TypeError as exc:
+            raise InvalidArgument(f"payload must be JSON: {exc}") from None
+        reply = yield _Call("POST", f"/signals/{_name(key, 'signal key')}", body=body)
+        sent = _parse("signal", lambda d: (int(d["id"]), int(d["woken"])), reply.data)
+        return cast(tuple[int, int], sent)
+
+    @staticmethod
     def wait(job_id: int, timeout_s: float | None) -> _Op[JobInfo]:
         if timeout_s is not None and not timeout_s >= 0:
             raise InvalidArgument(f"timeout_s must be a number of seconds >= 0, got {timeout_s!r}")
@@ -1432,6 +1490,15 @@ class AsyncClient(_Base):
         """The job's attempts, first to last: start, end, node, outcome and error."""
         return await self._run(_Ops.attempts(job_id))
 
+    async def steps(self, job_id: int) -> list[StepInfo]:
+        """The job's durable steps, in order: name, kind, status, kept result, times."""
+        return await self._run(_Ops.steps(job_id))
+
+    async def signal(self, key: str, payload: Any = None) -> tuple[int, int]:
+        """Send `payload` to the jobs waiting for `key` (ctx.wait_for_event), or keep it for
+        the next one. Returns (the signal's id, how many waiting jobs woke)."""
+        return await self._run(_Ops.signal(key, payload))
+
     async def wait(self, job_id: int, timeout_s: float | None = None) -> JobInfo:
         """The job once terminal, or as it stands after `timeout_s` (None: no limit)."""
         return await self._run(_Ops.wait(job_id, timeout_s))
@@ -1843,6 +1910,14 @@ class Client(_Base):
 
     def attempts(self, job_id: int) -> list[AttemptInfo]:
         return self._run(_Ops.attempts(job_id))
+
+    def steps(self, job_id: int) -> list[StepInfo]:
+        """See `AsyncClient.steps`."""
+        return self._run(_Ops.steps(job_id))
+
+    def signal(self, key: str, payload: Any = None) -> tuple[int, int]:
+        """See `AsyncClient.signal`."""
+        return self._run(_Ops.signal(key, payload))
 
     def wait(self, job_id: int, timeout_s: float | None = None) -> JobInfo:
         return self._run(_Ops.wait(job_id, timeout_s))

@@ -12,11 +12,12 @@ from concurrent.futures import Executor as ThreadPool
 from concurrent.futures import Future
 from typing import Any
 
+from .durable import LeaseLost, Suspend
 from .errors import PermanentError, Retry
 from .isolation import HARD_GRACE_S, ProcessPool
 from .logs import job_fields
 from .models import Job, error_info
-from .outcomes import Cancelled, Failed, Outcome, Succeeded, returned
+from .outcomes import Cancelled, Failed, Outcome, Succeeded, Suspended, returned
 from .tasks import JobContext, Registry, TaskSpec, bind_current_job
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,10 @@ class Executor:
                 current.uncancel()
             ctx.request_cancel(ctx.cancel_reason)
             return Cancelled(ctx.cancel_reason)
+        except Suspend as suspended:  # a durable sleep or wait: the slot is given back
+            return Suspended(suspended.until, suspended.waiting_for)
+        except LeaseLost:
+            return Cancelled("lease_lost")
         except Retry as exc:
             return Failed(error_info(exc), retryable=True, retry_delay_s=exc.delay_s)
         except PermanentError as exc:

@@ -24,6 +24,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Literal
 
+from . import codec
 from .errors import ValidationError
 from .models import DEPENDENCY_FAILURE_POLICIES, MISSED_TICK_POLICIES, Backoff
 from .render import MAX_TS, MIN_TS
@@ -542,6 +543,31 @@ KEY_SETTINGS_BY_NAME = {o.name: o for o in KEY_SETTINGS}
 def check_key_settings(changes: Mapping[str, Any]) -> dict[str, Any]:
     """A key's settings to change, checked; None gives one back to the queue's default."""
     return _check_given(changes, KEY_SETTINGS_BY_NAME, keep_none=True)
+
+
+MAX_SIGNAL_BYTES = 64 * 1024  # a signal's payload, as JSON
+
+
+def check_signal_key(key: Any) -> str:
+    """The key a signal is sent to, as ctx.wait_for_event names it: 1-200 characters."""
+    if not isinstance(key, str) or not 1 <= len(key) <= 200:
+        raise ValidationError("key", "must be a string of 1 to 200 characters")
+    if "\x00" in key:
+        raise ValidationError("key", "must not contain the NUL character")
+    return key
+
+
+def check_signal_payload(payload: Any) -> bytes:
+    """A signal's payload as JSON (kept until a waiting job takes it)."""
+    try:
+        encoded = codec.dumps(payload)
+    except TypeError as exc:
+        raise ValidationError("payload", f"must be JSON: {exc}") from None
+    if len(encoded) > MAX_SIGNAL_BYTES:
+        raise ValidationError("payload", f"must be at most {MAX_SIGNAL_BYTES} bytes as JSON")
+    if b"\\u0000" in encoded:
+        raise ValidationError("payload", "must not contain the NUL character (\\u0000)")
+    return encoded
 
 
 def check_fairness_key(key: Any) -> str:

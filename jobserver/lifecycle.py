@@ -357,6 +357,7 @@ def forget_jobs(job_ids: Sequence[int]) -> Program[None]:
     if job_ids:
         yield count("forget_dependencies", list(job_ids))
         yield count("forget_attempts", list(job_ids))
+        yield count("forget_steps", list(job_ids))
 
 
 # -- the client's side ----------------------------------------------------------------------------

@@ -164,7 +164,8 @@ class Transition:
     (its notice says where the job is, not where it was). `reason` says why: enqueued,
     requeued (from a dead letter), claimed, succeeded, retry, failed, cancelled,
     cancel_requested (a failed or released run whose cancel was asked), released (given back
-    at shutdown), lease_expired, expired (deadline passed), dependency_failed, or heard."""
+    at shutdown), suspended (a durable sleep or wait gave its slot back), lease_expired,
+    expired (deadline passed), dependency_failed, or heard."""
 
     job_id: int
     task: str
@@ -260,6 +261,22 @@ class QueueInfo:
     rate_tokens: float | None  # tokens in the bucket now, for a rate-limited queue
     # the keys with the most jobs pending or running ({key, pending, running}), at most a few
     busiest_keys: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One durable step of a job (durable.py): `kind` run (ctx.step), sleep or wait; `status`
+    done, or waiting (a wait whose signal has not come); `result` the step's value (a sleep's
+    end time, a wait's payload or None when it timed out)."""
+
+    seq: int
+    name: str
+    kind: str
+    status: str
+    result: Any
+    attempt: int
+    started_at: float
+    ended_at: float | None
 
 
 MISSED_TICK_POLICIES = ("skip", "catch_up")

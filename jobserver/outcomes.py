@@ -27,7 +27,16 @@ class Cancelled:
     reason: str  # "cancelled" (asked by a client) | "shutdown" | "lease_lost"
 
 
-Outcome = Succeeded | Failed | Cancelled
+@dataclass(frozen=True, slots=True)
+class Suspended:
+    """The task slept or waits (durable.py): pending again until `until`, or until a signal to
+    `waiting_for`."""
+
+    until: float
+    waiting_for: str | None = None
+
+
+Outcome = Succeeded | Failed | Cancelled | Suspended
 
 
 def returned(result: Any) -> Succeeded | Failed:

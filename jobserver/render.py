@@ -20,6 +20,7 @@ from .models import (
     QueueInfo,
     QueueSettings,
     Schedule,
+    Step,
 )
 
 MIN_TS = datetime(1, 1, 1, tzinfo=UTC).timestamp()
@@ -190,6 +191,45 @@ def dead_letter_to_dict(dl: DeadLetter) -> dict[str, Any]:
 def attempt_to_dict(attempt: Attempt) -> dict[str, Any]:
     """One attempt of a job's history."""
     return {f.name: f.read(attempt) for f in ATTEMPT_RECORD}
+
+
+STEP_RECORD: tuple[Field[Step], ...] = (
+    Field("seq", {"type": "integer", "minimum": 0}, lambda s: s.seq),
+    Field("name", {"type": "string"}, lambda s: s.name),
+    Field(
+        "kind",
+        {
+            "type": "string",
+            "enum": ["run", "sleep", "wait"],
+            "description": "ctx.step, a durable sleep, or a wait for a signal",
+        },
+        lambda s: s.kind,
+    ),
+    Field(
+        "status",
+        {
+            "type": "string",
+            "enum": ["done", "waiting"],
+            "description": "waiting: a wait whose signal has not come",
+        },
+        lambda s: s.status,
+    ),
+    Field(
+        "result",
+        {
+            "description": "The step's kept value: what ctx.step returned, a sleep's end (epoch"
+            " seconds), a wait's payload (null when it timed out; {deadline} while waiting)."
+        },
+        lambda s: s.result,
+    ),
+    Field("attempt", ID, lambda s: s.attempt),
+    Field("started_at", TIMESTAMP, lambda s: rfc3339(s.started_at)),
+    Field("ended_at", _null(TIMESTAMP), lambda s: rfc3339(s.ended_at)),
+)
+
+
+def step_to_dict(step: Step) -> dict[str, Any]:
+    return {f.name: f.read(step) for f in STEP_RECORD}
 
 
 def _record_schema(fields: tuple[Field[Any], ...]) -> dict[str, Any]:

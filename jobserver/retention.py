@@ -61,6 +61,11 @@ class Retention:
         # The event log: a row a commit, so a batch of them is cheap; it holds no job.
         while await self.store.prune_events(now - self.keep_events_s, self.batch * 10):
             await asyncio.sleep(0)
+        # Signals: taken ones as finished jobs go, ones no job took as failed ones do.
+        while await self.store.prune_signals(
+            now - self.keep_finished_s, now - self.keep_failed_s, self.batch * 10
+        ):
+            await asyncio.sleep(0)
         # Fairness keys that hold nothing (a key seen once stays a row until then).
         while await self.store.prune_keys(now - DAY_S, self.batch * 10):
             await asyncio.sleep(0)

@@ -39,6 +39,8 @@ from .job_options import (
     check_options,
     check_queue_settings,
     check_schedule,
+    check_signal_key,
+    check_signal_payload,
 )
 from .metrics import Metrics
 from .models import (
@@ -50,6 +52,7 @@ from .models import (
     QueueInfo,
     QueueSettings,
     Schedule,
+    Step,
 )
 from .retention import DAY_S, Retention
 from .schedule import check_cron, next_tick
@@ -455,6 +458,22 @@ class JobServer:
         workflow_id, jobs = await self.store.create_workflow(new_jobs, self.clock.now())
         self.worker.wake()
         return workflow_id, jobs
+
+    # -- durable steps (durable.py) ----------------------------------------------------------------
+    async def signal(self, key: str, payload: Any = None) -> tuple[int, int]:
+        """Send `payload` (JSON) to the jobs waiting for `key` with ctx.wait_for_event, or
+        keep it for the next one that does. Returns (the signal's id, jobs woken)."""
+        check_signal_key(key)
+        encoded = check_signal_payload(payload)
+        signal_id, woken = await self.store.send_signal(key, encoded, self.clock.now())
+        if woken:
+            self.worker.wake()
+        return signal_id, woken
+
+    async def get_steps(self, job_id: int) -> list[Step]:
+        """A job's durable steps, in order; NotFound for a job that does not exist."""
+        await self.get_job(job_id)
+        return await self.store.job_steps(job_id)
 
     async def get_workflow(self, workflow_id: int) -> tuple[str, list[Job]]:
         jobs = await self.store.workflow_jobs(workflow_id)

@@ -8,11 +8,14 @@ import inspect
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .errors import PermanentError
 from .models import MISSED_TICK_POLICIES, Backoff
 from .schedule import check_cron
+
+if TYPE_CHECKING:
+    from .durable import DurableSteps
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -211,6 +214,8 @@ class JobContext:
         # this attempt's W3C trace context (a child of the job's), for calls the task makes;
         # the http task and webhooks send it as their `traceparent` header
         self.traceparent = traceparent
+        # durable steps: set by the worker for a task run in the server's process
+        self.durable: DurableSteps | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -226,6 +231,40 @@ class JobContext:
         if not 0.0 <= fraction <= 1.0:
             raise ValueError("progress fraction must be between 0 and 1")
         self._report_progress(float(fraction), message)
+
+    # -- durable steps (durable.py) --------------------------------------------------------------
+    def _steps(self) -> DurableSteps:
+        if self.durable is None:
+            raise RuntimeError(
+                "durable steps need a task run in the server's process (not isolation='process')"
+            )
+        return self.durable
+
+    async def step(self, name: str, fn: Callable[..., Any], *args: Any, **options: Any) -> Any:
+        """Run `fn(*args)` once for this job and keep its result (JSON): when the job runs
+        again, a step already done returns its kept result without running. Steps are
+        numbered in call order, and a name that changed at a number fails the job. Options:
+        `retries` (in place, before the job's own retry), `retry_delay_s`, `timeout_s`; other
+        keyword arguments go to `fn`."""
+        return await self._steps().step(name, fn, *args, **options)
+
+    async def sleep(self, seconds: float, name: str = "sleep") -> None:
+        """Sleep durably: the job gives its worker slot back and resumes after `seconds`, on
+        any node, across restarts."""
+        if not seconds >= 0:
+            raise ValueError("seconds must be 0 or more")
+        steps = self._steps()
+        await steps.sleep_until(steps.now() + seconds, name)
+
+    async def sleep_until(self, when: float, name: str = "sleep") -> None:
+        """Sleep durably until `when` (epoch seconds)."""
+        await self._steps().sleep_until(float(when), name)
+
+    async def wait_for_event(self, key: str, timeout_s: float, name: str | None = None) -> Any:
+        """Wait durably for a signal to `key` (POST /signals/{key}, JobServer.signal) and
+        return its payload; None if `timeout_s` passes first. A signal sent before the wait is
+        kept for it; the job's slot is free while it waits."""
+        return await self._steps().wait_for_event(key, timeout_s, name)
 
 
 _current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("jobserver_current_job")

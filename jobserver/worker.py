@@ -22,10 +22,11 @@ from typing import Any
 
 from . import retry
 from .clock import Clock
+from .durable import DurableSteps
 from .executor import Executor
 from .logs import job_fields
 from .models import Backoff, Job, JobState, error_info
-from .outcomes import Cancelled, Failed, Outcome, Succeeded
+from .outcomes import Cancelled, Failed, Outcome, Succeeded, Suspended
 from .store.base import LeaseReport, Store
 from .tasks import JobContext
 from .tracing import attempt_span
@@ -279,6 +280,7 @@ class Worker:
             max_retries=job.max_retries,
             report_progress=self._progress_reporter(job),
         )
+        ctx.durable = DurableSteps(self.store, self.clock, job)
         task = self._spawn(self._run_job(job, ctx), f"job-{job.id}")
         running = self._running[job.id] = _Running(job, ctx, task)
         self._executing += 1
@@ -397,6 +399,9 @@ class Worker:
         now = self.clock.now()
         if isinstance(outcome, Succeeded):
             stored = await self.store.complete(job.id, token, outcome.result, now)
+        elif isinstance(outcome, Suspended):
+            until = max(outcome.until, now)
+            stored = await self.store.suspend(job.id, token, until, outcome.waiting_for, now)
         elif isinstance(outcome, Cancelled):
             if outcome.reason == "lease_lost":
                 self._stale(job)

@@ -27,8 +27,10 @@ from .routes.jobs import (
     get_job,
     list_attempts,
     list_jobs,
+    list_steps,
     post_job,
     post_jobs_batch,
+    post_signal,
 )
 from .routes.ops import (
     EventStreams,
@@ -68,6 +70,8 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
     ("DELETE", f"/jobs/{ID}", delete_job, "delete_job"),
     ("POST", f"/jobs/{ID}/cancel", cancel_job, "cancel_job"),
     ("GET", f"/jobs/{ID}/attempts", list_attempts, "list_attempts"),
+    ("GET", f"/jobs/{ID}/steps", list_steps, "list_steps"),
+    ("POST", "/signals/{key}", post_signal, "send_signal"),
     ("GET", "/dead-letters", list_dead_letters, "list_dead_letters"),
     ("GET", f"/dead-letters/{ID}", get_dead_letter, "get_dead_letter"),
     ("POST", "/dead-letters/requeue", requeue_dead_letters, "requeue_dead_letters"),

@@ -35,6 +35,7 @@ from ..render import (
     KEY_RECORD,
     QUEUE_RECORD,
     SCHEDULE_RECORD,
+    STEP_RECORD,
 )
 from ..workflows import MAX_WORKFLOW_JOBS
 from . import schema
@@ -446,6 +447,34 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
                 ("DeadLettersDeleted", "deleted", "The dead letters deleted (none in a dry run)."),
             )
         },
+        "Step": _record({f.name: f.schema for f in STEP_RECORD}),
+        "StepList": _record(
+            {
+                "job_id": {"type": "integer", "minimum": 1},
+                "items": {"type": "array", "items": ref("Step"), "description": "In order."},
+            }
+        ),
+        "SignalRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "payload": {
+                    "description": "Any JSON (at most 64 KiB): what ctx.wait_for_event returns."
+                }
+            },
+        },
+        "SignalSent": _record(
+            {
+                "id": {"type": "integer", "minimum": 1},
+                "key": {"type": "string"},
+                "woken": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Jobs that were waiting for the key, now due; 0: the signal"
+                    " is kept for the next job that waits for it.",
+                },
+            }
+        ),
         "AttemptList": _record(
             {
                 "job_id": {"type": "integer", "minimum": 1},
@@ -833,6 +862,42 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": _response("The attempts.", ref("AttemptList")),
                     **_errors("NotFound", "Unavailable"),
+                },
+            }
+        },
+        "/jobs/{id}/steps": {
+            "get": {
+                "operationId": "list_steps",
+                "tags": ["jobs"],
+                "summary": "A job's durable steps",
+                "description": "Each ctx.step, durable sleep and wait for a signal the task"
+                " made, in order: its name, kind, status, kept result, attempt and times.",
+                "parameters": [_param("JobId")],
+                "responses": {
+                    "200": _response("The steps.", ref("StepList")),
+                    **_errors("NotFound", "Unavailable"),
+                },
+            }
+        },
+        "/signals/{key}": {
+            "post": {
+                "operationId": "send_signal",
+                "tags": ["jobs"],
+                "summary": "Send a signal to the jobs waiting for a key",
+                "description": "Jobs suspended in ctx.wait_for_event(key) become due at once and"
+                " the oldest takes the payload; with none waiting, it is kept for the next.",
+                "parameters": [
+                    {
+                        "name": "key",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                    }
+                ],
+                "requestBody": _body("SignalRequest"),
+                "responses": {
+                    "202": _response("The signal.", ref("SignalSent")),
+                    **_errors(*BODY_ERRORS, "Invalid", "Unavailable"),
                 },
             }
         },

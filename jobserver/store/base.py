@@ -19,7 +19,17 @@ from typing import Any, Protocol
 from .. import codec
 from ..events import LogRow
 from ..fairness import KeyState
-from ..models import Attempt, DeadLetter, Job, JobState, NewJob, QueueInfo, Schedule, Transition
+from ..models import (
+    Attempt,
+    DeadLetter,
+    Job,
+    JobState,
+    NewJob,
+    QueueInfo,
+    Schedule,
+    Step,
+    Transition,
+)
 
 
 @dataclass(slots=True)
@@ -310,6 +320,39 @@ class Store(Protocol):
 
     async def configure_queue(self, name: str, changes: dict[str, Any], now: float) -> QueueInfo:
         """Set some of paused, concurrency_limit, rate_limit, rate_burst, max_depth."""
+        ...
+
+    # -- durable steps (durable.py) ----------------------------------------------------------------
+    async def job_steps(self, job_id: int) -> list[Step]:
+        """The job's steps, in order (none for a job that has none or does not exist)."""
+        ...
+
+    async def save_step(self, job_id: int, token: str, step: Sequence[Any]) -> bool:
+        """Keep a step (seq, name, kind, status, result JSON, started_at, ended_at) of the
+        job whose lease `token` is; False if the lease is gone."""
+        ...
+
+    async def take_signal(
+        self, job_id: int, token: str, key: str, step: Sequence[Any], now: float
+    ) -> tuple[bool, Any]:
+        """Take the oldest signal sent to `key` as the job's wait step: (True, payload), or
+        (False, None) when none is there (or the lease is gone)."""
+        ...
+
+    async def suspend(
+        self, job_id: int, token: str, until: float, waiting_for: str | None, now: float
+    ) -> JobState | None:
+        """running -> pending until `until` (a signal to `waiting_for` wakes it sooner), the
+        attempt given back; -> cancelled if asked. None: the lease was gone."""
+        ...
+
+    async def send_signal(self, key: str, payload: bytes, now: float) -> tuple[int, int]:
+        """Keep a signal for `key`; wake the jobs waiting for it. (signal id, jobs woken)."""
+        ...
+
+    async def prune_signals(self, taken_before: float, sent_before: float, limit: int) -> int:
+        """Delete up to `limit` signals taken before `taken_before`, or never taken and sent
+        before `sent_before`; returns how many."""
         ...
 
     async def prune_keys(self, untouched_since: float, limit: int) -> int:

@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from .. import codec, lifecycle
+from .. import codec, durable_lifecycle, lifecycle
 from ..fairness import KeyState
 from ..job_options import MAX_ID
 from ..lifecycle import Changes, Program, count, job, row, rows, value
@@ -26,6 +26,7 @@ from ..models import (
     NewJob,
     QueueInfo,
     Schedule,
+    Step,
     Transition,
 )
 from .base import (
@@ -275,6 +276,38 @@ class JobStore:
     def _dead_letter(self, r: Sequence[Any]) -> DeadLetter:
         args, kwargs, error = (self._json(v) for v in r[4:7])
         return DeadLetter(r[0], r[1], r[2], r[3], args, kwargs, error, r[7], r[8])
+
+    # -- durable steps (durable.py) ----------------------------------------------------------------
+    async def job_steps(self, job_id: int) -> list[Step]:
+        found = await self._look(durable_lifecycle.job_steps(job_id))
+        return [Step(r[0], r[1], r[2], r[3], self._json(r[4]), r[5], r[6], r[7]) for r in found]
+
+    async def save_step(self, job_id: int, token: str, step: Sequence[Any]) -> bool:
+        return await self._move(lambda ch: durable_lifecycle.save_step(job_id, token, step))
+
+    async def take_signal(
+        self, job_id: int, token: str, key: str, step: Sequence[Any], now: float
+    ) -> tuple[bool, Any]:
+        taken, payload = await self._move(
+            lambda ch: durable_lifecycle.take_signal(job_id, token, key, step, now)
+        )
+        return taken, self._json(payload) if taken else None
+
+    async def suspend(
+        self, job_id: int, token: str, until: float, waiting_for: str | None, now: float
+    ) -> JobState | None:
+        return await self._move(
+            lambda ch: durable_lifecycle.suspend(job_id, token, until, waiting_for, now, ch)
+        )
+
+    async def send_signal(self, key: str, payload: bytes, now: float) -> tuple[int, int]:
+        return await self._move(lambda ch: durable_lifecycle.send_signal(key, payload, now, ch))
+
+    async def prune_signals(self, taken_before: float, sent_before: float, limit: int) -> int:
+        deleted: int = await self._move(
+            lambda ch: _one(count("prune_signals", taken_before, sent_before, limit))
+        )
+        return deleted
 
     async def results_of(self, job_ids: Sequence[int]) -> dict[int, Any]:
         """The results of finished jobs, for dependants that receive them."""

@@ -281,3 +281,45 @@ DELETE FROM queue_keys WHERE (queue, key) IN (
       AND k.rate_burst IS NULL AND (k.tokens_at IS NULL OR k.tokens_at < $1)
       AND k.last_end <= q.virtual_time
     LIMIT $2);
+
+-- Durable steps and signals (durable.py).
+
+-- name: job_steps
+SELECT seq, name, kind, status, result, attempt, started_at, ended_at FROM job_steps
+WHERE job_id = $1 ORDER BY seq;
+
+-- name: save_step
+-- only the holder of the job's lease writes its steps: a worker that lost it changes nothing
+INSERT INTO job_steps (job_id, seq, name, kind, status, result, attempt, started_at, ended_at)
+SELECT id, $3, $4, $5, $6, $7, attempts, $8, $9 FROM jobs
+WHERE id = $1 AND status = 'running' AND lease_token = $2
+ON CONFLICT (job_id, seq) DO UPDATE SET status = excluded.status, result = excluded.result,
+    attempt = excluded.attempt, ended_at = excluded.ended_at;
+
+-- name: suspend_leased
+-- (a suspension is not an attempt: it is given back, as at a release)
+UPDATE jobs SET status = 'pending', attempts = attempts - 1, run_at = $3, waiting_for = $4,
+    fair_tag = NULL, lease_token = NULL, lease_expires_at = NULL
+WHERE id = $1 AND status = 'running' AND lease_token = $2
+RETURNING task, queue, attempts, started_at;
+
+-- name: job_leased
+SELECT 1 FROM jobs WHERE id = $1 AND status = 'running' AND lease_token = $2;
+
+-- name: has_signal
+SELECT 1 FROM signals WHERE key = $1 AND taken_by IS NULL LIMIT 1;
+
+-- name: insert_signal
+INSERT INTO signals (key, payload, sent_at) VALUES ($1, $2, $3) RETURNING id;
+
+-- name: wake_waiting
+UPDATE jobs SET run_at = $2, fair_tag = NULL
+WHERE status = 'pending' AND waiting_for = $1 AND run_at > $2
+RETURNING id;
+
+-- name: prune_signals
+-- taken ones after $1, ones no job ever took after $2 (sent_at); $3 a batch
+DELETE FROM signals WHERE id IN (
+    SELECT id FROM signals
+    WHERE (taken_by IS NOT NULL AND taken_at < $1) OR (taken_by IS NULL AND sent_at < $2)
+    LIMIT $3);

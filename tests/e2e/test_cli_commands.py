@@ -612,6 +612,21 @@ def test_fairness_keys_from_the_cli(served: ServeProcess) -> None:
     assert too_long.returncode == 1 and "fairness_key" in too_long.stderr
 
 
+def test_signal_and_steps_from_the_cli(served: ServeProcess) -> None:
+    sent = ok(cli(served, "signal", "order:7", "--payload", '{"paid": true}'))
+    assert re.fullmatch(r"signal \d+ sent to 'order:7': 0 waiting job\(s\) woken\n", sent), sent
+    job_id = int(ok(cli(served, "enqueue", "echo", "--args", '["x"]')))
+    Client(served.url, timeout_s=10).wait(job_id, timeout_s=10)
+    none = cli(served, "steps", str(job_id))
+    assert none.returncode == 0 and f"job {job_id} has no steps" in none.stderr
+    assert json.loads(ok(cli(served, "steps", str(job_id), "--json"))) == {
+        "job_id": job_id, "items": [],
+    }  # fmt: skip
+    assert cli(served, "signal", "k", "--payload", "{nope").returncode == 2
+    long_key = cli(served, "signal", "k" * 201)
+    assert long_key.returncode == 1 and "key" in long_key.stderr
+
+
 def test_purge_queue(served: ServeProcess) -> None:
     queue = f"purge-{uuid.uuid4().hex[:6]}"
     for _ in range(2):
@@ -746,6 +761,6 @@ def test_help_lists_every_command() -> None:
         "serve", "enqueue", "get", "wait", "jobs", "dead-letters", "requeue", "cancel",
         "delete", "queues", "queue", "schedules", "schedule", "workflow", "workflow-status",
         "migrate", "backup", "dead-letter", "delete-dead-letter", "requeue-dead-letters",
-        "purge-dead-letters", "completion", "purge-queue", "key",
+        "purge-dead-letters", "completion", "purge-queue", "key", "steps", "signal",
     ):  # fmt: skip
         assert command in result.stdout

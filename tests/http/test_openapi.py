@@ -384,7 +384,7 @@ STORE_CALLS = [
     "requeue_dead_letter", "delete_dead_letter", "check_writable", "delete_job", "list_queues",
     "get_queue", "configure_queue", "save_schedule", "list_schedules", "get_schedule",
     "delete_schedule", "create_workflow", "workflow_jobs", "count_dead_letters", "list_attempts",
-    "get_key", "configure_key",
+    "get_key", "configure_key", "job_steps", "send_signal",
 ]  # fmt: skip
 
 
@@ -427,6 +427,8 @@ async def drive_storage_faults(c: Checked, monkeypatch: pytest.MonkeyPatch) -> N
             ("POST", "/queues/q/resume", "/queues/{name}/resume", None),
             ("POST", "/queues/q/purge", "/queues/{name}/purge", {}),
             ("GET", "/queues/q/keys/k", "/queues/{name}/keys/{key}", None),
+            ("GET", "/jobs/1/steps", "/jobs/{id}/steps", None),
+            ("POST", "/signals/s", "/signals/{key}", {"payload": 1}),
             ("PATCH", "/queues/q/keys/k", "/queues/{name}/keys/{key}", {"weight": 2}),
             ("POST", "/schedules", "/schedules", SCHEDULE),
             ("GET", "/schedules", "/schedules", None),
@@ -482,6 +484,16 @@ async def drive_flow_routes(c: Checked) -> None:
     assert (await c.call("POST", "/queues/purged/purge", purge, {"dry_run": {}}))[0] == 422
     assert (await c.call("POST", "/queues/%20bad/purge", purge, {}))[0] == 404
     await drive_body_errors(c, "POST", "/queues/purged/purge", purge)
+    steps, sig = "/jobs/{id}/steps", "/signals/{key}"
+    ran = await c.terminal((await c.enqueue(task="echo", args=[2]))["id"])
+    status, listed = await c.call("GET", f"/jobs/{ran['id']}/steps", steps)
+    assert status == 200 and listed["items"] == []
+    assert (await c.call("GET", "/jobs/999999/steps", steps))[0] == 404
+    status, sent = await c.call("POST", "/signals/order-1", sig, {"payload": {"paid": True}})
+    assert status == 202 and (sent["key"], sent["woken"]) == ("order-1", 0)
+    assert (await c.call("POST", "/signals/order-1", sig, {"payload": 1, "x": 2}))[0] == 422
+    assert (await c.call("POST", f"/signals/{'k' * 201}", sig, {}))[0] == 422
+    await drive_body_errors(c, "POST", "/signals/order-1", sig)
     k = "/queues/{name}/keys/{key}"
     assert (await c.call("PATCH", "/queues/small/keys/acme", k, {"weight": 3}))[0] == 200
     assert (await c.call("PATCH", "/queues/small/keys/acme", k, {"weight": -3}))[0] == 422

@@ -121,7 +121,8 @@ def test_only_config_and_cli_read_the_environment() -> None:
 
 def test_the_lifecycle_does_no_io() -> None:
     io = {"aiohttp", "aiosqlite", "sqlite3", "asyncpg", "socket", "os", "asyncio"}
-    assert not {i.split(".")[0] for i in imports_of("lifecycle.py")} & io
+    for module in ("lifecycle.py", "durable_lifecycle.py"):
+        assert not {i.split(".")[0] for i in imports_of(module)} & io, module
 
 
 def test_each_dialect_names_exactly_the_statements_the_shared_code_runs() -> None:
@@ -131,7 +132,10 @@ def test_each_dialect_names_exactly_the_statements_the_shared_code_runs() -> Non
 
     from jobserver.store import queries
 
-    source = (PACKAGE / "lifecycle.py").read_text() + (PACKAGE / "store/jobstore.py").read_text()
+    source = "".join(
+        (PACKAGE / module).read_text()
+        for module in ("lifecycle.py", "durable_lifecycle.py", "store/jobstore.py")
+    )
     called = set(re.findall(r'\b(?:count|rows|row|value|job|jobs|many|Sql)\(\s*"(\w+)"', source))
     assert called, "the pattern no longer finds the lifecycle's statements"
     dialects = {d: set(queries.load(d)) for d in ("sqlite", "postgres")}

@@ -16,6 +16,7 @@ from ...render import (
     attempt_to_dict,
     job_to_dict,
     rfc3339,
+    step_to_dict,
 )
 from ...store.base import JobFilter, payload_fingerprint
 from ..context import poll_prefix, server_of
@@ -153,6 +154,25 @@ async def list_attempts(request: web.Request) -> web.Response:
     job_id = path_id(request, "job")
     attempts = await server_of(request).list_attempts(job_id)
     return json_response({"job_id": job_id, "items": [attempt_to_dict(a) for a in attempts]})
+
+
+async def list_steps(request: web.Request) -> web.Response:
+    """A job's durable steps (ctx.step, ctx.sleep, ctx.wait_for_event), in order."""
+    job_id = path_id(request, "job")
+    steps = await server_of(request).get_steps(job_id)
+    return json_response({"job_id": job_id, "items": [step_to_dict(s) for s in steps]})
+
+
+async def post_signal(request: web.Request) -> web.Response:
+    """Send a signal to `key`: the jobs waiting for it wake; kept for a later wait if none."""
+    server = server_of(request)
+    key = request.match_info["key"]
+    body = await read_json_object(request, server.max_body_bytes)
+    unknown = set(body) - {"payload"}
+    if unknown:
+        raise ValidationError(sorted(unknown)[0], "unknown field")
+    signal_id, woken = await server.signal(key, body.get("payload"))
+    return json_response({"id": signal_id, "key": key, "woken": woken}, status=202)
 
 
 async def cancel_job(request: web.Request) -> web.Response:

@@ -254,3 +254,20 @@ WHERE status = 'pending' AND blocked_by = 0 AND fairness_key IS NOT NULL AND fai
 -- name: has_tagged
 SELECT 1 FROM jobs
 WHERE status = 'pending' AND blocked_by = 0 AND fair_tag IS NOT NULL AND queue = $1 LIMIT 1;
+
+-- Durable steps and signals (see ../shared.sql for the rest).
+
+-- name: forget_steps
+DELETE FROM job_steps WHERE job_id = ANY($1::bigint[]);
+
+-- name: lock_signal_key
+-- a signal and a suspension waiting on its key take turns, so that neither misses the other
+-- (a suspension that saw no signal, and a signal that saw no suspended job, both committed)
+SELECT pg_advisory_xact_lock(hashtext('jobserver-signal:' || $1));
+
+-- name: take_signal
+-- (two nodes' jobs waiting on one key take different signals)
+UPDATE signals SET taken_by = $2, taken_at = $3
+WHERE id = (SELECT id FROM signals WHERE key = $1 AND taken_by IS NULL ORDER BY id LIMIT 1
+            FOR UPDATE SKIP LOCKED)
+RETURNING payload;

@@ -228,3 +228,17 @@ WHERE status = 'pending' AND blocked_by = 0 AND fairness_key IS NOT NULL AND fai
 -- name: has_tagged
 SELECT 1 FROM jobs INDEXED BY jobs_claim_keyed
 WHERE status = 'pending' AND blocked_by = 0 AND fair_tag IS NOT NULL AND queue = $1 LIMIT 1;
+
+-- Durable steps and signals (see ../shared.sql for the rest).
+
+-- name: forget_steps
+DELETE FROM job_steps WHERE job_id IN (SELECT value FROM json_each($1));
+
+-- name: lock_signal_key
+-- (one writer: a signal and a suspension on its key cannot interleave)
+SELECT 1;
+
+-- name: take_signal
+UPDATE signals SET taken_by = $2, taken_at = $3
+WHERE id = (SELECT id FROM signals WHERE key = $1 AND taken_by IS NULL ORDER BY id LIMIT 1)
+RETURNING payload;

@@ -1,0 +1,157 @@
+"""Durable steps inside a task: `ctx.step`, `ctx.sleep`, `ctx.sleep_until`, `ctx.wait_for_event`.
+
+A task's steps are numbered in the order it calls them. A completed step is kept (its result,
+JSON) in the store in the write's group commit; when the job runs again (a crash, a retry, a
+lost lease, the end of a sleep), each step already done returns its kept result instead of
+running, so the task resumes where it stopped. A step that was running when the process died
+runs again: at-least-once per step. A step whose name differs from the one kept at its number
+means the task's code changed between runs: the job fails (StepMismatch) rather than replay
+the wrong result.
+
+Sleeping and waiting release the job's worker slot: the task raises `Suspend` (out of the
+task; it is a BaseException, so `except Exception` in a task does not catch it) and the worker
+writes the job back as pending, due when the sleep ends or the wait times out. A signal sent
+to the key a job waits for (POST /signals/{key}, JobServer.signal) makes it due at once; a
+signal sent before the wait is kept for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from . import codec
+from .clock import Clock
+from .errors import PermanentError
+from .models import Job, Step
+from .store.base import Store
+
+
+class Suspend(BaseException):
+    """Raised out of a task to give its slot back until `until` (or a signal to `waiting_for`).
+    The worker catches it; a task must let it pass."""
+
+    def __init__(self, until: float, waiting_for: str | None = None) -> None:
+        super().__init__(until, waiting_for)
+        self.until = until
+        self.waiting_for = waiting_for
+
+
+class StepMismatch(PermanentError):
+    """The step at this number was kept under another name: the task's code changed between
+    runs, and replaying the kept result could be wrong."""
+
+
+class LeaseLost(BaseException):
+    """The job's lease was gone when a step was to be kept: another run owns the job now."""
+
+
+class DurableSteps:
+    """A running job's steps: read once (lazily, on the first step call), kept as they end."""
+
+    def __init__(self, store: Store, clock: Clock, job: Job) -> None:
+        assert job.lease_token is not None
+        self._store = store
+        self._clock = clock
+        self._job_id = job.id
+        self._token = job.lease_token
+        self._kept: dict[int, Step] | None = None
+        self._next = 0
+
+    def now(self) -> float:
+        return self._clock.now()
+
+    async def _take_number(self, name: str, kind: str) -> tuple[int, Step | None]:
+        if self._kept is None:
+            self._kept = {s.seq: s for s in await self._store.job_steps(self._job_id)}
+        seq = self._next
+        self._next += 1
+        kept = self._kept.get(seq)
+        if kept is not None and (kept.name != name or kept.kind != kind):
+            raise StepMismatch(
+                f"step {seq} is {kind} {name!r} now but was {kept.kind} {kept.name!r} when it"
+                " ran: the task's code changed between runs"
+            )
+        return seq, kept
+
+    async def _keep(self, step: tuple[Any, ...]) -> None:
+        if not await self._store.save_step(self._job_id, self._token, step):
+            raise LeaseLost(f"job {self._job_id}'s lease is gone: its step was not kept")
+
+    async def step(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        retries: int = 0,
+        retry_delay_s: float = 0.5,
+        timeout_s: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        if not isinstance(name, str) or not 1 <= len(name) <= 200:
+            raise ValueError("a step's name must be a string of 1 to 200 characters")
+        seq, kept = await self._take_number(name, "run")
+        if kept is not None:
+            return kept.result
+        started = self._clock.now()
+        attempt = 0
+        while True:
+            try:
+                result = await _call(fn, args, kwargs, timeout_s)
+                break
+            except Exception:
+                if attempt >= retries:
+                    raise  # the job fails; its policy retries it, and kept steps replay
+                await asyncio.sleep(retry_delay_s * 2**attempt)
+                attempt += 1
+        encoded = codec.dumps(result)  # a TypeError here names a result JSON cannot carry
+        await self._keep((seq, name, "run", "done", encoded, started, self._clock.now()))
+        return codec.loads(encoded)  # what a replay returns: the same, as JSON gives it back
+
+    async def sleep_until(self, until: float, name: str = "sleep") -> None:
+        seq, kept = await self._take_number(name, "sleep")
+        now = self._clock.now()
+        if kept is None:
+            await self._keep((seq, name, "sleep", "done", codec.dumps(until), now, now))
+        else:
+            until = float(kept.result)
+        if until > now:
+            raise Suspend(until)
+
+    async def wait_for_event(self, key: str, timeout_s: float, name: str | None = None) -> Any:
+        if not isinstance(key, str) or not 1 <= len(key) <= 200 or "\x00" in key:
+            raise ValueError("an event key must be a string of 1 to 200 characters")
+        if not timeout_s > 0:
+            raise ValueError("timeout_s must be greater than 0")
+        name = name or f"wait:{key}"
+        seq, kept = await self._take_number(name, "wait")
+        now = self._clock.now()
+        if kept is not None and kept.status == "done":
+            return kept.result
+        deadline = now + timeout_s if kept is None else float(kept.result["deadline"])
+        step = (seq, name, "wait", "waiting", codec.dumps({"deadline": deadline}), now, None)
+        taken, payload = await self._store.take_signal(self._job_id, self._token, key, step, now)
+        if taken:
+            return payload
+        if now >= deadline:  # timed out: kept as done with no payload
+            await self._keep((seq, name, "wait", "done", b"null", now, now))
+            return None
+        if kept is None:
+            await self._keep(step)
+        raise Suspend(deadline, waiting_for=key)
+
+
+async def _call(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout_s: float | None
+) -> Any:
+    async def run() -> Any:
+        if inspect.iscoroutinefunction(fn):
+            return await fn(*args, **kwargs)
+        result = await asyncio.to_thread(fn, *args, **kwargs)  # blocking work off the loop
+        return await result if inspect.isawaitable(result) else result  # a lambda's coroutine
+
+    if timeout_s is None:
+        return await run()
+    return await asyncio.wait_for(run(), timeout_s)

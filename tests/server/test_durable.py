@@ -1,0 +1,187 @@
+"""Durable steps on a real server, each store: steps replay instead of running again, durable
+sleeps and waits give the worker slot back and resume, signals wake waiting jobs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from jobserver import JobContext, JobServer, JobState, ManualClock, Retry
+from jobserver.durable import Suspend
+from jobserver.tasks import Registry, task
+
+from ..conftest import ServerFactory, eventually
+
+reg = Registry()
+effects: dict[str, int] = {}  # how many times each step's side effect ran
+
+
+def effect(name: str) -> str:
+    effects[name] = effects.get(name, 0) + 1
+    return f"{name} done"
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    effects.clear()
+
+
+@task(registry=reg, max_retries=3)
+async def three_steps(ctx: JobContext) -> list[str]:
+    a = await ctx.step("a", effect, "a")
+    b = await ctx.step("b", effect, "b")
+    if ctx.attempt == 1:
+        raise Retry(delay_s=0)  # the job fails after b: a and b must not run again
+    c = await ctx.step("c", effect, "c")
+    return [a, b, c]
+
+
+@task(registry=reg, max_retries=2)
+async def code_changed(ctx: JobContext) -> str:
+    await ctx.step("charge" if ctx.attempt == 1 else "refund", effect, "x")
+    raise Retry(delay_s=0)
+
+
+@task(registry=reg)
+async def sleeps_a_day(ctx: JobContext) -> str:
+    await ctx.step("before", effect, "before")
+    await ctx.sleep(86_400)
+    await ctx.step("after", effect, "after")
+    return "woke"
+
+
+@task(registry=reg)
+async def waits_for_confirmation(user: int, ctx: JobContext) -> Any:
+    await ctx.step("mail", effect, "mail")
+    payload = await ctx.wait_for_event(f"confirm:{user}", timeout_s=3600)
+    await ctx.step("cleanup" if payload is None else "activate", effect, "end")
+    return payload
+
+
+@task(registry=reg, max_retries=0)
+async def catches_everything(ctx: JobContext) -> str:
+    try:
+        await ctx.sleep(60)
+    except Exception:  # a task's broad except must not swallow the suspension
+        return "swallowed"
+    return "woke"
+
+
+async def start(make_server: ServerFactory, **kwargs: Any) -> JobServer:
+    return await make_server(tasks=list(reg), **kwargs)
+
+
+async def status(server: JobServer, job_id: int) -> JobState:
+    return (await server.get_job(job_id)).status
+
+
+async def test_completed_steps_replay_and_only_the_rest_run(make_server: ServerFactory) -> None:
+    server = await start(make_server)
+    job = await server.enqueue("three_steps")
+    done = await server.wait_for(job.id, timeout_s=10)
+    assert done.status == JobState.SUCCEEDED, done.error
+    assert done.result == ["a done", "b done", "c done"]
+    assert effects == {"a": 1, "b": 1, "c": 1}  # the retry replayed a and b
+    assert done.attempts == 2
+    steps = await server.store.job_steps(job.id)
+    assert [(s.seq, s.name, s.kind, s.status, s.attempt) for s in steps] == [
+        (0, "a", "run", "done", 1),
+        (1, "b", "run", "done", 1),
+        (2, "c", "run", "done", 2),
+    ]
+    assert steps[0].result == "a done"
+
+
+async def test_a_step_renamed_between_runs_fails_the_job_instead_of_replaying(
+    make_server: ServerFactory,
+) -> None:
+    server = await start(make_server)
+    job = await server.enqueue("code_changed")
+    done = await server.wait_for(job.id, timeout_s=10)
+    assert done.status == JobState.FAILED
+    assert done.error is not None and done.error["type"] == "StepMismatch"
+    assert "'refund'" in done.error["message"] and "'charge'" in done.error["message"]
+    assert effects == {"x": 1}
+
+
+async def test_a_durable_sleep_gives_the_slot_back_and_resumes_when_due(
+    make_server: ServerFactory, clock: ManualClock
+) -> None:
+    server = await start(make_server, concurrency=1)
+    job = await server.enqueue("sleeps_a_day")
+    await eventually(lambda: status(server, job.id), lambda s: s == JobState.PENDING and effects)
+    slept = await server.get_job(job.id)
+    assert slept.run_at == pytest.approx(clock.now() + 86_400)
+    assert slept.attempts == 0  # a suspension is not an attempt
+    other = await server.enqueue("three_steps")  # the one slot is free while it sleeps
+    assert (await server.wait_for(other.id, timeout_s=10)).status == JobState.SUCCEEDED
+    clock.advance(86_400)
+    server.worker.wake()
+    done = await server.wait_for(job.id, timeout_s=10)
+    assert done.status == JobState.SUCCEEDED and done.result == "woke"
+    assert (effects["before"], effects["after"]) == (1, 1)
+    kinds = [(s.name, s.kind) for s in await server.store.job_steps(job.id)]
+    assert kinds == [("before", "run"), ("sleep", "sleep"), ("after", "run")]
+
+
+async def test_a_signal_wakes_the_job_waiting_for_it(
+    make_server: ServerFactory, clock: ManualClock
+) -> None:
+    server = await start(make_server)
+    job = await server.enqueue("waits_for_confirmation", [7])
+    await eventually(lambda: status(server, job.id), lambda s: s == JobState.PENDING and effects)
+    assert (await server.get_job(job.id)).run_at == pytest.approx(clock.now() + 3600)
+    signal_id, woken = await server.signal("confirm:7", {"ok": True})
+    assert signal_id >= 1 and woken == 1
+    done = await server.wait_for(job.id, timeout_s=10)
+    assert done.result == {"ok": True}
+    assert effects == {"mail": 1, "end": 1}
+    steps = await server.store.job_steps(job.id)
+    assert steps[1].status == "done" and steps[1].result == {"ok": True}
+
+
+async def test_a_signal_sent_before_the_wait_is_kept_for_it(make_server: ServerFactory) -> None:
+    server = await start(make_server)
+    assert await server.signal("confirm:8", "early") == (1, 0)
+    job = await server.enqueue("waits_for_confirmation", [8])
+    done = await server.wait_for(job.id, timeout_s=10)
+    assert done.result == "early"
+    again = await server.enqueue("waits_for_confirmation", [8])  # that signal is taken
+    await eventually(lambda: status(server, again.id), lambda s: s == JobState.PENDING)
+
+
+async def test_a_wait_that_times_out_returns_none(
+    make_server: ServerFactory, clock: ManualClock
+) -> None:
+    server = await start(make_server)
+    job = await server.enqueue("waits_for_confirmation", [9])
+    await eventually(lambda: status(server, job.id), lambda s: s == JobState.PENDING and effects)
+    clock.advance(3601)
+    server.worker.wake()
+    done = await server.wait_for(job.id, timeout_s=10)
+    assert done.status == JobState.SUCCEEDED and done.result is None
+    assert effects == {"mail": 1, "end": 1}
+    assert [s.name for s in await server.store.job_steps(job.id)][-1] == "cleanup"
+
+
+async def test_a_task_catching_exception_does_not_swallow_its_suspension(
+    make_server: ServerFactory,
+) -> None:
+    assert not issubclass(Suspend, Exception)
+    server = await start(make_server)
+    job = await server.enqueue("catches_everything")
+    await eventually(lambda: server.get_job(job.id), lambda j: j.run_at > j.created_at + 59)
+    assert (await server.get_job(job.id)).status == JobState.PENDING
+
+
+async def test_a_worker_that_lost_its_lease_keeps_no_step(make_server: ServerFactory) -> None:
+    server = await start(make_server)
+    await server.worker.stop(0.1)
+    job = await server.enqueue("three_steps")
+    (claimed,) = await server.store.claim(1, server.clock.now(), 30.0)
+    step = (0, "a", "run", "done", b'"x"', 1.0, 2.0)
+    assert await server.store.save_step(job.id, "not-the-token", step) is False
+    assert await server.store.job_steps(job.id) == []
+    assert await server.store.save_step(job.id, claimed.lease_token or "", step) is True
+    assert [s.result for s in await server.store.job_steps(job.id)] == ["x"]
