@@ -59,3 +59,22 @@ def test_ten_kill_9_cycles_lose_nothing(tmp_path: Path) -> None:
     assert s["duplicates"] <= s["in_flight_at_kills"], output
     assert s["per_job_bound_violations"] == [] and s["attempt_anomalies"] == [], output
     assert s["passed"] and proc.returncode == 0, output
+
+
+def test_durable_steps_under_kill_9_lose_no_job_and_rerun_only_interrupted_steps() -> None:
+    """Issue 22, item 5 in short: scripts/chaos_steps.py with 5 kill -9 cycles of 40 five-step
+    jobs. Every job succeeds with its five steps kept, and a step ran twice only when its
+    first run was in a process that was then killed."""
+    proc = subprocess.run(
+        [sys.executable, "scripts/chaos_steps.py", "--cycles", "5", "--jobs", "40"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    output = proc.stdout + proc.stderr
+    s = json.loads(proc.stdout)
+    assert s["jobs_acknowledged"] == 200 and s["lost"] == 0, output
+    assert s["steps_run"] >= 1000, output  # each of the 5 x 200 steps at least once
+    assert s["failures"] == [] and s["passed"] and proc.returncode == 0, output
