@@ -44,3 +44,28 @@ def test_bench_quick_smoke() -> None:
         check=True,
     ).stdout
     assert "Targets:" in out and "batch enqueue" in out
+
+
+def test_bench_fairness_smoke() -> None:
+    out = subprocess.run(
+        [sys.executable, "scripts/bench_fairness.py", "--rounds", "1", "--seconds", "0.5"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert "keyed small p95 / quiet small p95" in out and "median fifo" in out
+
+
+def test_bench_steps_smoke() -> None:
+    command = [sys.executable, "scripts/bench_steps.py", "--jobs", "300", "--latency-jobs", "20"]
+    out = subprocess.run(
+        [*command, "--rounds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert "3-step" in out and "median:" in out
