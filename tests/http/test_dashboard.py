@@ -53,6 +53,17 @@ async def doomed(reason: str) -> None:
 
 
 @task(registry=reg)
+async def stepped(ctx: JobContext) -> str:
+    await ctx.step("fetch", _fetched)
+    await ctx.wait_for_event("go-ahead", timeout_s=3600)
+    return "done"
+
+
+def _fetched() -> dict[str, int]:
+    return {"rows": 3}
+
+
+@task(registry=reg)
 async def crawl(ctx: JobContext, pages: int) -> int:
     ctx.progress(0.5, f"half of {pages} pages")
     await asyncio.sleep(60)  # until cancelled
@@ -550,4 +561,25 @@ async def test_a_keyed_queue_shows_its_busiest_keys_and_a_job_its_key(
     await page.evaluate(f"location.hash = '#job/{ids[0]}'")
     await pw.expect(page.locator("#detail-body")).to_contain_text("Fairness key")
     await pw.expect(page.locator("#detail-body dl")).to_contain_text("acme")
+    assert errors == []
+
+
+async def test_a_jobs_detail_lists_its_durable_steps(
+    browser: Any, make_server: ServerFactory, session: aiohttp.ClientSession
+) -> None:
+    """Issue 22: a job's steps (name, kind, status, kept result) in its detail."""
+    server, base = await start(make_server)
+    api = Api(base, session, None)
+    job_id = await api.enqueue(task="stepped")
+    await eventually(lambda: server.store.job_steps(job_id), lambda steps: len(steps) == 2)
+    page, errors = await new_page(browser)
+    await page.goto(f"{base}/#job/{job_id}")
+    steps = page.locator("#detail-steps li")
+    await pw.expect(steps).to_have_count(2)
+    await pw.expect(steps.nth(0)).to_contain_text("fetch")
+    await pw.expect(steps.nth(0)).to_contain_text('"rows": 3')
+    await pw.expect(steps.nth(1)).to_contain_text("wait:go-ahead")
+    await pw.expect(steps.nth(1)).to_have_attribute("data-status", "waiting")
+    await server.signal("go-ahead", "now")
+    await pw.expect(steps.nth(1)).to_have_attribute("data-status", "done")
     assert errors == []

@@ -655,6 +655,7 @@
   let detailId = null;
   let detailJob = null;
   let detailAttempts = [];
+  let detailSteps = [];
   let detailSig = "";
 
   function openDetail(id) {
@@ -662,6 +663,7 @@
     workflowId = null;
     detailJob = null;
     detailAttempts = [];
+    detailSteps = [];
     detailSig = "";
     history.replaceState(null, "", `#job/${id}`);
     $("#detail").hidden = false;
@@ -726,8 +728,12 @@
     if (id === null) return;
     if (detailJob && detailJob.is_terminal && detailJob.id === id) return; // it will not change
     try {
-      const [job, attempts] = await Promise.all([api("GET", `jobs/${id}`), api("GET", `jobs/${id}/attempts`)]);
-      if (id === detailId) renderDetail(job, attempts.items);
+      const [job, attempts, steps] = await Promise.all([
+        api("GET", `jobs/${id}`),
+        api("GET", `jobs/${id}/attempts`),
+        api("GET", `jobs/${id}/steps`),
+      ]);
+      if (id === detailId) renderDetail(job, attempts.items, steps.items);
     } catch (err) {
       if (err instanceof ApiError && err.status === 404 && id === detailId) {
         $("#detail-body").replaceChildren(el("p", { class: "empty" }, err.message));
@@ -742,10 +748,11 @@
     return [el("dt", {}, label), el("dd", {}, ...value)];
   }
 
-  function renderDetail(job, attempts = detailAttempts) {
+  function renderDetail(job, attempts = detailAttempts, steps = detailSteps) {
     detailJob = job;
     detailAttempts = attempts;
-    const sig = JSON.stringify([job, attempts]);
+    detailSteps = steps;
+    const sig = JSON.stringify([job, attempts, steps]);
     if (sig === detailSig) return;
     detailSig = sig;
     $("#detail-title").textContent = `Job ${job.id} · ${job.task}`;
@@ -826,8 +833,27 @@
     body.push(dl);
     body.push(el("h3", {}, "Arguments"), el("pre", {}, json({ args: job.args, kwargs: job.kwargs })));
     if (job.status === "succeeded") body.push(el("h3", {}, "Result"), el("pre", {}, json(job.result)));
+    if (steps && steps.length) body.push(el("h3", {}, "Steps"), stepList(steps));
     if (attempts && attempts.length) body.push(el("h3", {}, "Attempts"), attemptList(attempts));
     $("#detail-body").replaceChildren(...body);
+  }
+
+  /** A job's durable steps (ctx.step, sleeps, waits for a signal), in order, with results. */
+  function stepList(steps) {
+    return el(
+      "ol",
+      { class: "steps", id: "detail-steps" },
+      ...steps.map((s) =>
+        el(
+          "li",
+          { dataset: { kind: s.kind, status: s.status } },
+          el("b", {}, s.name),
+          el("span", { class: "muted" }, ` ${s.kind} · ${s.status} · attempt ${s.attempt} · `),
+          el("span", { class: "muted", title: s.started_at || "" }, fmtTime(s.started_at)),
+          el("pre", { class: "step-result" }, json(s.result)),
+        ),
+      ),
+    );
   }
 
   /** A job's history: each attempt's outcome, times, node and error, its traceback folded. */
