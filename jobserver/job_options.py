@@ -435,16 +435,40 @@ def check_options(given: Mapping[str, Any]) -> dict[str, Any]:
 
 # A queue's settings (PATCH /queues/{name}, JobServer.configure_queue), declared the same way.
 # Their API names are their Python names; null (None) lifts a limit.
+def _limits(prefix: str, whose: str) -> tuple[Option, ...]:
+    """A concurrency limit and a token bucket: a queue's, every key's of a queue, one key's."""
+    return (
+        Option(
+            f"{prefix}concurrency_limit",
+            f"{prefix}concurrency_limit",
+            "integer",
+            f"{whose} jobs running at once, on all nodes.",
+            lo=1,
+            hi=1_000_000,
+        ),
+        Option(
+            f"{prefix}rate_limit",
+            f"{prefix}rate_limit",
+            "number",
+            f"{whose} jobs started per second (a token bucket).",
+            lo=0.0,
+            hi=1_000_000.0,
+            open_lo=True,
+        ),
+        Option(
+            f"{prefix}rate_burst",
+            f"{prefix}rate_burst",
+            "number",
+            f"{whose} jobs its bucket lets start at once.",
+            lo=1.0,
+            hi=1_000_000.0,
+        ),
+    )
+
+
 QUEUE_SETTINGS = (
     Option("paused", "paused", "boolean", "A paused queue starts no job.", nullable=False),
-    Option(
-        "concurrency_limit",
-        "concurrency_limit",
-        "integer",
-        "Jobs of the queue running at once, on all nodes.",
-        lo=1,
-        hi=1_000_000,
-    ),
+    *_limits("", "The queue's"),
     Option(
         "max_depth",
         "max_depth",
@@ -453,48 +477,8 @@ QUEUE_SETTINGS = (
         lo=1,
         hi=10**12,
     ),
-    Option(
-        "rate_limit",
-        "rate_limit",
-        "number",
-        "Jobs started per second (a token bucket).",
-        lo=0.0,
-        hi=1_000_000.0,
-        open_lo=True,
-    ),
-    Option(
-        "rate_burst",
-        "rate_burst",
-        "number",
-        "Jobs the bucket lets start at once.",
-        lo=1.0,
-        hi=1_000_000.0,
-    ),
-    Option(
-        "key_concurrency_limit",
-        "key_concurrency_limit",
-        "integer",
-        "Jobs of one fairness key running at once, on all nodes (a key may set its own).",
-        lo=1,
-        hi=1_000_000,
-    ),
-    Option(
-        "key_rate_limit",
-        "key_rate_limit",
-        "number",
-        "Jobs of one fairness key started per second (a token bucket a key).",
-        lo=0.0,
-        hi=1_000_000.0,
-        open_lo=True,
-    ),
-    Option(
-        "key_rate_burst",
-        "key_rate_burst",
-        "number",
-        "Jobs of one fairness key its bucket lets start at once.",
-        lo=1.0,
-        hi=1_000_000.0,
-    ),
+    # every fairness key's, unless a key sets its own (KEY_SETTINGS)
+    *_limits("key_", "Each fairness key's"),
 )
 QUEUE_SETTINGS_BY_NAME = {o.name: o for o in QUEUE_SETTINGS}
 
@@ -511,31 +495,7 @@ KEY_SETTINGS = (
         hi=1_000_000.0,
         open_lo=True,
     ),
-    Option(
-        "concurrency_limit",
-        "concurrency_limit",
-        "integer",
-        "The key's jobs running at once, on all nodes.",
-        lo=1,
-        hi=1_000_000,
-    ),
-    Option(
-        "rate_limit",
-        "rate_limit",
-        "number",
-        "The key's jobs started per second (a token bucket).",
-        lo=0.0,
-        hi=1_000_000.0,
-        open_lo=True,
-    ),
-    Option(
-        "rate_burst",
-        "rate_burst",
-        "number",
-        "The key's jobs its bucket lets start at once.",
-        lo=1.0,
-        hi=1_000_000.0,
-    ),
+    *_limits("", "The key's"),
 )
 KEY_SETTINGS_BY_NAME = {o.name: o for o in KEY_SETTINGS}
 
