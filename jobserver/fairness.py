@@ -13,11 +13,11 @@ Claiming reads an index in tag order: it never scans the keys.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from . import flow
 from .models import QueueSettings
 
 T = TypeVar("T")
@@ -55,9 +55,7 @@ class KeyPolicy:
 
     @property
     def bucket_size(self) -> float:
-        if self.rate_burst is not None:
-            return self.rate_burst
-        return max(1.0, self.rate_limit or 1.0)
+        return flow.bucket_size(self)
 
 
 @dataclass(slots=True)
@@ -108,20 +106,13 @@ def start_tags(
     return tags, {key: ends[key] for key in dict.fromkeys(keys)}
 
 
-def refill(p: KeyPolicy, tokens: float | None, tokens_at: float | None, now: float) -> float:
-    """Tokens in a key's bucket at `now`; a bucket never drawn from is full."""
-    if p.rate_limit is None or tokens is None or tokens_at is None:
-        return p.bucket_size
-    return min(p.bucket_size, tokens + max(0.0, now - tokens_at) * p.rate_limit)
-
-
 def room(p: KeyPolicy, running: int, tokens: float | None) -> int | None:
     """How many more jobs of a key may start now (None: no limit of its own)."""
     left: int | None = None
     if p.concurrency_limit is not None:
         left = max(0, p.concurrency_limit - running)
     if p.rate_limit is not None and tokens is not None:
-        by_rate = max(0, math.floor(tokens + 1e-9))
+        by_rate = flow.whole_tokens(tokens)
         left = by_rate if left is None else min(left, by_rate)
     return left
 

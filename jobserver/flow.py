@@ -5,25 +5,38 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from .models import Job, JobState, QueueSettings
 
 
-def bucket_size(settings: QueueSettings) -> float:
+class Bucket(Protocol):
+    """A token bucket's settings: a queue's (QueueSettings) or a key's (fairness.KeyPolicy)."""
+
+    @property
+    def rate_limit(self) -> float | None: ...
+
+    @property
+    def rate_burst(self) -> float | None: ...
+
+
+def bucket_size(settings: Bucket) -> float:
     if settings.rate_burst is not None:
         return settings.rate_burst
     return max(1.0, settings.rate_limit or 1.0)
 
 
-def refill(
-    settings: QueueSettings, tokens: float | None, tokens_at: float | None, now: float
-) -> float:
-    """Tokens in a queue's bucket at `now`; a bucket never seen before starts full."""
+def refill(settings: Bucket, tokens: float | None, tokens_at: float | None, now: float) -> float:
+    """Tokens in a bucket at `now`; a bucket never drawn from is full."""
     size = bucket_size(settings)
     if tokens is None or tokens_at is None or settings.rate_limit is None:
         return size
     return min(size, tokens + max(0.0, now - tokens_at) * settings.rate_limit)
+
+
+def whole_tokens(tokens: float) -> int:
+    """The jobs a bucket's tokens let start (a float's last bit does not cost a job)."""
+    return max(0, math.floor(tokens + 1e-9))
 
 
 def budget(limit: int, settings: QueueSettings, running: int, tokens: float | None) -> int:
@@ -34,7 +47,7 @@ def budget(limit: int, settings: QueueSettings, running: int, tokens: float | No
     if settings.concurrency_limit is not None:
         allowed = min(allowed, settings.concurrency_limit - running)
     if settings.rate_limit is not None and tokens is not None:
-        allowed = min(allowed, math.floor(tokens + 1e-9))
+        allowed = min(allowed, whole_tokens(tokens))
     return max(0, allowed)
 
 

@@ -1051,7 +1051,7 @@ def keyed_due(queue: str, settings: QueueSettings, now: float, allowed: int) -> 
     horizon = fairness.rate_horizon_s(policies)
     if horizon is not None:
         for key, left, left_at in (yield rows("drawn_buckets", queue, now - horizon)):
-            tokens[key] = fairness.refill(own.get(key, default), left, left_at, now)
+            tokens[key] = flow.refill(own.get(key, default), left, left_at, now)
     rooms: dict[str, int | None] = {}
     for key in {*running, *tokens, *own}:
         p = own.get(key, default)
@@ -1111,7 +1111,7 @@ def key_state(queue: str, key: str, now: float) -> Program[fairness.KeyState]:
     tokens = None
     if p.rate_limit is not None:
         left, left_at = (found[4], found[5]) if found is not None else (None, None)
-        tokens = fairness.refill(p, left, left_at, now)
+        tokens = flow.refill(p, left, left_at, now)
     return fairness.KeyState(queue, key, override, p, running or 0, tokens)
 
 

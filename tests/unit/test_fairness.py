@@ -7,7 +7,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jobserver import fairness
+from jobserver import fairness, flow
 from jobserver.fairness import KeyOverride, KeyPolicy
 from jobserver.models import QueueSettings
 
@@ -57,9 +57,9 @@ def test_room_is_the_tighter_of_the_concurrency_and_the_rate_limits() -> None:
 
 def test_a_bucket_refills_at_its_rate_up_to_its_size() -> None:
     p = KeyPolicy(rate_limit=2.0, rate_burst=4.0)
-    assert fairness.refill(p, None, None, 100.0) == 4.0  # never drawn: full
-    assert fairness.refill(p, 0.0, 100.0, 101.0) == 2.0
-    assert fairness.refill(p, 0.0, 100.0, 200.0) == 4.0
+    assert flow.refill(p, None, None, 100.0) == 4.0  # never drawn: full
+    assert flow.refill(p, 0.0, 100.0, 101.0) == 2.0
+    assert flow.refill(p, 0.0, 100.0, 200.0) == 4.0
     assert fairness.rate_horizon_s([p, KeyPolicy(rate_limit=10.0)]) == 2.0  # 4 tokens at 2/s
 
 
