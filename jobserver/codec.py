@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,16 @@ def dumps(value: Any, default: Callable[[Any], Any] | None = None) -> bytes:
 
 def loads(data: bytes | str) -> Any:
     return orjson.loads(data)
+
+
+# A NUL character as JSON writes it: \u0000 after an even number of backslashes (an odd number
+# would make it the text "\u0000" itself).
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def holds_nul(encoded: bytes) -> bool:
+    """A NUL character in some string of this JSON (PostgreSQL's jsonb cannot hold one)."""
+    return b"\\u0000" in encoded and _JSON_NUL.search(encoded) is not None
 
 
 def has_non_finite(value: Any) -> bool:

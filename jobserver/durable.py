@@ -25,6 +25,7 @@ from typing import Any
 from . import codec
 from .clock import Clock
 from .errors import PermanentError
+from .job_options import check_signal_key
 from .models import Job, Step
 from .store.base import Store
 
@@ -121,8 +122,7 @@ class DurableSteps:
             raise Suspend(until)
 
     async def wait_for_event(self, key: str, timeout_s: float, name: str | None = None) -> Any:
-        if not isinstance(key, str) or not 1 <= len(key) <= 200 or "\x00" in key:
-            raise ValueError("an event key must be a string of 1 to 200 characters")
+        check_signal_key(key)  # as a signal names it: a key no signal can reach is refused
         if not timeout_s > 0:
             raise ValueError("timeout_s must be greater than 0")
         name = name or f"wait:{key}"

@@ -508,13 +508,19 @@ def check_key_settings(changes: Mapping[str, Any]) -> dict[str, Any]:
 MAX_SIGNAL_BYTES = 64 * 1024  # a signal's payload, as JSON
 
 
+SIGNAL_KEY = Option(
+    "key",
+    "key",
+    "string",
+    "The key a signal is sent to, as ctx.wait_for_event names it.",
+    max_len=200,
+    nullable=False,
+)
+
+
 def check_signal_key(key: Any) -> str:
-    """The key a signal is sent to, as ctx.wait_for_event names it: 1-200 characters."""
-    if not isinstance(key, str) or not 1 <= len(key) <= 200:
-        raise ValidationError("key", "must be a string of 1 to 200 characters")
-    if "\x00" in key:
-        raise ValidationError("key", "must not contain the NUL character")
-    return key
+    """The key a signal is sent to (POST /signals/{key}, ctx.wait_for_event)."""
+    return SIGNAL_KEY.check(key)  # type: ignore[no-any-return]
 
 
 def check_signal_payload(payload: Any) -> bytes:
@@ -525,7 +531,7 @@ def check_signal_payload(payload: Any) -> bytes:
         raise ValidationError("payload", f"must be JSON: {exc}") from None
     if len(encoded) > MAX_SIGNAL_BYTES:
         raise ValidationError("payload", f"must be at most {MAX_SIGNAL_BYTES} bytes as JSON")
-    if b"\\u0000" in encoded:
+    if codec.holds_nul(encoded):
         raise ValidationError("payload", "must not contain the NUL character (\\u0000)")
     return encoded
 

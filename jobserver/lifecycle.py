@@ -18,7 +18,6 @@ a move that finds the row changed returns None and changes nothing.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Container, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -726,15 +725,10 @@ PLAIN_COLUMNS = (
 PLAIN_INDEXES = tuple(INSERT_ORDER.index(column) for column in PLAIN_COLUMNS)
 
 
-# A NUL character as JSON writes it: \u0000 after an even number of backslashes (an odd number
-# would make it the text "\u0000" itself).
-_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
-
-
 def _json_column(name: str, value: Any) -> bytes:
     encoded = codec.dumps(value)
     # PostgreSQL's jsonb cannot hold a NUL: refused on both stores, as a 422, not a 503
-    if b"\\u0000" in encoded and _JSON_NUL.search(encoded):
+    if codec.holds_nul(encoded):
         raise ValidationError(name, "must not contain the NUL character (\\u0000)")
     return encoded
 

@@ -36,6 +36,14 @@ async def test_a_signal_over_http_wakes_a_waiting_job_and_its_steps_are_listed(
         steps = await client.steps(ref.id)
         assert steps[1].status == "done" and steps[1].result == {"plan": "pro"}
         assert [s.name for s in steps] == ["mail", "wait:confirm:42", "activate"]
+        # the text "\u0000" is not a NUL (its check once took it for one)
+        assert (await client.signal("other", "C:\\u0000"))[1] == 0
+        try:
+            await client.signal("other", "a\x00b")
+        except InvalidRequest as exc:
+            assert exc.field == "payload"
+        else:
+            raise AssertionError("a NUL in a payload was taken")
         for bad in ("x" * 201, "a\x00b"):
             try:
                 await client.signal(bad, 1)
