@@ -1,6 +1,7 @@
 """jobserver: a background-job server for Python; durable SQLite queue, async workers, HTTP API."""
 
 from .clock import Clock, ManualClock, SystemClock
+from .durable import ChildFailed
 from .errors import PermanentError, Retry
 from .models import Backoff, DeadLetter, Job, JobState, NewJob
 from .server import JobServer
@@ -8,6 +9,7 @@ from .tasks import JobContext, current_job, task
 
 __all__ = [
     "Backoff",
+    "ChildFailed",
     "Clock",
     "DeadLetter",
     "Job",

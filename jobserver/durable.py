@@ -1,4 +1,5 @@
-"""Durable steps inside a task: `ctx.step`, `ctx.sleep`, `ctx.sleep_until`, `ctx.wait_for_event`.
+"""Durable steps inside a task: `ctx.step`, `ctx.sleep`, `ctx.sleep_until`, `ctx.wait_for_event`,
+`ctx.run_child`.
 
 A task's steps are numbered in the order it calls them. A completed step is kept (its result,
 JSON) in the store in the write's group commit; when the job runs again (a crash, a retry, a
@@ -12,7 +13,9 @@ Sleeping and waiting release the job's worker slot: the task raises `Suspend` (o
 task; it is a BaseException, so `except Exception` in a task does not catch it) and the worker
 writes the job back as pending, due when the sleep ends or the wait times out. A signal sent
 to the key a job waits for (POST /signals/{key}, JobServer.signal) makes it due at once; a
-signal sent before the wait is kept for it.
+signal sent before the wait is kept for it. A child job (run_child) is enqueued in the
+transaction that keeps its step, and the job waits for it as for a signal: the child's end
+wakes it (lifecycle.wake_parent).
 """
 
 from __future__ import annotations
@@ -26,8 +29,13 @@ from . import codec
 from .clock import Clock
 from .errors import PermanentError
 from .job_options import check_signal_key
-from .models import Job, Step
+from .lifecycle import child_key
+from .models import Job, NewJob, Step
 from .store.base import Store
+
+# How long a job waits for its child at most: as long as the child takes (its own timeout,
+# retries and deadline bound it), written as a due time far off.
+CHILD_WAIT_S = 100 * 365 * 86_400.0
 
 
 class Suspend(BaseException):
@@ -45,6 +53,19 @@ class StepMismatch(PermanentError):
     runs, and replaying the kept result could be wrong."""
 
 
+class ChildFailed(Exception):
+    """A child job (ctx.run_child) ended without success: failed, or was cancelled. A task
+    may catch it; uncaught, it fails the job's attempt, and the job's next run starts a new
+    child for that step (as a step that raised runs again)."""
+
+    def __init__(self, job_id: int, status: str, error: Any) -> None:
+        message = (error or {}).get("message") if isinstance(error, dict) else None
+        super().__init__(f"child job {job_id} ended {status}" + (f": {message}" if message else ""))
+        self.job_id = job_id
+        self.status = status
+        self.error = error
+
+
 class LeaseLost(BaseException):
     """The job's lease was gone when a step was to be kept: another run owns the job now."""
 
@@ -52,10 +73,17 @@ class LeaseLost(BaseException):
 class DurableSteps:
     """A running job's steps: read once (lazily, on the first step call), kept as they end."""
 
-    def __init__(self, store: Store, clock: Clock, job: Job) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        job: Job,
+        new_job: Callable[..., NewJob] | None = None,
+    ) -> None:
         assert job.lease_token is not None
         self._store = store
         self._clock = clock
+        self._new_job = new_job  # JobServer.new_job: checks a child's options
         self._job_id = job.id
         self._token = job.lease_token
         self._kept: dict[int, Step] | None = None
@@ -141,6 +169,46 @@ class DurableSteps:
         if kept is None:
             await self._keep(step)
         raise Suspend(deadline, waiting_for=key)
+
+    async def run_child(
+        self,
+        task: str,
+        args: Any = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        **options: Any,
+    ) -> Any:
+        if self._new_job is None:
+            raise RuntimeError("ctx.run_child needs a JobServer to enqueue the child")
+        name = name or f"child:{task}"
+        seq, kept = await self._take_number(name, "child")
+        if kept is not None and kept.status == "done":
+            return kept.result["result"]
+        if kept is None or kept.status == "failed":  # none yet, or a new run after a failure
+            child = self._new_job(task, args, kwargs, **options)
+            step = (seq, name, "child", "waiting", None, self._clock.now(), None)
+            child_id = await self._store.start_child(
+                self._job_id, self._token, step, child, self._clock.now()
+            )
+            if child_id is None:
+                raise LeaseLost(f"job {self._job_id}'s lease is gone: its child was not started")
+            started = step[5]
+        else:
+            child_id, started = int(kept.result["job_id"]), kept.started_at
+        found = await self._store.get_job(child_id)
+        if found is not None and not found.is_terminal:  # give the slot back until it ends
+            raise Suspend(self._clock.now() + CHILD_WAIT_S, waiting_for=child_key(child_id))
+        status = "gone" if found is None else found.status.value
+        if found is not None and status == "succeeded":
+            kept_result = {"job_id": child_id, "result": found.result}
+            encoded = codec.dumps(kept_result)
+            await self._keep((seq, name, "child", "done", encoded, started, self._clock.now()))
+            return found.result
+        error = None if found is None else found.error
+        ended = codec.dumps({"job_id": child_id, "status": status, "error": error})
+        await self._keep((seq, name, "child", "failed", ended, started, self._clock.now()))
+        raise ChildFailed(child_id, status, error)
 
 
 async def _call(

@@ -13,7 +13,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .lifecycle import CANCELLED, PENDING, RUNNING, Changes, Program, _moved, count, row, rows
+from . import codec
+from .lifecycle import (
+    CANCELLED,
+    CHILD_KEY,
+    PENDING,
+    RUNNING,
+    Changes,
+    NewRow,
+    Program,
+    _moved,
+    count,
+    enqueue,
+    row,
+    rows,
+    value,
+)
 from .models import JobState
 
 STEP_COLUMNS = ("seq", "name", "kind", "status", "result", "attempt", "started_at", "ended_at")
@@ -51,6 +66,25 @@ def take_signal(
     return True, payload
 
 
+def start_child(
+    job_id: int, token: str, step: Sequence[Any], child: NewRow, now: float, ch: Changes
+) -> Program[int | None]:
+    """Enqueue a job's child (ctx.run_child) and keep the step that names it, in one
+    transaction: a crash cannot start the child twice, nor lose it. The child's end wakes its
+    parent (lifecycle.wake_parent): it is marked as having dependants, so that its success
+    runs after_success. None if the lease is gone (nothing is enqueued)."""
+    if (yield row("job_leased", job_id, token)) is None:
+        return None
+    (enqueued,), _unlimited = yield from enqueue([child], now, (), ch)
+    child_id = enqueued.job.id
+    yield count("mark_has_dependants", [child_id])
+    seq, name, _kind, _status, _result, started_at, _ended = step
+    kept = codec.dumps({"job_id": child_id})
+    yield count("save_step", job_id, token, seq, name, "child", "waiting", kept, started_at, None)
+    ch.due = True
+    return int(child_id)
+
+
 def suspend(
     job_id: int,
     token: str,
@@ -61,7 +95,7 @@ def suspend(
 ) -> Program[JobState | None]:
     """running -> pending, due at `until` (a sleep's end, a wait's timeout), the attempt given
     back; -> cancelled if a client asked meanwhile. A job waiting for a signal that was sent
-    meanwhile is due at once."""
+    meanwhile, or for a child that ended meanwhile, is due at once."""
     ended = yield row("release_leased_if_cancel_requested", job_id, token, now)
     if ended is not None:
         _moved(ch, job_id, ended, RUNNING, CANCELLED, "cancel_requested", ended[4])
@@ -69,7 +103,11 @@ def suspend(
         return JobState.CANCELLED
     if waiting_for is not None:
         yield row("lock_signal_key", waiting_for)
-        if (yield row("has_signal", waiting_for)) is not None:
+        if waiting_for.startswith(CHILD_KEY):  # waits for its child: ended already?
+            status = yield value("job_status", int(waiting_for[len(CHILD_KEY) :]))
+            if status not in ("pending", "running"):
+                until = now
+        elif (yield row("has_signal", waiting_for)) is not None:
             until = now
     moved = yield row("suspend_leased", job_id, token, until, waiting_for)
     if moved is None:

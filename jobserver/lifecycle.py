@@ -272,11 +272,13 @@ def _rescue(lease_ends_by: float, now: float, ch: Changes) -> Program[RescueRepo
 # -- dependencies and webhooks ------------------------------------------------------------------
 
 
-def after_success(job_id: int, ch: Changes) -> Program[None]:
-    """A job succeeded: its dependants wait for one fewer; those waiting for none are due."""
+def after_success(job_id: int, now: float, ch: Changes) -> Program[None]:
+    """A job succeeded: its dependants wait for one fewer; those waiting for none are due;
+    a parent waiting for it (ctx.run_child) is due."""
     left = yield rows("unblock_dependants", job_id)
     if any(r[0] == 0 for r in left):
         ch.due = True
+    yield from wake_parent(job_id, now, ch)
 
 
 def after_failure(job_ids: Sequence[int], now: float, ch: Changes) -> Program[None]:
@@ -287,6 +289,7 @@ def after_failure(job_ids: Sequence[int], now: float, ch: Changes) -> Program[No
     frontier = list(job_ids)
     while frontier:
         root = frontier.pop()
+        yield from wake_parent(root, now, ch)
         root_status = yield value("job_status", root)
         for (dependant,) in (yield rows("pending_dependants", root)):
             yield from _end_dependant(dependant, root, root_status or "gone", now, ch)
@@ -311,6 +314,25 @@ def _end_dependant(
     if ended is not None:
         _moved(ch, job_id, ended, PENDING, after, "dependency_failed", now)
     yield from queue_webhooks([job_id], now, ch)
+
+
+def child_key(job_id: int) -> str:
+    """What a job waiting for its child (ctx.run_child) waits for, as a wait for a signal
+    names its key: the child's end wakes it."""
+    return f"{CHILD_KEY}{job_id}"
+
+
+CHILD_KEY = "jobserver.child:"
+
+
+def wake_parent(job_id: int, now: float, ch: Changes) -> Program[None]:
+    """A job ended: the job suspended waiting for it as its child, if any, is due now. The
+    key's lock orders this against the parent's suspension (durable_lifecycle.suspend), which
+    looks at the child's status under it: neither misses the other."""
+    key = child_key(job_id)
+    yield row("lock_signal_key", key)
+    if (yield rows("wake_waiting", key, now)):
+        ch.due = True
 
 
 def queue_webhooks(job_ids: Sequence[int], now: float, ch: Changes) -> Program[None]:

@@ -265,9 +265,10 @@ class QueueInfo:
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One durable step of a job (durable.py): `kind` run (ctx.step), sleep or wait; `status`
-    done, or waiting (a wait whose signal has not come); `result` the step's value (a sleep's
-    end time, a wait's payload or None when it timed out)."""
+    """One durable step of a job (durable.py): `kind` run (ctx.step), sleep, wait or child
+    (ctx.run_child); `status` done, waiting (a wait whose signal, or child, has not come) or
+    failed (a child that ended without success); `result` the step's value (a sleep's end
+    time, a wait's payload or None when it timed out, a child's job_id and result)."""
 
     seq: int
     name: str

@@ -200,8 +200,9 @@ STEP_RECORD: tuple[Field[Step], ...] = (
         "kind",
         {
             "type": "string",
-            "enum": ["run", "sleep", "wait"],
-            "description": "ctx.step, a durable sleep, or a wait for a signal",
+            "enum": ["run", "sleep", "wait", "child"],
+            "description": "ctx.step, a durable sleep, a wait for a signal, or a child job"
+            " (ctx.run_child)",
         },
         lambda s: s.kind,
     ),
@@ -209,8 +210,9 @@ STEP_RECORD: tuple[Field[Step], ...] = (
         "status",
         {
             "type": "string",
-            "enum": ["done", "waiting"],
-            "description": "waiting: a wait whose signal has not come",
+            "enum": ["done", "waiting", "failed"],
+            "description": "waiting: a wait whose signal (or child job) has not come; failed:"
+            " a child job that ended without success",
         },
         lambda s: s.status,
     ),

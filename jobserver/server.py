@@ -175,6 +175,7 @@ class JobServer:
             concurrency=concurrency,
             lease_ttl_s=lease_ttl_s,
             rescue_interval_s=rescue_interval_s,
+            new_job=self.new_job,
         )
         self.scheduler = Scheduler(
             self.store, self.clock, job_for_tick=self._job_for_tick, on_fired=self._on_fired

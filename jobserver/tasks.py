@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextvars
 import importlib
 import inspect
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -265,6 +265,22 @@ class JobContext:
         return its payload; None if `timeout_s` passes first. A signal sent before the wait is
         kept for it; the job's slot is free while it waits."""
         return await self._steps().wait_for_event(key, timeout_s, name)
+
+    async def run_child(
+        self,
+        task: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        **options: Any,
+    ) -> Any:
+        """Start a child job (options as JobServer.enqueue's) as a durable step and return its
+        result once it succeeds; the job's slot is free while it waits, and a run after a
+        crash awaits the same child, never a second one. A child that fails for good or is
+        cancelled raises ChildFailed (a run after that starts a new child for this step).
+        The step's name is `child:<task>` unless `name` is given."""
+        return await self._steps().run_child(task, args, kwargs, name=name, **options)
 
 
 _current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("jobserver_current_job")

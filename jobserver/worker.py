@@ -25,7 +25,7 @@ from .clock import Clock
 from .durable import DurableSteps
 from .executor import Executor
 from .logs import job_fields
-from .models import Backoff, Job, JobState, error_info
+from .models import Backoff, Job, JobState, NewJob, error_info
 from .outcomes import Cancelled, Failed, Outcome, Succeeded, Suspended
 from .store.base import LeaseReport, Store
 from .tasks import JobContext
@@ -67,6 +67,7 @@ class Worker:
         rescue_interval_s: float = 5.0,
         progress_interval_s: float = 0.5,
         rng: random.Random | None = None,
+        new_job: Callable[..., NewJob] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -78,6 +79,7 @@ class Worker:
         self.rescue_interval_s = rescue_interval_s
         self.progress_interval_s = progress_interval_s
         self.rng = rng or random.Random()
+        self.new_job = new_job  # checks a child job's options (ctx.run_child)
         self._running: dict[int, _Running] = {}
         # Jobs whose task is still executing: what `concurrency` limits. A job whose outcome
         # is being written has given its slot back, so the claim of its successor goes into
@@ -280,7 +282,7 @@ class Worker:
             max_retries=job.max_retries,
             report_progress=self._progress_reporter(job),
         )
-        ctx.durable = DurableSteps(self.store, self.clock, job)
+        ctx.durable = DurableSteps(self.store, self.clock, job, self.new_job)
         task = self._spawn(self._run_job(job, ctx), f"job-{job.id}")
         running = self._running[job.id] = _Running(job, ctx, task)
         self._executing += 1

@@ -339,6 +339,13 @@ class Store(Protocol):
         (False, None) when none is there (or the lease is gone)."""
         ...
 
+    async def start_child(
+        self, job_id: int, token: str, step: Sequence[Any], child: NewJob, now: float
+    ) -> int | None:
+        """Enqueue the job's child and keep `step` (as save_step) naming it, in one
+        transaction; the child's id, or None if the lease is gone."""
+        ...
+
     async def suspend(
         self, job_id: int, token: str, until: float, waiting_for: str | None, now: float
     ) -> JobState | None:

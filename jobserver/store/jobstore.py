@@ -293,6 +293,14 @@ class JobStore:
         )
         return taken, self._json(payload) if taken else None
 
+    async def start_child(
+        self, job_id: int, token: str, step: Sequence[Any], child: NewJob, now: float
+    ) -> int | None:
+        r = lifecycle.new_row(child, now)
+        return await self._move(
+            lambda ch: durable_lifecycle.start_child(job_id, token, step, r, now, ch)
+        )
+
     async def suspend(
         self, job_id: int, token: str, until: float, waiting_for: str | None, now: float
     ) -> JobState | None:

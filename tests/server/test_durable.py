@@ -7,8 +7,11 @@ from typing import Any
 
 import pytest
 
-from jobserver import JobContext, JobServer, JobState, ManualClock, Retry
+from jobserver import ChildFailed, Job, JobContext, JobServer, JobState, ManualClock, Retry
 from jobserver.durable import Suspend
+from jobserver.errors import PermanentError
+from jobserver.lifecycle import child_key
+from jobserver.store.base import JobFilter
 from jobserver.tasks import Registry, task
 
 from ..conftest import ServerFactory, eventually
@@ -68,8 +71,51 @@ async def catches_everything(ctx: JobContext) -> str:
     return "woke"
 
 
+@task(registry=reg, max_retries=0)
+async def adds(a: int, b: int, ctx: JobContext) -> int:
+    effect("child")
+    return a + b
+
+
+@task(registry=reg, max_retries=0)
+async def out_of_stock(ctx: JobContext) -> None:
+    effect("child")
+    raise PermanentError("no stock")
+
+
+@task(registry=reg, max_retries=2)
+async def orders_a_sum(ctx: JobContext) -> int:
+    total: int = await ctx.run_child("adds", [2, 3], queue="children")
+    await ctx.step("after", effect, "after")
+    if ctx.attempt == 1:
+        raise Retry(delay_s=0)  # the job runs again: its child must not
+    return total
+
+
+@task(registry=reg, max_retries=0)
+async def awaits_a_paused_child(ctx: JobContext) -> int:
+    total: int = await ctx.run_child("adds", [1, 2], queue="children")
+    return total
+
+
+@task(registry=reg, max_retries=1)
+async def orders_from_stock(ctx: JobContext) -> str:
+    try:
+        await ctx.run_child("out_of_stock")
+    except ChildFailed as failed:
+        await ctx.step("apologise", effect, "apologise")
+        if ctx.attempt == 1:
+            raise Retry(delay_s=0) from None  # a failed child is started anew next run
+        return f"{failed.status}: {failed.error['message']}"
+    return "in stock"
+
+
 async def start(make_server: ServerFactory, **kwargs: Any) -> JobServer:
     return await make_server(tasks=list(reg), **kwargs)
+
+
+async def jobs_of(server: JobServer, task_name: str) -> list[Job]:
+    return await server.list_jobs(JobFilter(task=task_name), 100, None)
 
 
 async def status(server: JobServer, job_id: int) -> JobState:
@@ -185,3 +231,79 @@ async def test_a_worker_that_lost_its_lease_keeps_no_step(make_server: ServerFac
     assert await server.store.job_steps(job.id) == []
     assert await server.store.save_step(job.id, claimed.lease_token or "", step) is True
     assert [s.result for s in await server.store.job_steps(job.id)] == ["x"]
+
+
+async def test_a_child_job_is_awaited_durably_and_never_started_twice(
+    make_server: ServerFactory,
+) -> None:
+    # One slot: the parent must give it back while it waits, or its child never runs.
+    server = await start(make_server, concurrency=1)
+    job = await server.enqueue("orders_a_sum")
+    done = await server.wait_for(job.id, timeout_s=10)
+    assert done.status == JobState.SUCCEEDED, done.error
+    assert done.result == 5 and done.attempts == 2
+    assert effects == {"child": 1, "after": 1}  # the retry replayed the child's step
+    steps = await server.store.job_steps(job.id)
+    assert [(s.name, s.kind, s.status) for s in steps] == [
+        ("child:adds", "child", "done"),
+        ("after", "run", "done"),
+    ]
+    child_id = steps[0].result["job_id"]
+    assert steps[0].result == {"job_id": child_id, "result": 5}
+    child = await server.get_job(child_id)
+    assert (child.task, child.queue, child.args) == ("adds", "children", [2, 3])
+    assert [j.id for j in await jobs_of(server, "adds")] == [child_id]
+
+
+async def test_a_failed_child_raises_in_its_parent_and_a_new_run_starts_a_new_one(
+    make_server: ServerFactory,
+) -> None:
+    server = await start(make_server)
+    job = await server.enqueue("orders_from_stock")
+    done = await server.wait_for(job.id, timeout_s=10)
+    assert done.status == JobState.SUCCEEDED, done.error
+    assert done.result == "failed: no stock"
+    assert effects == {"child": 2, "apologise": 1}  # two runs, a child each
+    children = await jobs_of(server, "out_of_stock")
+    assert sorted(j.status for j in children) == [JobState.FAILED] * 2
+    (step, _) = await server.store.job_steps(job.id)
+    assert (step.kind, step.status, step.result["status"]) == ("child", "failed", "failed")
+    assert step.result["job_id"] == max(j.id for j in children)
+
+
+async def test_a_cancelled_child_wakes_its_parent(make_server: ServerFactory) -> None:
+    server = await start(make_server)
+    await server.configure_queue("children", paused=True)
+    job = await server.enqueue("awaits_a_paused_child")
+    await eventually(lambda: jobs_of(server, "adds"), lambda found: len(found) == 1)
+    await eventually(lambda: status(server, job.id), lambda s: s == JobState.PENDING)
+    (child,) = await jobs_of(server, "adds")
+    await server.cancel(child.id)
+    done = await server.wait_for(job.id, timeout_s=10)
+    assert done.status == JobState.FAILED  # ChildFailed, uncaught, and no retries
+    assert done.error is not None and done.error["type"] == "ChildFailed"
+    assert f"child job {child.id} ended cancelled" in done.error["message"]
+
+
+async def test_a_child_that_ended_before_its_parent_suspended_wakes_it_at_once(
+    make_server: ServerFactory, clock: ManualClock
+) -> None:
+    # The race the key's lock closes: the child ends between the parent's look at it and
+    # the parent's suspension. The suspension must see the end, or the parent sleeps on.
+    server = await start(make_server)
+    await server.worker.stop(0.1)
+    parent = await server.enqueue("orders_a_sum")
+    (claimed,) = await server.store.claim(1, clock.now(), 30.0)
+    token = claimed.lease_token or ""
+    child = server.new_job("adds", [1, 1])
+    step = (0, "child:adds", "child", "waiting", None, clock.now(), None)
+    child_id = await server.store.start_child(parent.id, token, step, child, clock.now())
+    assert child_id is not None
+    assert await server.store.start_child(parent.id, "stale", step, child, clock.now()) is None
+    (claimed_child,) = await server.store.claim(1, clock.now(), 30.0)
+    assert claimed_child.id == child_id
+    assert await server.store.complete(child_id, claimed_child.lease_token or "", b"2", clock.now())
+    until = clock.now() + 3600
+    moved = await server.store.suspend(parent.id, token, until, child_key(child_id), clock.now())
+    assert moved == JobState.PENDING
+    assert (await server.get_job(parent.id)).run_at == pytest.approx(clock.now())

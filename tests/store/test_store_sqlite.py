@@ -13,7 +13,7 @@ from jobserver.errors import DatabaseInUse, QueueFull, SchemaError
 from jobserver.models import JobState, NewJob
 from jobserver.store.base import JobFilter
 from jobserver.store.sqlite import SQLiteStore
-from jobserver.store.sqlite.driver import _on_db_thread
+from jobserver.store.sqlite.driver import _on_db_thread, sql_statements
 from jobserver.store.sqlite.statements import DIALECT, MIGRATIONS, run
 
 T0 = 1_800_000_000.0
@@ -68,6 +68,35 @@ async def test_migrations_record_the_schema_version_once(db: Path) -> None:
         versions = [v for (v,) in conn.execute("SELECT version FROM schema_version")]
         assert versions == [v for v, _ in MIGRATIONS]
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
+
+
+async def test_steps_kept_before_the_child_steps_migration_survive_it(tmp_path: Path) -> None:
+    # 0009 rebuilds job_steps to widen its CHECKs (SQLite cannot alter one): what a database
+    # at version 8 kept must come through, and the new kinds and statuses go in.
+    db = tmp_path / "v8.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at REAL)")
+    for version, sql in MIGRATIONS:
+        if version > 8:
+            break
+        for statement in sql_statements(sql):
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_version VALUES (?, 0)", (version,))
+    kept = (7, 0, "charge", "run", "done", b'"ok"', 1, 1.0, 2.0)
+    conn.execute("INSERT INTO job_steps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", kept)
+    conn.close()
+    store = SQLiteStore(db)
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("SELECT * FROM job_steps").fetchall() == [kept]
+        child = (7, 1, "child:x", "child", "failed", b"{}", 1, 3.0, 4.0)
+        conn.execute("INSERT INTO job_steps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", child)
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("INSERT INTO job_steps VALUES (7, 2, 'x', 'nap', 'done', NULL, 1, 0, 0)")
     finally:
         conn.close()
 

@@ -203,7 +203,7 @@ class _CompletionBatch(GatheredWrite[tuple[int, str, bytes, float]]):
         ]
         for r in ended:
             if r["has_dependants"]:
-                await _run(conn, lifecycle.after_success(r["id"], changes))
+                await _run(conn, lifecycle.after_success(r["id"], r["at"], changes))
             if r["has_callback"]:
                 await _run(conn, lifecycle.queue_webhooks([r["id"]], r["at"], changes))
         if changes.due:

@@ -133,7 +133,7 @@ class _CompletionBatch(GatheredWrite[tuple[int, str, bytes, float]]):
                     )
                 )
                 if has_dependants:
-                    run(conn, lifecycle.after_success(job_id, changes))
+                    run(conn, lifecycle.after_success(job_id, at, changes))
                 if has_callback:
                     run(conn, lifecycle.queue_webhooks([job_id], at, changes))
         return [item[0] in done for item in self.items]
