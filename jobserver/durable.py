@@ -86,7 +86,8 @@ class DurableSteps:
         self._new_job = new_job  # JobServer.new_job: checks a child's options
         self._job_id = job.id
         self._token = job.lease_token
-        self._kept: dict[int, Step] | None = None
+        # a job that never kept a step has none to read (most runs: a job's first)
+        self._kept: dict[int, Step] | None = None if job.has_steps else {}
         self._next = 0
 
     def now(self) -> float:

@@ -42,11 +42,17 @@ def job_steps(job_id: int) -> Program[list[Sequence[Any]]]:
 def save_step(job_id: int, token: str, step: Sequence[Any]) -> Program[bool]:
     """Keep a step (STEP_COLUMNS but attempt, which the job's row gives); False if the lease
     is gone (the step's work is then another run's to do)."""
-    seq, name, kind, status, result, started_at, ended_at = step
-    saved = yield count(
-        "save_step", job_id, token, seq, name, kind, status, result, started_at, ended_at
-    )
+    saved = yield from _save(job_id, token, *step)
     return bool(saved)
+
+
+def _save(job_id: int, token: str, seq: int, *rest: Any) -> Program[int]:
+    """save_step, and the job's has_steps flag (set by its first kept step, whichever number
+    that is: a task may catch a step's failure and keep the next)."""
+    saved: int = yield count("save_step", job_id, token, seq, *rest)
+    if saved:
+        yield count("mark_has_steps", job_id)
+    return saved
 
 
 def take_signal(
@@ -62,7 +68,7 @@ def take_signal(
         return False, None
     seq, name, _kind, _status, _result, started_at, _ended = step
     payload = taken[0]
-    yield count("save_step", job_id, token, seq, name, "wait", "done", payload, started_at, now)
+    yield from _save(job_id, token, seq, name, "wait", "done", payload, started_at, now)
     return True, payload
 
 
@@ -80,7 +86,7 @@ def start_child(
     yield count("mark_has_dependants", [child_id])
     seq, name, _kind, _status, _result, started_at, _ended = step
     kept = codec.dumps({"job_id": child_id})
-    yield count("save_step", job_id, token, seq, name, "child", "waiting", kept, started_at, None)
+    yield from _save(job_id, token, seq, name, "child", "waiting", kept, started_at, None)
     ch.due = True
     return int(child_id)
 

@@ -131,6 +131,8 @@ class Job:
     workflow_id: int | None = None
     traceparent: str | None = None
     fairness_key: str | None = None
+    # it kept a durable step once (durable.py): a run reads its kept steps only then
+    has_steps: bool = False
 
     @property
     def is_terminal(self) -> bool:

@@ -44,7 +44,7 @@ JOB_COLUMNS = (
     " created_at, run_at, started_at, completed_at, result, error, progress, progress_message,"
     " lease_token, lease_expires_at, cancel_requested, idempotency_key, deadline, unique_key,"
     " depends_on, blocked_by, pass_result, on_dependency_failure, callback_url, workflow_id,"
-    " traceparent, fairness_key"
+    " traceparent, fairness_key, has_steps"
 )
 
 
@@ -85,6 +85,7 @@ def job_from_row(r: Sequence[Any], loads: Callable[[Any], Any]) -> Job:
         workflow_id=r[30],
         traceparent=r[31],
         fairness_key=r[32],
+        has_steps=bool(r[33]),
     )
 
 

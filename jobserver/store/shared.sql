@@ -296,6 +296,9 @@ WHERE id = $1 AND status = 'running' AND lease_token = $2
 ON CONFLICT (job_id, seq) DO UPDATE SET status = excluded.status, result = excluded.result,
     attempt = excluded.attempt, ended_at = excluded.ended_at;
 
+-- name: mark_has_steps
+UPDATE jobs SET has_steps = TRUE WHERE id = $1 AND NOT has_steps;
+
 -- name: suspend_leased
 -- (a suspension is not an attempt: it is given back, as at a release)
 UPDATE jobs SET status = 'pending', attempts = attempts - 1, run_at = $3, waiting_for = $4,

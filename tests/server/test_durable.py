@@ -3,6 +3,7 @@ sleeps and waits give the worker slot back and resume, signals wake waiting jobs
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
@@ -110,6 +111,21 @@ async def orders_from_stock(ctx: JobContext) -> str:
     return "in stock"
 
 
+def flaky(name: str) -> str:
+    effect(name)
+    raise ValueError("down")
+
+
+@task(registry=reg, max_retries=1)
+async def catches_a_step(ctx: JobContext) -> str:
+    with contextlib.suppress(ValueError):
+        await ctx.step("first", flaky, "first")  # raises: not kept
+    second: str = await ctx.step("second", effect, "second")  # the job's first kept step
+    if ctx.attempt == 1:
+        raise Retry(delay_s=0)
+    return second
+
+
 async def start(make_server: ServerFactory, **kwargs: Any) -> JobServer:
     return await make_server(tasks=list(reg), **kwargs)
 
@@ -137,6 +153,19 @@ async def test_completed_steps_replay_and_only_the_rest_run(make_server: ServerF
         (2, "c", "run", "done", 2),
     ]
     assert steps[0].result == "a done"
+
+
+async def test_a_job_whose_first_kept_step_is_not_its_first_replays_it(
+    make_server: ServerFactory,
+) -> None:
+    # A run reads kept steps only for a job marked as having some: the mark must come with
+    # whichever step is kept first, not only step 0.
+    server = await start(make_server)
+    job = await server.enqueue("catches_a_step")
+    done = await server.wait_for(job.id, timeout_s=10)
+    assert done.status == JobState.SUCCEEDED, done.error
+    assert effects == {"first": 2, "second": 1}
+    assert done.has_steps
 
 
 async def test_a_step_renamed_between_runs_fails_the_job_instead_of_replaying(

@@ -33,7 +33,7 @@ CLAIMED_COLUMNS = (
     "id, task, queue, args, kwargs, priority, attempts, max_retries, timeout_s, backoff,"
     " created_at, run_at, result, error, progress, progress_message, idempotency_key, deadline,"
     " unique_key, depends_on, pass_result, on_dependency_failure, callback_url, workflow_id,"
-    " traceparent, fairness_key"
+    " traceparent, fairness_key, has_steps"
 )
 
 
@@ -73,6 +73,7 @@ def claimed_job(r: Sequence[Any], now: float, token: str, expires: float) -> Job
         workflow_id=r[23],
         traceparent=r[24],
         fairness_key=r[25],
+        has_steps=bool(r[26]),
     )
 
 

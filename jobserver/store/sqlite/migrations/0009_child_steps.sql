@@ -16,3 +16,8 @@ CREATE TABLE job_steps_new (
 INSERT INTO job_steps_new SELECT * FROM job_steps;
 DROP TABLE job_steps;
 ALTER TABLE job_steps_new RENAME TO job_steps;
+
+-- A job that kept a step once says so, so that a run of one that never did skips the read of
+-- its kept steps (most runs: a job's first).
+ALTER TABLE jobs ADD COLUMN has_steps INTEGER NOT NULL DEFAULT 0 CHECK (has_steps IN (0, 1));
+UPDATE jobs SET has_steps = 1 WHERE id IN (SELECT job_id FROM job_steps);
