@@ -39,16 +39,12 @@ def job_steps(job_id: int) -> Program[list[Sequence[Any]]]:
     return found
 
 
-def save_step(job_id: int, token: str, step: Sequence[Any]) -> Program[bool]:
-    """Keep a step (STEP_COLUMNS but attempt, which the job's row gives); False if the lease
-    is gone (the step's work is then another run's to do)."""
-    saved = yield from _save(job_id, token, *step)
-    return bool(saved)
-
-
 def _save(job_id: int, token: str, seq: int, *rest: Any) -> Program[int]:
-    """save_step, and the job's has_steps flag (set by its first kept step, whichever number
-    that is: a task may catch a step's failure and keep the next)."""
+    """Keep a step (STEP_COLUMNS but attempt, which the job's row gives) with the wait or
+    child it belongs to, and set the job's has_steps flag (set by its first kept step,
+    whichever number that is: a task may catch a step's failure and keep the next). The
+    steps of ctx.step and sleeps are kept by the drivers, many in one statement
+    (Store.save_step), with the same effect."""
     saved: int = yield count("save_step", job_id, token, seq, *rest)
     if saved:
         yield count("mark_has_steps", job_id)

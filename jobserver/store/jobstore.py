@@ -283,9 +283,6 @@ class JobStore:
         found = await self._look(durable_lifecycle.job_steps(job_id))
         return [Step(r[0], r[1], r[2], r[3], self._json(r[4]), r[5], r[6], r[7]) for r in found]
 
-    async def save_step(self, job_id: int, token: str, step: Sequence[Any]) -> bool:
-        return await self._move(lambda ch: durable_lifecycle.save_step(job_id, token, step))
-
     async def take_signal(
         self, job_id: int, token: str, key: str, step: Sequence[Any], now: float
     ) -> tuple[bool, Any]:

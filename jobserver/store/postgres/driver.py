@@ -211,6 +211,38 @@ class _CompletionBatch(GatheredWrite[tuple[int, str, bytes, float]]):
         return [i in done for i in ids]
 
 
+class _StepBatch(GatheredWrite[tuple[Any, ...]]):
+    """Durable steps kept (durable.py): (job id, lease token, seq, name, kind, status, result,
+    started_at, ended_at) each, written by one statement, as completions are; each answer
+    says whether the lease still held. The jobs whose step went in are marked has_steps."""
+
+    async def __call__(self, conn: asyncpg.Connection) -> list[bool]:
+        columns = list(zip(*self.items, strict=True))
+        kept = await conn.fetch(
+            """INSERT INTO job_steps
+                   (job_id, seq, name, kind, status, result, attempt, started_at, ended_at)
+               SELECT v.job_id, v.seq, v.name, v.kind, v.status, v.result, jobs.attempts,
+                   v.started_at, v.ended_at
+               FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[], $5::text[],
+                   $6::text[], $7::jsonb[], $8::float8[], $9::float8[])
+                   AS v(job_id, token, seq, name, kind, status, result, started_at, ended_at)
+               JOIN jobs ON jobs.id = v.job_id AND jobs.status = 'running'
+                   AND jobs.lease_token = v.token
+               ON CONFLICT (job_id, seq) DO UPDATE SET status = excluded.status,
+                   result = excluded.result, attempt = excluded.attempt,
+                   ended_at = excluded.ended_at
+               RETURNING job_id, seq""",
+            *columns,
+        )
+        saved = {(r[0], r[1]) for r in kept}
+        if saved:
+            await conn.execute(
+                "UPDATE jobs SET has_steps = TRUE WHERE id = ANY($1::bigint[]) AND NOT has_steps",
+                sorted({job_id for job_id, _ in saved}),
+            )
+        return [(item[0], item[2]) in saved for item in self.items]
+
+
 class _PlainInsertBatch(GatheredWrite[NewRow]):
     """Single plain enqueues that meet before the writer takes them: one admission check
     and one INSERT for all of them. Each item's answer is its Enqueued, or the error that
@@ -348,6 +380,7 @@ class PostgresStore(JobStore):
         self._origin = secrets.token_hex(6)
         self._turn = itertools.count()  # which queue goes first in a claim: rotates for fairness
         self._completions: _CompletionBatch | None = None
+        self._steps: _StepBatch | None = None
         self._inserts: _PlainInsertBatch | None = None
         self.commit_observer: Callable[[int, float], None] | None = None
 
@@ -582,6 +615,12 @@ class PostgresStore(JobStore):
         )
         done: bool = await batch.join((job_id, token, result, now))
         return JobState.SUCCEEDED if done else None
+
+    async def save_step(self, job_id: int, token: str, step: Sequence[Any]) -> bool:
+        # Steps kept before the writer takes them share one op, one statement (as completions)
+        batch = self._steps = open_gathered(self._steps, _StepBatch, self._put)
+        kept: bool = await batch.join((job_id, token, *step))
+        return kept
 
     async def _move(
         self,

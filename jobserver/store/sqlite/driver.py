@@ -139,6 +139,43 @@ class _CompletionBatch(GatheredWrite[tuple[int, str, bytes, float]]):
         return [item[0] in done for item in self.items]
 
 
+class _StepBatch(GatheredWrite[tuple[Any, ...]]):
+    """Durable steps kept (durable.py): (job id, lease token, seq, name, kind, status, result,
+    started_at, ended_at) each, written by one statement, as completions are; each answer
+    says whether the lease still held. The jobs whose step went in are marked has_steps."""
+
+    CHUNK = 100  # rows a statement: 9 parameters each, far below SQLite's limit
+
+    def __call__(self, conn: sqlite3.Connection) -> list[bool]:
+        saved: set[tuple[int, int]] = set()
+        for start in range(0, len(self.items), self.CHUNK):
+            chunk = self.items[start : start + self.CHUNK]
+            rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+            kept = conn.execute(
+                f"""INSERT INTO job_steps
+                        (job_id, seq, name, kind, status, result, attempt, started_at, ended_at)
+                    SELECT v.column1, v.column3, v.column4, v.column5, v.column6, v.column7,
+                        jobs.attempts, v.column8, v.column9
+                    FROM (VALUES {rows}) AS v
+                    JOIN jobs ON jobs.id = v.column1 AND jobs.status = 'running'
+                        AND jobs.lease_token = v.column2
+                    WHERE true  -- (SQLite needs a WHERE before an upsert's ON CONFLICT)
+                    ON CONFLICT (job_id, seq) DO UPDATE SET status = excluded.status,
+                        result = excluded.result, attempt = excluded.attempt,
+                        ended_at = excluded.ended_at
+                    RETURNING job_id, seq""",
+                [value for item in chunk for value in item],
+            ).fetchall()
+            saved.update(kept)
+        if saved:
+            conn.execute(
+                "UPDATE jobs SET has_steps = TRUE"
+                " WHERE id IN (SELECT value FROM json_each(?)) AND NOT has_steps",
+                [codec.dumps(sorted({job_id for job_id, _ in saved})).decode()],
+            )
+        return [(item[0], item[2]) in saved for item in self.items]
+
+
 class _UnlimitedQueues:
     """Queues known to exist, committed, with no max depth: an enqueue into one of them skips
     registering and checking the queue. Changed on the event loop only: learned after the
@@ -277,6 +314,7 @@ class SQLiteStore(JobStore):
         self._on_due: list[Callable[[], None]] = []
         self._on_transitions: list[OnTransitions] = []
         self._completions: _CompletionBatch | None = None
+        self._steps: _StepBatch | None = None
         self._inserts: _PlainInsertBatch | None = None
         self._unlimited_queues = _UnlimitedQueues()
 
@@ -486,6 +524,12 @@ class SQLiteStore(JobStore):
         batch = self._completions = open_gathered(self._completions, _CompletionBatch, self._put)
         done: bool = await batch.join((job_id, token, result, now))
         return JobState.SUCCEEDED if done else None
+
+    async def save_step(self, job_id: int, token: str, step: Sequence[Any]) -> bool:
+        # Steps kept before the writer takes them share one op, one statement (as completions)
+        batch = self._steps = open_gathered(self._steps, _StepBatch, self._put)
+        kept: bool = await batch.join((job_id, token, *step))
+        return kept
 
     async def _move(
         self,
