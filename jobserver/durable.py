@@ -94,6 +94,8 @@ class DurableSteps:
         return self._clock.now()
 
     async def _take_number(self, name: str, kind: str) -> tuple[int, Step | None]:
+        if not isinstance(name, str) or not 1 <= len(name) <= 200 or "\x00" in name:
+            raise ValueError("a step's name must be 1 to 200 characters, none of them NUL")
         if self._kept is None:
             self._kept = {s.seq: s for s in await self._store.job_steps(self._job_id)}
         seq = self._next
@@ -120,8 +122,6 @@ class DurableSteps:
         timeout_s: float | None = None,
         **kwargs: Any,
     ) -> Any:
-        if not isinstance(name, str) or not 1 <= len(name) <= 200:
-            raise ValueError("a step's name must be a string of 1 to 200 characters")
         seq, kept = await self._take_number(name, "run")
         if kept is not None:
             return kept.result
@@ -137,6 +137,8 @@ class DurableSteps:
                 await asyncio.sleep(retry_delay_s * 2**attempt)
                 attempt += 1
         encoded = codec.dumps(result)  # a TypeError here names a result JSON cannot carry
+        if codec.holds_nul(encoded):  # refused alike on every store (jsonb cannot hold one)
+            raise ValueError(f"step {name!r}'s result holds a NUL character, which no store keeps")
         await self._keep((seq, name, "run", "done", encoded, started, self._clock.now()))
         return codec.loads(encoded)  # what a replay returns: the same, as JSON gives it back
 

@@ -200,6 +200,8 @@ ATTEMPT_OUTCOMES = ("running", "succeeded", "failed", "cancelled", "lease_expire
 
 
 def _cap(text: str, limit: int) -> str:
+    if "\x00" in text:  # PostgreSQL cannot store a NUL: one would fail the write of the error
+        text = text.replace("\x00", "\ufffd")
     if len(text) <= limit:
         return text
     suffix = f"... [{len(text)} chars, cut]"
@@ -212,12 +214,12 @@ def error_info(
     """The error record kept on a job: type, message and traceback, each capped in size."""
     if exc is None:
         return {
-            "type": type_ or "Error",
+            "type": _cap(type_ or "Error", MAX_ERROR_MESSAGE),
             "message": _cap(message, MAX_ERROR_MESSAGE),
             "traceback": None,
         }
     return {
-        "type": type_ or type(exc).__name__,
+        "type": _cap(type_ or type(exc).__name__, MAX_ERROR_MESSAGE),
         "message": _cap(message or _safe_str(exc), MAX_ERROR_MESSAGE),
         "traceback": _cap(_safe_traceback(exc), MAX_TRACEBACK),
     }

@@ -59,4 +59,13 @@ def returned(result: Any) -> Succeeded | Failed:
             ),
             retryable=False,
         )
+    if codec.holds_nul(encoded):  # refused alike on every store (jsonb cannot hold one)
+        return Failed(
+            error_info(
+                None,
+                type_="InvalidResult",
+                message="the task's result holds a NUL character, which no store keeps",
+            ),
+            retryable=False,
+        )
     return Succeeded(encoded)

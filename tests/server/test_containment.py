@@ -59,6 +59,16 @@ async def returns_nan(where: str) -> Any:
     return {"top": nan, "nested": {"list": [1, (2, -inf)]}, "inf": inf}[where]
 
 
+@task(registry=reg, max_retries=0)
+async def returns_nul() -> Any:
+    return {"text": "a\x00b"}
+
+
+@task(registry=reg, max_retries=0)
+async def raises_nul() -> None:
+    raise ValueError("bad\x00byte")
+
+
 async def start(make_server: ServerFactory) -> JobServer:
     return await make_server(tasks=list(reg))
 
@@ -106,6 +116,25 @@ async def test_a_result_json_cannot_carry_fails_the_attempt(
     # A null the task meant is a result like any other.
     meant = await server.enqueue("returns", [{"nothing": None}])
     assert (await server.wait_for(meant.id, timeout_s=5)).result == {"nothing": None}
+
+
+async def test_a_result_or_error_holding_nul_ends_its_own_job_alike_on_every_store(
+    make_server: ServerFactory,
+) -> None:
+    """PostgreSQL's jsonb refused the NUL: the completion, gathered with other jobs' into one
+    statement, failed for all of them, and an error holding one could not be written."""
+    server = await start(make_server)
+    bad = await server.enqueue("returns_nul")
+    raised = await server.enqueue("raises_nul")
+    good = [await server.enqueue("returns", [i]) for i in range(20)]
+    done = await server.wait_for(bad.id, timeout_s=5)
+    assert done.status == JobState.FAILED and done.error is not None
+    assert done.error["type"] == "InvalidResult" and "NUL" in done.error["message"]
+    failed = await server.wait_for(raised.id, timeout_s=5)
+    assert failed.status == JobState.FAILED and failed.error is not None
+    assert failed.error["message"] == "bad\ufffdbyte"
+    for i, job in enumerate(good):
+        assert (await server.wait_for(job.id, timeout_s=5)).result == i
 
 
 async def test_integers_beyond_64_bits_are_refused_at_enqueue_not_rounded(

@@ -126,6 +126,13 @@ async def catches_a_step(ctx: JobContext) -> str:
     return second
 
 
+@task(registry=reg, max_retries=0)
+async def keeps_a_nul(ctx: JobContext) -> str:
+    await ctx.step("fine", effect, "fine")
+    nul: str = await ctx.step("nul", lambda: "a\x00b")
+    return nul
+
+
 async def start(make_server: ServerFactory, **kwargs: Any) -> JobServer:
     return await make_server(tasks=list(reg), **kwargs)
 
@@ -336,3 +343,19 @@ async def test_a_child_that_ended_before_its_parent_suspended_wakes_it_at_once(
     moved = await server.store.suspend(parent.id, token, until, child_key(child_id), clock.now())
     assert moved == JobState.PENDING
     assert (await server.get_job(parent.id)).run_at == pytest.approx(clock.now())
+
+
+async def test_a_step_result_holding_nul_fails_its_own_job_only(
+    make_server: ServerFactory,
+) -> None:
+    # Steps are kept many to a statement: on PostgreSQL, whose jsonb refuses a NUL, one such
+    # result failed every step in its statement. It is refused in its own job, on every store.
+    server = await start(make_server)
+    bad = await server.enqueue("keeps_a_nul")
+    good = [await server.enqueue("three_steps") for _ in range(10)]
+    done = await server.wait_for(bad.id, timeout_s=10)
+    assert done.status == JobState.FAILED and done.error is not None
+    assert done.error["type"] == "ValueError" and "NUL" in done.error["message"]
+    for job in good:
+        assert (await server.wait_for(job.id, timeout_s=10)).status == JobState.SUCCEEDED
+    assert [s.name for s in await server.store.job_steps(bad.id)] == ["fine"]
