@@ -38,6 +38,11 @@ from .store.base import Store
 CHILD_WAIT_S = 100 * 365 * 86_400.0
 
 
+# A step's result of these types comes back from JSON as it went in (not a float: orjson
+# writes NaN and the infinities as null).
+_SAME_AFTER_JSON = (int, str, bool, type(None))
+
+
 class Suspend(BaseException):
     """Raised out of a task to give its slot back until `until` (or a signal to `waiting_for`).
     The worker catches it; a task must let it pass."""
@@ -137,9 +142,11 @@ class DurableSteps:
                 await asyncio.sleep(retry_delay_s * 2**attempt)
                 attempt += 1
         encoded = codec.dumps(result)  # a TypeError here names a result JSON cannot carry
-        if codec.holds_nul(encoded):  # refused alike on every store (jsonb cannot hold one)
+        if b"\\u0000" in encoded and codec.holds_nul(encoded):  # jsonb cannot hold one
             raise ValueError(f"step {name!r}'s result holds a NUL character, which no store keeps")
         await self._keep((seq, name, "run", "done", encoded, started, self._clock.now()))
+        if type(result) in _SAME_AFTER_JSON:
+            return result
         return codec.loads(encoded)  # what a replay returns: the same, as JSON gives it back
 
     async def sleep_until(self, until: float, name: str = "sleep") -> None:
@@ -217,8 +224,11 @@ class DurableSteps:
 async def _call(
     fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout_s: float | None
 ) -> Any:
+    if timeout_s is None and _is_async(fn):  # the usual step: no task, no timer around it
+        return await fn(*args, **kwargs)
+
     async def run() -> Any:
-        if inspect.iscoroutinefunction(fn):
+        if _is_async(fn):
             return await fn(*args, **kwargs)
         result = await asyncio.to_thread(fn, *args, **kwargs)  # blocking work off the loop
         return await result if inspect.isawaitable(result) else result  # a lambda's coroutine
@@ -226,3 +236,12 @@ async def _call(
     if timeout_s is None:
         return await run()
     return await asyncio.wait_for(run(), timeout_s)
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    # A plain `async def` answers from its code's flags; inspect's look (which unwraps
+    # partials and methods) cost a step about as much as the rest of its Python.
+    code = getattr(fn, "__code__", None)
+    if code is not None and code.co_flags & inspect.CO_COROUTINE:
+        return True
+    return inspect.iscoroutinefunction(fn)
