@@ -68,4 +68,4 @@ def test_bench_steps_smoke() -> None:
         timeout=120,
         check=True,
     ).stdout
-    assert "3-step" in out and "median:" in out
+    assert "3-step" in out and "steps/s (20-step jobs)" in out and "median:" in out
