@@ -173,11 +173,31 @@ class FastEnqueue:
             conn.close_idle()
 
 
+class _AiohttpRequests:
+    """After the hand-over, llhttp follows the requests that aiohttp reads, only to time them
+    as the fast path times its own: a head within `header_timeout_s` of its first byte, a
+    body within `body_timeout_s` of its head (aiohttp has no such deadline of its own)."""
+
+    def __init__(self, conn: EnqueueProtocol) -> None:
+        self._conn = conn
+        self.parser = httptools.HttpRequestParser(self)
+
+    def on_message_begin(self) -> None:
+        self._conn._start_head_timer()
+
+    def on_headers_complete(self) -> None:
+        self._conn._head_in()
+
+    def on_message_complete(self) -> None:
+        self._conn._body_in()
+
+
 class EnqueueProtocol(asyncio.Protocol):
     """One connection: `POST /jobs` answered here until a request needs aiohttp, then aiohttp's
     protocol for the rest of the connection. A request head must arrive within
-    `header_timeout_s` of its first byte (the first request's, of the connection's start), on
-    every request answered here: a client dribbling bytes cannot hold the connection."""
+    `header_timeout_s` of its first byte (the first request's, of the connection's start), and
+    a body within `body_timeout_s` of its head, on every request of the connection, those
+    aiohttp answers too: a client dribbling bytes cannot hold the connection."""
 
     def __init__(self, shared: FastEnqueue, on_lost: Callable[[Any], None]) -> None:
         self._shared = shared
@@ -186,6 +206,7 @@ class EnqueueProtocol(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._buffer = b""
         self._inner: asyncio.Protocol | None = None  # aiohttp's, once handed over
+        self._watch: _AiohttpRequests | None = None  # times aiohttp's requests, from then on
         self._request: _Request | None = None  # the head at the front, once llhttp read it
         self._parser: httptools.HttpRequestParser | None = None
         self._head_end = self._body_end = 0  # where that request's head and body end
@@ -216,6 +237,11 @@ class EnqueueProtocol(asyncio.Protocol):
         self._shared.idle.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._inner is not None:
+            if self._watch is not None:
+                self._follow(data)
+            self._inner.data_received(data)
+            return
         if self._head_timer is not None:
             self._tail = (self._tail + data)[-(len(data) + 3) :]
             if b"\r\n\r\n" in self._tail:
@@ -226,9 +252,6 @@ class EnqueueProtocol(asyncio.Protocol):
             # (One that came whole, the usual case, costs no timer.)
             self._start_head_timer()
             self._tail = data[-3:]
-        if self._inner is not None:
-            self._inner.data_received(data)
-            return
         self._buffer += data
         self._last_active = self._loop.time()
         if not self._replying:
@@ -264,7 +287,34 @@ class EnqueueProtocol(asyncio.Protocol):
     # -- timers -----------------------------------------------------------------------------------
     def _start_head_timer(self) -> None:
         self._tail = b""
+        if self._head_timer is not None:
+            self._head_timer.cancel()
         self._head_timer = self._loop.call_later(self._shared.header_timeout_s, self._expire)
+
+    def _head_in(self) -> None:
+        """(After the hand-over) a request's head is in: its body's deadline starts."""
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        timeout_s = self._shared.server.body_timeout_s
+        self._body_timer = self._loop.call_later(timeout_s, self._expire)
+
+    def _body_in(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _follow(self, data: bytes) -> None:
+        assert self._watch is not None
+        try:
+            self._watch.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            # aiohttp refuses what llhttp cannot read (and closes); nothing more to time
+            self._watch = None
+            self._body_in()
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
 
     def _expire(self) -> None:
         self._head_timer = None
@@ -468,7 +518,14 @@ class EnqueueProtocol(asyncio.Protocol):
         if self._paused:
             self._paused = False
             self._transport.resume_reading()
+        # The buffer begins at a request's first byte: the head timer of the first request
+        # (running since the connection began) gives way to the watch's, per request.
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self._watch = _AiohttpRequests(self)
         if buffered:
+            self._follow(buffered)
             inner.data_received(buffered)
         if self._eof:
             inner.eof_received()

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -165,25 +166,39 @@ def test_under_uvloop_as_serve_runs_the_limit_and_the_fast_path_work(tmp_path: P
     assert json.loads(body)["error"]["code"] == "unavailable"
 
 
-async def test_a_later_request_head_dribbled_on_a_kept_alive_connection_is_cut_off(
-    make_server: ServerFactory,
-) -> None:
-    """After one quick enqueue answered by the fast path, a client sent a header byte every
-    20 s: the head deadline covered only a connection's first request, and 1,024 such
-    connections held the server. Every request head now has the deadline."""
-    server = await make_server(header_timeout_s=0.4)
-    [base] = await server.serve("127.0.0.1", 0)
+FIRST_REQUESTS = {
+    "answered by the fast path": (
+        b"POST /jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 29\r\n\r\n{"task": "echo", "delay": 60}',
+        b"HTTP/1.1 202",
+    ),
+    # aiohttp's from then on: its requests had no deadline at all
+    "handed to aiohttp": (b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n", b"HTTP/1.1 200"),
+}
+
+
+async def _answered_first(base: str, first: str) -> tuple[asyncio.StreamReader, Any]:
     host, port = host_port(base)
     reader, writer = await asyncio.open_connection(host, port)
-    body = b'{"task": "echo", "delay": 60}'
-    writer.write(
-        b"POST /jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-    )
+    request, status = FIRST_REQUESTS[first]
+    writer.write(request)
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    assert head.startswith(b"HTTP/1.1 202")
-    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+    assert head.startswith(status)
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
     await reader.readexactly(length)
+    return reader, writer
+
+
+@pytest.mark.parametrize("first", list(FIRST_REQUESTS))
+async def test_a_later_request_head_dribbled_on_a_kept_alive_connection_is_cut_off(
+    make_server: ServerFactory, first: str
+) -> None:
+    """After one quick request, a client sent a header byte every 20 s: the head deadline
+    covered only a connection's first request (and none once aiohttp had the connection), and
+    1,024 such connections held the server. Every request head now has the deadline."""
+    server = await make_server(header_timeout_s=0.4)
+    [base] = await server.serve("127.0.0.1", 0)
+    reader, writer = await _answered_first(base, first)
 
     async def dribble() -> None:
         for byte in b"POST /jobs HTTP/1.1\r\nHost: localhost\r\nX-Slow: 1234567890":
@@ -195,4 +210,49 @@ async def test_a_later_request_head_dribbled_on_a_kept_alive_connection_is_cut_o
         assert await asyncio.wait_for(reader.read(), 3) == b""  # closed by the server
     finally:
         dribbling.cancel()
+        writer.close()
+
+
+async def test_a_body_dribbled_to_aiohttp_on_a_kept_alive_connection_is_cut_off(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server(header_timeout_s=0.4, body_timeout_s=0.4)
+    [base] = await server.serve("127.0.0.1", 0)
+    reader, writer = await _answered_first(base, "handed to aiohttp")
+    writer.write(
+        b"POST /jobs/batch HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n"
+    )
+
+    async def dribble() -> None:
+        for _ in range(1000):
+            writer.write(b" ")
+            await asyncio.sleep(0.1)
+
+    dribbling = asyncio.create_task(dribble())
+    try:
+        assert await asyncio.wait_for(reader.read(), 3) == b""  # closed by the server
+    finally:
+        dribbling.cancel()
+        writer.close()
+
+
+async def test_kept_alive_requests_to_aiohttp_in_their_time_are_all_answered(
+    make_server: ServerFactory,
+) -> None:
+    # The deadlines follow each request: a connection whose requests come whole, slowly one
+    # after another, and a pipelined pair, are answered in full.
+    server = await make_server(header_timeout_s=0.3, body_timeout_s=0.3)
+    [base] = await server.serve("127.0.0.1", 0)
+    reader, writer = await _answered_first(base, "handed to aiohttp")
+    try:
+        for _ in range(3):
+            await asyncio.sleep(0.4)  # longer than either deadline, between requests
+            writer.write(FIRST_REQUESTS["handed to aiohttp"][0] * 2)
+            for _ in range(2):
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                assert head.startswith(b"HTTP/1.1 200")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+    finally:
         writer.close()
