@@ -47,6 +47,7 @@ ERROR_CODES = [
     "timeout",
     "queue_full",
     "bad_json",
+    "bad_body",
     "bad_request",
     "not_found",
     "method_not_allowed",

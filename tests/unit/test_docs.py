@@ -3,9 +3,11 @@ every page in docs/ is linked from it, and its contents line points at real sect
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
+from jobserver.http.errors import HTTP_CODES
 from jobserver.http.openapi import ERROR_CODES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,6 +25,32 @@ def test_the_errors_table_has_every_code_the_api_answers() -> None:
     listed = set(re.findall(r"^\| \d{3} \| `([a-z_]+)` \|", table, re.MULTILINE))
     # http_error: aiohttp's answer to an HTTP status jobserver does not name itself
     assert listed == set(ERROR_CODES) - {"http_error"}
+
+
+def _codes_in_the_source() -> set[str]:
+    """Every error code a literal in jobserver/ passes to error_response, RequestError or
+    error_body: what the API can answer, read from the code, not from a list beside it."""
+    position = {"error_response": 1, "RequestError": 1, "error_body": 0}
+    found: set[str] = set(HTTP_CODES.values())
+    for path in (ROOT / "jobserver").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            index = position.get(name or "")
+            if index is not None and len(node.args) > index:
+                arg = node.args[index]
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                    found.add(arg.value)
+    return found
+
+
+def test_every_code_the_source_answers_is_declared() -> None:
+    """`bad_body` was answered (a body not encoded as its Content-Encoding says) but was in
+    neither the OpenAPI document nor the errors table, which were checked against each other."""
+    in_source = _codes_in_the_source()
+    assert "bad_body" in in_source and "unauthorized" in in_source  # the scan finds them
+    assert in_source <= set(ERROR_CODES), in_source - set(ERROR_CODES)
 
 
 def test_every_docs_page_is_linked_from_the_readme() -> None:
