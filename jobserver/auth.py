@@ -1,4 +1,5 @@
-"""Bearer-token authentication: full tokens, read-only tokens, and a limit on failures.
+"""Bearer-token authentication: full tokens, read-only tokens, worker tokens (external workers:
+lease jobs and report on them, nothing else), and a limit on failures.
 
 Tokens are compared in constant time, every configured token each time (so the time taken
 says nothing about which one, or how much of one, matched).
@@ -24,6 +25,7 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 class Access(Enum):
     NONE = "none"
     READ = "read"
+    WORKER = "worker"  # an external worker's: may only lease jobs and report on them
     FULL = "full"
 
 
@@ -42,6 +44,7 @@ class TokenAuth:
         read_tokens: Iterable[str] = (),
         max_failures: int = MAX_FAILURES,
         server_names: Iterable[str] = (),
+        worker_tokens: Iterable[str] = (),
     ) -> None:
         self.max_failures = max_failures
         # While no token is set, the names a request's Host may give: the loopback names and
@@ -51,8 +54,9 @@ class TokenAuth:
         self._hosts_allowed: set[tuple[str | None, str | None]] = set()  # seen, and allowed
         self._full = [t.encode() for t in tokens if t]
         self._read = [t.encode() for t in read_tokens if t]
-        if not self._full and self._read:
-            raise ValueError("read-only tokens need at least one full token beside them")
+        self._worker = [t.encode() for t in worker_tokens if t]
+        if not self._full and (self._read or self._worker):
+            raise ValueError("read-only and worker tokens need a full token beside them")
         self._failures: dict[str, collections.deque[float]] = {}
 
     @property
@@ -67,8 +71,11 @@ class TokenAuth:
         given = credentials.strip().encode()
         full = _matches_any(given, self._full)
         read = _matches_any(given, self._read)
+        worker = _matches_any(given, self._worker)
         if full:
             return Access.FULL
+        if worker:
+            return Access.WORKER
         return Access.READ if read else Access.NONE
 
     def host_allowed(self, header: str | None, local_address: str | None) -> bool:

@@ -54,6 +54,7 @@ from .logs import configure_logging
 from .models import JobState
 from .runtime import tune_gc
 from .server import JobServer, open_store
+from .tasks import TaskSpec, external_task
 
 log = logging.getLogger("jobserver")
 
@@ -74,7 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", default=None, help="a TOML file of settings [JOBSERVER_CONFIG]")
     for setting, (_convert, help_text) in SETTINGS.items():
         kwargs: dict[str, object] = {"default": None, "help": f"{help_text} [{env_name(setting)}]"}
-        if setting in ("tasks", "http_allow_hosts", "token", "read_token"):
+        if setting in (
+            "tasks",
+            "http_allow_hosts",
+            "token",
+            "read_token",
+            "worker_token",
+            "external_task",
+        ):
             kwargs["action"] = "append"
         serve.add_argument(flag_name(setting), dest=setting, **kwargs)  # type: ignore[arg-type]
     add_client_commands(commands)
@@ -92,7 +100,7 @@ async def serve(settings: Settings) -> int:
     try:
         server = JobServer(
             settings.db,
-            tasks=settings.tasks,
+            tasks=[*settings.tasks, *external_tasks(settings.external_task)],
             concurrency=settings.concurrency,
             durability=settings.durability,
             lease_ttl_s=settings.lease_ttl,
@@ -110,6 +118,7 @@ async def serve(settings: Settings) -> int:
             max_memory_per_child_mb=settings.max_memory_per_child,
             tokens=settings.token,
             read_tokens=settings.read_token,
+            worker_tokens=settings.worker_token,
             server_names=settings.server_name,
             webhook_secret=settings.webhook_secret,
         )
@@ -166,6 +175,15 @@ async def serve(settings: Settings) -> int:
     return 0
 
 
+def external_tasks(declared: Sequence[str]) -> list[TaskSpec]:
+    """--external-task NAME or NAME=QUEUE, as task specs."""
+    specs = []
+    for text in declared:
+        name, _, queue = text.partition("=")
+        specs.append(external_task(name.strip(), queue=queue.strip() or "external"))
+    return specs
+
+
 def run(coro_settings: Settings) -> int:
     try:
         import uvloop
@@ -188,8 +206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"jobserver: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if settings.read_token and not settings.token:
-        print("jobserver: --read-token needs a --token beside it", file=sys.stderr)
+    if (settings.read_token or settings.worker_token) and not settings.token:
+        print(
+            "jobserver: --read-token and --worker-token need a --token beside them",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
     if not is_loopback(settings.host) and not settings.token:
         print(

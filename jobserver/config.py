@@ -46,6 +46,8 @@ class Settings:
     max_memory_per_child: float = 1024.0
     token: tuple[str, ...] = ()
     read_token: tuple[str, ...] = ()
+    worker_token: tuple[str, ...] = ()
+    external_task: tuple[str, ...] = ()
     server_name: tuple[str, ...] = ()
     webhook_secret: str | None = None
 
@@ -174,6 +176,15 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], str]] = {
         "bearer token(s) every route but /healthz requires; repeatable / comma-separated",
     ),
     "read_token": (_names, "read-only bearer token(s), e.g. for dashboards and polling"),
+    "worker_token": (
+        _names,
+        "bearer token(s) of external workers: they may only lease jobs and report on them",
+    ),
+    "external_task": (
+        _names,
+        "a task run by external workers that lease it over HTTP, as NAME or NAME=QUEUE"
+        " (queue: external); repeatable / comma-separated",
+    ),
     "server_name": (
         _names,
         "host name(s) the API answers to while no token is set, besides localhost (a"
@@ -185,7 +196,7 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], str]] = {
         " whsec_ and base64, or any text)",
     ),
 }
-SECRET_SETTINGS = frozenset({"token", "read_token", "webhook_secret"})
+SECRET_SETTINGS = frozenset({"token", "read_token", "worker_token", "webhook_secret"})
 
 
 def flag_name(setting: str) -> str:

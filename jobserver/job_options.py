@@ -547,6 +547,12 @@ def check_queue_settings(changes: Mapping[str, Any]) -> dict[str, Any]:
     return _check_given(changes, QUEUE_SETTINGS_BY_NAME, keep_none=True)
 
 
+def check_given(given: Mapping[str, Any], declared: Mapping[str, Option]) -> dict[str, Any]:
+    """Each given field checked by its declaration (None: not given); ValidationError naming
+    the first unknown or bad one."""
+    return _check_given(given, declared, keep_none=False)
+
+
 def _check_given(
     given: Mapping[str, Any], declared: Mapping[str, Option], *, keep_none: bool
 ) -> dict[str, Any]:

@@ -570,10 +570,20 @@ def claim(
     node: str,
     d: Dialect,
     ch: Changes,
+    only: Container[str] | None = None,
+    skip: Container[str] = (),
 ) -> Program[list[Job]]:
     """Take due jobs: each queue's within its budget (pause, concurrency, rate), shared fairly
-    between queues (the turn starts at queue `start`), counting an attempt on each."""
+    between queues (the turn starts at queue `start`), counting an attempt on each. `only`:
+    of these queues alone (an external worker's lease); `skip`: not of these (the server's
+    own workers leave the queues of external tasks alone)."""
     queues = yield from queue_states(lock_limited=d.lock_limited_queues)
+    if only is not None or skip:
+        queues = {
+            name: state
+            for name, state in queues.items()
+            if (only is None or name in only) and name not in skip
+        }
     limited = any(settings.concurrency_limit for settings, _, _, _ in queues.values())
     running = (yield from _running_by_queue()) if limited else {}
     candidates: list[tuple[str, list[int]]] = []

@@ -209,14 +209,19 @@ def _cap(text: str, limit: int) -> str:
 
 
 def error_info(
-    exc: BaseException | None, *, type_: str | None = None, message: str = ""
+    exc: BaseException | None,
+    *,
+    type_: str | None = None,
+    message: str = "",
+    traceback: str | None = None,
 ) -> dict[str, Any]:
-    """The error record kept on a job: type, message and traceback, each capped in size."""
+    """The error record kept on a job: type, message and traceback, each capped in size (the
+    traceback of `exc`, or `traceback` as given without one: an external worker's)."""
     if exc is None:
         return {
             "type": _cap(type_ or "Error", MAX_ERROR_MESSAGE),
             "message": _cap(message, MAX_ERROR_MESSAGE),
-            "traceback": None,
+            "traceback": None if traceback is None else _cap(traceback, MAX_TRACEBACK),
         }
     return {
         "type": _cap(type_ or type(exc).__name__, MAX_ERROR_MESSAGE),

@@ -42,6 +42,7 @@ from .job_options import (
     check_signal_key,
     check_signal_payload,
 )
+from .leasing import Leasing
 from .metrics import Metrics
 from .models import (
     Attempt,
@@ -112,6 +113,7 @@ class JobServer:
         webhook_secret: str | None = None,
         tokens: Iterable[str] = (),
         read_tokens: Iterable[str] = (),
+        worker_tokens: Iterable[str] = (),
         server_names: Iterable[str] = (),
         keep_finished_s: float = 7 * DAY_S,
         keep_failed_s: float = 30 * DAY_S,
@@ -137,10 +139,18 @@ class JobServer:
         self.header_timeout_s = header_timeout_s  # ... or its first request head
         self.access_log = access_log  # a line a request, logger jobserver.access
         self.idempotency_window_s = idempotency_window_s
-        self.auth = TokenAuth(tokens, read_tokens, server_names=server_names)
+        self.auth = TokenAuth(
+            tokens, read_tokens, server_names=server_names, worker_tokens=worker_tokens
+        )
         self._http_task = HttpTask(http_allowed_hosts, webhook_secret)
         self.webhooks = Webhooks(self._http_task, webhook_secret, self.get_job, self.clock)
         self.registry = self._build_registry(tasks)
+        # Queues whose jobs external workers lease over HTTP (leasing.py); ours leave them.
+        self.external_queues = frozenset(
+            spec.external_queue for spec in self.registry if spec.external_queue is not None
+        )
+        for name in self.external_queues:
+            check_options({"task": "x", "queue": name})  # a name a queue may have
         # As many threads again as jobs at once: sync tasks that hang past their attempt
         # (a thread cannot be stopped) take up to that many without holding up other jobs.
         self._thread_pool = ThreadPoolExecutor(
@@ -176,7 +186,9 @@ class JobServer:
             lease_ttl_s=lease_ttl_s,
             rescue_interval_s=rescue_interval_s,
             new_job=self.new_job,
+            skip_queues=self.external_queues,
         )
+        self.leasing = Leasing(self.store, self.worker, self.clock, self.external_queues)
         self.scheduler = Scheduler(
             self.store, self.clock, job_for_tick=self._job_for_tick, on_fired=self._on_fired
         )
@@ -213,7 +225,7 @@ class JobServer:
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.store.subscribe(on_due=self.worker.wake, on_transitions=self.publisher.publish)
+        self.store.subscribe(on_due=self._on_due, on_transitions=self.publisher.publish)
         await self.store.open()
         await self.events.start()
         report = await self.store.recover_orphans(self.clock.now())
@@ -341,6 +353,14 @@ class JobServer:
         `delay_s` / `deadline_s` are seconds from now; `run_at` / `deadline` epoch seconds."""
         o = check_options({"task": task, "args": args, "kwargs": kwargs, **options})
         spec = self.task_spec(task)
+        if spec.external_queue is not None:  # its jobs wait where external workers lease
+            if options.get("queue") not in (None, spec.external_queue):
+                raise ValidationError(
+                    "queue", f"task {task!r} is external: its jobs go to {spec.external_queue!r}"
+                )
+            o["queue"] = spec.external_queue
+        elif o["queue"] in self.external_queues:
+            raise ValidationError("queue", f"queue {o['queue']!r} holds external tasks' jobs only")
         now = self.clock.now()
         run_at = o["run_at"] if o["delay_s"] is None else now + o["delay_s"]
         deadline = o["deadline"] if o["deadline_s"] is None else now + o["deadline_s"]
@@ -380,6 +400,10 @@ class JobServer:
             self.task_spec(job.task)
         return await self._enqueue_and_wake(jobs, self.clock.now())
 
+    def _on_due(self) -> None:
+        self.worker.wake()
+        self.leasing.wake()
+
     def _wake_after_write(self, jobs: Sequence[NewJob], now: float) -> None:
         """Woken before the commit, the dispatcher's claim can join the enqueue's transaction:
         the job starts one commit after its enqueue, not two. Called in the step in which the
@@ -395,6 +419,7 @@ class JobServer:
         ]
         if due:
             self.worker.wake_for(min(due))
+            self.leasing.wake()  # (after the commit is soon enough: a lease looks again)
 
     async def _enqueue_and_wake(self, jobs: Sequence[NewJob], now: float) -> list[Enqueued]:
         self._wake_after_write(jobs, now)  # in this step, which queues the write

@@ -41,6 +41,9 @@ class TaskSpec:
     # None: as the server's default (--isolation)
     isolation: str | None = None
     hard_timeout_s: float | None = None  # isolated only: the child is killed past it
+    # Run by a worker outside the server, which leases its jobs over HTTP (POST /leases): its
+    # jobs all go to this queue, which the server's own workers leave alone.
+    external_queue: str | None = None
 
     def is_retryable(self, exc: BaseException) -> bool:
         return not isinstance(exc, PermanentError) and isinstance(exc, self.retry_on)
@@ -78,6 +81,36 @@ class Registry:
     def names(self) -> list[str]:
         """The tasks a client may enqueue (the server's internal ones left out)."""
         return sorted(name for name, spec in self._tasks.items() if not spec.internal)
+
+
+def external_task(
+    name: str,
+    *,
+    queue: str = "external",
+    timeout: float | None = None,
+    max_retries: int | None = None,
+    backoff: Backoff | None = None,
+) -> TaskSpec:
+    """A task that runs outside the server, in a worker of any language that leases its jobs
+    over HTTP (POST /leases, jobserver/leasing.py): declared by name, with no code here. Its
+    jobs go to `queue`, which holds only external tasks' jobs; `timeout` (seconds from a
+    lease's start), `max_retries` and `backoff` are its jobs' defaults, as @task's."""
+    if timeout is not None and timeout <= 0:
+        raise ValueError("timeout must be greater than 0")
+    return TaskSpec(
+        name=name,
+        fn=_runs_elsewhere,
+        is_async=True,
+        wants_ctx=False,
+        timeout_s=timeout,
+        max_retries=DEFAULT_MAX_RETRIES if max_retries is None else max_retries,
+        backoff=backoff or Backoff(),
+        external_queue=queue,
+    )
+
+
+async def _runs_elsewhere(*args: Any, **kwargs: Any) -> None:
+    raise PermanentError("an external task runs in a worker that leases it over HTTP")
 
 
 def _origin(fn: Callable[..., Any]) -> str:

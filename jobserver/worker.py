@@ -68,6 +68,7 @@ class Worker:
         progress_interval_s: float = 0.5,
         rng: random.Random | None = None,
         new_job: Callable[..., NewJob] | None = None,
+        skip_queues: frozenset[str] = frozenset(),
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -80,6 +81,7 @@ class Worker:
         self.progress_interval_s = progress_interval_s
         self.rng = rng or random.Random()
         self.new_job = new_job  # checks a child job's options (ctx.run_child)
+        self.skip_queues = skip_queues  # external tasks' queues: leased over HTTP instead
         self._running: dict[int, _Running] = {}
         # Jobs whose task is still executing: what `concurrency` limits. A job whose outcome
         # is being written has given its slot back, so the claim of its successor goes into
@@ -216,7 +218,7 @@ class Worker:
         self._claiming, self._arrived = True, math.inf
         try:
             now = self.clock.now()
-            jobs = await self.store.claim(free, now, self.lease_ttl_s)
+            jobs = await self.store.claim(free, now, self.lease_ttl_s, skip=self.skip_queues)
             for job in jobs:
                 self._start_job(job)
             if len(jobs) == free or self._stopping:
@@ -337,7 +339,7 @@ class Worker:
 
     async def _record_overrun(self, job: Job, overrun: Failed) -> None:
         try:
-            await self._record(job, overrun)
+            await self.record(job, overrun)
         except Exception:
             log.exception(
                 "recording the timeout of job %s failed; its lease will expire",
@@ -366,7 +368,7 @@ class Worker:
             with attempt_span(job) as ctx.traceparent:
                 outcome = await self.executor.run(job, ctx)
             self._give_back_slot(running)
-            await self._record(job, outcome)
+            await self.record(job, outcome)
         except asyncio.CancelledError:
             # Cancelled outside the task itself (shutdown while recording): the lease
             # expires and the job runs again; at-least-once.
@@ -392,13 +394,16 @@ class Worker:
         first = ordered[0] if len(ordered) == 1 else ordered
         return dataclasses.replace(job, args=[first, *job.args])
 
-    async def _record(self, job: Job, outcome: Outcome) -> None:
-        """Write the attempt's outcome. The store publishes the move it made once committed
-        (which may differ from the one asked for: a cancel requested meanwhile wins over a
-        retry); a write that finds the lease gone changes nothing."""
+    async def record(self, job: Job, outcome: Outcome) -> JobState | None:
+        """Write the attempt's outcome (for this process's runs, and for external workers'
+        reports: leasing.py); the state written, None if the lease was gone. The store
+        publishes the move it made once committed (which may differ from the one asked for:
+        a cancel requested meanwhile wins over a retry); a write that finds the lease gone
+        changes nothing."""
         assert job.lease_token is not None
         token = job.lease_token
         now = self.clock.now()
+        stored: JobState | None
         if isinstance(outcome, Succeeded):
             stored = await self.store.complete(job.id, token, outcome.result, now)
         elif isinstance(outcome, Suspended):
@@ -406,9 +411,8 @@ class Worker:
             stored = await self.store.suspend(job.id, token, until, outcome.waiting_for, now)
         elif isinstance(outcome, Cancelled):
             if outcome.reason == "lease_lost":
-                self._stale(job)
-                return
-            if outcome.reason == "shutdown":
+                stored = None
+            elif outcome.reason == "shutdown":
                 stored = await self.store.release(job.id, token, now)
             else:
                 stored = await self.store.mark_cancelled(job.id, token, now)
@@ -416,6 +420,7 @@ class Worker:
             stored = await self._record_failure(job, token, outcome, now)
         if stored is None:
             self._stale(job)
+        return stored
 
     async def _record_failure(
         self, job: Job, token: str, outcome: Failed, now: float

@@ -32,6 +32,13 @@ from .routes.jobs import (
     post_jobs_batch,
     post_signal,
 )
+from .routes.leases import (
+    complete_leased,
+    fail_leased,
+    lease_jobs,
+    release_leased,
+    renew_leases,
+)
 from .routes.ops import (
     EventStreams,
     healthz,
@@ -72,6 +79,11 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
     ("GET", f"/jobs/{ID}/attempts", list_attempts, "list_attempts"),
     ("GET", f"/jobs/{ID}/steps", list_steps, "list_steps"),
     ("POST", "/signals/{key}", post_signal, "send_signal"),
+    ("POST", "/leases", lease_jobs, "lease_jobs"),
+    ("POST", "/leases/renew", renew_leases, "renew_leases"),
+    ("POST", "/leases/complete", complete_leased, "complete_leased"),
+    ("POST", "/leases/fail", fail_leased, "fail_leased"),
+    ("POST", "/leases/release", release_leased, "release_leased"),
     ("GET", "/dead-letters", list_dead_letters, "list_dead_letters"),
     ("GET", f"/dead-letters/{ID}", get_dead_letter, "get_dead_letter"),
     ("POST", "/dead-letters/requeue", requeue_dead_letters, "requeue_dead_letters"),

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
 
 
 OPEN_ROUTES = frozenset({"healthz", "dashboard", "dashboard_static"})
+# What a worker token may call (external workers, leasing.py), besides the open routes
+WORKER_ROUTES = frozenset(
+    {"lease_jobs", "renew_leases", "complete_leased", "fail_leased", "release_leased"}
+)
 
 
 def local_address(request: web.Request) -> str | None:
@@ -59,6 +63,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         )  # fmt: skip
     if access is Access.READ and request.method not in READ_METHODS:
         return error_response(403, "forbidden", "this token may only read", "Authorization")
+    if access is Access.WORKER and request.match_info.route.name not in WORKER_ROUTES:
+        return error_response(
+            403, "forbidden", "this token may only lease jobs and report on them",
+            "Authorization",
+        )  # fmt: skip
     response = await handler(request)
     if access is Access.READ and not response.prepared:
         response.headers["X-Jobserver-Access"] = "read"  # the dashboard hides its writes

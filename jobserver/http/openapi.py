@@ -27,6 +27,7 @@ from ..job_options import (
     Option,
 )
 from ..job_options import QUEUE_PATTERN as QUEUE_PATTERN_TEXT
+from ..leasing import FAILURE, LEASE_REQUEST, LEASED, MAX_ITEMS, RENEWAL
 from ..models import JobState
 from ..render import (
     ATTEMPT_RECORD,
@@ -453,6 +454,106 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
             {
                 "job_id": {"type": "integer", "minimum": 1},
                 "items": {"type": "array", "items": ref("Step"), "description": "In order."},
+            }
+        ),
+        "LeaseRequest": {
+            "type": "object",
+            "required": ["queues"],
+            "additionalProperties": False,
+            "properties": {
+                **{o.wire: _option_schema(o) for o in LEASE_REQUEST},
+                "queues": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 100,
+                    "items": {"type": "string", "pattern": QUEUE_PATTERN},
+                    "description": LEASE_REQUEST[0].description,
+                },
+            },
+        },
+        "Leases": _record(
+            {
+                "leases": {
+                    "type": "array",
+                    "items": _record(
+                        {
+                            "job": ref("Job"),
+                            "lease_token": {
+                                "type": "string",
+                                "description": "Show it on every report of this job.",
+                            },
+                        }
+                    ),
+                }
+            }
+        ),
+        **{
+            name: {
+                "type": "object",
+                "required": ["items"],
+                "additionalProperties": False,
+                "properties": {
+                    "items": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": MAX_ITEMS,
+                        "items": {
+                            "type": "object",
+                            "required": ["job_id", "lease_token", *required],
+                            "additionalProperties": False,
+                            "properties": {
+                                **{o.wire: _option_schema(o) for o in (*LEASED, *fields)},
+                                **extra,
+                            },
+                        },
+                    },
+                    **{o.wire: _option_schema(o) for o in body_fields},
+                },
+            }
+            for name, fields, extra, required, body_fields in (
+                ("LeasedJobs", (), {}, [], ()),
+                ("LeaseRenewal", (), {}, [], RENEWAL),
+                (
+                    "LeaseResults",
+                    (),
+                    {"result": {"description": "What the task returned: any JSON."}},
+                    [],
+                    (),
+                ),
+                ("LeaseFailures", FAILURE, {}, ["message"], ()),
+            )
+        },
+        "LeasesRenewed": _record(
+            {
+                "renewed": {"type": "array", "items": {"type": "integer"}},
+                "lost": {
+                    "type": "array",
+                    "items": {"type": "integer"},
+                    "description": "No longer this worker's: stop them and report nothing.",
+                },
+                "cancel_requested": {
+                    "type": "array",
+                    "items": {"type": "integer"},
+                    "description": "A client asked to cancel: stop them and release or fail.",
+                },
+            }
+        ),
+        "LeaseOutcomes": _record(
+            {
+                "items": {
+                    "type": "array",
+                    "items": _record(
+                        {
+                            "job_id": {"type": "integer", "minimum": 1},
+                            "status": {
+                                "type": "string",
+                                "enum": ["succeeded", "pending", "failed", "cancelled", "lost"],
+                                "description": "What the report did: the job's state now, or"
+                                " `lost` when the lease was gone (nothing changed).",
+                            },
+                        }
+                    ),
+                }
             }
         ),
         "SignalRequest": {
@@ -902,6 +1003,66 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/leases": {
+            "post": {
+                "operationId": "lease_jobs",
+                "tags": ["workers"],
+                "summary": "Lease due jobs of external tasks",
+                "description": "For a worker outside the server: up to `limit` due jobs of the"
+                " given external tasks' queues, each running under a lease the worker renews"
+                " and reports on with its token; with none due, waits up to `wait_s`. A worker"
+                " token may call the /leases routes only.",
+                "requestBody": _body("LeaseRequest"),
+                "responses": {
+                    "200": _response("The jobs leased (none if none came).", ref("Leases")),
+                    **_errors(*BODY_ERRORS, "Invalid", "Unavailable"),
+                },
+            }
+        },
+        **{
+            f"/leases/{action}": {
+                "post": {
+                    "operationId": operation,
+                    "tags": ["workers"],
+                    "summary": summary,
+                    "requestBody": _body(request),
+                    "responses": {
+                        "200": _response("What each report did.", ref(answer)),
+                        **_errors(*BODY_ERRORS, "Invalid", "Unavailable"),
+                    },
+                }
+            }
+            for action, operation, summary, request, answer in (
+                (
+                    "renew",
+                    "renew_leases",
+                    "Extend leases; learn which were lost or asked to cancel",
+                    "LeaseRenewal",
+                    "LeasesRenewed",
+                ),
+                (
+                    "complete",
+                    "complete_leased",
+                    "Report leased jobs done, with their results",
+                    "LeaseResults",
+                    "LeaseOutcomes",
+                ),
+                (
+                    "fail",
+                    "fail_leased",
+                    "Report leased jobs failed: retried by each job's policy, or dead-lettered",
+                    "LeaseFailures",
+                    "LeaseOutcomes",
+                ),
+                (
+                    "release",
+                    "release_leased",
+                    "Give leased jobs back untried (their attempt does not count)",
+                    "LeasedJobs",
+                    "LeaseOutcomes",
+                ),
+            )
+        },
         "/dead-letters": {
             "get": {
                 "operationId": "list_dead_letters",
@@ -1293,6 +1454,7 @@ def build_spec(tasks: Iterable[str] | None = None) -> dict[str, Any]:
                 {"name": "queues", "description": "Queue counts, limits, pause and resume."},
                 {"name": "schedules", "description": "Cron schedules that enqueue jobs."},
                 {"name": "dead-letters", "description": "Jobs that failed for good."},
+                {"name": "workers", "description": "Workers outside the server lease jobs."},
                 {"name": "health", "description": "Liveness and readiness probes."},
                 {"name": "meta", "description": "This document and the metrics."},
             ],
@@ -1305,7 +1467,8 @@ def build_spec(tasks: Iterable[str] | None = None) -> dict[str, Any]:
                     "bearer": {
                         "type": "http",
                         "scheme": "bearer",
-                        "description": "A token from --token, or --read-token for GETs only.",
+                        "description": "A token from --token, --read-token for GETs only, or"
+                        " --worker-token for the /leases routes only.",
                     }
                 },
                 "schemas": _schemas(names),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -212,8 +212,17 @@ class Store(Protocol):
     async def count_dead_letters(self) -> int: ...
 
     # -- the worker's side --------------------------------------------------------------------
-    async def claim(self, limit: int, now: float, lease_ttl_s: float) -> list[Job]:
-        """Take up to `limit` due jobs (priority, then run_at), counting an attempt on each."""
+    async def claim(
+        self,
+        limit: int,
+        now: float,
+        lease_ttl_s: float,
+        *,
+        only: Collection[str] | None = None,
+        skip: Collection[str] = (),
+    ) -> list[Job]:
+        """Take up to `limit` due jobs (priority, then run_at), counting an attempt on each;
+        of the queues in `only` if given, none of those in `skip`."""
         ...
 
     async def renew_leases(

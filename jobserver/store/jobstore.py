@@ -10,7 +10,7 @@ completion and insert batches, whose statements are shaped by the dialect).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any, TypeVar
 
 from .. import codec, durable_lifecycle, lifecycle
@@ -122,13 +122,23 @@ class JobStore:
         return transitions
 
     # -- claiming and queues ---------------------------------------------------------------------
-    async def claim(self, limit: int, now: float, lease_ttl_s: float) -> list[Job]:
-        token = secrets.token_hex(8)
+    async def claim(
+        self,
+        limit: int,
+        now: float,
+        lease_ttl_s: float,
+        *,
+        only: Collection[str] | None = None,
+        skip: Collection[str] = (),
+    ) -> list[Job]:
+        # An external worker's token goes over the network: 128 bits, not the 64 a lease
+        # held inside this process needs.
+        token = secrets.token_hex(8 if only is None else 16)
         start = next(self._turn)
         expires = now + lease_ttl_s
         return await self._move(
             lambda ch: lifecycle.claim(
-                limit, now, token, expires, start, self.node, self.dialect, ch
+                limit, now, token, expires, start, self.node, self.dialect, ch, only, skip
             ),
             claims=True,
         )

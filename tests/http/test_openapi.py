@@ -23,7 +23,7 @@ from jobserver.auth import TokenAuth
 from jobserver.errors import StorageUnavailable
 from jobserver.http.openapi import build_spec
 from jobserver.tasks import Registry as TaskRegistry
-from jobserver.tasks import task
+from jobserver.tasks import external_task, task
 
 from ..conftest import ServerFactory, eventually
 
@@ -32,6 +32,7 @@ SPEC_URI = "urn:jobserver:openapi"
 FORMATS = Draft202012Validator.FORMAT_CHECKER
 
 reg = TaskRegistry()
+reg.add(external_task("resize", queue="images"))
 
 
 @task(registry=reg, max_retries=0)
@@ -384,7 +385,8 @@ STORE_CALLS = [
     "requeue_dead_letter", "delete_dead_letter", "check_writable", "delete_job", "list_queues",
     "get_queue", "configure_queue", "save_schedule", "list_schedules", "get_schedule",
     "delete_schedule", "create_workflow", "workflow_jobs", "count_dead_letters", "list_attempts",
-    "get_key", "configure_key", "job_steps", "send_signal",
+    "get_key", "configure_key", "job_steps", "send_signal", "claim", "renew_leases", "complete",
+    "release",
 ]  # fmt: skip
 
 
@@ -437,9 +439,48 @@ async def drive_storage_faults(c: Checked, monkeypatch: pytest.MonkeyPatch) -> N
             ("POST", "/workflows", "/workflows", {"chain": [{"task": "echo"}]}),
             ("GET", "/workflows/1", "/workflows/{id}", None),
             ("GET", "/metrics", "/metrics", None),
+            ("POST", "/leases", "/leases", {"queues": ["images"]}),
+            *(
+                ("POST", f"/leases/{action}", f"/leases/{action}", body)
+                for action, body in LEASE_REPORTS.items()
+            ),
         ]:
             status, _ = await c.call(method, path, template, body)
             assert status == 503, (method, path)
+
+
+LEASED = {"job_id": 1, "lease_token": "t"}
+LEASE_REPORTS = {
+    "renew": {"items": [LEASED]},
+    "complete": {"items": [{**LEASED, "result": 1}]},
+    "fail": {"items": [{**LEASED, "message": "no"}]},
+    "release": {"items": [LEASED]},
+}
+
+
+async def drive_lease_routes(c: Checked) -> None:
+    """An external worker's calls: lease, renew, complete, fail, release; bad bodies."""
+    job = await c.enqueue(task="resize", args=[1])
+    assert (await c.call("GET", f"/jobs/{job['id']}", "/jobs/{id}"))[1]["queue"] == "images"
+    status, got = await c.call("POST", "/leases", "/leases", {"queues": ["images"], "limit": 5})
+    assert status == 200 and [g["job"]["id"] for g in got["leases"]] == [job["id"]]
+    mine = {"job_id": job["id"], "lease_token": got["leases"][0]["lease_token"]}
+    status, renewed = await c.call("POST", "/leases/renew", "/leases/renew", {"items": [mine]})
+    assert status == 200 and renewed["renewed"] == [job["id"]]
+    for action, body in LEASE_REPORTS.items():
+        status, out = await c.call("POST", f"/leases/{action}", f"/leases/{action}", body)
+        assert status == 200 and out != {}, action  # job 1's lease is not "t"
+    report = {"items": [{**mine, "result": {"ok": True}}]}
+    status, out = await c.call("POST", "/leases/complete", "/leases/complete", report)
+    assert out["items"] == [{"job_id": job["id"], "status": "succeeded"}]
+    for bad in ({}, {"queues": []}, {"queues": ["default"]}, {"queues": ["images"], "limit": 0}):
+        assert (await c.call("POST", "/leases", "/leases", bad))[0] == 422, bad
+    await drive_body_errors(c, "POST", "/leases", "/leases")
+    for action in LEASE_REPORTS:
+        path = f"/leases/{action}"
+        for bad in ({}, {"items": [{"job_id": 1}]}, {"items": [LEASED], "x": 1}):
+            assert (await c.call("POST", path, path, bad))[0] == 422, (action, bad)
+        await drive_body_errors(c, "POST", path, path)
 
 
 SCHEDULE = {"name": "nightly", "task": "echo", "cron": "0 3 * * *", "args": ["hi"]}
@@ -557,6 +598,7 @@ async def test_every_route_answers_as_documented(
     await drive_jobs_routes(checked)
     await drive_dead_letter_and_health_routes(checked)
     await drive_flow_routes(checked)
+    await drive_lease_routes(checked)
     await drive_storage_faults(checked, monkeypatch)
     await drive_access_errors(checked)
     documented = {
