@@ -76,6 +76,15 @@ FAILURE = (
     ),
 )  # fmt: skip
 RENEWAL = (LEASE_REQUEST[2],)
+PROGRESS = (
+    Option(
+        "progress", "progress", "number", "How far the job is, from 0 to 1 (as ctx.progress).",
+        lo=0, hi=1,
+    ),
+    Option(
+        "progress_message", "progress_message", "string", "What it is doing now.", max_len=200
+    ),
+)  # fmt: skip
 _LEASE_BY_NAME = {o.name: o for o in LEASE_REQUEST}
 
 
@@ -138,6 +147,18 @@ class Leasing:
         self._clock = clock
         self.queues = queues  # the external tasks' queues
         self._waiters: set[asyncio.Future[None]] = set()
+        # The timeouts of the jobs leased here: an attempt past its job's timeout_s ends as
+        # `timeout`, retried by its policy, as an in-process one does (a node that dies takes
+        # its timers along; the lease then runs out and the rescuer takes the job back).
+        self._timeouts: dict[tuple[int, str], asyncio.TimerHandle] = {}
+        self._timing_out: set[asyncio.Task[Any]] = set()
+
+    def stop(self) -> None:
+        """At shutdown: no timeout fires into a closing store (leases run out instead)."""
+        for timer in self._timeouts.values():
+            timer.cancel()
+        self._timeouts.clear()
+        self.wake()
 
     def wake(self) -> None:
         """Jobs may be due: long polls look again."""
@@ -164,6 +185,10 @@ class Leasing:
             left = give_up - loop.time()
             if jobs or left <= 0:
                 self._waiters.discard(waiter)
+                for job in jobs:
+                    if job.timeout_s is not None:
+                        key = (job.id, job.lease_token or "")
+                        self._timeouts[key] = loop.call_later(job.timeout_s, self._expire, job)
                 return jobs
             # Other nodes' enqueues and delayed jobs coming due send no wake: look again
             # every half second at least.
@@ -171,6 +196,25 @@ class Leasing:
                 await asyncio.wait_for(waiter, min(left, 0.5))
             except TimeoutError:
                 self._waiters.discard(waiter)
+
+    def _expire(self, job: Job) -> None:
+        self._timeouts.pop((job.id, job.lease_token or ""), None)
+        message = f"timeout: gave up after {job.timeout_s} s (an external worker's attempt)"
+        outcome = Failed(error_info(None, type_="timeout", message=message), retryable=True)
+        ending = asyncio.ensure_future(self._worker.record(job, outcome))
+        self._timing_out.add(ending)
+        ending.add_done_callback(self._timing_out.discard)
+
+    def _settled(self, job_id: int, token: str, state: JobState | None) -> JobState | None:
+        """A report took effect (its lease held): the attempt's timeout is moot."""
+        if state is not None:
+            timer = self._timeouts.pop((job_id, token), None)
+            if timer is not None:
+                timer.cancel()
+        return state
+
+    async def progress(self, job_id: int, token: str, fraction: float, message: str | None) -> bool:
+        return await self._store.update_progress(job_id, token, fraction, message)
 
     async def renew(self, leases: Sequence[tuple[int, str]], lease_s: float) -> Renewal:
         report = await self._store.renew_leases(leases, self._clock.now(), lease_s)
@@ -187,7 +231,8 @@ class Leasing:
         outcome = returned(result)
         if isinstance(outcome, Failed):
             return await self.fail(job_id, token, outcome.error, retryable=False)
-        return await self._store.complete(job_id, token, outcome.result, self._clock.now())
+        state = await self._store.complete(job_id, token, outcome.result, self._clock.now())
+        return self._settled(job_id, token, state)
 
     async def fail(
         self,
@@ -208,12 +253,14 @@ class Leasing:
             message=error["message"],
             traceback=error.get("traceback"),
         )
-        return await self._worker.record(job, Failed(kept, retryable, retry_in_s))
+        state = await self._worker.record(job, Failed(kept, retryable, retry_in_s))
+        return self._settled(job_id, token, state)
 
     async def release(self, job_id: int, token: str) -> JobState | None:
         """Give the job back untried (a worker shutting down): pending again, its attempt not
         counted; cancelled if a client asked; None if the lease is gone."""
-        return await self._store.release(job_id, token, self._clock.now())
+        state = await self._store.release(job_id, token, self._clock.now())
+        return self._settled(job_id, token, state)
 
     async def _leased(self, job_id: int, token: str) -> Job | None:
         job = await self._store.get_job(job_id)

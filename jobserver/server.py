@@ -262,6 +262,7 @@ class JobServer:
                 await self._lag_watch
         await self.scheduler.stop()
         await self.retention.stop()
+        self.leasing.stop()
         await self.worker.stop(grace)
         if self.processes is not None:
             await self.processes.close()

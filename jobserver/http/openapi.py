@@ -27,7 +27,7 @@ from ..job_options import (
     Option,
 )
 from ..job_options import QUEUE_PATTERN as QUEUE_PATTERN_TEXT
-from ..leasing import FAILURE, LEASE_REQUEST, LEASED, MAX_ITEMS, RENEWAL
+from ..leasing import FAILURE, LEASE_REQUEST, LEASED, MAX_ITEMS, PROGRESS, RENEWAL
 from ..models import JobState
 from ..render import (
     ATTEMPT_RECORD,
@@ -512,7 +512,7 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
             }
             for name, fields, extra, required, body_fields in (
                 ("LeasedJobs", (), {}, [], ()),
-                ("LeaseRenewal", (), {}, [], RENEWAL),
+                ("LeaseRenewal", PROGRESS, {}, [], RENEWAL),
                 (
                     "LeaseResults",
                     (),

@@ -14,7 +14,7 @@ import pytest
 from jobserver import JobServer, JobState, ManualClock
 from jobserver.tasks import Registry, external_task, task
 
-from ..conftest import ServerFactory
+from ..conftest import ServerFactory, eventually
 
 reg = Registry()
 reg.add(external_task("resize", queue="images", max_retries=1))
@@ -216,3 +216,35 @@ async def test_a_result_no_store_keeps_fails_the_job(
     assert state == JobState.FAILED
     failed = await server.get_job(job.id)
     assert failed.error is not None and failed.error["type"] == "InvalidResult"
+
+
+async def test_an_attempt_past_its_timeout_ends_as_timeout_and_is_retried(
+    make_server: ServerFactory,
+) -> None:
+    server, base = await start(make_server)
+    job = await server.enqueue("resize", [1], timeout_s=0.3)
+    async with aiohttp.ClientSession() as session:
+        worker = Worker(session, base)
+        [lease] = await worker.lease()
+        timed_out = await eventually(
+            lambda: server.get_job(job.id), lambda j: j.status == JobState.PENDING, timeout_s=5
+        )
+        assert timed_out.error is not None and timed_out.error["type"] == "timeout"
+        assert await worker.report("complete", mine(lease, result="late")) == ["lost"]
+
+
+async def test_progress_goes_with_a_renewal(make_server: ServerFactory) -> None:
+    server, base = await start(make_server)
+    job = await server.enqueue("resize", [1])
+    async with aiohttp.ClientSession() as session:
+        worker = Worker(session, base)
+        [lease] = await worker.lease()
+        status, _ = await worker.post(
+            "/leases/renew",
+            {"items": [mine(lease, progress=0.5, progress_message="half")], "lease_s": 60},
+        )
+        assert status == 200
+        running = await server.get_job(job.id)
+        assert (running.progress, running.progress_message) == (0.5, "half")
+        status, bad = await worker.post("/leases/renew", {"items": [mine(lease, progress=2)]})
+        assert status == 422 and bad["error"]["field"] == "items[0].progress"

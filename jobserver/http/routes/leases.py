@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from ...job_options import check_given
-from ...leasing import FAILURE, RENEWAL, check_items, check_lease_request
+from ...leasing import FAILURE, PROGRESS, RENEWAL, check_items, check_lease_request
 from ...render import job_to_dict
 from ..context import server_of
 from ..errors import json_response
@@ -30,9 +30,19 @@ async def lease_jobs(request: web.Request) -> web.Response:
 
 async def renew_leases(request: web.Request) -> web.Response:
     server = server_of(request)
-    items, rest = check_items(await read_json_object(request, server.max_body_bytes))
+    items, rest = check_items(await read_json_object(request, server.max_body_bytes), PROGRESS)
     lease_s = check_given(rest, {o.name: o for o in RENEWAL}).get("lease_s", RENEWAL[0].default)
     renewal = await server.leasing.renew([(i["job_id"], i["lease_token"]) for i in items], lease_s)
+    lost = set(renewal.lost)
+    await asyncio.gather(
+        *(
+            server.leasing.progress(
+                i["job_id"], i["lease_token"], i["progress"], i.get("progress_message")
+            )
+            for i in items
+            if i.get("progress") is not None and i["job_id"] not in lost
+        )
+    )
     return json_response(
         {
             "renewed": renewal.renewed,
