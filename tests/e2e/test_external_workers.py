@@ -1,0 +1,158 @@
+"""The reference workers in examples/workers run against a real `jobserver serve`: the Node
+one (plain fetch) completes and fails jobs through the lease routes, type-checks against the
+TypeScript types generated from the server's /openapi.json, and a kill -9 of it under load
+loses nothing: its leased jobs are rescued once their leases run out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from ..conftest import SPEC_TOOLS, Spawn
+from ..procs import ServerProcess
+
+ROOT = Path(__file__).parents[2]
+NODE_WORKER = ROOT / "examples" / "workers" / "worker.mjs"
+NODE = shutil.which("node")
+pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
+TASKS = ["--external-task", "double=numbers,explode=numbers,delay=numbers"]
+
+
+class NodeWorker:
+    """examples/workers/worker.mjs, run against `server`; its output in a log file."""
+
+    def __init__(self, server: ServerProcess, log: Path, **env: str) -> None:
+        assert NODE is not None
+        self.log = log
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [NODE, str(NODE_WORKER)],
+                env={
+                    **os.environ,
+                    "JOBSERVER_URL": server.url,
+                    "JOBSERVER_QUEUES": "numbers",
+                    **env,
+                },
+                stdout=out,
+                stderr=out,
+            )
+
+    def stop(self) -> int:
+        """SIGTERM: the worker finishes and reports what it holds, then exits."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=20)
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+
+async def enqueue(
+    session: aiohttp.ClientSession, base: str, jobs: list[dict[str, Any]]
+) -> list[int]:
+    async with session.post(f"{base}/jobs/batch", json={"jobs": jobs}) as resp:
+        assert resp.status == 202, await resp.text()
+        return (await resp.json())["ids"]  # type: ignore[no-any-return]
+
+
+async def wait_done(
+    session: aiohttp.ClientSession, base: str, ids: list[int], timeout_s: float = 60
+) -> list[dict[str, Any]]:
+    """Each job once it has ended (a long poll each, up to `timeout_s` in all)."""
+    give_up = asyncio.get_running_loop().time() + timeout_s
+    jobs = []
+    for job_id in ids:
+        while True:
+            async with session.get(f"{base}/jobs/{job_id}?wait=10") as resp:
+                job = await resp.json()
+            assert resp.status == 200, job
+            if job["status"] not in ("pending", "running"):
+                break
+            assert asyncio.get_running_loop().time() < give_up, job
+        jobs.append(job)
+    return jobs
+
+
+async def test_the_node_worker_runs_external_jobs(spawn: Spawn, tmp_path: Path) -> None:
+    server = spawn(tmp_path / "n.db", TASKS)
+    async with aiohttp.ClientSession() as session:
+        await server.wait_ready(session)
+        worker = NodeWorker(server, tmp_path / "worker.log")
+        try:
+            ids = await enqueue(session, server.url, [
+                *({"task": "double", "args": [n]} for n in range(200)),
+                {"task": "explode", "max_retries": 0},
+            ])  # fmt: skip
+            done = await wait_done(session, server.url, ids)
+        finally:
+            assert worker.stop() == 0, worker.log.read_text()
+    assert [j["status"] for j in done[:-1]] == ["succeeded"] * 200
+    assert [j["result"] for j in done[:-1]] == [2 * n for n in range(200)]
+    failed = done[-1]
+    assert failed["status"] == "failed" and failed["error"]["message"] == "boom"
+    assert failed["error"]["type"] == "Error"
+
+
+async def test_a_worker_killed_under_load_loses_no_job(spawn: Spawn, tmp_path: Path) -> None:
+    server = spawn(tmp_path / "k.db", [*TASKS, "--rescue-interval", "0.2"])
+    async with aiohttp.ClientSession() as session:
+        await server.wait_ready(session)
+        slow = NodeWorker(
+            server, tmp_path / "slow.log", JOBSERVER_BATCH="50", JOBSERVER_LEASE_S="2"
+        )
+        ids = await enqueue(
+            session, server.url, [{"task": "delay", "args": [100, n]} for n in range(2000)]
+        )
+        # Kill it mid-stream: some jobs done, and some leased (running) at that moment.
+        for state in ("succeeded", "running"):
+            while True:
+                async with session.get(f"{server.url}/jobs?status={state}&limit=1") as resp:
+                    if (await resp.json())["items"]:
+                        break
+                await asyncio.sleep(0.005)
+        slow.kill()
+        # The killed worker's leases (2 s) run out and the rescuer takes its jobs back; a new
+        # worker leases them again.
+        fresh = NodeWorker(server, tmp_path / "fresh.log")
+        try:
+            done = await wait_done(session, server.url, ids, timeout_s=90)
+        finally:
+            fresh.stop()
+    assert sorted(j["result"] for j in done) == list(range(2000))
+    assert all(j["status"] == "succeeded" for j in done)
+    assert any(j["attempts"] == 2 for j in done)  # the killed worker's leases were rescued
+
+
+@pytest.mark.skipif(not (SPEC_TOOLS / "tsc").exists(), reason="tests/ts tools not installed")
+async def test_the_node_worker_type_checks_against_the_generated_types(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    server = spawn(tmp_path / "t.db", TASKS)
+    async with aiohttp.ClientSession() as session:
+        await server.wait_ready(session)
+        async with session.get(f"{server.url}/openapi.json") as resp:
+            (tmp_path / "openapi.json").write_text(json.dumps(await resp.json()))
+    shutil.copy(NODE_WORKER, tmp_path / "worker.mjs")
+    tools = {"cwd": tmp_path, "capture_output": True, "text": True, "timeout": 120}
+    made = subprocess.run(
+        [str(SPEC_TOOLS / "openapi-typescript"), "openapi.json", "-o", "jobserver.d.ts"], **tools
+    )
+    assert made.returncode == 0, made.stderr
+    checked = subprocess.run(
+        [
+            str(SPEC_TOOLS / "tsc"), "--noEmit", "--strict", "--allowJs", "--checkJs",
+            "--target", "es2022", "--module", "nodenext", "--types", "node",
+            "--typeRoots", str(SPEC_TOOLS.parent / "@types"), "worker.mjs",
+        ],
+        **tools,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout
