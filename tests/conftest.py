@@ -87,6 +87,9 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"JOBSERVER_TEST_REQUIRE=chromium, but {CHROMIUM_SKIP}")
     if "typescript" in REQUIRED and not (SPEC_TOOLS / "tsc").exists():
         raise pytest.UsageError(f"JOBSERVER_TEST_REQUIRE=typescript, but {SPEC_TOOLS_SKIP}")
+    for tool in ("node", "go"):  # the reference workers in examples/workers
+        if tool in REQUIRED and shutil.which(tool) is None:
+            raise pytest.UsageError(f"JOBSERVER_TEST_REQUIRE={tool}, but {tool} is not installed")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

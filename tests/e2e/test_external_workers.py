@@ -22,8 +22,10 @@ from ..procs import ServerProcess
 
 ROOT = Path(__file__).parents[2]
 NODE_WORKER = ROOT / "examples" / "workers" / "worker.mjs"
+GO_WORKER = ROOT / "examples" / "workers" / "go"
 NODE = shutil.which("node")
-pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
+GO = shutil.which("go")
+needs_node = pytest.mark.skipif(NODE is None, reason="node is not installed")
 TASKS = ["--external-task", "double=numbers,explode=numbers,delay=numbers"]
 
 
@@ -82,6 +84,7 @@ async def wait_done(
     return jobs
 
 
+@needs_node
 async def test_the_node_worker_runs_external_jobs(spawn: Spawn, tmp_path: Path) -> None:
     server = spawn(tmp_path / "n.db", TASKS)
     async with aiohttp.ClientSession() as session:
@@ -102,6 +105,7 @@ async def test_the_node_worker_runs_external_jobs(spawn: Spawn, tmp_path: Path) 
     assert failed["error"]["type"] == "Error"
 
 
+@needs_node
 async def test_a_worker_killed_under_load_loses_no_job(spawn: Spawn, tmp_path: Path) -> None:
     server = spawn(tmp_path / "k.db", [*TASKS, "--rescue-interval", "0.2"])
     async with aiohttp.ClientSession() as session:
@@ -132,6 +136,7 @@ async def test_a_worker_killed_under_load_loses_no_job(spawn: Spawn, tmp_path: P
     assert any(j["attempts"] == 2 for j in done)  # the killed worker's leases were rescued
 
 
+@needs_node
 @pytest.mark.skipif(not (SPEC_TOOLS / "tsc").exists(), reason="tests/ts tools not installed")
 async def test_the_node_worker_type_checks_against_the_generated_types(
     spawn: Spawn, tmp_path: Path
@@ -156,3 +161,39 @@ async def test_the_node_worker_type_checks_against_the_generated_types(
         **tools,
     )  # fmt: skip
     assert checked.returncode == 0, checked.stdout
+
+
+@pytest.mark.skipif(GO is None, reason="go is not installed (Debian: golang-go)")
+async def test_the_go_worker_runs_external_jobs(spawn: Spawn, tmp_path: Path) -> None:
+    assert GO is not None
+    binary = tmp_path / "go-worker"
+    built = subprocess.run(
+        [GO, "build", "-o", str(binary), "."],
+        cwd=GO_WORKER,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "GOCACHE": str(tmp_path / "gocache"), "GOFLAGS": "-mod=mod"},
+    )
+    assert built.returncode == 0, built.stderr
+    assert len(NODE_WORKER.read_text().splitlines()) <= 150
+    assert len((GO_WORKER / "main.go").read_text().splitlines()) <= 150
+    server = spawn(tmp_path / "g.db", TASKS)
+    async with aiohttp.ClientSession() as session:
+        await server.wait_ready(session)
+        env = {**os.environ, "JOBSERVER_URL": server.url, "JOBSERVER_QUEUES": "numbers"}
+        with (tmp_path / "go.log").open("ab") as log:
+            worker = subprocess.Popen([str(binary)], env=env, stdout=log, stderr=log)
+        try:
+            ids = await enqueue(session, server.url, [
+                *({"task": "double", "args": [n]} for n in range(200)),
+                {"task": "explode", "max_retries": 0},  # a task this worker does not have
+            ])  # fmt: skip
+            done = await wait_done(session, server.url, ids)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(timeout=20) == 0, (tmp_path / "go.log").read_text()
+    assert [j["result"] for j in done[:-1]] == [2 * n for n in range(200)]
+    failed = done[-1]
+    assert failed["status"] == "failed"
+    assert failed["error"]["message"] == "this worker has no task explode"

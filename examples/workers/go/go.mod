@@ -1,0 +1,3 @@
+module jobserver.example/worker
+
+go 1.19
