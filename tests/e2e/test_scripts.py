@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,3 +72,12 @@ def test_bench_steps_smoke() -> None:
         check=True,
     ).stdout
     assert "3-step" in out and "steps/s (20-step jobs)" in out and "median:" in out
+
+
+@pytest.mark.skipif(shutil.which("go") is None, reason="go is not installed (Debian: golang-go)")
+def test_bench_external_smoke() -> None:
+    command = [sys.executable, "scripts/bench_external.py", "--jobs", "300", "--rounds", "1"]
+    out = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=180, check=True
+    ).stdout
+    assert "external / in-process" in out and "median:" in out
