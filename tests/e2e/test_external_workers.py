@@ -106,13 +106,24 @@ async def test_the_node_worker_runs_external_jobs(spawn: Spawn, tmp_path: Path) 
 
 
 @needs_node
-async def test_a_worker_killed_under_load_loses_no_job(spawn: Spawn, tmp_path: Path) -> None:
-    server = spawn(tmp_path / "k.db", [*TASKS, "--rescue-interval", "0.2"])
-    async with aiohttp.ClientSession() as session:
+@pytest.mark.parametrize("worker_token", [None, "wk"])
+async def test_a_worker_killed_under_load_loses_no_job(
+    spawn: Spawn, tmp_path: Path, worker_token: str | None
+) -> None:
+    # With tokens set, the worker holds a --worker-token (it may only lease and report); the
+    # checks here use the full one.
+    flags = [*TASKS, "--rescue-interval", "0.2"]
+    if worker_token is not None:
+        flags += ["--token", "admin", "--worker-token", worker_token]
+    server = spawn(tmp_path / "k.db", flags)
+    admin = {} if worker_token is None else {"Authorization": "Bearer admin"}
+    token_env = {} if worker_token is None else {"JOBSERVER_TOKEN": worker_token}
+    async with aiohttp.ClientSession(headers=admin) as session:
         await server.wait_ready(session)
         slow = NodeWorker(
-            server, tmp_path / "slow.log", JOBSERVER_BATCH="50", JOBSERVER_LEASE_S="2"
-        )
+            server, tmp_path / "slow.log", JOBSERVER_BATCH="50", JOBSERVER_LEASE_S="2",
+            **token_env,
+        )  # fmt: skip
         ids = await enqueue(
             session, server.url, [{"task": "delay", "args": [100, n]} for n in range(2000)]
         )
@@ -126,7 +137,7 @@ async def test_a_worker_killed_under_load_loses_no_job(spawn: Spawn, tmp_path: P
         slow.kill()
         # The killed worker's leases (2 s) run out and the rescuer takes its jobs back; a new
         # worker leases them again.
-        fresh = NodeWorker(server, tmp_path / "fresh.log")
+        fresh = NodeWorker(server, tmp_path / "fresh.log", **token_env)
         try:
             done = await wait_done(session, server.url, ids, timeout_s=90)
         finally:
