@@ -248,3 +248,18 @@ async def test_progress_goes_with_a_renewal(make_server: ServerFactory) -> None:
         assert (running.progress, running.progress_message) == (0.5, "half")
         status, bad = await worker.post("/leases/renew", {"items": [mine(lease, progress=2)]})
         assert status == 422 and bad["error"]["field"] == "items[0].progress"
+
+
+async def test_queue_limits_and_fairness_keys_hold_for_leases(make_server: ServerFactory) -> None:
+    server, base = await start(make_server)
+    await server.configure_queue("images", concurrency_limit=2)
+    for key in ("big", "big", "big", "big", "small"):
+        await server.enqueue("resize", [key], fairness_key=key)
+    async with aiohttp.ClientSession() as session:
+        worker = Worker(session, base)
+        first = await worker.lease(limit=10)
+        assert len(first) == 2  # the queue's concurrency limit
+        assert sorted(lease["job"]["args"][0] for lease in first) == ["big", "small"]  # fair
+        assert await worker.lease(limit=10) == []
+        assert await worker.report("complete", mine(first[0], result=1)) == ["succeeded"]
+        assert len(await worker.lease(limit=10)) == 1
