@@ -152,9 +152,11 @@ class Leasing:
         # its timers along; the lease then runs out and the rescuer takes the job back).
         self._timeouts: dict[tuple[int, str], asyncio.TimerHandle] = {}
         self._timing_out: set[asyncio.Task[Any]] = set()
+        self._stopped = False
 
     def stop(self) -> None:
         """At shutdown: no timeout fires into a closing store (leases run out instead)."""
+        self._stopped = True  # a long poll answers with nothing from now on
         for timer in self._timeouts.values():
             timer.cancel()
         self._timeouts.clear()
@@ -177,7 +179,7 @@ class Leasing:
             raise ValidationError("queues", f"{unknown[0]!r} is no external task's queue")
         loop = asyncio.get_running_loop()
         give_up = loop.time() + wait_s
-        while True:
+        while not self._stopped:
             # Registered before the claim looks: a wake while it looks is not missed.
             waiter = loop.create_future()
             self._waiters.add(waiter)
@@ -196,6 +198,7 @@ class Leasing:
                 await asyncio.wait_for(waiter, min(left, 0.5))
             except TimeoutError:
                 self._waiters.discard(waiter)
+        return []
 
     def _expire(self, job: Job) -> None:
         self._timeouts.pop((job.id, job.lease_token or ""), None)

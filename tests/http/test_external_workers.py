@@ -263,3 +263,11 @@ async def test_queue_limits_and_fairness_keys_hold_for_leases(make_server: Serve
         assert await worker.lease(limit=10) == []
         assert await worker.report("complete", mine(first[0], result=1)) == ["succeeded"]
         assert len(await worker.lease(limit=10)) == 1
+
+
+async def test_a_long_poll_ends_empty_when_the_server_stops(make_server: ServerFactory) -> None:
+    server, _base = await start(make_server)
+    waiting = asyncio.create_task(server.leasing.lease(["images"], 10, 30, 30))
+    await asyncio.sleep(0.1)
+    await server.stop(grace_period_s=0.5)
+    assert await asyncio.wait_for(waiting, 5) == []  # not a job leased while it stopped
