@@ -176,11 +176,26 @@ async def serve(settings: Settings) -> int:
 
 
 def external_tasks(declared: Sequence[str]) -> list[TaskSpec]:
-    """--external-task NAME or NAME=QUEUE, as task specs."""
+    """--external-task 'NAME[=QUEUE] [timeout=S] [max_retries=N]', as task specs."""
     specs = []
     for text in declared:
-        name, _, queue = text.partition("=")
-        specs.append(external_task(name.strip(), queue=queue.strip() or "external"))
+        head, *options = text.split()
+        name, _, queue = head.partition("=")
+        given: dict[str, Any] = {}
+        for option in options:
+            key, _, value = option.partition("=")
+            try:
+                if key == "timeout":
+                    given["timeout"] = float(value)
+                elif key == "max_retries":
+                    given["max_retries"] = int(value)
+                else:
+                    raise ValueError(f"unknown option {key!r}")
+            except ValueError as exc:
+                raise ValueError(
+                    f"--external-task {text!r}: {exc} (give timeout=SECONDS, max_retries=N)"
+                ) from None
+        specs.append(external_task(name, queue=queue or "external", **given))
     return specs
 
 

@@ -182,8 +182,8 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], str]] = {
     ),
     "external_task": (
         _names,
-        "a task run by external workers that lease it over HTTP, as NAME or NAME=QUEUE"
-        " (queue: external); repeatable / comma-separated",
+        "a task run by external workers that lease it over HTTP: 'NAME[=QUEUE] [timeout=S]"
+        " [max_retries=N]' (queue: external); repeatable / comma-separated",
     ),
     "server_name": (
         _names,

@@ -117,3 +117,16 @@ def test_signing_keys() -> None:
     for bad in ("", "whsec_", "whsec_!!!"):
         with pytest.raises(ValueError):
             signing_key(bad)
+
+
+def test_external_tasks_are_declared_with_their_queue_and_options() -> None:
+    from jobserver.cli import external_tasks
+
+    resize, plain = external_tasks(["resize=images timeout=60 max_retries=5", "mail"])
+    assert (resize.name, resize.external_queue, resize.timeout_s, resize.max_retries) == (
+        "resize", "images", 60.0, 5,
+    )  # fmt: skip
+    assert (plain.name, plain.external_queue, plain.timeout_s) == ("mail", "external", None)
+    for bad in ("resize colour=red", "resize timeout=soon", "resize timeout=0"):
+        with pytest.raises(ValueError, match="timeout"):
+            external_tasks([bad])
