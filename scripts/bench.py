@@ -17,6 +17,9 @@ Figures (each the median of --runs runs; each comparison a ratio taken within on
     idle, under load and with 1M queued, CPU at idle;
  6. peers on the same machine, same no-op job and N: huey (SqliteHuey), arq, RQ, Celery, SAQ and
     dramatiq, each enqueued first and then timed while its workers drain the queue.
+ 8. external workers (issue 23): the same `jobserver serve` drains no-op jobs with its own
+    workers, then jobs of an external task through one Go reference worker over HTTP
+    (scripts/bench_external.py's round; needs Go, else skipped);
  7. process isolation (issue 19) is measured by scripts/bench_isolation.py, which needs Celery
     and Redis beside it: isolated no-op jobs against Celery's prefork pool, and the no-op
     throughput while a CPU-bound task runs, in the server's process and in a child.
@@ -1010,6 +1013,30 @@ class Bench:
             self.profiles[name] = prof
 
     # -- the whole run ----------------------------------------------------------------------------
+    def external(self, jobs: int) -> None:
+        """Figure 8: one Go worker over HTTP against the same server's own workers."""
+        import bench_external
+
+        go = shutil.which("go")
+        if go is None:
+            self.skipped["external"] = "Go is not installed (Debian: golang-go)"
+            return
+        where = Path(tempfile.mkdtemp(dir=self.tmp, prefix="external-"))
+        worker = where / "go-worker"
+        if not worker.exists():
+            subprocess.run(
+                [go, "build", "-o", str(worker), "."], cwd=bench_external.GO_WORKER, check=True
+            )
+        self.wait_quiet()
+        inproc, external = bench_external.one_round(where, jobs, 256, [str(worker)])
+        self.results["external_inproc"].append(inproc)
+        self.results["external"].append(external)
+        self.results["external_ratio"].append(external / inproc)
+        log(
+            f"  external worker (Go, over HTTP): {fmt_int(external)} jobs/s,"
+            f" {external / inproc:.2f} of the same server's own workers ({fmt_int(inproc)})"
+        )
+
     def run(self) -> None:
         a = self.args
         log(
@@ -1058,6 +1085,8 @@ class Bench:
                 self.latency()
             if not a.skip_peers:
                 self.peers(a.jobs, res["rate"])
+            if not a.skip_external:
+                self.external(min(a.jobs, 20_000))
         if not a.skip_http:
             self.idle_costs()
         if not a.skip_profile:
@@ -1365,6 +1394,16 @@ def figure_lines(bench: Bench) -> Iterator[str]:
             f" **{median(r['keyed_ratio']):.2f}** of the unkeyed figure in the same run (runs:"
             f" {runs_text(r['keyed_ratio'], f2)}); CPU"
             f" {median(r['e2e_keyed_cpu_us_per_job']):.0f} us a job."
+        )
+    if r.get("external_ratio"):
+        yield ""
+        yield (
+            "External workers (issue 23): one `jobserver serve` drains no-op jobs with its own"
+            " workers, then as many jobs of an external task leased, run and reported over HTTP"
+            " by one Go reference worker (examples/workers/go, batches of 256):"
+            f" **{i(median(r['external']))} jobs/s** (runs: {runs_text(r['external'], i)}),"
+            f" **{median(r['external_ratio']):.2f}** of the same server's own workers"
+            f" (runs: {runs_text(r['external_ratio'], f2)})."
         )
     yield ""
     yield "### 2. HTTP single enqueue (one job a request, 64 connections)"
@@ -1680,6 +1719,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--idle-seconds", type=float, default=None, help="(10)")
     p.add_argument("--skip-growth", action="store_true", help="skip the 1M-row database")
     p.add_argument("--skip-keys", action="store_true", help="skip figure 1 with fairness keys")
+    p.add_argument("--skip-external", action="store_true", help="skip figure 8 (external workers)")
     p.add_argument("--keys", type=int, default=100_000, help="fairness keys in figure 1 keyed")
     p.add_argument("--skip-http", action="store_true", help="skip figures 2-4 and idle costs")
     p.add_argument("--skip-peers", action="store_true")

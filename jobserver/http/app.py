@@ -122,7 +122,9 @@ def create_app(server: JobServer) -> web.Application:
     app.on_shutdown.append(streams.close)
     app[SERVER_KEY] = server
     app[POLL_PREFIX_KEY] = {}
-    app[OPENAPI_KEY] = codec.dumps(build_spec(tasks=server.registry.names()))
+    app[OPENAPI_KEY] = codec.dumps(
+        build_spec(tasks=server.registry.names(), external_queues=server.external_queues)
+    )
     for method, path, handler, name in ROUTES:
         app.router.add_route(method, path, handler, name=name)
     add_dashboard_routes(app)

@@ -257,7 +257,7 @@ def _workflow_schemas(tasks: list[str] | None) -> dict[str, Any]:
     }
 
 
-def _schemas(tasks: list[str] | None) -> dict[str, Any]:
+def _schemas(tasks: list[str] | None, external_queues: list[str]) -> dict[str, Any]:
     timestamp = {"type": "string", "format": "date-time"}
     job_error = {
         "type": "object",
@@ -466,7 +466,10 @@ def _schemas(tasks: list[str] | None) -> dict[str, Any]:
                     "type": "array",
                     "minItems": 1,
                     "maxItems": 100,
-                    "items": {"type": "string", "pattern": QUEUE_PATTERN},
+                    # the server's external tasks' queues, when it has any (another is a 422)
+                    "items": {"type": "string", "enum": external_queues}
+                    if external_queues
+                    else {"type": "string", "pattern": QUEUE_PATTERN},
                     "description": LEASE_REQUEST[0].description,
                 },
             },
@@ -1417,11 +1420,14 @@ def _with_access_errors(paths: dict[str, Any]) -> dict[str, Any]:
     return paths
 
 
-def build_spec(tasks: Iterable[str] | None = None) -> dict[str, Any]:
+def build_spec(
+    tasks: Iterable[str] | None = None, external_queues: Iterable[str] = ()
+) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the HTTP API.
 
     `tasks`: the server's task names, listed as the values `task` takes; None leaves `task` any
-    name (a name the server does not know is refused with 422)."""
+    name (a name the server does not know is refused with 422). `external_queues`: the queues a
+    lease may name (its external tasks'), likewise."""
     from .. import __version__
 
     names = None if tasks is None else sorted(set(tasks))
@@ -1471,7 +1477,7 @@ def build_spec(tasks: Iterable[str] | None = None) -> dict[str, Any]:
                         " --worker-token for the /leases routes only.",
                     }
                 },
-                "schemas": _schemas(names),
+                "schemas": _schemas(names, sorted(set(external_queues))),
                 "responses": _responses(),
                 "parameters": _parameters(),
             },

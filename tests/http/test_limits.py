@@ -189,6 +189,24 @@ async def _answered_first(base: str, first: str) -> tuple[asyncio.StreamReader, 
     return reader, writer
 
 
+async def _cut_off_while_dribbling(
+    reader: asyncio.StreamReader, writer: Any, pieces: list[bytes]
+) -> None:
+    """Send `pieces` 0.1 s apart (well within any idle time): the server must close."""
+
+    async def dribble() -> None:
+        for piece in pieces:
+            writer.write(piece)
+            await asyncio.sleep(0.1)
+
+    dribbling = asyncio.create_task(dribble())
+    try:
+        assert await asyncio.wait_for(reader.read(), 3) == b""  # closed by the server
+    finally:
+        dribbling.cancel()
+        writer.close()
+
+
 @pytest.mark.parametrize("first", list(FIRST_REQUESTS))
 async def test_a_later_request_head_dribbled_on_a_kept_alive_connection_is_cut_off(
     make_server: ServerFactory, first: str
@@ -199,18 +217,8 @@ async def test_a_later_request_head_dribbled_on_a_kept_alive_connection_is_cut_o
     server = await make_server(header_timeout_s=0.4)
     [base] = await server.serve("127.0.0.1", 0)
     reader, writer = await _answered_first(base, first)
-
-    async def dribble() -> None:
-        for byte in b"POST /jobs HTTP/1.1\r\nHost: localhost\r\nX-Slow: 1234567890":
-            writer.write(bytes([byte]))
-            await asyncio.sleep(0.1)  # a byte well within any idle time, never a whole head
-
-    dribbling = asyncio.create_task(dribble())
-    try:
-        assert await asyncio.wait_for(reader.read(), 3) == b""  # closed by the server
-    finally:
-        dribbling.cancel()
-        writer.close()
+    head = b"POST /jobs HTTP/1.1\r\nHost: localhost\r\nX-Slow: 1234567890"
+    await _cut_off_while_dribbling(reader, writer, [bytes([b]) for b in head])  # never whole
 
 
 async def test_a_body_dribbled_to_aiohttp_on_a_kept_alive_connection_is_cut_off(
@@ -223,18 +231,7 @@ async def test_a_body_dribbled_to_aiohttp_on_a_kept_alive_connection_is_cut_off(
         b"POST /jobs/batch HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         b"Content-Length: 1000\r\n\r\n"
     )
-
-    async def dribble() -> None:
-        for _ in range(1000):
-            writer.write(b" ")
-            await asyncio.sleep(0.1)
-
-    dribbling = asyncio.create_task(dribble())
-    try:
-        assert await asyncio.wait_for(reader.read(), 3) == b""  # closed by the server
-    finally:
-        dribbling.cancel()
-        writer.close()
+    await _cut_off_while_dribbling(reader, writer, [b" "] * 1000)
 
 
 async def test_kept_alive_requests_to_aiohttp_in_their_time_are_all_answered(

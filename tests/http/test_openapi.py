@@ -94,7 +94,9 @@ class Checked:
         self.server = server
         self.base = base
         self.session = session
-        self.spec = Spec(build_spec(tasks=server.registry.names()))
+        self.spec = Spec(
+            build_spec(tasks=server.registry.names(), external_queues=server.external_queues)
+        )
         self.seen: set[tuple[str, str, int]] = set()
 
     async def call(
@@ -663,7 +665,9 @@ async def test_an_idempotency_key_header_that_is_not_utf8_is_refused(checked: Ch
 async def test_the_served_spec_is_build_spec_and_valid_openapi_3_1(checked: Checked) -> None:
     status, served = await checked.call("GET", "/openapi.json", "/openapi.json")
     assert status == 200
-    assert served == build_spec(tasks=checked.server.registry.names())
+    assert served == build_spec(
+        tasks=checked.server.registry.names(), external_queues=checked.server.external_queues
+    )
     assert served["openapi"].startswith("3.1.")
     task_enum = served["components"]["schemas"]["JobRequest"]["properties"]["task"]["enum"]
     assert {"echo", "sleep", "http", "openapi_explode"} <= set(task_enum)

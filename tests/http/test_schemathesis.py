@@ -32,6 +32,7 @@ from jobserver.errors import ValidationError
 from jobserver.http import schema as fields
 from jobserver.http.schema import DECIMAL, MAX_WAIT_S
 from jobserver.job_options import MAX_DELAY_S, MAX_DEPENDENCIES, MAX_KEY_LEN, parse_rfc3339
+from jobserver.tasks import external_task
 
 # Fuzzed cases per operation: a few in the default run, MAX_EXAMPLES in the full one (-m e2e):
 #   JOBSERVER_FUZZ_EXAMPLES=1000 JOBSERVER_FUZZ_SEED=7 pytest -m e2e tests/http/test_schemathesis.py
@@ -70,7 +71,12 @@ class LiveServer:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         # no hosts for the http task: generated jobs must not reach anything
-        server = JobServer(db=self.db, http_allowed_hosts=(), grace_period_s=0.5)
+        server = JobServer(
+            db=self.db,
+            http_allowed_hosts=(),
+            grace_period_s=0.5,
+            tasks=[external_task("resize", queue="images")],  # the queue a lease may name
+        )
         await server.start()
         try:
             [self.url] = await server.serve("127.0.0.1", 0)
@@ -145,7 +151,13 @@ full_schema = every_operation("full_api_schema")
 
 
 def shorten_wait(case: Case) -> None:
-    """Cut a valid long-poll `wait` to TEST_WAIT_S; leave anything else as generated."""
+    """Cut a valid long-poll `wait` (a job's query, a lease's `wait_s`) to TEST_WAIT_S; leave
+    anything else as generated."""
+    body = case.body
+    if isinstance(body, dict) and case.path == "/leases":
+        wait_s = body.get("wait_s")
+        if type(wait_s) in (int, float) and TEST_WAIT_S < wait_s <= 60:
+            body["wait_s"] = TEST_WAIT_S
     query = case.query
     value = query.get("wait") if query else None
     if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -177,6 +189,12 @@ def _drop_what_needs_server_state(job: Any) -> None:
         return
     if _valid_text(job.get("callback_url"), 2000):
         job.pop("callback_url")
+    # An external task's jobs wait in its own queue, and no other task's may: the spec's
+    # `queue` cannot tie itself to `task`.
+    queue = job.get("queue")
+    external = job.get("task") == "resize"
+    if _valid_text(queue, 100) and (queue == "images") != external:
+        job.pop("queue")
     deps = job.get("depends_on")
     if (
         isinstance(deps, list)
@@ -248,6 +266,7 @@ def only_what_this_server_can_accept(case: Case) -> None:
     elif path == "/workflows":
         _walk_workflow(body)
     elif path == "/schedules" and isinstance(body, dict):
+        _drop_what_needs_server_state(body)
         # a cron expression and a time zone name are checked by their libraries, not a pattern
         if _valid_text(body.get("cron"), 200):
             body["cron"] = "*/5 * * * *"
