@@ -289,8 +289,10 @@ def after_failure(job_ids: Sequence[int], now: float, ch: Changes) -> Program[No
     frontier = list(job_ids)
     while frontier:
         root = frontier.pop()
-        yield from wake_parent(root, now, ch)
-        root_status = yield value("job_status", root)
+        ended = yield row("job_end", root)
+        root_status = None if ended is None else ended[0]
+        if ended is not None and ended[1]:  # only a child (marked so) has a parent to wake:
+            yield from wake_parent(root, now, ch)  # a lock per failed job would not scale
         for (dependant,) in (yield rows("pending_dependants", root)):
             yield from _end_dependant(dependant, root, root_status or "gone", now, ch)
             frontier.append(dependant)

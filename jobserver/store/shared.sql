@@ -31,6 +31,10 @@ RETURNING blocked_by;
 -- name: job_status
 SELECT status FROM jobs WHERE id = $1;
 
+-- name: job_end
+-- (a job that ended: its status, and whether others wait for it, a parent included)
+SELECT status, has_dependants FROM jobs WHERE id = $1;
+
 -- name: dependency_policy
 SELECT on_dependency_failure FROM jobs WHERE id = $1;
 
