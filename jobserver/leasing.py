@@ -13,7 +13,8 @@ behave alike; the rescuer takes back the jobs of a worker that stops renewing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +26,13 @@ from .outcomes import Failed, returned
 from .store.base import Store
 from .worker import Worker
 
+log = logging.getLogger(__name__)
 MAX_LEASE_S = 3600.0
 MAX_WAIT_S = 60.0
 MAX_ITEMS = 1000  # jobs a call leases or reports at most
-MAX_ERROR_TEXT = 64 * 1024
+# An error's text is cut to the sizes a job keeps (models.error_info), not refused: one long
+# stack must not refuse its whole batch. This bounds only what is read.
+MAX_ERROR_TEXT = 1024 * 1024
 
 # What a worker sends, each field declared once: checked here, and the OpenAPI document
 # (http/openapi.py) is written from the same declarations.
@@ -114,6 +118,7 @@ def check_items(
         raise ValidationError("items", f"must be an array of 1 to {MAX_ITEMS} items")
     declared = {o.name: o for o in (*LEASED, *extra)}
     checked = []
+    seen: set[Any] = set()
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise ValidationError(f"items[{i}]", "must be an object")
@@ -126,6 +131,9 @@ def check_items(
                     raise ValidationError(option.name, "is required")
         except ValidationError as exc:
             raise ValidationError(f"items[{i}].{exc.field}", exc.message) from None
+        if one["job_id"] in seen:  # two answers for one job in one write: which would hold?
+            raise ValidationError(f"items[{i}].job_id", "is given twice")
+        seen.add(one["job_id"])
         checked.append({**{o.name: o.default for o in extra}, **one, "result": result})
     rest = {k: v for k, v in body.items() if k != "items"}
     return checked, rest
@@ -170,16 +178,22 @@ class Leasing:
         self._waiters.clear()
 
     async def lease(
-        self, queues: Sequence[str], limit: int, lease_s: float, wait_s: float
+        self,
+        queues: Sequence[str],
+        limit: int,
+        lease_s: float,
+        wait_s: float,
+        gone: Callable[[], bool] = lambda: False,
     ) -> list[Job]:
         """Up to `limit` due jobs of `queues`, each leased for `lease_s`; when none is due,
-        wait up to `wait_s` for one. A job leased is running: its attempt counts."""
+        wait up to `wait_s` for one. A job leased is running: its attempt counts. `gone`: the
+        caller has left (its connection closed): lease nothing more for it."""
         unknown = sorted(set(queues) - self.queues)
         if unknown:
             raise ValidationError("queues", f"{unknown[0]!r} is no external task's queue")
         loop = asyncio.get_running_loop()
         give_up = loop.time() + wait_s
-        while not self._stopped:
+        while not self._stopped and not gone():
             # Registered before the claim looks: a wake while it looks is not missed.
             waiter = loop.create_future()
             self._waiters.add(waiter)
@@ -206,7 +220,13 @@ class Leasing:
         outcome = Failed(error_info(None, type_="timeout", message=message), retryable=True)
         ending = asyncio.ensure_future(self._worker.record(job, outcome))
         self._timing_out.add(ending)
-        ending.add_done_callback(self._timing_out.discard)
+        ending.add_done_callback(self._timed_out)
+
+    def _timed_out(self, ending: asyncio.Future[Any]) -> None:
+        self._timing_out.discard(ending)
+        if not ending.cancelled() and ending.exception() is not None:
+            # the store could not take the write: the lease runs out and the rescuer decides
+            log.warning("an external job's timeout could not be written: %s", ending.exception())
 
     def _settled(self, job_id: int, token: str, state: JobState | None) -> JobState | None:
         """A report took effect (its lease held): the attempt's timeout is moot."""

@@ -252,6 +252,7 @@ class JobServer:
         for job_id in list(self._waiters):
             self._notify(job_id)
         self.events.close()
+        self.leasing.stop()  # external workers' long polls too, before the listener waits on them
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
@@ -262,7 +263,6 @@ class JobServer:
                 await self._lag_watch
         await self.scheduler.stop()
         await self.retention.stop()
-        self.leasing.stop()
         await self.worker.stop(grace)
         if self.processes is not None:
             await self.processes.close()
@@ -341,6 +341,21 @@ class JobServer:
     async def _enqueue_one(self, job: NewJob, now: float) -> Enqueued:
         return (await self._enqueue_and_wake([job], now))[0]
 
+    def _queue_for(self, spec: TaskSpec, given: Any, checked: str) -> str:
+        """The queue a job of `spec` goes to: an external task's own (whatever else is given,
+        a 422; "default", a schedule's own default, means none was chosen); any other, the
+        one checked, unless it holds external tasks' jobs."""
+        if spec.external_queue is not None:
+            if given not in (None, "default", spec.external_queue):
+                raise ValidationError(
+                    "queue", f"task {spec.name!r} is external: its jobs go to"
+                    f" {spec.external_queue!r}",
+                )  # fmt: skip
+            return spec.external_queue
+        if checked in self.external_queues:
+            raise ValidationError("queue", f"queue {checked!r} holds external tasks' jobs only")
+        return checked
+
     def new_job(
         self,
         task: str,
@@ -354,14 +369,7 @@ class JobServer:
         `delay_s` / `deadline_s` are seconds from now; `run_at` / `deadline` epoch seconds."""
         o = check_options({"task": task, "args": args, "kwargs": kwargs, **options})
         spec = self.task_spec(task)
-        if spec.external_queue is not None:  # its jobs wait where external workers lease
-            if options.get("queue") not in (None, spec.external_queue):
-                raise ValidationError(
-                    "queue", f"task {task!r} is external: its jobs go to {spec.external_queue!r}"
-                )
-            o["queue"] = spec.external_queue
-        elif o["queue"] in self.external_queues:
-            raise ValidationError("queue", f"queue {o['queue']!r} holds external tasks' jobs only")
+        o["queue"] = self._queue_for(spec, options.get("queue"), o["queue"])
         now = self.clock.now()
         run_at = o["run_at"] if o["delay_s"] is None else now + o["delay_s"]
         deadline = o["deadline"] if o["deadline_s"] is None else now + o["deadline_s"]
@@ -583,8 +591,9 @@ class JobServer:
         fields = check_schedule(
             {"name": name, "task": task, "cron": cron, "args": args, "kwargs": kwargs, **options}
         )
-        self.task_spec(task)
+        spec = self.task_spec(task)
         check_cron(fields["cron"], fields["timezone"])
+        fields["queue"] = self._queue_for(spec, options.get("queue"), fields["queue"])
         schedule = Schedule(
             **fields,
             next_tick_at=next_tick(fields["cron"], self.clock.now(), fields["timezone"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import importlib
 import inspect
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -95,8 +96,8 @@ def external_task(
     over HTTP (POST /leases, jobserver/leasing.py): declared by name, with no code here. Its
     jobs go to `queue`, which holds only external tasks' jobs; `timeout` (seconds from a
     lease's start), `max_retries` and `backoff` are its jobs' defaults, as @task's."""
-    if timeout is not None and timeout <= 0:
-        raise ValueError("timeout must be greater than 0")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise ValueError("timeout must be a number of seconds greater than 0")
     return TaskSpec(
         name=name,
         fn=_runs_elsewhere,

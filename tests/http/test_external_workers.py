@@ -12,6 +12,8 @@ import aiohttp
 import pytest
 
 from jobserver import JobServer, JobState, ManualClock
+from jobserver.errors import ValidationError
+from jobserver.store.base import JobFilter
 from jobserver.tasks import Registry, external_task, task
 
 from ..conftest import ServerFactory, eventually
@@ -193,7 +195,7 @@ async def test_external_and_own_tasks_keep_to_their_queues(make_server: ServerFa
     _server, base = await start(make_server)
     async with aiohttp.ClientSession() as session:
         for body, field in (
-            ({"task": "resize", "queue": "default"}, "queue"),
+            ({"task": "resize", "queue": "other"}, "queue"),
             ({"task": "local_echo", "queue": "images"}, "queue"),
         ):
             async with session.post(base + "/jobs", json=body) as resp:
@@ -271,3 +273,61 @@ async def test_a_long_poll_ends_empty_when_the_server_stops(make_server: ServerF
     await asyncio.sleep(0.1)
     await server.stop(grace_period_s=0.5)
     assert await asyncio.wait_for(waiting, 5) == []  # not a job leased while it stopped
+
+
+async def test_a_schedule_of_an_external_task_fires_into_its_queue(
+    make_server: ServerFactory, clock: ManualClock
+) -> None:
+    server, _base = await start(make_server)
+    saved = await server.save_schedule("nightly", "resize", "* * * * *", args=[1])
+    assert saved.queue == "images"  # not "default", where its jobs would be refused
+    with pytest.raises(ValidationError):
+        await server.save_schedule("wrong", "resize", "* * * * *", queue="other")
+    clock.advance(61)
+    server.scheduler.wake()
+    [job] = await eventually(
+        lambda: server.list_jobs(JobFilter(task="resize"), 10, None), lambda found: len(found) == 1
+    )
+    assert job.queue == "images"
+
+
+async def test_a_report_naming_a_job_twice_is_refused(make_server: ServerFactory) -> None:
+    server, base = await start(make_server)
+    await server.enqueue("resize", [1])
+    async with aiohttp.ClientSession() as session:
+        worker = Worker(session, base)
+        [lease] = await worker.lease()
+        twice = {"items": [mine(lease, result=1), mine(lease, result=2)]}
+        status, got = await worker.post("/leases/complete", twice)
+        assert status == 422 and got["error"]["field"] == "items[1].job_id"
+        long_stack = mine(lease, message="x" * 100_000, traceback="y" * 200_000)
+        assert await worker.report("fail", long_stack) == ["pending"]  # cut, not refused
+    kept = await server.get_job(lease["job"]["id"])
+    assert kept.error is not None and len(kept.error["message"]) < 100_000
+
+
+async def test_a_shutdown_does_not_wait_for_long_polls_over_http(
+    make_server: ServerFactory,
+) -> None:
+    server, base = await start(make_server)
+    async with aiohttp.ClientSession() as session:
+        polling = asyncio.create_task(Worker(session, base).lease(wait_s=30))
+        await asyncio.sleep(0.2)
+        began = time.monotonic()
+        await server.stop(grace_period_s=0.5)
+        assert time.monotonic() - began < 5  # aiohttp's cleanup waited on the poll (60 s)
+        assert await asyncio.wait_for(polling, 5) == []
+
+
+async def test_a_worker_that_left_its_long_poll_leases_nothing(
+    make_server: ServerFactory,
+) -> None:
+    server, base = await start(make_server)
+    async with aiohttp.ClientSession() as session:
+        polling = asyncio.create_task(Worker(session, base).lease(wait_s=30))
+        await asyncio.sleep(0.2)
+        polling.cancel()  # the worker goes away: its connection closes
+    await asyncio.sleep(0.2)
+    job = await server.enqueue("resize", [1])
+    await asyncio.sleep(0.7)  # past the poll's next look
+    assert (await server.get_job(job.id)).status == JobState.PENDING

@@ -20,8 +20,12 @@ from ..schema import read_json_object
 async def lease_jobs(request: web.Request) -> web.Response:
     server = server_of(request)
     asked = check_lease_request(await read_json_object(request, server.max_body_bytes))
+
+    def gone() -> bool:  # a worker that left takes nothing more (aiohttp runs on without it)
+        return request.transport is None or request.transport.is_closing()
+
     jobs = await server.leasing.lease(
-        asked["queues"], asked["limit"], asked["lease_s"], asked["wait_s"]
+        asked["queues"], asked["limit"], asked["lease_s"], asked["wait_s"], gone
     )
     return json_response(
         {"leases": [{"job": job_to_dict(j), "lease_token": j.lease_token} for j in jobs]}
