@@ -56,9 +56,7 @@ async function run(job, token) {
     if (abort.signal.aborted) return { ok: null, item: lease }; // cancelled: give it back
     const failure = { ...lease, type: e.name, message: e.message || e.name };
     return { ok: false, item: e.stack ? { ...failure, traceback: e.stack } : failure };
-  } finally {
-    held.delete(job.id);
-  }
+  } // (still held, and renewed, until its report is in)
 }
 
 /** Lease a batch, run it, report it: until stopped. */
@@ -77,11 +75,16 @@ async function loop() {
     const done = ran.filter((r) => r.ok === true).map((r) => r.item);
     const failed = ran.filter((r) => r.ok === false).map((r) => r.item);
     const given = ran.filter((r) => r.ok === null).map((r) => r.item);
-    await Promise.all([
-      done.length && post("/leases/complete", { items: done }),
-      failed.length && post("/leases/fail", { items: failed }),
-      given.length && post("/leases/release", { items: given }),
-    ]);
+    try {
+      await Promise.all([
+        done.length && post("/leases/complete", { items: done }),
+        failed.length && post("/leases/fail", { items: failed }),
+        given.length && post("/leases/release", { items: given }),
+      ]);
+    } catch (err) {
+      console.error(String(err)); // not reported: the leases run out and the jobs run again
+    }
+    for (const r of ran) held.delete(r.item.job_id);
   }
 }
 

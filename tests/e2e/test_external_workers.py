@@ -207,3 +207,23 @@ async def test_the_go_worker_runs_external_jobs(spawn: Spawn, tmp_path: Path) ->
     failed = done[-1]
     assert failed["status"] == "failed"
     assert failed["error"]["message"] == "this worker has no task explode"
+
+
+@needs_node
+async def test_jobs_done_early_in_a_batch_keep_their_lease_until_reported(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    # One slow job holds its batch's report back past the lease: the quick ones must still
+    # be renewed (they were dropped from renewal as each ended, rescued and run again).
+    server = spawn(tmp_path / "r.db", [*TASKS, "--rescue-interval", "0.2"])
+    async with aiohttp.ClientSession() as session:
+        await server.wait_ready(session)
+        jobs = [{"task": "delay", "args": [3000 if n == 0 else 10, n]} for n in range(20)]
+        ids = await enqueue(session, server.url, jobs)
+        worker = NodeWorker(server, tmp_path / "w.log", JOBSERVER_LEASE_S="1", JOBSERVER_LOOPS="1")
+        try:
+            done = await wait_done(session, server.url, ids)
+        finally:
+            assert worker.stop() == 0, worker.log.read_text()
+    assert [j["status"] for j in done] == ["succeeded"] * 20
+    assert [j["attempts"] for j in done] == [1] * 20

@@ -5,6 +5,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"log"
@@ -14,7 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -23,7 +23,8 @@ type Item struct { // of a report: which job, under which lease, and what came o
 	JobID      int64  `json:"job_id"`
 	LeaseToken string `json:"lease_token"`
 	Result     any    `json:"result,omitempty"`
-	Message    string `json:"message,omitempty"` // set: the run failed
+	Message    string `json:"message,omitempty"`
+	failed     bool   // (not sent) the run failed
 }
 
 var (
@@ -37,17 +38,15 @@ var (
 			return n * 2, nil
 		},
 	}
-	base     = setting("JOBSERVER_URL", "http://127.0.0.1:8000")
-	token    = os.Getenv("JOBSERVER_TOKEN") // a --worker-token, if the server has tokens
-	queues   = strings.Split(setting("JOBSERVER_QUEUES", "external"), ",")
-	batch    = number("JOBSERVER_BATCH", "64") // jobs a lease call takes
-	leaseS   = number("JOBSERVER_LEASE_S", "30")
-	held     sync.Map    // job id -> Item: the leases of the jobs running now, to renew
-	stopping atomic.Bool // SIGTERM: finish and report the batches in hand, then exit
+	base   = setting("JOBSERVER_URL", "http://127.0.0.1:8000")
+	token  = os.Getenv("JOBSERVER_TOKEN") // a --worker-token, if the server has tokens
+	queues = strings.Split(setting("JOBSERVER_QUEUES", "external"), ",")
+	batch  = number("JOBSERVER_BATCH", "64") // jobs a lease call takes
+	leaseS = number("JOBSERVER_LEASE_S", "30")
+	held   sync.Map // job id -> Item: the leases of the jobs running now, to renew
 )
 
-// post sends a JSON body and decodes the answer into out; false (and a log line) if it failed.
-func post(path string, body map[string]any, out any) bool {
+func post(path string, body map[string]any, out any) bool { // false (and a log line): failed
 	data, _ := json.Marshal(body)
 	req, _ := http.NewRequest("POST", base+path, bytes.NewReader(data))
 	req.Header.Set("Content-Type", "application/json")
@@ -67,10 +66,9 @@ func post(path string, body map[string]any, out any) bool {
 	return err == nil
 }
 
-// Lease a batch, run it, report it: until stopped.
-func loop(wg *sync.WaitGroup) {
+func loop(stopped context.Context, wg *sync.WaitGroup) { // lease, run, report: until stopped
 	defer wg.Done()
-	for !stopping.Load() {
+	for stopped.Err() == nil {
 		var got struct {
 			Leases []struct {
 				Job struct {
@@ -94,11 +92,10 @@ func loop(wg *sync.WaitGroup) {
 			runs.Add(1)
 			go func(item *Item, task string, args []json.RawMessage) {
 				defer runs.Done()
-				defer held.Delete(item.JobID)
 				if handler, ok := handlers[task]; !ok {
-					item.Message = "this worker has no task " + task
+					item.Message, item.failed = "this worker has no task "+task, true
 				} else if result, err := handler(args); err != nil {
-					item.Message = err.Error()
+					item.Message, item.failed = fmt.Sprintf("%v (%T)", err, err), true
 				} else {
 					item.Result = result
 				}
@@ -107,11 +104,14 @@ func loop(wg *sync.WaitGroup) {
 		runs.Wait()
 		reports := map[string][]Item{}
 		for _, item := range items {
-			path := map[bool]string{false: "/leases/complete", true: "/leases/fail"}[item.Message != ""]
+			path := map[bool]string{false: "/leases/complete", true: "/leases/fail"}[item.failed]
 			reports[path] = append(reports[path], item)
 		}
-		for path, report := range reports {
+		for path, report := range reports { // a failed report: the leases run out, jobs run again
 			post(path, map[string]any{"items": report}, new(any))
+		}
+		for _, item := range items { // renewed until reported
+			held.Delete(item.JobID)
 		}
 	}
 }
@@ -129,14 +129,13 @@ func number(name, fallback string) int {
 }
 
 func main() {
-	signals := make(chan os.Signal, 1)
-	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
-	go func() { <-signals; stopping.Store(true) }()
+	// SIGTERM: finish and report the batches in hand, then exit
+	stopped, _ := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	go func() { // keep the leases of running jobs (a lost one's report is moot)
 		for range time.Tick(time.Duration(leaseS) * time.Second / 3) {
 			items := []Item{}
 			held.Range(func(_, v any) bool { items = append(items, v.(Item)); return true })
-			if len(items) > 0 {
+			if len(items) > 0 { // (a failed renewal is logged; the leases may then run out)
 				post("/leases/renew", map[string]any{"items": items, "lease_s": leaseS}, new(any))
 			}
 		}
@@ -144,7 +143,7 @@ func main() {
 	var wg sync.WaitGroup
 	for i := 0; i < 2; i++ { // two batches in flight at once
 		wg.Add(1)
-		go loop(&wg)
+		go loop(stopped, &wg)
 	}
 	wg.Wait()
 }
