@@ -500,6 +500,7 @@ def _schemas(tasks: list[str] | None, external_queues: list[str]) -> dict[str, A
                         "type": "array",
                         "minItems": 1,
                         "maxItems": MAX_ITEMS,
+                        "description": "Each job at most once (a job named twice is a 422).",
                         "items": {
                             "type": "object",
                             "required": ["job_id", "lease_token", *required],
