@@ -215,7 +215,7 @@ def record_attempts(
 def rescue_expired(now: float, ch: Changes) -> Program[RescueReport]:
     """Jobs whose lease ran out go back to pending (or fail if no attempts are left, or end
     cancelled if a client asked); pending jobs past their deadline fail as `expired`."""
-    report = yield from _rescue(now, now, ch)
+    report = yield from _rescue(now, now, ch, ())
     error = codec.dumps(error_info(None, type_="expired", message=EXPIRED))
     expired = yield rows("expire_overdue", now, error)
     for r in expired:
@@ -225,21 +225,29 @@ def rescue_expired(now: float, ch: Changes) -> Program[RescueReport]:
     return report
 
 
-def recover_orphans(now: float, ch: Changes) -> Program[RescueReport]:
+def recover_orphans(
+    now: float, ch: Changes, external_queues: Sequence[str] = ()
+) -> Program[RescueReport]:
     """At start, for a store one process owns: every running job was left by a process that
-    died, so all of them are taken back now, not after their lease runs out."""
-    report = yield from _rescue(float("inf"), now, ch)
+    died, so all of them are taken back now, not after their lease runs out. Not those of
+    external tasks' queues: their workers (leasing.py) outlive the server, and still hold
+    them; their leases run out as usual if not."""
+    report = yield from _rescue(float("inf"), now, ch, external_queues)
     yield from after_failure(report.dead_lettered + report.cancelled, now, ch)
     return report
 
 
-def _rescue(lease_ends_by: float, now: float, ch: Changes) -> Program[RescueReport]:
-    """Running jobs whose lease ends by `lease_ends_by` lost their worker."""
+def _rescue(
+    lease_ends_by: float, now: float, ch: Changes, left: Sequence[str]
+) -> Program[RescueReport]:
+    """Running jobs whose lease ends by `lease_ends_by` lost their worker (but those of the
+    queues `left`)."""
     error = codec.dumps(error_info(None, type_="LeaseExpired", message=LEASE_LOST))
-    cancelled = yield rows("rescue_cancel_requested", lease_ends_by, now)
+    left = list(left)
+    cancelled = yield rows("rescue_cancel_requested", lease_ends_by, now, left)
     for r in cancelled:
         _moved(ch, r[0], r[1:], RUNNING, CANCELLED, "lease_expired", now)
-    requeued: list[Job] = yield jobs("rescue_requeue", lease_ends_by, now, error)
+    requeued: list[Job] = yield jobs("rescue_requeue", lease_ends_by, now, error, left)
     for j in requeued:
         ch.transitions.append(
             Transition(
@@ -255,7 +263,7 @@ def _rescue(lease_ends_by: float, now: float, ch: Changes) -> Program[RescueRepo
                 job=j,
             )
         )
-    spent = yield rows("rescue_spent", lease_ends_by, now, error)
+    spent = yield rows("rescue_spent", lease_ends_by, now, error, left)
     for r in spent:
         _moved(ch, r[0], r[1:], RUNNING, FAILED, "lease_expired", now)
     lost = [r[0] for r in cancelled] + [j.id for j in requeued] + [r[0] for r in spent]

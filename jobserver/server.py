@@ -228,7 +228,7 @@ class JobServer:
         self.store.subscribe(on_due=self._on_due, on_transitions=self.publisher.publish)
         await self.store.open()
         await self.events.start()
-        report = await self.store.recover_orphans(self.clock.now())
+        report = await self.store.recover_orphans(self.clock.now(), self.external_queues)
         if report.requeued or report.dead_lettered:
             log.warning(
                 "recovered jobs left running by a previous process: requeued %d, dead-lettered %d",

@@ -263,8 +263,11 @@ class Store(Protocol):
         pending jobs past their deadline fail as `expired`."""
         ...
 
-    async def recover_orphans(self, now: float) -> RescueReport:
-        """At start: take back running jobs that no live process can be holding."""
+    async def recover_orphans(
+        self, now: float, external_queues: Collection[str] = ()
+    ) -> RescueReport:
+        """At start: take back running jobs that no live process can be holding (not those of
+        `external_queues`, whose workers outlive the server: their leases run out as usual)."""
         ...
 
     # -- the client's side ---------------------------------------------------------------------

@@ -212,10 +212,13 @@ class JobStore:
     async def rescue_expired(self, now: float) -> RescueReport:
         return await self._move(lambda ch: lifecycle.rescue_expired(now, ch))
 
-    async def recover_orphans(self, now: float) -> RescueReport:
+    async def recover_orphans(
+        self, now: float, external_queues: Collection[str] = ()
+    ) -> RescueReport:
         if not self.exclusive:  # other nodes may be alive: only expired leases are orphans
             return await self.rescue_expired(now)
-        return await self._move(lambda ch: lifecycle.recover_orphans(now, ch))
+        keep = sorted(external_queues)
+        return await self._move(lambda ch: lifecycle.recover_orphans(now, ch, keep))
 
     # -- the client's side ------------------------------------------------------------------------
     async def request_cancel(self, job_id: int, now: float) -> tuple[Job, JobState]:

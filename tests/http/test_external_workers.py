@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -331,3 +332,24 @@ async def test_a_worker_that_left_its_long_poll_leases_nothing(
     job = await server.enqueue("resize", [1])
     await asyncio.sleep(0.7)  # past the poll's next look
     assert (await server.get_job(job.id)).status == JobState.PENDING
+
+
+async def test_a_restart_leaves_external_workers_their_leases(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    # A SQLite server takes back every running job at start (its own workers died with it),
+    # but an external worker outlives the server: its job stays leased, and its report counts.
+    db = tmp_path / "restart.db"
+    first = JobServer(db=db, tasks=list(reg), clock=clock, grace_period_s=0.5)
+    await first.start()
+    job = await first.enqueue("resize", [1])
+    [lease] = await first.leasing.lease(["images"], 1, 60, 0)
+    await first.stop(grace_period_s=0.5)
+    second = JobServer(db=db, tasks=list(reg), clock=clock, grace_period_s=0.5)
+    await second.start()
+    try:
+        assert (await second.get_job(job.id)).status == JobState.RUNNING
+        token = lease.lease_token or ""
+        assert await second.leasing.complete(job.id, token, "done") == JobState.SUCCEEDED
+    finally:
+        await second.stop(grace_period_s=0.5)

@@ -54,6 +54,7 @@ UPDATE jobs SET status = 'cancelled', completed_at = $2,
 WHERE id IN (
     SELECT id FROM jobs
     WHERE status = 'running' AND lease_expires_at <= $1 AND cancel_requested
+      AND NOT (queue = ANY($3::text[]))
     FOR UPDATE SKIP LOCKED)
 RETURNING id, task, queue, attempts, started_at;
 
@@ -63,6 +64,7 @@ UPDATE jobs SET status = 'pending', run_at = $2, error = $3,
 WHERE id IN (
     SELECT id FROM jobs
     WHERE status = 'running' AND lease_expires_at <= $1 AND attempts <= max_retries
+      AND NOT (queue = ANY($4::text[]))
     FOR UPDATE SKIP LOCKED)
 RETURNING {job_columns};
 
@@ -73,6 +75,7 @@ WITH failed AS (
     WHERE id IN (
         SELECT id FROM jobs
         WHERE status = 'running' AND lease_expires_at <= $1 AND attempts > max_retries
+          AND NOT (queue = ANY($4::text[]))
         FOR UPDATE SKIP LOCKED)
     RETURNING id, task, queue, args, kwargs, attempts, started_at),
 letters AS (

@@ -47,21 +47,25 @@ RETURNING id, task, queue, attempts;
 UPDATE jobs SET status = 'cancelled', completed_at = $2,
     lease_token = NULL, lease_expires_at = NULL
 WHERE status = 'running' AND lease_expires_at <= $1 AND cancel_requested = 1
+  AND queue NOT IN (SELECT value FROM json_each($3))
 RETURNING id, task, queue, attempts, started_at;
 
 -- name: rescue_requeue
 UPDATE jobs SET status = 'pending', run_at = $2, error = $3,
     lease_token = NULL, lease_expires_at = NULL
 WHERE status = 'running' AND lease_expires_at <= $1 AND attempts <= max_retries
+  AND queue NOT IN (SELECT value FROM json_each($4))
 RETURNING {job_columns};
 
 -- name: rescue_spent
 INSERT INTO dead_letters (job_id, task, queue, args, kwargs, error, attempts, failed_at)
 SELECT id, task, queue, args, kwargs, $3, attempts, $2 FROM jobs
-WHERE status = 'running' AND lease_expires_at <= $1 AND attempts > max_retries;
+WHERE status = 'running' AND lease_expires_at <= $1 AND attempts > max_retries
+  AND queue NOT IN (SELECT value FROM json_each($4));
 UPDATE jobs SET status = 'failed', error = $3, completed_at = $2,
     lease_token = NULL, lease_expires_at = NULL
 WHERE status = 'running' AND lease_expires_at <= $1 AND attempts > max_retries
+  AND queue NOT IN (SELECT value FROM json_each($4))
 RETURNING id, task, queue, attempts, started_at;
 
 -- name: pending_dependants
