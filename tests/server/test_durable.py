@@ -141,6 +141,13 @@ async def jobs_of(server: JobServer, task_name: str) -> list[Job]:
     return await server.list_jobs(JobFilter(task=task_name), 100, None)
 
 
+async def suspended_after_a_step(server: JobServer, job_id: int) -> bool:
+    """Pending again once a step has run: suspended. (effects read first: a status read begun
+    before the step ran would say pending too.)"""
+    ran = bool(effects)
+    return ran and await status(server, job_id) == JobState.PENDING
+
+
 async def status(server: JobServer, job_id: int) -> JobState:
     return (await server.get_job(job_id)).status
 
@@ -192,7 +199,7 @@ async def test_a_durable_sleep_gives_the_slot_back_and_resumes_when_due(
 ) -> None:
     server = await start(make_server, concurrency=1)
     job = await server.enqueue("sleeps_a_day")
-    await eventually(lambda: status(server, job.id), lambda s: s == JobState.PENDING and effects)
+    await eventually(lambda: suspended_after_a_step(server, job.id), bool)
     slept = await server.get_job(job.id)
     assert slept.run_at == pytest.approx(clock.now() + 86_400)
     assert slept.attempts == 0  # a suspension is not an attempt
@@ -212,7 +219,7 @@ async def test_a_signal_wakes_the_job_waiting_for_it(
 ) -> None:
     server = await start(make_server)
     job = await server.enqueue("waits_for_confirmation", [7])
-    await eventually(lambda: status(server, job.id), lambda s: s == JobState.PENDING and effects)
+    await eventually(lambda: suspended_after_a_step(server, job.id), bool)
     assert (await server.get_job(job.id)).run_at == pytest.approx(clock.now() + 3600)
     signal_id, woken = await server.signal("confirm:7", {"ok": True})
     assert signal_id >= 1 and woken == 1
@@ -238,7 +245,7 @@ async def test_a_wait_that_times_out_returns_none(
 ) -> None:
     server = await start(make_server)
     job = await server.enqueue("waits_for_confirmation", [9])
-    await eventually(lambda: status(server, job.id), lambda s: s == JobState.PENDING and effects)
+    await eventually(lambda: suspended_after_a_step(server, job.id), bool)
     clock.advance(3601)
     server.worker.wake()
     done = await server.wait_for(job.id, timeout_s=10)

@@ -545,14 +545,22 @@ async def test_a_job_enqueued_to_an_idle_pool_is_claimed_in_its_enqueues_transac
     server.store.subscribe(
         lambda: None, lambda moved, _ids: commits.append([(t.job_id, t.after) for t in moved])
     )
+    # Three tries each: on a loaded machine a poll or a rescue pass can wake the dispatcher
+    # just before an enqueue (CI saw it once on PostgreSQL). Without the wake before the
+    # commit, no try ever joins.
     for enqueue in (one, one, batch):
-        await eventually(sleeping, bool)
-        commits.clear()
-        job_id = await enqueue()
-        assert (await server.wait_for(job_id, timeout_s=5)).status == JobState.SUCCEEDED
-        mine = [[after for jid, after in moved if jid == job_id] for moved in commits]
-        mine = [moves for moves in mine if moves]
-        assert mine[0] == [JobState.PENDING, JobState.RUNNING], mine
+        seen = []
+        for _ in range(3):
+            await eventually(sleeping, bool)
+            commits.clear()
+            job_id = await enqueue()
+            assert (await server.wait_for(job_id, timeout_s=5)).status == JobState.SUCCEEDED
+            mine = [[after for jid, after in moved if jid == job_id] for moved in commits]
+            seen.append([moves for moves in mine if moves])
+            if seen[-1][0] == [JobState.PENDING, JobState.RUNNING]:
+                break
+        else:
+            raise AssertionError(seen)
 
 
 async def test_each_transition_is_logged_at_debug_only(
